@@ -1,0 +1,32 @@
+//! `geolife bench`: throughput benchmarks printing figures (not timed tests).
+
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand)]
+enum What {
+    /// Batches/s from the packed cache vs reading raw files; `prepare` throughput.
+    Data(bench_data::Args),
+    /// Samples/s of full training steps.
+    #[cfg(feature = "dl")]
+    Train(bench_train::Args),
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.what {
+        What::Data(a) => bench_data::run(a),
+        #[cfg(feature = "dl")]
+        What::Train(a) => bench_train::run(a),
+    }
+}
+
+#[path = "bench_data.rs"]
+mod bench_data;
+#[cfg(feature = "dl")]
+#[path = "bench_train.rs"]
+mod bench_train;

@@ -1,0 +1,10 @@
+//! `geolife import-weights` (work in progress: owned by its issue).
+
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`geolife import-weights` is not implemented yet")
+}

@@ -1,0 +1,10 @@
+//! `geolife prepare` (work in progress: owned by its issue).
+
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`geolife prepare` is not implemented yet")
+}

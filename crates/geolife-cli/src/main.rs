@@ -1,0 +1,103 @@
+//! The `geolife` binary: parses flags, dispatches to one subcommand module, maps the
+//! result to an exit code. All work lives in the library crates.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// Species prediction for GeoLifeCLEF 2024: data, models, training, scoring, submissions.
+#[derive(Parser)]
+#[command(name = "geolife", version, about, propagate_version = true)]
+struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a synthetic dataset in the official GLC24 layout.
+    Synth(commands::synth::Args),
+    /// Validate a dataset root and report what it holds; or print one survey as JSON.
+    Inspect(commands::inspect::Args),
+    /// Pack a dataset into memory-mappable binary files for training.
+    Prepare(commands::prepare::Args),
+    /// Score predictions against a solution file (samples-F1, F1@K, thresholds).
+    Evaluate(commands::evaluate::Args),
+    /// Fit species-selection policies (top-K, threshold, per-survey K) on validation labels.
+    Calibrate(commands::calibrate::Args),
+    /// Blend several score files (weighted mean or rank average), optionally fitting weights.
+    Ensemble(commands::ensemble::Args),
+    /// Write a Kaggle submission CSV from a score file.
+    Submit(commands::submit::Args),
+    /// Throughput benchmarks.
+    Bench(commands::bench::Args),
+    /// Train the fusion network.
+    #[cfg(feature = "dl")]
+    Train(commands::train::Args),
+    /// Predict scores (and optionally a submission) with a trained run or imported weights.
+    #[cfg(feature = "dl")]
+    Predict(commands::predict::Args),
+    /// End-to-end demo on a small synthetic dataset.
+    #[cfg(feature = "dl")]
+    Demo(commands::demo::Args),
+    /// Convert PyTorch / torchvision / safetensors weights into a geolife checkpoint.
+    #[cfg(feature = "dl")]
+    ImportWeights(commands::import_weights::Args),
+    /// Export a geolife checkpoint as safetensors with torchvision-compatible names.
+    #[cfg(feature = "dl")]
+    ExportWeights(commands::export_weights::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Synth(a) => commands::synth::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Prepare(a) => commands::prepare::run(a),
+        Command::Evaluate(a) => commands::evaluate::run(a),
+        Command::Calibrate(a) => commands::calibrate::run(a),
+        Command::Ensemble(a) => commands::ensemble::run(a),
+        Command::Submit(a) => commands::submit::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+        #[cfg(feature = "dl")]
+        Command::Train(a) => commands::train::run(a),
+        #[cfg(feature = "dl")]
+        Command::Predict(a) => commands::predict::run(a),
+        #[cfg(feature = "dl")]
+        Command::Demo(a) => commands::demo::run(a),
+        #[cfg(feature = "dl")]
+        Command::ImportWeights(a) => commands::import_weights::run(a),
+        #[cfg(feature = "dl")]
+        Command::ExportWeights(a) => commands::export_weights::run(a),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

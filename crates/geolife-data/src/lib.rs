@@ -1,0 +1,1 @@
+//! geolife-data (see crate description).

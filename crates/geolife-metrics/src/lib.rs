@@ -1,0 +1,1 @@
+//! geolife-metrics (see crate description).

@@ -1,0 +1,1 @@
+//! geolife-model (see crate description).

@@ -1,0 +1,1 @@
+//! geolife-train (see crate description).
