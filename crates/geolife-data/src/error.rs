@@ -1,0 +1,174 @@
+//! The data crate's typed error: every variant names the file, the survey (when known) and
+//! what was expected, so a user can fix the input without reading the code.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A survey id attached to an error, printed as ` (survey 123)` or nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SurveyTag(pub Option<u64>);
+
+impl fmt::Display for SurveyTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, " (survey {id})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl From<u64> for SurveyTag {
+    fn from(id: u64) -> Self {
+        SurveyTag(Some(id))
+    }
+}
+
+impl From<Option<u64>> for SurveyTag {
+    fn from(id: Option<u64>) -> Self {
+        SurveyTag(id)
+    }
+}
+
+/// Everything that can go wrong while reading a GLC24 dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// An OS-level read/write failure.
+    #[error("{path}{survey}: {source}")]
+    Io {
+        path: PathBuf,
+        survey: SurveyTag,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file or folder of the layout is absent; `hint` says how to fix it.
+    #[error("missing {what}{survey}: expected at {path}; {hint}")]
+    Missing {
+        path: PathBuf,
+        survey: SurveyTag,
+        what: String,
+        hint: String,
+    },
+    /// A `.pt` file that is not a readable zip archive.
+    #[error("{path}{survey}: not a torch.save zip archive: {reason}")]
+    NotZip {
+        path: PathBuf,
+        survey: SurveyTag,
+        reason: String,
+    },
+    /// A file that ends before the data it declares (zip entry, tensor storage).
+    #[error("{path}{survey}: truncated: {reason}")]
+    Truncated {
+        path: PathBuf,
+        survey: SurveyTag,
+        reason: String,
+    },
+    /// A pickle that uses an opcode or global outside the allowed tensor subset.
+    #[error(
+        "{path}{survey}: refused pickle content {what} (only plain tensors and state dicts are read; nothing is executed)"
+    )]
+    ForbiddenPickle {
+        path: PathBuf,
+        survey: SurveyTag,
+        what: String,
+    },
+    /// A pickle that is structurally invalid (stack underflow, bad argument, ...).
+    #[error("{path}{survey}: malformed pickle: {reason}")]
+    Pickle {
+        path: PathBuf,
+        survey: SurveyTag,
+        reason: String,
+    },
+    /// A tensor or image with an unexpected shape.
+    #[error("{path}{survey}: wrong shape: expected {expected:?}, found {found:?}")]
+    Shape {
+        path: PathBuf,
+        survey: SurveyTag,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A tensor with an unexpected element type.
+    #[error("{path}{survey}: wrong dtype: expected {expected}, found {found}")]
+    Dtype {
+        path: PathBuf,
+        survey: SurveyTag,
+        expected: String,
+        found: String,
+    },
+    /// An image that does not decode.
+    #[error("{path}{survey}: cannot decode image: {reason}")]
+    Image {
+        path: PathBuf,
+        survey: SurveyTag,
+        reason: String,
+    },
+    /// A CSV without a column the reader needs.
+    #[error("{path}: missing column `{column}` (header has: {header})")]
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        header: String,
+    },
+    /// A CSV row that does not parse.
+    #[error("{path}:{line}{survey}: {reason}")]
+    Csv {
+        path: PathBuf,
+        line: u64,
+        survey: SurveyTag,
+        reason: String,
+    },
+    /// A NaN or infinite value where a finite one is required.
+    #[error("{path}{survey}: non-finite value in {what}")]
+    NonFinite {
+        path: PathBuf,
+        survey: SurveyTag,
+        what: String,
+    },
+    /// A survey asked for that a file/table does not hold.
+    #[error("{path}: survey {survey} not found ({what})")]
+    UnknownSurvey {
+        path: PathBuf,
+        survey: u64,
+        what: String,
+    },
+    /// An argument or option that makes no sense (empty group list, ...).
+    #[error("invalid option: {0}")]
+    Invalid(String),
+}
+
+impl DataError {
+    /// Builds an [`DataError::Io`] for `path`.
+    pub fn io(
+        path: impl Into<PathBuf>,
+        survey: impl Into<SurveyTag>,
+        source: std::io::Error,
+    ) -> Self {
+        DataError::Io {
+            path: path.into(),
+            survey: survey.into(),
+            source,
+        }
+    }
+
+    /// Short stable name of the variant, used in reports and skip counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DataError::Io { .. } => "io",
+            DataError::Missing { .. } => "missing",
+            DataError::NotZip { .. } => "not-zip",
+            DataError::Truncated { .. } => "truncated",
+            DataError::ForbiddenPickle { .. } => "forbidden-pickle",
+            DataError::Pickle { .. } => "pickle",
+            DataError::Shape { .. } => "shape",
+            DataError::Dtype { .. } => "dtype",
+            DataError::Image { .. } => "image",
+            DataError::MissingColumn { .. } => "missing-column",
+            DataError::Csv { .. } => "csv",
+            DataError::NonFinite { .. } => "non-finite",
+            DataError::UnknownSurvey { .. } => "unknown-survey",
+            DataError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// Result alias of the data crate.
+pub type Result<T, E = DataError> = std::result::Result<T, E>;
