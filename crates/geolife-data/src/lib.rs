@@ -2,10 +2,23 @@
 //! the packed training cache and the synthetic dataset writer. No tensor library.
 
 pub mod cache;
+mod csvutil;
+pub mod cubes;
+pub mod dataset;
+pub mod env;
 pub mod error;
+pub mod layout;
+pub mod metadata;
+pub mod patches;
+pub mod po;
 pub mod synth;
+pub mod torchfile;
 
+pub use cubes::NanPolicy;
+pub use dataset::{Dataset, DatasetOptions};
+pub use env::{EnvGroup, TabularTable};
 pub use error::{DataError, Result, SurveyTag};
+pub use metadata::SurveyMeta;
 
 use std::fmt;
 use std::str::FromStr;
