@@ -1,1 +1,22 @@
-//! geolife-metrics (see crate description).
+//! Scoring for GeoLifeCLEF 2024 without any tensor library: samples-F1 and F1@K, thresholds and
+//! per-survey K policies, score files (safetensors, Kaggle, malpolon), ensembles and submissions.
+
+mod atomic;
+pub mod ensemble;
+mod error;
+pub mod f1;
+pub mod plot;
+pub mod policy;
+pub mod scores;
+pub mod text;
+
+pub use atomic::write_atomic;
+pub use ensemble::{BlendMethod, EnsembleReport, blend};
+pub use error::MetricsError;
+pub use f1::{
+    RankTable, SetMetrics, THRESHOLD_MAX_K, best_global_threshold, f1_at_k_curve, oracle_f1,
+    samples_f1, set_metrics,
+};
+pub use policy::{FitInfo, FitOptions, Policy, PolicyFile, PolicyKind, cross_validate};
+pub use scores::{ScoreFile, Scores};
+pub use text::{Alignment, Solution, read_solution, write_submission};

@@ -1,0 +1,682 @@
+//! Selection policies that turn scores into species lists: fixed top-K, a global threshold
+//! with min/max K, and a per-survey K learned from validation labels; fitting, cross-validation
+//! and TOML persistence (with a record of what each policy was fitted on).
+// Index loops read clearer than iterator chains in the small linear algebra below.
+#![allow(clippy::needless_range_loop)]
+
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::f1::{RankTable, RankedRow};
+use crate::scores::ScoreFile;
+use crate::{MetricsError, atomic::write_atomic};
+
+/// How many species each survey keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Policy {
+    /// The `k` best species of every survey.
+    TopK { k: usize },
+    /// Species scoring `>= t`, at least `min_k` and at most `max_k` of them.
+    Threshold { t: f32, min_k: usize, max_k: usize },
+    /// A K per survey from its score distribution (see [`PerSurveyModel`]).
+    PerSurveyK {
+        #[serde(flatten)]
+        model: PerSurveyModel,
+    },
+}
+
+/// Per-survey K: a ridge regression predicts the number of true species `C` from features of
+/// the survey's top-`depth` scores; a logistic model turns each ranked score into a hit
+/// probability `q_j`; the survey keeps the `k` in `min_k..=max_k` maximising the plug-in expected
+/// F1 `2 sum_{j<=k} q_j / (k + s C)`, with the scale `s` tuned on validation F1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerSurveyModel {
+    /// Scores looked at per survey (features and candidate K).
+    pub depth: usize,
+    pub min_k: usize,
+    pub max_k: usize,
+    /// Count model on standardised survey features: `ln(1 + C) = w . z`.
+    pub count_weights: Vec<f64>,
+    pub feature_mean: Vec<f64>,
+    pub feature_std: Vec<f64>,
+    /// Hit model: `q = sigmoid(v . [1, ln p, ln(1 + rank), ln p - ln p_1, ln C])`.
+    pub hit_weights: Vec<f64>,
+    /// Scale of the predicted count in the expected-F1 denominator.
+    pub count_scale: f64,
+}
+
+/// What a saved policy was fitted on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FitInfo {
+    /// Score file used for fitting.
+    pub scores: String,
+    /// Solution (labels) file used for fitting.
+    pub solution: String,
+    pub model: String,
+    pub split: String,
+    /// Number of labelled surveys fitted on.
+    pub n_surveys: usize,
+    /// Cross-validated samples-F1 of this policy.
+    pub cv_f1: f64,
+    /// Cross-validated samples-F1 of top-25 on the same data, for comparison.
+    pub cv_f1_top25: f64,
+    pub folds: usize,
+    pub seed: u64,
+}
+
+/// The TOML file: the policy plus an optional record of its fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyFile {
+    pub policy: Policy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fitted_on: Option<FitInfo>,
+}
+
+impl PolicyFile {
+    /// Writes the file as TOML, atomically.
+    pub fn save(&self, path: &Path) -> Result<(), MetricsError> {
+        let text = toml::to_string_pretty(self).map_err(|e| MetricsError::Policy {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        write_atomic(path, |w| w.write_all(text.as_bytes()))
+    }
+
+    /// Reads and checks a policy file.
+    pub fn load(path: &Path) -> Result<PolicyFile, MetricsError> {
+        let text = std::fs::read_to_string(path).map_err(|e| MetricsError::io(path, e))?;
+        let file: PolicyFile = toml::from_str(&text).map_err(|e| MetricsError::Policy {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        file.policy
+            .check()
+            .map_err(|message| MetricsError::Policy {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        Ok(file)
+    }
+}
+
+impl Policy {
+    /// Saves the bare policy (no fit record) as TOML.
+    pub fn save(&self, path: &Path) -> Result<(), MetricsError> {
+        PolicyFile {
+            policy: self.clone(),
+            fitted_on: None,
+        }
+        .save(path)
+    }
+
+    /// Loads the policy of a policy file.
+    pub fn load(path: &Path) -> Result<Policy, MetricsError> {
+        Ok(PolicyFile::load(path)?.policy)
+    }
+
+    /// Short description for tables and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Policy::TopK { k } => format!("top-{k}"),
+            Policy::Threshold { t, min_k, max_k } => {
+                format!("threshold {t:.5} (K {min_k}..{max_k})")
+            }
+            Policy::PerSurveyK { model } => format!(
+                "per-survey K (K {}..{}, count scale {:.2})",
+                model.min_k, model.max_k, model.count_scale
+            ),
+        }
+    }
+
+    /// Checks parameter consistency (K bounds, vector lengths, finite values).
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Policy::TopK { k } if *k == 0 => Err("top_k: k must be at least 1".into()),
+            Policy::Threshold { t, min_k, max_k } => {
+                if t.is_nan() {
+                    Err("threshold: t is NaN".into())
+                } else if *min_k == 0 || min_k > max_k {
+                    Err(format!(
+                        "threshold: need 1 <= min_k <= max_k, got {min_k}..{max_k}"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Policy::PerSurveyK { model: m } => {
+                if m.min_k == 0 || m.min_k > m.max_k || m.depth < m.max_k {
+                    Err(format!(
+                        "per_survey_k: need 1 <= min_k <= max_k <= depth, got {}..{} depth {}",
+                        m.min_k, m.max_k, m.depth
+                    ))
+                } else if m.count_weights.len() != N_FEATURES + 1
+                    || m.feature_mean.len() != N_FEATURES
+                    || m.feature_std.len() != N_FEATURES
+                    || m.hit_weights.len() != N_HIT
+                {
+                    Err("per_survey_k: weight vectors have the wrong length".into())
+                } else if m
+                    .count_weights
+                    .iter()
+                    .chain(&m.feature_mean)
+                    .chain(&m.feature_std)
+                    .chain(&m.hit_weights)
+                    .any(|x| !x.is_finite())
+                    || !m.count_scale.is_finite()
+                {
+                    Err("per_survey_k: non-finite parameter".into())
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the policy needs real scores (not only ranks).
+    pub fn needs_scores(&self) -> bool {
+        !matches!(self, Policy::TopK { .. })
+    }
+
+    /// How many of the top scores the policy looks at.
+    pub fn depth(&self) -> usize {
+        match self {
+            Policy::TopK { k } => *k,
+            Policy::Threshold { max_k, .. } => *max_k,
+            Policy::PerSurveyK { model } => model.depth,
+        }
+    }
+
+    /// K for one survey from its best scores (descending); at least 1 when any score exists.
+    pub fn k_for(&self, top_scores: &[f32]) -> usize {
+        let len = top_scores.len();
+        let k = match self {
+            Policy::TopK { k } => *k,
+            Policy::Threshold { t, min_k, max_k } => {
+                let above = top_scores.iter().take(*max_k).filter(|&&x| x >= *t).count();
+                above.max(*min_k).min(*max_k)
+            }
+            Policy::PerSurveyK { model } => model.k_for(top_scores),
+        };
+        k.max(1).min(len)
+    }
+
+    /// Real species ids per survey; never empty unless the survey has no score at all.
+    /// Ranked-only files use the pseudo-score `1 / (rank + 1)`: prefer [`Policy::try_select`].
+    pub fn select(&self, scores: &ScoreFile) -> Vec<Vec<u32>> {
+        let depth = self.depth();
+        (0..scores.len())
+            .into_par_iter()
+            .map(|i| {
+                let top = scores.top(i, depth);
+                let s: Vec<f32> = top.iter().map(|&(_, x)| x).collect();
+                let k = self.k_for(&s);
+                top[..k]
+                    .iter()
+                    .map(|&(c, _)| scores.species[c as usize])
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Like [`Policy::select`], but refuses score-based policies on ranked-only files.
+    pub fn try_select(&self, scores: &ScoreFile) -> Result<Vec<Vec<u32>>, MetricsError> {
+        if self.needs_scores() && !scores.has_scores() {
+            return Err(MetricsError::NeedsScores(format!(
+                "policy {} on model {:?}",
+                self.describe(),
+                scores.model
+            )));
+        }
+        Ok(self.select(scores))
+    }
+
+    /// Per-survey F1 of the policy on a rank table.
+    pub fn f1_rows(&self, table: &RankTable) -> Vec<f64> {
+        table
+            .rows
+            .par_iter()
+            .map(|r| r.f1_at(self.k_for(&r.scores)))
+            .collect()
+    }
+
+    /// Mean F1 of the policy on a rank table.
+    pub fn mean_f1(&self, table: &RankTable) -> f64 {
+        mean(&self.f1_rows(table))
+    }
+}
+
+/// Number of survey features of the count model.
+const N_FEATURES: usize = 8;
+/// Number of inputs of the hit model.
+const N_HIT: usize = 5;
+const EPS: f64 = 1e-7;
+
+/// Survey features from its top scores: ln sum, ln top-1, ln p at ranks 5/10/20/last,
+/// normalised entropy, share of the top-5 in the sum.
+fn survey_features(s: &[f32]) -> [f64; N_FEATURES] {
+    let at = |r: usize| -> f64 {
+        let p = s
+            .get(r.min(s.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0);
+        (p.max(0.0) as f64 + EPS).ln()
+    };
+    let sum: f64 = s.iter().map(|&x| x.max(0.0) as f64).sum();
+    let top5: f64 = s.iter().take(5).map(|&x| x.max(0.0) as f64).sum();
+    let entropy = if sum > 0.0 {
+        -s.iter()
+            .map(|&x| {
+                let q = x.max(0.0) as f64 / sum;
+                if q > 0.0 { q * q.ln() } else { 0.0 }
+            })
+            .sum::<f64>()
+            / (s.len().max(2) as f64).ln()
+    } else {
+        0.0
+    };
+    [
+        (sum + EPS).ln(),
+        at(0),
+        at(4),
+        at(9),
+        at(19),
+        at(usize::MAX),
+        entropy,
+        top5 / (sum + EPS),
+    ]
+}
+
+fn hit_inputs(p: f32, rank: usize, p1: f32, ln_count: f64) -> [f64; N_HIT] {
+    let lp = (p.max(0.0) as f64 + EPS).ln();
+    let lp1 = (p1.max(0.0) as f64 + EPS).ln();
+    [1.0, lp, (1.0 + rank as f64).ln(), lp - lp1, ln_count]
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl PerSurveyModel {
+    /// Predicted number of true species of a survey.
+    pub fn predicted_count(&self, s: &[f32]) -> f64 {
+        let f = survey_features(s);
+        let mut y = self.count_weights[0];
+        for j in 0..N_FEATURES {
+            y += self.count_weights[j + 1] * (f[j] - self.feature_mean[j]) / self.feature_std[j];
+        }
+        (y.exp() - 1.0).max(1.0)
+    }
+
+    /// K maximising the plug-in expected F1 (see the type docs).
+    pub fn k_for(&self, s: &[f32]) -> usize {
+        self.k_for_scaled(s, self.count_scale)
+    }
+
+    fn hit_probs(&self, s: &[f32], count: f64) -> Vec<f64> {
+        let p1 = s.first().copied().unwrap_or(0.0);
+        let lc = count.ln();
+        s.iter()
+            .take(self.max_k)
+            .enumerate()
+            .map(|(j, &p)| {
+                let x = hit_inputs(p, j, p1, lc);
+                sigmoid(x.iter().zip(&self.hit_weights).map(|(a, b)| a * b).sum())
+            })
+            .collect()
+    }
+
+    fn k_for_scaled(&self, s: &[f32], scale: f64) -> usize {
+        let count = self.predicted_count(s);
+        let q = self.hit_probs(s, count);
+        best_k(&q, scale * count, self.min_k, self.max_k)
+    }
+}
+
+/// argmax over k in min_k..=max_k of 2 sum_{j<k} q_j / (k + c).
+fn best_k(q: &[f64], c: f64, min_k: usize, max_k: usize) -> usize {
+    let mut best = (min_k, f64::NEG_INFINITY);
+    let mut cum = 0.0;
+    for (j, &qj) in q.iter().enumerate().take(max_k) {
+        cum += qj;
+        let k = j + 1;
+        if k >= min_k {
+            let v = 2.0 * cum / (k as f64 + c);
+            if v > best.1 {
+                best = (k, v);
+            }
+        }
+    }
+    best.0
+}
+
+/// Options for fitting policies.
+#[derive(Debug, Clone, Copy)]
+pub struct FitOptions {
+    /// Smallest and largest K any policy may keep.
+    pub min_k: usize,
+    pub max_k: usize,
+    /// Ridge penalty of the count model (on standardised features).
+    pub ridge: f64,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            min_k: 1,
+            max_k: 50,
+            ridge: 1.0,
+        }
+    }
+}
+
+/// The K in 1..=max_k with the best mean F1.
+pub fn fit_top_k(table: &RankTable, max_k: usize) -> (Policy, f64) {
+    let curve = table.f1_at_k_curve(max_k.max(1));
+    let (k, f1) =
+        curve.iter().enumerate().fold(
+            (1, f64::NEG_INFINITY),
+            |b, (j, &f)| if f > b.1 { (j + 1, f) } else { b },
+        );
+    (Policy::TopK { k }, f1)
+}
+
+/// The best global threshold with the given K bounds.
+pub fn fit_threshold(table: &RankTable, opts: &FitOptions) -> (Policy, f64) {
+    let min_k = opts.min_k.max(1);
+    let (t, f1) = table.best_threshold(min_k, opts.max_k);
+    (
+        Policy::Threshold {
+            t,
+            min_k,
+            max_k: opts.max_k.max(min_k),
+        },
+        f1,
+    )
+}
+
+/// Fits the per-survey K model on a labelled rank table (depth >= `opts.max_k`).
+pub fn fit_per_survey(table: &RankTable, opts: &FitOptions) -> Result<(Policy, f64), MetricsError> {
+    let rows: Vec<&RankedRow> = table.rows.iter().filter(|r| !r.scores.is_empty()).collect();
+    if rows.len() < 10 {
+        return Err(MetricsError::Invalid(format!(
+            "per-survey K needs at least 10 labelled surveys with scores, got {}",
+            rows.len()
+        )));
+    }
+    let min_k = opts.min_k.max(1);
+    let max_k = opts.max_k.max(min_k);
+    // 1. Count model: ridge regression of ln(1 + |truth|) on standardised features.
+    let feats: Vec<[f64; N_FEATURES]> = rows.iter().map(|r| survey_features(&r.scores)).collect();
+    let n = feats.len() as f64;
+    let mut mean_f = vec![0.0; N_FEATURES];
+    for f in &feats {
+        for j in 0..N_FEATURES {
+            mean_f[j] += f[j] / n;
+        }
+    }
+    let mut std_f = vec![0.0; N_FEATURES];
+    for f in &feats {
+        for j in 0..N_FEATURES {
+            std_f[j] += (f[j] - mean_f[j]).powi(2) / n;
+        }
+    }
+    for s in &mut std_f {
+        *s = s.sqrt().max(1e-9);
+    }
+    let d = N_FEATURES + 1;
+    let mut ata = vec![vec![0.0; d]; d];
+    let mut atb = vec![0.0; d];
+    for (f, r) in feats.iter().zip(&rows) {
+        let mut z = vec![1.0; d];
+        for j in 0..N_FEATURES {
+            z[j + 1] = (f[j] - mean_f[j]) / std_f[j];
+        }
+        let y = (1.0 + r.n_true as f64).ln();
+        for a in 0..d {
+            atb[a] += z[a] * y;
+            for b in 0..d {
+                ata[a][b] += z[a] * z[b];
+            }
+        }
+    }
+    for (a, row) in ata.iter_mut().enumerate().skip(1) {
+        row[a] += opts.ridge;
+    }
+    let count_weights = solve(ata, atb)?;
+    let mut model = PerSurveyModel {
+        depth: table.depth.max(max_k),
+        min_k,
+        max_k,
+        count_weights,
+        feature_mean: mean_f,
+        feature_std: std_f,
+        hit_weights: vec![0.0; N_HIT],
+        count_scale: 1.0,
+    };
+    // 2. Hit model: logistic regression (Newton / IRLS) on every ranked entry.
+    let mut xs: Vec<[f64; N_HIT]> = Vec::new();
+    let mut ys: Vec<f64> = Vec::new();
+    for r in &rows {
+        let c = model.predicted_count(&r.scores);
+        let p1 = r.scores[0];
+        for j in 0..r.scores.len().min(max_k) {
+            xs.push(hit_inputs(r.scores[j], j, p1, c.ln()));
+            ys.push(if r.hits[j] { 1.0 } else { 0.0 });
+        }
+    }
+    model.hit_weights = logistic(&xs, &ys)?;
+    // 3. Scale of the count in the denominator: grid search on mean F1.
+    let mut best = (1.0, f64::NEG_INFINITY);
+    let cache: Vec<(f64, Vec<f64>)> = table
+        .rows
+        .par_iter()
+        .map(|r| {
+            let c = model.predicted_count(&r.scores);
+            (c, model.hit_probs(&r.scores, c))
+        })
+        .collect();
+    for step in 0..=60 {
+        let scale = 0.3 + 0.05 * step as f64;
+        let f: f64 = table
+            .rows
+            .par_iter()
+            .zip(&cache)
+            .map(|(r, (c, q))| {
+                if r.scores.is_empty() {
+                    0.0
+                } else {
+                    r.f1_at(best_k(q, scale * c, min_k, max_k))
+                }
+            })
+            .sum::<f64>()
+            / table.rows.len() as f64;
+        if f > best.1 {
+            best = (scale, f);
+        }
+    }
+    model.count_scale = best.0;
+    Ok((Policy::PerSurveyK { model }, best.1))
+}
+
+/// Solves `a x = b` (small, dense) by Gaussian elimination with partial pivoting.
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>, MetricsError> {
+    let d = b.len();
+    for col in 0..d {
+        let piv = (col..d)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .unwrap_or(col);
+        if a[piv][col].abs() < 1e-12 {
+            return Err(MetricsError::Invalid(
+                "singular system while fitting the per-survey K model (constant scores?)".into(),
+            ));
+        }
+        a.swap(col, piv);
+        b.swap(col, piv);
+        for i in col + 1..d {
+            let f = a[i][col] / a[col][col];
+            for j in col..d {
+                a[i][j] -= f * a[col][j];
+            }
+            b[i] -= f * b[col];
+        }
+    }
+    let mut x = vec![0.0; d];
+    for i in (0..d).rev() {
+        let s: f64 = (i + 1..d).map(|j| a[i][j] * x[j]).sum();
+        x[i] = (b[i] - s) / a[i][i];
+    }
+    Ok(x)
+}
+
+/// Logistic regression by Newton's method with a tiny ridge for stability.
+fn logistic(xs: &[[f64; N_HIT]], ys: &[f64]) -> Result<Vec<f64>, MetricsError> {
+    let mut w = vec![0.0; N_HIT];
+    for _ in 0..25 {
+        let (g, h) = xs
+            .par_iter()
+            .zip(ys)
+            .fold(
+                || (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]),
+                |(mut g, mut h), (x, &y)| {
+                    let z: f64 = x.iter().zip(&w).map(|(a, b)| a * b).sum();
+                    let p = sigmoid(z);
+                    let wgt = (p * (1.0 - p)).max(1e-9);
+                    for a in 0..N_HIT {
+                        g[a] += (p - y) * x[a];
+                        for b in 0..N_HIT {
+                            h[a][b] += wgt * x[a] * x[b];
+                        }
+                    }
+                    (g, h)
+                },
+            )
+            .reduce(
+                || (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]),
+                |(mut g1, mut h1), (g2, h2)| {
+                    for a in 0..N_HIT {
+                        g1[a] += g2[a];
+                        for b in 0..N_HIT {
+                            h1[a][b] += h2[a][b];
+                        }
+                    }
+                    (g1, h1)
+                },
+            );
+        let mut h = h;
+        for (a, row) in h.iter_mut().enumerate() {
+            row[a] += 1e-6 * xs.len() as f64;
+        }
+        let step = solve(h, g.clone())?;
+        let mut moved = 0.0f64;
+        for a in 0..N_HIT {
+            w[a] -= step[a];
+            moved = moved.max(step[a].abs());
+        }
+        if moved < 1e-8 {
+            break;
+        }
+    }
+    Ok(w)
+}
+
+fn mean(x: &[f64]) -> f64 {
+    if x.is_empty() {
+        0.0
+    } else {
+        x.iter().sum::<f64>() / x.len() as f64
+    }
+}
+
+/// Kind of policy fitted by [`cross_validate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// Fixed top-25 (no fitting: the competition default).
+    Top25,
+    /// Fixed K chosen on the training folds.
+    FixedK,
+    /// Global threshold.
+    Threshold,
+    /// Per-survey K model.
+    PerSurveyK,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 4] = [
+        PolicyKind::Top25,
+        PolicyKind::FixedK,
+        PolicyKind::Threshold,
+        PolicyKind::PerSurveyK,
+    ];
+
+    /// Name used in reports and on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PolicyKind::Top25 => "top25",
+            PolicyKind::FixedK => "fixed_k",
+            PolicyKind::Threshold => "threshold",
+            PolicyKind::PerSurveyK => "per_survey_k",
+        }
+    }
+
+    /// Fits this kind on a labelled rank table; returns the policy and its training F1.
+    pub fn fit(&self, table: &RankTable, opts: &FitOptions) -> Result<(Policy, f64), MetricsError> {
+        match self {
+            PolicyKind::Top25 => {
+                let p = Policy::TopK { k: 25 };
+                let f = p.mean_f1(table);
+                Ok((p, f))
+            }
+            PolicyKind::FixedK => Ok(fit_top_k(table, opts.max_k)),
+            PolicyKind::Threshold => Ok(fit_threshold(table, opts)),
+            PolicyKind::PerSurveyK => fit_per_survey(table, opts),
+        }
+    }
+}
+
+/// Cross-validated mean F1 of a policy kind: `folds` seeded random folds; each survey is scored
+/// by the policy fitted on the other folds.
+pub fn cross_validate(
+    table: &RankTable,
+    kind: PolicyKind,
+    opts: &FitOptions,
+    folds: usize,
+    seed: u64,
+) -> Result<f64, MetricsError> {
+    let n = table.rows.len();
+    let folds = folds.clamp(2, n.max(2));
+    let assign = fold_assignment(n, folds, seed);
+    let mut total = 0.0;
+    for f in 0..folds {
+        let train: Vec<usize> = (0..n).filter(|&i| assign[i] != f).collect();
+        let test: Vec<usize> = (0..n).filter(|&i| assign[i] == f).collect();
+        let (policy, _) = kind.fit(&table.subset(&train), opts)?;
+        total += policy.f1_rows(&table.subset(&test)).iter().sum::<f64>();
+    }
+    Ok(total / n.max(1) as f64)
+}
+
+/// Seeded random fold of each row (balanced sizes).
+pub fn fold_assignment(n: usize, folds: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    order.shuffle(&mut rng);
+    let mut assign = vec![0; n];
+    for (pos, &i) in order.iter().enumerate() {
+        assign[i] = pos % folds.max(1);
+    }
+    assign
+}
+
+/// Absolute path text for fit records.
+pub fn path_text(p: &Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| PathBuf::from(p))
+        .display()
+        .to_string()
+}
