@@ -129,6 +129,8 @@ pub fn metrics_from_counts(c: &[Counts], n_total: usize) -> SetMetrics {
 /// One survey of a [`RankTable`]: its best `m` scores and which of them are true species.
 #[derive(Debug, Clone, Default)]
 pub struct RankedRow {
+    /// Real species ids, best first.
+    pub species: Vec<u32>,
     /// Scores best first.
     pub scores: Vec<f32>,
     /// `hits[j]`: the species at rank `j` is in the truth.
@@ -143,6 +145,12 @@ impl RankedRow {
         let k = k.min(self.hits.len());
         let tp = self.hits[..k].iter().filter(|&&h| h).count();
         f1_of(tp, k, self.n_true)
+    }
+
+    /// F1 of keeping the entries at positions `pick`.
+    pub fn f1_of_pick(&self, pick: &[usize]) -> f64 {
+        let tp = pick.iter().filter(|&&j| self.hits[j]).count();
+        f1_of(tp, pick.len(), self.n_true)
     }
 
     /// F1 of the top-k for k = 1..=k_max (k past the row length keeps the whole row).
@@ -180,6 +188,10 @@ impl RankTable {
                 t.dedup();
                 let top = scores.top(i, depth);
                 RankedRow {
+                    species: top
+                        .iter()
+                        .map(|&(c, _)| scores.species[c as usize])
+                        .collect(),
                     scores: top.iter().map(|&(_, x)| x).collect(),
                     hits: top
                         .iter()

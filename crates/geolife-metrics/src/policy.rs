@@ -31,12 +31,13 @@ pub enum Policy {
 }
 
 /// Per-survey K: a ridge regression predicts the number of true species `C` from features of
-/// the survey's top-`depth` scores; a logistic model turns each ranked score into a hit
-/// probability `q_j`; the survey keeps the `k` in `min_k..=max_k` maximising the plug-in expected
-/// F1 `2 sum_{j<=k} q_j / (k + s C)`, with the scale `s` tuned on validation F1.
+/// the survey's top-`depth` scores (and the typical richness of surveys where its top species
+/// occur); a logistic model with per-species offsets turns each ranked score into a hit
+/// probability `q_j`; the survey keeps the `k` entries of highest `q` (k in `min_k..=max_k`)
+/// maximising the plug-in expected F1 `2 sum_{j<=k} q_j / (k + s C)`, `s` tuned on validation F1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PerSurveyModel {
-    /// Scores looked at per survey (features and candidate K).
+    /// Scores looked at per survey (features and candidates).
     pub depth: usize,
     pub min_k: usize,
     pub max_k: usize,
@@ -44,10 +45,17 @@ pub struct PerSurveyModel {
     pub count_weights: Vec<f64>,
     pub feature_mean: Vec<f64>,
     pub feature_std: Vec<f64>,
-    /// Hit model: `q = sigmoid(v . [1, ln p, ln(1 + rank), ln p - ln p_1, ln C])`.
+    /// Hit model: `q = sigmoid(v . [1, ln p, ln(1 + rank), ln p - ln p_1, ln C] + offset_s)`.
     pub hit_weights: Vec<f64>,
     /// Scale of the predicted count in the expected-F1 denominator.
     pub count_scale: f64,
+    /// Species seen in fitting (sorted real ids) with their hit offset and mean `ln(1 + C)` of
+    /// the surveys ranking them in the top 10 (both shrunk towards the global value).
+    pub species_ids: Vec<u32>,
+    pub species_offset: Vec<f64>,
+    pub species_richness: Vec<f64>,
+    /// Richness used for species never seen in fitting.
+    pub default_richness: f64,
 }
 
 /// What a saved policy was fitted on.
@@ -158,6 +166,9 @@ impl Policy {
                     || m.feature_mean.len() != N_FEATURES
                     || m.feature_std.len() != N_FEATURES
                     || m.hit_weights.len() != N_HIT
+                    || m.species_offset.len() != m.species_ids.len()
+                    || m.species_richness.len() != m.species_ids.len()
+                    || !m.species_ids.is_sorted()
                 {
                     Err("per_survey_k: weight vectors have the wrong length".into())
                 } else if m
@@ -192,18 +203,18 @@ impl Policy {
         }
     }
 
-    /// K for one survey from its best scores (descending); at least 1 when any score exists.
-    pub fn k_for(&self, top_scores: &[f32]) -> usize {
-        let len = top_scores.len();
-        let k = match self {
-            Policy::TopK { k } => *k,
+    /// Positions (into the survey's ranked top list) of the species to keep, in output order;
+    /// at least one when the survey has any score.
+    pub fn pick(&self, species: &[u32], scores: &[f32]) -> Vec<usize> {
+        let len = scores.len();
+        match self {
+            Policy::TopK { k } => (0..(*k).max(1).min(len)).collect(),
             Policy::Threshold { t, min_k, max_k } => {
-                let above = top_scores.iter().take(*max_k).filter(|&&x| x >= *t).count();
-                above.max(*min_k).min(*max_k)
+                let above = scores.iter().take(*max_k).filter(|&&x| x >= *t).count();
+                (0..above.max(*min_k).min(*max_k).max(1).min(len)).collect()
             }
-            Policy::PerSurveyK { model } => model.k_for(top_scores),
-        };
-        k.max(1).min(len)
+            Policy::PerSurveyK { model } => model.pick(species, scores, model.count_scale),
+        }
     }
 
     /// Real species ids per survey; never empty unless the survey has no score at all.
@@ -214,12 +225,12 @@ impl Policy {
             .into_par_iter()
             .map(|i| {
                 let top = scores.top(i, depth);
-                let s: Vec<f32> = top.iter().map(|&(_, x)| x).collect();
-                let k = self.k_for(&s);
-                top[..k]
+                let sp: Vec<u32> = top
                     .iter()
                     .map(|&(c, _)| scores.species[c as usize])
-                    .collect()
+                    .collect();
+                let s: Vec<f32> = top.iter().map(|&(_, x)| x).collect();
+                self.pick(&sp, &s).into_iter().map(|j| sp[j]).collect()
             })
             .collect()
     }
@@ -241,7 +252,7 @@ impl Policy {
         table
             .rows
             .par_iter()
-            .map(|r| r.f1_at(self.k_for(&r.scores)))
+            .map(|r| r.f1_of_pick(&self.pick(&r.species, &r.scores)))
             .collect()
     }
 
@@ -252,14 +263,14 @@ impl Policy {
 }
 
 /// Number of survey features of the count model.
-const N_FEATURES: usize = 8;
+const N_FEATURES: usize = 9;
 /// Number of inputs of the hit model.
 const N_HIT: usize = 5;
 const EPS: f64 = 1e-7;
 
 /// Survey features from its top scores: ln sum, ln top-1, ln p at ranks 5/10/20/last,
-/// normalised entropy, share of the top-5 in the sum.
-fn survey_features(s: &[f32]) -> [f64; N_FEATURES] {
+/// normalised entropy, share of the top-5 in the sum, mean richness of its top-10 species.
+fn survey_features(s: &[f32], richness: f64) -> [f64; N_FEATURES] {
     let at = |r: usize| -> f64 {
         let p = s
             .get(r.min(s.len().saturating_sub(1)))
@@ -289,6 +300,7 @@ fn survey_features(s: &[f32]) -> [f64; N_FEATURES] {
         at(usize::MAX),
         entropy,
         top5 / (sum + EPS),
+        richness,
     ]
 }
 
@@ -302,10 +314,33 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// Species in the top 10 used for the richness feature.
+const RICH_TOP: usize = 10;
+/// Pseudo-counts shrinking per-species statistics towards the global value.
+const SHRINK: f64 = 10.0;
+
 impl PerSurveyModel {
+    fn species_pos(&self, s: u32) -> Option<usize> {
+        self.species_ids.binary_search(&s).ok()
+    }
+
+    fn richness(&self, species: &[u32]) -> f64 {
+        let top = &species[..species.len().min(RICH_TOP)];
+        if top.is_empty() {
+            return self.default_richness;
+        }
+        top.iter()
+            .map(|&s| {
+                self.species_pos(s)
+                    .map_or(self.default_richness, |p| self.species_richness[p])
+            })
+            .sum::<f64>()
+            / top.len() as f64
+    }
+
     /// Predicted number of true species of a survey.
-    pub fn predicted_count(&self, s: &[f32]) -> f64 {
-        let f = survey_features(s);
+    pub fn predicted_count(&self, species: &[u32], s: &[f32]) -> f64 {
+        let f = survey_features(s, self.richness(species));
         let mut y = self.count_weights[0];
         for j in 0..N_FEATURES {
             y += self.count_weights[j + 1] * (f[j] - self.feature_mean[j]) / self.feature_std[j];
@@ -313,29 +348,47 @@ impl PerSurveyModel {
         (y.exp() - 1.0).max(1.0)
     }
 
-    /// K maximising the plug-in expected F1 (see the type docs).
-    pub fn k_for(&self, s: &[f32]) -> usize {
-        self.k_for_scaled(s, self.count_scale)
-    }
-
-    fn hit_probs(&self, s: &[f32], count: f64) -> Vec<f64> {
+    /// Hit probability of each of the first `max_k` entries.
+    fn hit_probs(&self, species: &[u32], s: &[f32], count: f64) -> Vec<f64> {
         let p1 = s.first().copied().unwrap_or(0.0);
         let lc = count.ln();
         s.iter()
+            .zip(species)
             .take(self.max_k)
             .enumerate()
-            .map(|(j, &p)| {
+            .map(|(j, (&p, &sp))| {
                 let x = hit_inputs(p, j, p1, lc);
-                sigmoid(x.iter().zip(&self.hit_weights).map(|(a, b)| a * b).sum())
+                let off = self.species_pos(sp).map_or(0.0, |q| self.species_offset[q]);
+                sigmoid(
+                    x.iter()
+                        .zip(&self.hit_weights)
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>()
+                        + off,
+                )
             })
             .collect()
     }
 
-    fn k_for_scaled(&self, s: &[f32], scale: f64) -> usize {
-        let count = self.predicted_count(s);
-        let q = self.hit_probs(s, count);
-        best_k(&q, scale * count, self.min_k, self.max_k)
+    /// Positions to keep with the count scaled by `scale`.
+    fn pick(&self, species: &[u32], s: &[f32], scale: f64) -> Vec<usize> {
+        if s.is_empty() {
+            return Vec::new();
+        }
+        let count = self.predicted_count(species, s);
+        let q = self.hit_probs(species, s, count);
+        pick_from(&q, scale * count, self.min_k, self.max_k)
     }
+}
+
+/// Orders entries by hit probability and keeps the best expected-F1 prefix.
+fn pick_from(q: &[f64], c: f64, min_k: usize, max_k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..q.len()).collect();
+    order.sort_by(|&a, &b| q[b].total_cmp(&q[a]).then(a.cmp(&b)));
+    let sorted: Vec<f64> = order.iter().map(|&j| q[j]).collect();
+    let k = best_k(&sorted, c, min_k, max_k).min(order.len());
+    order.truncate(k.max(1));
+    order
 }
 
 /// argmax over k in min_k..=max_k of 2 sum_{j<k} q_j / (k + c).
@@ -411,8 +464,48 @@ pub fn fit_per_survey(table: &RankTable, opts: &FitOptions) -> Result<(Policy, f
     }
     let min_k = opts.min_k.max(1);
     let max_k = opts.max_k.max(min_k);
+    // 0. Per-species richness: mean ln(1 + |truth|) of surveys ranking the species top-10.
+    let global_rich = rows
+        .iter()
+        .map(|r| (1.0 + r.n_true as f64).ln())
+        .sum::<f64>()
+        / rows.len() as f64;
+    let mut rich: std::collections::BTreeMap<u32, (f64, f64)> = Default::default();
+    for r in &rows {
+        let y = (1.0 + r.n_true as f64).ln();
+        for &sp in r.species.iter().take(RICH_TOP) {
+            let e = rich.entry(sp).or_insert((0.0, 0.0));
+            e.0 += y;
+            e.1 += 1.0;
+        }
+        for &sp in r.species.iter().take(max_k) {
+            rich.entry(sp).or_insert((0.0, 0.0));
+        }
+    }
+    let species_ids: Vec<u32> = rich.keys().copied().collect();
+    let species_richness: Vec<f64> = rich
+        .values()
+        .map(|&(s, n)| (s + SHRINK * global_rich) / (n + SHRINK))
+        .collect();
+    let mut model = PerSurveyModel {
+        depth: table.depth.max(max_k),
+        min_k,
+        max_k,
+        count_weights: vec![0.0; N_FEATURES + 1],
+        feature_mean: vec![0.0; N_FEATURES],
+        feature_std: vec![1.0; N_FEATURES],
+        hit_weights: vec![0.0; N_HIT],
+        count_scale: 1.0,
+        species_offset: vec![0.0; species_ids.len()],
+        species_ids,
+        species_richness,
+        default_richness: global_rich,
+    };
     // 1. Count model: ridge regression of ln(1 + |truth|) on standardised features.
-    let feats: Vec<[f64; N_FEATURES]> = rows.iter().map(|r| survey_features(&r.scores)).collect();
+    let feats: Vec<[f64; N_FEATURES]> = rows
+        .iter()
+        .map(|r| survey_features(&r.scores, model.richness(&r.species)))
+        .collect();
     let n = feats.len() as f64;
     let mut mean_f = vec![0.0; N_FEATURES];
     for f in &feats {
@@ -448,22 +541,15 @@ pub fn fit_per_survey(table: &RankTable, opts: &FitOptions) -> Result<(Policy, f
     for (a, row) in ata.iter_mut().enumerate().skip(1) {
         row[a] += opts.ridge;
     }
-    let count_weights = solve(ata, atb)?;
-    let mut model = PerSurveyModel {
-        depth: table.depth.max(max_k),
-        min_k,
-        max_k,
-        count_weights,
-        feature_mean: mean_f,
-        feature_std: std_f,
-        hit_weights: vec![0.0; N_HIT],
-        count_scale: 1.0,
-    };
-    // 2. Hit model: logistic regression (Newton / IRLS) on every ranked entry.
+    model.count_weights = solve(ata, atb)?;
+    model.feature_mean = mean_f;
+    model.feature_std = std_f;
+    // 2. Hit model: logistic regression (Newton / IRLS) on every ranked entry, then
+    //    per-species offsets ln((hits + a) / (expected hits + a)).
     let mut xs: Vec<[f64; N_HIT]> = Vec::new();
     let mut ys: Vec<f64> = Vec::new();
     for r in &rows {
-        let c = model.predicted_count(&r.scores);
+        let c = model.predicted_count(&r.species, &r.scores);
         let p1 = r.scores[0];
         for j in 0..r.scores.len().min(max_k) {
             xs.push(hit_inputs(r.scores[j], j, p1, c.ln()));
@@ -471,29 +557,34 @@ pub fn fit_per_survey(table: &RankTable, opts: &FitOptions) -> Result<(Policy, f
         }
     }
     model.hit_weights = logistic(&xs, &ys)?;
+    let mut observed = vec![0.0; model.species_ids.len()];
+    let mut expected = vec![0.0; model.species_ids.len()];
+    for r in &rows {
+        let c = model.predicted_count(&r.species, &r.scores);
+        let q = model.hit_probs(&r.species, &r.scores, c);
+        for (j, &qj) in q.iter().enumerate() {
+            if let Some(p) = model.species_pos(r.species[j]) {
+                expected[p] += qj;
+                if r.hits[j] {
+                    observed[p] += 1.0;
+                }
+            }
+        }
+    }
+    let a = SHRINK * 0.5;
+    model.species_offset = observed
+        .iter()
+        .zip(&expected)
+        .map(|(o, e)| ((o + a) / (e + a)).ln().clamp(-3.0, 3.0))
+        .collect();
     // 3. Scale of the count in the denominator: grid search on mean F1.
     let mut best = (1.0, f64::NEG_INFINITY);
-    let cache: Vec<(f64, Vec<f64>)> = table
-        .rows
-        .par_iter()
-        .map(|r| {
-            let c = model.predicted_count(&r.scores);
-            (c, model.hit_probs(&r.scores, c))
-        })
-        .collect();
-    for step in 0..=60 {
-        let scale = 0.3 + 0.05 * step as f64;
+    for step in 0..=40 {
+        let scale = 0.4 + 0.04 * step as f64;
         let f: f64 = table
             .rows
             .par_iter()
-            .zip(&cache)
-            .map(|(r, (c, q))| {
-                if r.scores.is_empty() {
-                    0.0
-                } else {
-                    r.f1_at(best_k(q, scale * c, min_k, max_k))
-                }
-            })
+            .map(|r| r.f1_of_pick(&model.pick(&r.species, &r.scores, scale)))
             .sum::<f64>()
             / table.rows.len() as f64;
         if f > best.1 {
