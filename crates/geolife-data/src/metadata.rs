@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::csvutil::{CsvFile, Row, csv_err, survey_of};
-use crate::{Result, Split};
+use crate::{DataError, Result, Split};
 
 /// One PA survey as described by its first metadata row.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,10 +101,19 @@ pub fn read_pa_metadata(path: &Path, split: Split) -> Result<PaMetadata> {
                     return Err(row.err("year", format!("expected a year, found {year}")));
                 }
                 let year = year as i32;
+                let lon = row.f64(&rec, c_lon, "lon")?;
+                let lat = row.f64(&rec, c_lat, "lat")?;
+                if !(lon.is_finite() && lat.is_finite()) {
+                    return Err(DataError::NonFinite {
+                        path: csv.path.clone(),
+                        survey: id.into(),
+                        what: format!("coordinates lon={lon}, lat={lat} (line {line})"),
+                    });
+                }
                 surveys.push(SurveyMeta {
                     survey_id: id,
-                    lon: row.f64(&rec, c_lon, "lon")?,
-                    lat: row.f64(&rec, c_lat, "lat")?,
+                    lon,
+                    lat,
                     year,
                     geo_uncertainty_m: row.opt_f64(&rec, c_unc, "geoUncertaintyInM")?,
                     area_m2: row.opt_f64(&rec, c_area, "areaInM2")?,

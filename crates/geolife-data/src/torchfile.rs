@@ -528,7 +528,7 @@ impl Seq {
 #[derive(Debug, Clone)]
 enum Value {
     None,
-    Bool(bool),
+    Bool,
     Int(i64),
     /// A float (values are never needed, only accepted).
     Float,
@@ -557,7 +557,7 @@ impl Value {
     fn kind(&self) -> &'static str {
         match self {
             Value::None => "None",
-            Value::Bool(_) => "bool",
+            Value::Bool => "bool",
             Value::Int(_) => "int",
             Value::Float => "float",
             Value::Str(_) => "str",
@@ -727,14 +727,12 @@ impl<'a> Machine<'a> {
                     self.push(pos, Value::Int(i64::from_le_bytes(buf)))?;
                 }
                 b'G' => {
-                    let b = r.take(8).ok_or_else(|| short(&self))?;
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    let _ = f64::from_be_bytes(a);
+                    // BINFLOAT: 8 bytes; the value itself is never needed.
+                    r.take(8).ok_or_else(|| short(&self))?;
                     self.push(pos, Value::Float)?;
                 }
-                0x88 => self.push(pos, Value::Bool(true))?,
-                0x89 => self.push(pos, Value::Bool(false))?,
+                0x88 => self.push(pos, Value::Bool)?,
+                0x89 => self.push(pos, Value::Bool)?,
                 b'N' => self.push(pos, Value::None)?,
                 b'c' => {
                     let module = r.line().ok_or_else(|| short(&self))?;
@@ -960,7 +958,7 @@ impl<'a> Machine<'a> {
                 let offset = self.usize_of(pos, &a[1], "storage offset")?;
                 let shape = self.usizes(pos, &a[2], "size")?;
                 let stride = self.usizes(pos, &a[3], "stride")?;
-                if !matches!(a[4], Value::Bool(_)) {
+                if !matches!(a[4], Value::Bool) {
                     return Err(self.err(pos, "_rebuild_tensor_v2: requires_grad is not a bool"));
                 }
                 Ok(Value::Tensor(TensorRef {
