@@ -1,0 +1,191 @@
+//! Relative paths of the official GLC24 Kaggle layout as the synthetic writer produces them
+//! (GLC24.md §2): repeated folder names, the space in "Human Footprint", hyphens in train
+//! Landsat cube names and underscores in test ones, and the CD/AB patch folders.
+
+use std::path::PathBuf;
+
+use crate::Split;
+
+/// PA metadata CSV of a split.
+pub fn metadata_csv(split: Split) -> PathBuf {
+    PathBuf::from(format!("GLC24_PA_metadata_{split}.csv"))
+}
+
+/// The released-solution-style label file of the test split.
+pub const SOLUTION_CSV: &str = "GLC24_SOLUTION_FILE.csv";
+
+/// Root of the environmental CSVs (the folder name really repeats).
+const ENV_ROOT: &str = "EnvironmentalRasters/EnvironmentalRasters";
+
+/// The five environmental tables of the seed's 46 tabular features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvTable {
+    Bioclimatic,
+    Elevation,
+    HumanFootprint,
+    LandCover,
+    SoilGrids,
+}
+
+impl EnvTable {
+    /// All tables, in the order the writer emits them.
+    pub const ALL: [EnvTable; 5] = [
+        EnvTable::Bioclimatic,
+        EnvTable::Elevation,
+        EnvTable::HumanFootprint,
+        EnvTable::LandCover,
+        EnvTable::SoilGrids,
+    ];
+
+    /// Path of this table's CSV for `split`.
+    pub fn csv(self, split: Split) -> PathBuf {
+        let (folder, name) = match self {
+            EnvTable::Bioclimatic => ("Climate/Average 1981-2010", "bioclimatic"),
+            EnvTable::Elevation => ("Elevation", "elevation"),
+            EnvTable::HumanFootprint => ("Human Footprint", "human_footprint"),
+            EnvTable::LandCover => ("LandCover", "landcover"),
+            EnvTable::SoilGrids => ("SoilGrids", "soilgrids"),
+        };
+        PathBuf::from(format!("{ENV_ROOT}/{folder}/GLC24-PA-{split}-{name}.csv"))
+    }
+
+    /// Value columns (after `surveyId`), with the real names.
+    pub fn columns(self) -> Vec<String> {
+        match self {
+            EnvTable::Bioclimatic => (1..=19).map(|i| format!("Bio{i}")).collect(),
+            EnvTable::Elevation => vec!["Elevation".into()],
+            EnvTable::HumanFootprint => HUMAN_FOOTPRINT.iter().map(|s| s.to_string()).collect(),
+            EnvTable::LandCover => vec!["LandCover".into()],
+            EnvTable::SoilGrids => SOILGRIDS.iter().map(|s| format!("Soilgrid-{s}")).collect(),
+        }
+    }
+}
+
+/// The 16 human-footprint columns, named and ordered as in the official CSV.
+pub const HUMAN_FOOTPRINT: [&str; 16] = [
+    "HumanFootprint-Built1994",
+    "HumanFootprint-Built2009",
+    "HumanFootprint-HFP1993",
+    "HumanFootprint-HFP2009",
+    "HumanFootprint-Lights1994",
+    "HumanFootprint-Lights2009",
+    "HumanFootprint-NavWater1994",
+    "HumanFootprint-NavWater2009",
+    "HumanFootprint-Pasture1993",
+    "HumanFootprint-Pasture2009",
+    "HumanFootprint-Popdensity1990",
+    "HumanFootprint-Popdensity2010",
+    "HumanFootprint-Railways",
+    "HumanFootprint-Roads",
+    "HumanFootprint-croplands1992",
+    "HumanFootprint-croplands2005",
+];
+
+/// SoilGrids variables, in the official column order.
+pub const SOILGRIDS: [&str; 9] = [
+    "bdod", "cec", "cfvo", "clay", "nitrogen", "phh2o", "sand", "silt", "soc",
+];
+
+/// Root of the `.pt` cubes (the folder name repeats).
+const CUBE_ROOT: &str = "TimeSeries-Cubes/TimeSeries-Cubes";
+
+/// File stem of a survey's Landsat cube: hyphens in train, underscores in test.
+pub fn landsat_stem(split: Split, id: u64) -> String {
+    match split {
+        Split::Train => format!("GLC24-PA-train-landsat-time-series_{id}_cube"),
+        Split::Test => format!("GLC24-PA-test-landsat_time_series_{id}_cube"),
+    }
+}
+
+/// File stem of a survey's bioclimatic monthly cube.
+pub fn bioclim_stem(split: Split, id: u64) -> String {
+    format!("GLC24-PA-{split}-bioclimatic_monthly_{id}_cube")
+}
+
+/// Path of a survey's Landsat cube.
+pub fn landsat_cube(split: Split, id: u64) -> PathBuf {
+    PathBuf::from(format!(
+        "{CUBE_ROOT}/GLC24-PA-{split}-landsat_time_series/{}.pt",
+        landsat_stem(split, id)
+    ))
+}
+
+/// Path of a survey's bioclimatic monthly cube.
+pub fn bioclim_cube(split: Split, id: u64) -> PathBuf {
+    PathBuf::from(format!(
+        "{CUBE_ROOT}/GLC24-PA-{split}-bioclimatic_monthly/{}.pt",
+        bioclim_stem(split, id)
+    ))
+}
+
+/// Sentinel-2 patch kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    Rgb,
+    Nir,
+}
+
+/// Path of a survey's patch: `PA_Train_SatellitePatches_RGB/pa_train_patches_rgb/CD/AB/<id>.jpeg`,
+/// where CD are the id's last two decimal digits and AB the two before (fewer for short ids;
+/// an empty component is skipped).
+pub fn patch(split: Split, kind: PatchKind, id: u64) -> PathBuf {
+    let (upper, lower) = match kind {
+        PatchKind::Rgb => ("RGB", "rgb"),
+        PatchKind::Nir => ("NIR", "nir"),
+    };
+    let cap = match split {
+        Split::Train => "Train",
+        Split::Test => "Test",
+    };
+    let mut p = PathBuf::from(format!("PA_{cap}_SatellitePatches_{upper}"));
+    p.push(format!("pa_{split}_patches_{lower}"));
+    let digits = id.to_string();
+    let n = digits.len();
+    let cd = &digits[n.saturating_sub(2)..];
+    let ab = &digits[n.saturating_sub(4)..n.saturating_sub(2)];
+    for part in [cd, ab] {
+        if !part.is_empty() {
+            p.push(part);
+        }
+    }
+    p.push(format!("{id}.jpeg"));
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_paths_follow_the_documented_examples() {
+        // Examples from GLC24.md §2.
+        assert_eq!(
+            patch(Split::Train, PatchKind::Rgb, 1400102),
+            PathBuf::from("PA_Train_SatellitePatches_RGB/pa_train_patches_rgb/02/01/1400102.jpeg")
+        );
+        assert_eq!(
+            patch(Split::Test, PatchKind::Nir, 212),
+            PathBuf::from("PA_Test_SatellitePatches_NIR/pa_test_patches_nir/12/2/212.jpeg")
+        );
+        assert_eq!(
+            patch(Split::Train, PatchKind::Nir, 7),
+            PathBuf::from("PA_Train_SatellitePatches_NIR/pa_train_patches_nir/7/7.jpeg")
+        );
+    }
+
+    #[test]
+    fn cube_names_use_hyphens_in_train_only() {
+        assert_eq!(
+            landsat_cube(Split::Train, 1322301),
+            PathBuf::from(
+                "TimeSeries-Cubes/TimeSeries-Cubes/GLC24-PA-train-landsat_time_series/GLC24-PA-train-landsat-time-series_1322301_cube.pt"
+            )
+        );
+        assert_eq!(
+            landsat_cube(Split::Test, 642),
+            PathBuf::from(
+                "TimeSeries-Cubes/TimeSeries-Cubes/GLC24-PA-test-landsat_time_series/GLC24-PA-test-landsat_time_series_642_cube.pt"
+            )
+        );
+    }
+}
