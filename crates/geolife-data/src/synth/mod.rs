@@ -221,7 +221,18 @@ pub fn write_dataset(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
         fs::remove_dir_all(&tmp).map_err(|e| DataError::io(&tmp, None, e))?;
     }
     fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, None, e))?;
-    let result = write_into(&tmp, cfg);
+    let result = write_into(&tmp, cfg).and_then(|s| {
+        // Manifest without the run-dependent fields, so that a seed gives identical files.
+        let mut fixed = s.clone();
+        fixed.root = PathBuf::new();
+        fixed.seconds = 0.0;
+        let manifest = serde_json::json!({ "config": cfg, "summary": fixed });
+        let text = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| DataError::Invalid(format!("cannot serialise the manifest: {e}")))?;
+        let path = tmp.join(MANIFEST_FILE);
+        fs::write(&path, text + "\n").map_err(|e| DataError::io(&path, None, e))?;
+        Ok(s)
+    });
     let mut summary = match result {
         Ok(s) => s,
         Err(e) => {
@@ -235,17 +246,12 @@ pub fn write_dataset(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
     fs::rename(&tmp, out).map_err(|e| DataError::io(out, None, e))?;
     summary.root = out.to_path_buf();
     summary.seconds = start.elapsed().as_secs_f64();
-    let manifest = serde_json::json!({ "config": cfg, "summary": &summary });
-    let text = serde_json::to_string_pretty(&manifest)
-        .map_err(|e| DataError::Invalid(format!("cannot serialise the manifest: {e}")))?;
-    let path = out.join(MANIFEST_FILE);
-    fs::write(&path, text + "\n").map_err(|e| DataError::io(&path, None, e))?;
     Ok(summary)
 }
 
 fn write_into(root: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
-    let world = World::new(cfg);
-    let (train, test) = assign_sites(cfg, &world);
+    let plan = SynthPlan::new(cfg)?;
+    let (world, train, test) = (&plan.world, &plan.train, &plan.test);
     let bar = progress_bar(cfg, (train.len() + test.len()) as u64);
     let mut summary = SynthSummary {
         root: root.to_path_buf(),
@@ -265,8 +271,8 @@ fn write_into(root: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
     let header = (0..FACTORS).map(|k| format!(",z{k}")).collect::<String>();
     writeln!(latents, "surveyId,split{header}")
         .map_err(|e| DataError::io(&latents_path, None, e))?;
-    for (split, sites) in [(Split::Train, &train), (Split::Test, &test)] {
-        let stats = write_split(root, cfg, &world, split, sites, &mut latents, &bar)?;
+    for (split, sites) in [(Split::Train, train), (Split::Test, test)] {
+        let stats = write_split(root, cfg, world, split, sites, &mut latents, &bar)?;
         summary.files += stats.files;
         summary.bytes += stats.bytes;
         match split {
@@ -283,6 +289,54 @@ fn write_into(root: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
         .map_err(|e| DataError::io(&latents_path, None, e))?;
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// The deterministic plan of a synthetic dataset (world, survey ids, clusters): regenerates
+/// any survey's exact values in memory without touching the files.
+pub struct SynthPlan {
+    cfg: SynthConfig,
+    world: World,
+    train: Vec<Site>,
+    test: Vec<Site>,
+}
+
+impl SynthPlan {
+    /// Builds the plan `write_dataset(_, cfg)` follows.
+    pub fn new(cfg: &SynthConfig) -> Result<SynthPlan> {
+        cfg.validate()?;
+        let world = World::new(cfg);
+        let (train, test) = assign_sites(cfg, &world);
+        Ok(SynthPlan {
+            cfg: cfg.clone(),
+            world,
+            train,
+            test,
+        })
+    }
+
+    /// Survey ids of a split, ascending (the order of the CSV rows).
+    pub fn survey_ids(&self, split: Split) -> Vec<u64> {
+        self.sites(split).iter().map(|s| s.id).collect()
+    }
+
+    /// Species ids of the world, ascending.
+    pub fn species_ids(&self) -> &[u32] {
+        &self.world.species_ids
+    }
+
+    /// Every value of survey `id` of `split`, identical to what `write_dataset` writes.
+    pub fn survey(&self, split: Split, id: u64) -> Option<SyntheticSurvey> {
+        let sites = self.sites(split);
+        let i = sites.binary_search_by_key(&id, |s| s.id).ok()?;
+        Some(generate(&self.cfg, &self.world, split, &sites[i]).survey)
+    }
+
+    fn sites(&self, split: Split) -> &[Site] {
+        match split {
+            Split::Train => &self.train,
+            Split::Test => &self.test,
+        }
+    }
 }
 
 fn progress_bar(cfg: &SynthConfig, n: u64) -> indicatif::ProgressBar {
@@ -474,18 +528,51 @@ fn file_len(path: &Path) -> Result<u64> {
         .len())
 }
 
-/// Generates every value of one survey, writes its cubes and patches, and returns its rows.
-fn render_survey(
-    root: &Path,
-    cfg: &SynthConfig,
-    world: &World,
-    split: Split,
-    site: &Site,
-) -> Result<SurveyOut> {
+/// Every value of one synthetic survey, as written to the files (before JPEG compression
+/// for the patches): the ground truth for round-trip tests of readers and caches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticSurvey {
+    pub survey_id: u64,
+    pub split: Split,
+    pub lon: f64,
+    pub lat: f64,
+    /// Distinct species ids present, ascending.
+    pub species: Vec<u32>,
+    /// The latent factors (see the module doc; two per modality).
+    pub factors: [f64; FACTORS],
+    /// The 46 tabular columns `(name, value)` as written: NaN for an empty cell.
+    pub tabular: Vec<(String, f64)>,
+    /// Landsat cube in C order of (6, 4, 21); NaN where the file holds NaN.
+    pub landsat: Vec<f32>,
+    /// Bioclimatic cube in C order of (4, 19, 12).
+    pub bioclim: Vec<f32>,
+    /// RGB patch, 128x128x3 interleaved, before JPEG encoding.
+    pub rgb: Vec<u8>,
+    /// NIR patch, 128x128, before JPEG encoding.
+    pub nir: Vec<u8>,
+}
+
+/// A survey's values plus the text rows and random draws the writer needs.
+struct Generated {
+    survey: SyntheticSurvey,
+    species_idx: Vec<u32>,
+    meta: String,
+    env: [String; 5],
+    rows: usize,
+    sid_draws: [u64; 2],
+}
+
+/// Parses a written cell back to the value a reader sees (empty -> NaN).
+fn cell_value(text: &str) -> f64 {
+    text.parse().unwrap_or(f64::NAN)
+}
+
+/// Generates every value of one survey (no I/O).
+fn generate(cfg: &SynthConfig, world: &World, split: Split, site: &Site) -> Generated {
     let mut rng = world::rng_for(cfg.seed, Stream::Survey, site.index);
     let cluster = &world.clusters[site.cluster];
     let z = world.factors(site.cluster, &mut rng);
-    let species = world.sample_species(site.cluster, &z, &mut rng);
+    let species_idx = world.sample_species(site.cluster, &z, &mut rng);
     let lon = (cluster.lon + 0.3 * world::normal(&mut rng)).clamp(-10.0, 30.0);
     let lat = (cluster.lat + 0.2 * world::normal(&mut rng)).clamp(36.0, 70.0);
 
@@ -511,7 +598,7 @@ fn render_survey(
     let mut rows = 0;
     match split {
         Split::Train => {
-            for &s in &species {
+            for &s in &species_idx {
                 let sid = world.species_ids[s as usize];
                 let reps = 1 + usize::from(rng.random::<f64>() < cfg.duplicate_row_rate);
                 for _ in 0..reps {
@@ -546,14 +633,25 @@ fn render_survey(
         // "No data" codes in human footprint (negative or >100).
         footprint[rng.random_range(0..16)] = "-1.0".into();
     }
+    let landcover = fmt_f(e.landcover);
     let id = site.id;
     let env = [
         format!("{id},{}\n", bio.join(",")),
         format!("{id},{elevation}\n"),
         format!("{id},{}\n", footprint.join(",")),
-        format!("{id},{}\n", fmt_f(e.landcover)),
+        format!("{id},{landcover}\n"),
         format!("{id},{}\n", soil.join(",")),
     ];
+    let mut tabular = Vec::with_capacity(46);
+    for (table, cells) in
+        EnvTable::ALL
+            .into_iter()
+            .zip([bio, vec![elevation], footprint, vec![landcover], soil])
+    {
+        for (name, cell) in table.columns().into_iter().zip(cells) {
+            tabular.push((name, cell_value(&cell)));
+        }
+    }
 
     // Cubes: NaN in the most recent Landsat years for a few surveys.
     let nan_years = if rng.random::<f64>() < 2.0 * cfg.missing_rate {
@@ -563,26 +661,71 @@ fn render_survey(
     };
     let landsat = world::render_landsat(&z, &mut rng, nan_years);
     let bioclim = world::render_bioclim(&z, e.bio[0], &mut rng);
+    let (rgb, nir) = world::render_patch(&z, &mut rng);
+    let sid_draws = [
+        rng.random_range(0..10_000_000_000_000_000_000),
+        rng.random_range(0..10_000_000_000_000_000_000),
+    ];
+    let mut species: Vec<u32> = species_idx
+        .iter()
+        .map(|&s| world.species_ids[s as usize])
+        .collect();
+    species.sort_unstable();
+    Generated {
+        survey: SyntheticSurvey {
+            survey_id: id,
+            split,
+            lon,
+            lat,
+            species,
+            factors: z,
+            tabular,
+            landsat,
+            bioclim,
+            rgb,
+            nir,
+        },
+        species_idx,
+        meta,
+        env,
+        rows,
+        sid_draws,
+    }
+}
+
+/// Generates one survey, writes its cubes and patches, and returns its text rows.
+fn render_survey(
+    root: &Path,
+    cfg: &SynthConfig,
+    world: &World,
+    split: Split,
+    site: &Site,
+) -> Result<SurveyOut> {
+    let g = generate(cfg, world, split, site);
+    let id = site.id;
+    let sv = &g.survey;
     let mut bytes = 0u64;
-    for (rel, stem, values, size, stride) in [
+    for (rel, stem, values, size, stride, draw) in [
         (
             layout::landsat_cube(split, id),
             layout::landsat_stem(split, id),
-            &landsat,
+            &sv.landsat,
             world::LANDSAT_SIZE,
             world::LANDSAT_STRIDE,
+            g.sid_draws[0],
         ),
         (
             layout::bioclim_cube(split, id),
             layout::bioclim_stem(split, id),
-            &bioclim,
+            &sv.bioclim,
             world::BIOCLIM_SIZE,
             world::BIOCLIM_STRIDE,
+            g.sid_draws[1],
         ),
     ] {
         let storage = world::to_storage(values, size, stride);
         let sid = torch_pt::serialization_id(
-            rng.random_range(0..10_000_000_000_000_000_000),
+            draw,
             u64::from(torch_pt::crc32(bytemuck::cast_slice(&storage))),
         );
         let data = torch_pt::encode_pt(
@@ -598,11 +741,9 @@ fn render_survey(
         bytes += write_file(&root.join(rel), &data, id)?;
     }
 
-    // Patches.
-    let (rgb, nir) = world::render_patch(&z, &mut rng);
     for (kind, pixels, color) in [
-        (PatchKind::Rgb, &rgb, image::ExtendedColorType::Rgb8),
-        (PatchKind::Nir, &nir, image::ExtendedColorType::L8),
+        (PatchKind::Rgb, &sv.rgb, image::ExtendedColorType::Rgb8),
+        (PatchKind::Nir, &sv.nir, image::ExtendedColorType::L8),
     ] {
         let mut jpeg = Vec::with_capacity(8192);
         let side = world::PATCH as u32;
@@ -618,15 +759,18 @@ fn render_survey(
 
     let latents = format!(
         "{id},{split}{}\n",
-        z.iter().map(|v| format!(",{v:.5}")).collect::<String>()
+        sv.factors
+            .iter()
+            .map(|v| format!(",{v:.5}"))
+            .collect::<String>()
     );
     Ok(SurveyOut {
         id,
-        meta,
-        env,
+        meta: g.meta,
+        env: g.env,
         latents,
-        species_ids: species,
-        rows,
+        species_ids: g.species_idx,
+        rows: g.rows,
         files: 4,
         bytes,
     })
