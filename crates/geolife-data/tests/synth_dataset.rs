@@ -1,0 +1,287 @@
+//! `geolife synth` datasets: the complete official layout, seeded byte-identical output,
+//! atomic writing, and CSV / patch values that match the generated survey records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use geolife_data::Split;
+use geolife_data::synth::layout::{self, EnvTable, PatchKind};
+use geolife_data::synth::{SynthConfig, SynthPlan, write_dataset};
+
+fn tiny(seed: u64) -> SynthConfig {
+    SynthConfig {
+        train_surveys: 40,
+        test_surveys: 8,
+        species: 30,
+        seed,
+        mean_species_per_survey: 6.0,
+        missing_rate: 0.2,
+        duplicate_row_rate: 0.1,
+        ..SynthConfig::default()
+    }
+}
+
+/// All files under `root`, relative path -> bytes.
+fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_path_buf();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let header = r.headers().unwrap().iter().map(String::from).collect();
+    let rows = r
+        .records()
+        .map(|rec| rec.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+#[test]
+fn same_seed_gives_byte_identical_datasets_and_another_seed_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    write_dataset(&a, &tiny(7)).unwrap();
+    write_dataset(&b, &tiny(7)).unwrap();
+    write_dataset(&c, &tiny(8)).unwrap();
+    let (fa, fb, fc) = (files(&a), files(&b), files(&c));
+    assert_eq!(fa.keys().collect::<Vec<_>>(), fb.keys().collect::<Vec<_>>());
+    for (k, v) in &fa {
+        assert!(
+            fb[k] == *v,
+            "{} differs between two runs with the same seed",
+            k.display()
+        );
+    }
+    let meta = layout::metadata_csv(Split::Train);
+    assert_ne!(
+        fa[&meta], fc[&meta],
+        "another seed must change the metadata"
+    );
+    // Nothing but the three datasets is left in the parent folder (no temporary dirs).
+    let names: BTreeSet<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
+    );
+}
+
+#[test]
+fn existing_non_empty_output_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ds");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), b"mine").unwrap();
+    let err = write_dataset(&out, &tiny(1)).unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert_eq!(std::fs::read(out.join("keep.txt")).unwrap(), b"mine");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // An invalid option is rejected before any work, naming the option.
+    let bad = SynthConfig {
+        species: 0,
+        ..tiny(1)
+    };
+    let err = write_dataset(&dir.path().join("other"), &bad).unwrap_err();
+    assert!(err.to_string().contains("species"), "{err}");
+    assert!(!dir.path().join("other").exists());
+}
+
+#[test]
+fn dataset_has_every_file_of_the_official_layout_with_matching_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ds");
+    let cfg = tiny(3);
+    let summary = write_dataset(&out, &cfg).unwrap();
+    let plan = SynthPlan::new(&cfg).unwrap();
+    assert_eq!(summary.train_surveys, 40);
+    assert_eq!(summary.test_surveys, 8);
+
+    // Exact folder names of the official layout (repeated folders, the space, hyphens).
+    for rel in [
+        "GLC24_PA_metadata_train.csv",
+        "GLC24_PA_metadata_test.csv",
+        "GLC24_SOLUTION_FILE.csv",
+        "EnvironmentalRasters/EnvironmentalRasters/Climate/Average 1981-2010/GLC24-PA-train-bioclimatic.csv",
+        "EnvironmentalRasters/EnvironmentalRasters/Human Footprint/GLC24-PA-test-human_footprint.csv",
+        "EnvironmentalRasters/EnvironmentalRasters/SoilGrids/GLC24-PA-train-soilgrids.csv",
+        "EnvironmentalRasters/EnvironmentalRasters/Elevation/GLC24-PA-test-elevation.csv",
+        "EnvironmentalRasters/EnvironmentalRasters/LandCover/GLC24-PA-train-landcover.csv",
+    ] {
+        assert!(out.join(rel).is_file(), "missing {rel}");
+    }
+
+    // Metadata: train rows per (survey, species), float-formatted species ids, repeats.
+    let (header, rows) = read_csv(&out.join("GLC24_PA_metadata_train.csv"));
+    assert_eq!(
+        header,
+        [
+            "lon",
+            "lat",
+            "year",
+            "geoUncertaintyInM",
+            "areaInM2",
+            "region",
+            "country",
+            "speciesId",
+            "surveyId"
+        ]
+    );
+    let mut labels: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+    let mut pairs = BTreeSet::new();
+    let mut repeats = 0;
+    for r in &rows {
+        assert!(
+            r[7].ends_with(".0"),
+            "speciesId `{}` must be float-formatted",
+            r[7]
+        );
+        let sid = r[7].trim_end_matches(".0").parse::<u32>().unwrap();
+        let id = r[8].parse::<u64>().unwrap();
+        let (lon, lat): (f64, f64) = (r[0].parse().unwrap(), r[1].parse().unwrap());
+        assert!((-10.0..=30.0).contains(&lon) && (36.0..=70.0).contains(&lat));
+        labels.entry(id).or_default().insert(sid);
+        repeats += usize::from(!pairs.insert((id, sid)));
+    }
+    assert!(repeats > 0, "duplicate_row_rate 0.1 must repeat some rows");
+    let ids: Vec<u64> = labels.keys().copied().collect();
+    assert_eq!(ids, plan.survey_ids(Split::Train));
+    assert!(
+        ids.iter().any(|&id| id < 10),
+        "a one-digit survey id exercises the path rule"
+    );
+    for (&id, set) in &labels {
+        let truth = plan.survey(Split::Train, id).unwrap();
+        assert_eq!(
+            set.iter().copied().collect::<Vec<_>>(),
+            truth.species,
+            "survey {id}"
+        );
+    }
+
+    // Test metadata has no speciesId; the solution file lists the generated species.
+    let (header, test_rows) = read_csv(&out.join("GLC24_PA_metadata_test.csv"));
+    assert!(!header.iter().any(|h| h == "speciesId"));
+    let test_ids: Vec<u64> = test_rows.iter().map(|r| r[7].parse().unwrap()).collect();
+    assert_eq!(test_ids, plan.survey_ids(Split::Test));
+    assert!(
+        test_ids.iter().all(|id| !labels.contains_key(id)),
+        "train/test ids overlap"
+    );
+    let (header, sol) = read_csv(&out.join("GLC24_SOLUTION_FILE.csv"));
+    assert_eq!(header, ["surveyId", "predictions"]);
+    assert_eq!(sol.len(), 8);
+    for r in &sol {
+        let id: u64 = r[0].parse().unwrap();
+        let mut got: Vec<u32> = r[1].split(' ').map(|s| s.parse().unwrap()).collect();
+        got.sort_unstable();
+        assert_eq!(got, plan.survey(Split::Test, id).unwrap().species);
+    }
+
+    // Environmental CSVs: real column names, one row per survey, values as generated.
+    let anchors = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data/glc24-real/env_value_anchors.csv"),
+    )
+    .unwrap();
+    let real_columns: BTreeSet<&str> = anchors
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(2))
+        .collect();
+    let mut written_columns = BTreeSet::new();
+    let mut empty_or_inf = 0;
+    for split in Split::ALL {
+        let mut tab: BTreeMap<u64, Vec<(String, String)>> = BTreeMap::new();
+        for table in EnvTable::ALL {
+            let (header, rows) = read_csv(&out.join(table.csv(split)));
+            assert_eq!(header[0], "surveyId");
+            assert_eq!(header.len(), 1 + table.columns().len());
+            for r in rows {
+                let id = r[0].parse().unwrap();
+                for (h, v) in header.iter().zip(&r).skip(1) {
+                    written_columns.insert(h.clone());
+                    empty_or_inf += usize::from(v.is_empty() || v.contains("inf"));
+                    tab.entry(id).or_default().push((h.clone(), v.clone()));
+                }
+            }
+        }
+        assert_eq!(
+            tab.keys().copied().collect::<Vec<_>>(),
+            plan.survey_ids(split)
+        );
+        for (id, cells) in tab {
+            let truth = plan.survey(split, id).unwrap();
+            assert_eq!(cells.len(), 46);
+            for ((h, v), (name, value)) in cells.iter().zip(&truth.tabular) {
+                assert_eq!(h, name);
+                let parsed = if v.is_empty() {
+                    f64::NAN
+                } else {
+                    v.parse::<f64>().unwrap()
+                };
+                assert!(
+                    parsed == *value || (parsed.is_nan() && value.is_nan()),
+                    "{split} {id} {h}: `{v}` vs {value}"
+                );
+            }
+        }
+    }
+    assert_eq!(written_columns.len(), 46);
+    let real_names: BTreeSet<String> = real_columns.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        written_columns, real_names,
+        "column names must be the official ones"
+    );
+    assert!(
+        empty_or_inf > 0,
+        "missing_rate 0.2 must leave some empty/inf cells"
+    );
+
+    // Cubes and patches exist for every survey; patches decode to the right size and are
+    // close to the generated pixels (JPEG is lossy).
+    for split in Split::ALL {
+        for id in plan.survey_ids(split) {
+            assert!(out.join(layout::landsat_cube(split, id)).is_file());
+            assert!(out.join(layout::bioclim_cube(split, id)).is_file());
+            let truth = plan.survey(split, id).unwrap();
+            let rgb = image::open(out.join(layout::patch(split, PatchKind::Rgb, id))).unwrap();
+            assert_eq!(rgb.color(), image::ColorType::Rgb8);
+            let rgb = rgb.to_rgb8();
+            assert_eq!(rgb.dimensions(), (128, 128));
+            let nir = image::open(out.join(layout::patch(split, PatchKind::Nir, id))).unwrap();
+            assert_eq!(nir.color(), image::ColorType::L8);
+            let nir = nir.to_luma8();
+            for (decoded, want) in [(rgb.as_raw(), &truth.rgb), (nir.as_raw(), &truth.nir)] {
+                let mean_abs = decoded
+                    .iter()
+                    .zip(want.iter())
+                    .map(|(&a, &b)| (a as f64 - b as f64).abs())
+                    .sum::<f64>()
+                    / want.len() as f64;
+                assert!(
+                    mean_abs < 4.0,
+                    "{split} {id}: JPEG differs by {mean_abs} on average"
+                );
+            }
+        }
+    }
+}
