@@ -7,6 +7,7 @@ pub mod cubes;
 pub mod dataset;
 pub mod env;
 pub mod error;
+pub mod inspect;
 pub mod layout;
 pub mod metadata;
 pub mod patches;
