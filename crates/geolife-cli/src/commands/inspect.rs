@@ -1,10 +1,185 @@
-//! `geolife inspect` (work in progress: owned by its issue).
+//! `geolife inspect <DATA>`: validates a dataset root and reports what it holds per split, or
+//! prints one survey's record as JSON (`--split S --survey ID --json`).
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::{Context, bail};
+use geolife_data::inspect::{InspectOptions, Report, inspect, parse_env_groups, survey_record};
+use geolife_data::{Dataset, DatasetOptions, NanPolicy, Split};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`geolife inspect` is not implemented yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// Dataset root in the official GLC24 layout (holds GLC24_PA_metadata_train.csv).
+    pub data: PathBuf,
+    /// Only this split (train or test); required with --survey.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Print this survey's full record as JSON (non-finite numbers as "NaN", "inf", "-inf").
+    #[arg(long)]
+    pub survey: Option<u64>,
+    /// Print JSON (the survey record, or the whole report).
+    #[arg(long)]
+    pub json: bool,
+    /// Check the files of only N surveys per split (evenly spaced); default all.
+    #[arg(long)]
+    pub sample: Option<usize>,
+    /// Environmental groups, comma-separated (bioclim, elevation, human-footprint,
+    /// soilgrids, landcover, monthly-climate) or `seed` for the seed's 46 features.
+    #[arg(long, default_value = "seed")]
+    pub env_groups: String,
+    /// Non-finite cube values: `zero` (the seed's nan_to_num) or `keep`.
+    #[arg(long, default_value = "zero")]
+    pub cube_nan: String,
+    /// Also fail (exit 1) when any part a full run needs is absent: the test split, an
+    /// environmental CSV, or a cube/patch file of a checked survey.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// Exit code when files exist but fail to parse.
+const EXIT_BAD_FILES: u8 = 2;
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let opts = DatasetOptions {
+        env_groups: parse_env_groups(&args.env_groups)?,
+        cube_nan: args.cube_nan.parse::<NanPolicy>()?,
+    };
+    let split = args.split.as_deref().map(str::parse::<Split>).transpose()?;
+    let ds = Dataset::open(&args.data, opts)
+        .with_context(|| format!("cannot inspect {}", args.data.display()))?;
+
+    if let Some(id) = args.survey {
+        let Some(split) = split else {
+            bail!("--survey needs --split train|test");
+        };
+        let rec = survey_record(&ds, split, id)?;
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let iopts = InspectOptions {
+        sample: args.sample,
+        splits: split.map(|s| vec![s]).unwrap_or_default(),
+    };
+    let total: usize = iopts
+        .splits
+        .iter()
+        .copied()
+        .chain(if iopts.splits.is_empty() {
+            Split::ALL.to_vec()
+        } else {
+            vec![]
+        })
+        .filter_map(|s| ds.surveys(s).ok())
+        .map(|s| args.sample.map_or(s.len(), |n| n.min(s.len())))
+        .sum();
+    let bar = ProgressBar::new(total as u64);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            ProgressStyle::with_template(
+                "checking files {bar:40} {pos}/{len} surveys ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let report = inspect(&ds, &iopts, &|| bar.inc(1));
+    bar.finish_and_clear();
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    let incomplete = report.incomplete();
+    if args.strict && !incomplete.is_empty() {
+        bail!(
+            "{} is incomplete for a full run (--strict):\n  {}\nfix: unzip the missing archives of the Kaggle download into the dataset root (layout: GLC24.md §2)",
+            args.data.display(),
+            incomplete.join("\n  ")
+        );
+    }
+    if report.n_failures() > 0 {
+        eprintln!(
+            "error: {} file(s) failed to parse (listed above); fix or re-download them, or pass --skip-bad to `geolife prepare` to leave those surveys out",
+            report.n_failures()
+        );
+        return Ok(ExitCode::from(EXIT_BAD_FILES));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(r: &Report) {
+    println!("dataset {}", r.root);
+    println!(
+        "presence-only metadata: {}",
+        if r.presence_only_present {
+            "present"
+        } else {
+            "absent"
+        }
+    );
+    for s in &r.splits {
+        println!();
+        if !s.present {
+            println!("[{}] metadata absent", s.split);
+            continue;
+        }
+        let species = s
+            .species
+            .map_or(String::new(), |n| format!(", {n} species"));
+        println!(
+            "[{}] {} surveys, {} rows ({} duplicate survey-species rows){species}",
+            s.split, s.surveys, s.rows, s.duplicate_rows
+        );
+        for e in &s.env {
+            if e.present {
+                println!(
+                    "  env {:<16} present, {} surveys without a row",
+                    e.group, e.missing_rows
+                );
+            } else {
+                println!("  env {:<16} ABSENT (expected at {})", e.group, e.path);
+            }
+        }
+        let noisy: Vec<_> = s
+            .features
+            .iter()
+            .filter(|f| f.nan + f.pos_inf + f.neg_inf > 0)
+            .collect();
+        if noisy.is_empty() && !s.features.is_empty() {
+            println!("  tabular: {} features, no NaN/inf", s.features.len());
+        } else if !noisy.is_empty() {
+            println!(
+                "  tabular: {} features; non-finite values:",
+                s.features.len()
+            );
+            for f in noisy {
+                println!(
+                    "    {:<32} NaN {:>7}  +inf {:>7}  -inf {:>7}",
+                    f.name, f.nan, f.pos_inf, f.neg_inf
+                );
+            }
+        }
+        println!("  files of {} checked surveys:", s.checked);
+        for m in &s.modalities {
+            println!(
+                "    {:<8} present {:>7} / {}   failed {}",
+                m.modality, m.present, s.checked, m.failed
+            );
+        }
+        for f in s.failures.iter().take(20) {
+            println!("  FAILED [{}] {}", f.kind, f.reason);
+        }
+        if s.failures.len() > 20 {
+            println!(
+                "  ... and {} more failures (use --json for all)",
+                s.failures.len() - 20
+            );
+        }
+    }
 }
