@@ -13,7 +13,9 @@ fn mini() -> PathBuf {
 
 fn files_under(dir: &Path, ext: &str) -> usize {
     let mut n = 0;
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -65,8 +67,11 @@ fn report_counts_match_an_independent_walk() {
     let distinct: BTreeSet<u64> = hand.values().flatten().copied().collect();
     assert_eq!(tr.species, Some(distinct.len()));
     assert_eq!(tr.checked, 18);
-    let counts: Vec<(String, usize, usize)> =
-        tr.modalities.iter().map(|m| (m.modality.clone(), m.present, m.failed)).collect();
+    let counts: Vec<(String, usize, usize)> = tr
+        .modalities
+        .iter()
+        .map(|m| (m.modality.clone(), m.present, m.failed))
+        .collect();
     let rgb = files_under(&mini().join("PA_Train_SatellitePatches_RGB"), "jpeg");
     let nir = files_under(&mini().join("PA_Train_SatellitePatches_NIR"), "jpeg");
     assert_eq!(
@@ -86,7 +91,10 @@ fn report_counts_match_an_independent_walk() {
 
     let sampled = inspect(
         &ds,
-        &InspectOptions { sample: Some(5), splits: vec![Split::Train] },
+        &InspectOptions {
+            sample: Some(5),
+            splits: vec![Split::Train],
+        },
         &|| {},
     );
     assert_eq!(sampled.splits.len(), 1);
@@ -108,14 +116,15 @@ fn survey_record_matches_golden_values() {
             assert_eq!(a.as_f64().unwrap() as f32, b.as_f64().unwrap() as f32);
         }
     }
-    let pil: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(mini().join("expected/patch_1322301_pil.json")).unwrap())
-            .unwrap();
+    let pil: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(mini().join("expected/patch_1322301_pil.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(rec["rgb_shape"], pil["rgb_shape"]);
     assert_eq!(rec["nir_shape"], pil["nir_shape"]);
     let means = rec["patch_channel_means"].as_array().unwrap();
-    for c in 0..3 {
-        let d = means[c].as_f64().unwrap() - pil["rgb_channel_means_pil"][c].as_f64().unwrap();
+    for (c, m) in means.iter().take(3).enumerate() {
+        let d = m.as_f64().unwrap() - pil["rgb_channel_means_pil"][c].as_f64().unwrap();
         assert!(d.abs() < 1.0, "channel {c} off by {d}");
     }
     assert!((means[3].as_f64().unwrap() - pil["nir_mean_pil"].as_f64().unwrap()).abs() < 1.0);
@@ -124,13 +133,21 @@ fn survey_record_matches_golden_values() {
     assert_eq!(rec["survey_id"], serde_json::json!(1322301));
     // No env CSVs in the mini slice: tabular is null and the reason is given.
     assert!(rec["tabular"].is_null());
-    assert!(rec["errors"]["tabular"].as_str().unwrap().contains("EnvironmentalRasters"));
+    assert!(
+        rec["errors"]["tabular"]
+            .as_str()
+            .unwrap()
+            .contains("EnvironmentalRasters")
+    );
 
     match survey_record(&ds, Split::Train, 5) {
         Err(DataError::UnknownSurvey { survey, .. }) => assert_eq!(survey, 5),
         other => panic!("expected UnknownSurvey, got {other:?}"),
     }
-    assert!(matches!(survey_record(&ds, Split::Test, 642), Err(DataError::Missing { .. })));
+    assert!(matches!(
+        survey_record(&ds, Split::Test, 642),
+        Err(DataError::Missing { .. })
+    ));
 }
 
 #[test]
@@ -142,15 +159,23 @@ fn corrupted_files_are_listed_with_their_kind() {
     );
     let bytes = std::fs::read(&cube).unwrap();
     std::fs::write(&cube, &bytes[..bytes.len() - 300]).unwrap();
-    let nir = dir.path().join("PA_Train_SatellitePatches_NIR/pa_train_patches_nir/00/00/80000.jpeg");
+    let nir = dir
+        .path()
+        .join("PA_Train_SatellitePatches_NIR/pa_train_patches_nir/00/00/80000.jpeg");
     std::fs::write(&nir, b"not a jpeg").unwrap();
     let ds = Dataset::open(dir.path(), DatasetOptions::default()).unwrap();
     let report = inspect(&ds, &InspectOptions::default(), &|| {});
     let f = &report.splits[0].failures;
-    let kinds: BTreeSet<(String, Option<u64>, String)> =
-        f.iter().map(|x| (x.modality.clone(), x.survey, x.kind.clone())).collect();
+    let kinds: BTreeSet<(String, Option<u64>, String)> = f
+        .iter()
+        .map(|x| (x.modality.clone(), x.survey, x.kind.clone()))
+        .collect();
     let want: BTreeSet<(String, Option<u64>, String)> = [
-        ("landsat".to_string(), Some(1322301), "truncated".to_string()),
+        (
+            "landsat".to_string(),
+            Some(1322301),
+            "truncated".to_string(),
+        ),
         ("nir".to_string(), Some(80000), "image".to_string()),
     ]
     .into_iter()

@@ -10,7 +10,8 @@ use geolife_data::layout::env_csv;
 use geolife_data::{DataError, Dataset, DatasetOptions, Split};
 
 fn anchors_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/glc24-real/env_value_anchors.csv")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data/glc24-real/env_value_anchors.csv")
 }
 
 /// (split, survey) -> column -> value text, by plain line splitting.
@@ -31,13 +32,28 @@ fn seed_names() -> Vec<String> {
     let mut v: Vec<String> = (1..=19).map(|i| format!("Bio{i}")).collect();
     v.push("Elevation".into());
     for s in [
-        "Built1994", "Built2009", "HFP1993", "HFP2009", "Lights1994", "Lights2009", "NavWater1994",
-        "NavWater2009", "Pasture1993", "Pasture2009", "Popdensity1990", "Popdensity2010",
-        "Railways", "Roads", "croplands1992", "croplands2005",
+        "Built1994",
+        "Built2009",
+        "HFP1993",
+        "HFP2009",
+        "Lights1994",
+        "Lights2009",
+        "NavWater1994",
+        "NavWater2009",
+        "Pasture1993",
+        "Pasture2009",
+        "Popdensity1990",
+        "Popdensity2010",
+        "Railways",
+        "Roads",
+        "croplands1992",
+        "croplands2005",
     ] {
         v.push(format!("HumanFootprint-{s}"));
     }
-    for s in ["bdod", "cec", "cfvo", "clay", "nitrogen", "phh2o", "sand", "silt", "soc"] {
+    for s in [
+        "bdod", "cec", "cfvo", "clay", "nitrogen", "phh2o", "sand", "silt", "soc",
+    ] {
         v.push(format!("Soilgrid-{s}"));
     }
     v.push("LandCover".into());
@@ -65,9 +81,18 @@ fn write_dataset(root: &Path) -> BTreeMap<(String, u64), BTreeMap<String, String
     let anchors = anchors();
     let names = seed_names();
     for split in ["train", "test"] {
-        let mut ids: Vec<u64> = anchors.keys().filter(|k| k.0 == split).map(|k| k.1).collect();
-        let mut meta = String::from("surveyId,lon,lat,year,geoUncertaintyInM,areaInM2,region,country");
-        meta.push_str(if split == "train" { ",speciesId\n" } else { "\n" });
+        let mut ids: Vec<u64> = anchors
+            .keys()
+            .filter(|k| k.0 == split)
+            .map(|k| k.1)
+            .collect();
+        let mut meta =
+            String::from("surveyId,lon,lat,year,geoUncertaintyInM,areaInM2,region,country");
+        meta.push_str(if split == "train" {
+            ",speciesId\n"
+        } else {
+            "\n"
+        });
         ids.extend([EXTRA_RAW, ABSENT]);
         for id in &ids {
             write!(meta, "{id},1.5,45.25,2019,,,ATLANTIC,France").unwrap();
@@ -80,7 +105,13 @@ fn write_dataset(root: &Path) -> BTreeMap<(String, u64), BTreeMap<String, String
             let mut cols: Vec<&String> = names.iter().filter(|c| group_of(c) == g).collect();
             cols.reverse();
             let mut csv = String::from("unused,");
-            csv.push_str(&cols.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","));
+            csv.push_str(
+                &cols
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
             csv.push_str(",surveyId\n");
             for id in ids.iter().filter(|&&i| i != ABSENT) {
                 csv.push_str("x,");
@@ -90,7 +121,10 @@ fn write_dataset(root: &Path) -> BTreeMap<(String, u64), BTreeMap<String, String
                         if *id == EXTRA_RAW {
                             ["inf", "-inf", "NaN", ""][c.len() % 4].to_string()
                         } else {
-                            anchors[&(split.to_string(), *id)].get(*c).cloned().unwrap_or_default()
+                            anchors[&(split.to_string(), *id)]
+                                .get(*c)
+                                .cloned()
+                                .unwrap_or_default()
                         }
                     })
                     .collect();
@@ -173,8 +207,13 @@ fn env_groups_are_configurable_and_columns_required() {
         ..DatasetOptions::default()
     };
     let ds = Dataset::open(dir.path(), monthly.clone()).unwrap();
-    assert!(matches!(ds.tabular(Split::Train), Err(DataError::Missing { .. })));
-    let p = dir.path().join(env_csv(EnvGroup::MonthlyClimate, Split::Train));
+    assert!(matches!(
+        ds.tabular(Split::Train),
+        Err(DataError::Missing { .. })
+    ));
+    let p = dir
+        .path()
+        .join(env_csv(EnvGroup::MonthlyClimate, Split::Train));
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(&p, "pr_01_2000,surveyId,tas_01_2000\n3.5,212,2750\n").unwrap();
     let ds = Dataset::open(dir.path(), monthly).unwrap();
@@ -199,7 +238,10 @@ fn env_groups_are_configurable_and_columns_required() {
     match ds.tabular(Split::Test) {
         Err(e @ DataError::Csv { .. }) => {
             let s = e.to_string();
-            assert!(s.contains(":3") && s.contains("survey 1792") && s.contains("Elevation"), "{s}");
+            assert!(
+                s.contains(":3") && s.contains("survey 1792") && s.contains("Elevation"),
+                "{s}"
+            );
         }
         other => panic!("expected Csv, got {other:?}"),
     }

@@ -67,7 +67,7 @@ fn patches_match_pil_statistics() {
     assert_eq!(rgb.len(), 128 * 128 * 3);
     assert_eq!(nir.len(), 128 * 128);
     let means = exp["rgb_channel_means_pil"].as_array().unwrap();
-    for c in 0..3 {
+    for (c, e) in means.iter().enumerate() {
         let m = rgb
             .iter()
             .skip(c)
@@ -75,14 +75,14 @@ fn patches_match_pil_statistics() {
             .map(|&v| v as f64)
             .sum::<f64>()
             / 16384.0;
-        let e = means[c].as_f64().unwrap();
+        let e = e.as_f64().unwrap();
         assert!((m - e).abs() < 1.0, "RGB channel {c}: mean {m} vs PIL {e}");
     }
     let nm = nir.iter().map(|&v| v as f64).sum::<f64>() / 16384.0;
     assert!((nm - exp["nir_mean_pil"].as_f64().unwrap()).abs() < 1.0);
     let p00 = exp["rgb_pixel_0_0"].as_array().unwrap();
-    for c in 0..3 {
-        let d = rgb[c] as i64 - p00[c].as_i64().unwrap();
+    for (c, p) in p00.iter().enumerate() {
+        let d = rgb[c] as i64 - p.as_i64().unwrap();
         assert!(d.abs() <= 3, "pixel (0,0) channel {c} differs by {d}");
     }
     // The dataset's CHW stack holds the same planes.
