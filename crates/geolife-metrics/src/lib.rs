@@ -11,12 +11,14 @@ pub mod scores;
 pub mod text;
 
 pub use atomic::write_atomic;
-pub use ensemble::{BlendMethod, EnsembleReport, blend};
+pub use ensemble::{BlendMethod, EnsembleReport, FitTarget, FittedWeights, blend, fit_weights};
 pub use error::MetricsError;
 pub use f1::{
     RankTable, SetMetrics, THRESHOLD_MAX_K, best_global_threshold, f1_at_k_curve, oracle_f1,
     samples_f1, set_metrics,
 };
-pub use policy::{FitInfo, FitOptions, Policy, PolicyFile, PolicyKind, cross_validate};
+pub use policy::{
+    FitInfo, FitOptions, Policy, PolicyFile, PolicyKind, cross_validate, fold_assignment,
+};
 pub use scores::{ScoreFile, Scores};
-pub use text::{Alignment, Solution, read_solution, write_submission};
+pub use text::{Alignment, Solution, read_solution, read_survey_ids, write_submission};

@@ -422,3 +422,55 @@ fn malformed(path: &Path, line: u64, message: String) -> MetricsError {
         message,
     }
 }
+
+/// Survey ids of a metadata CSV (column `surveyId`, first-occurrence order, duplicates
+/// dropped): the row order of a submission. Float-formatted ids such as `642.0` are accepted.
+pub fn read_survey_ids(path: &Path) -> Result<Vec<u64>, MetricsError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(path)
+        .map_err(|e| csv_error(path, e))?;
+    let header = reader.headers().map_err(|e| csv_error(path, e))?.clone();
+    let col = header
+        .iter()
+        .position(|h| h.trim_start_matches('\u{feff}') == "surveyId")
+        .ok_or_else(|| {
+            malformed(
+                path,
+                1,
+                format!(
+                    "header {:?} lacks a surveyId column",
+                    header.iter().collect::<Vec<_>>()
+                ),
+            )
+        })?;
+    let mut seen = HashSet::new();
+    let mut ids = Vec::new();
+    for (k, rec) in reader.records().enumerate() {
+        let rec = rec.map_err(|e| csv_error(path, e))?;
+        let line = k as u64 + 2;
+        let field = rec.get(col).unwrap_or("").trim();
+        let id = match field.parse::<u64>() {
+            Ok(id) => id,
+            Err(_) => match field.parse::<f64>() {
+                Ok(x) if x >= 0.0 && x.fract() == 0.0 && x < 9.0e15 => x as u64,
+                _ => {
+                    return Err(malformed(
+                        path,
+                        line,
+                        format!("surveyId {field:?} is not a non-negative integer"),
+                    ));
+                }
+            },
+        };
+        if seen.insert(id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+fn csv_error(path: &Path, e: csv::Error) -> MetricsError {
+    let line = e.position().map_or(0, |p| p.line());
+    malformed(path, line, e.to_string())
+}

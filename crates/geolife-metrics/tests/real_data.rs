@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use geolife_metrics::{
-    Policy, PolicyKind, RankTable, ScoreFile, Scores, cross_validate, f1_at_k_curve, read_solution,
+    FitOptions, Policy, PolicyKind, RankTable, ScoreFile, Scores, fold_assignment, read_solution,
     samples_f1,
 };
 
@@ -42,29 +42,24 @@ fn official_baseline_top25_scores_0_3229() {
     assert_eq!(format!("{f:.4}"), "0.3229", "got {f}");
 }
 
+/// Issue 3 benchmark in miniature: fitted on one seeded half of malpolon's real test
+/// probabilities, the per-survey K policy beats top-25 and the global threshold on the other.
 #[test]
-fn tmp_halves() {
+fn per_survey_k_beats_threshold_on_held_out_half() {
     let sf = ScoreFile::read(&real("predictions/malpolon_mme_top25_probas.csv")).unwrap();
     let sol = read_solution(&real("GLC24_SOLUTION_FILE.csv")).unwrap();
     let al = sol.align(&sf.survey_ids);
     let table = RankTable::new(&sf, &al.truth, 50);
-    let curve = f1_at_k_curve(&sf, &al.truth, 50);
-    println!("top25 {:.4} oracle {:.4}", curve[24], table.oracle_f1(50));
-    let opts = geolife_metrics::FitOptions::default();
-    for kind in PolicyKind::ALL {
-        let cv = cross_validate(&table, kind, &opts, 5, 1).unwrap();
-        let (p, f) = kind.fit(&table, &opts).unwrap();
-        println!("{:?} cv {cv:.4} train {f:.4} {}", kind, p.describe());
-    }
-    // two halves
-    let assign = geolife_metrics::policy::fold_assignment(sf.len(), 2, 42);
+    let assign = fold_assignment(sf.len(), 2, 42);
     let a: Vec<usize> = (0..sf.len()).filter(|&i| assign[i] == 0).collect();
     let b: Vec<usize> = (0..sf.len()).filter(|&i| assign[i] == 1).collect();
-    let (ta, tb) = (table.subset(&a), table.subset(&b));
-    for kind in PolicyKind::ALL {
-        let (p, f) = kind.fit(&ta, &opts).unwrap();
-        println!("half {:?} fitA {f:.4} heldB {:.4}", kind, p.mean_f1(&tb));
-        let (p, f) = kind.fit(&tb, &opts).unwrap();
-        println!("half {:?} fitB {f:.4} heldA {:.4}", kind, p.mean_f1(&ta));
-    }
+    let (fit, held) = (table.subset(&a), table.subset(&b));
+    let opts = FitOptions::default();
+    let held_f1 = |kind: PolicyKind| kind.fit(&fit, &opts).unwrap().0.mean_f1(&held);
+    let top25 = held_f1(PolicyKind::Top25);
+    let threshold = held_f1(PolicyKind::Threshold);
+    let per_survey = held_f1(PolicyKind::PerSurveyK);
+    assert!(threshold > top25, "{threshold} vs {top25}");
+    assert!(per_survey > threshold + 0.01, "{per_survey} vs {threshold}");
+    assert!(per_survey > 0.315, "{per_survey}");
 }

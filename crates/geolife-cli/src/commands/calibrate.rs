@@ -1,10 +1,165 @@
-//! `geolife calibrate` (work in progress: owned by its issue).
+//! `geolife calibrate`: fits species-selection policies on validation scores and labels,
+//! prints the cross-validated F1 of each policy type next to top-25, saves the chosen policy
+//! (with a record of what it was fitted on) as TOML.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use geolife_metrics::policy::path_text;
+use geolife_metrics::{FitInfo, FitOptions, PolicyFile, PolicyKind, RankTable, cross_validate};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`geolife calibrate` is not implemented yet")
+use super::evaluate::{HalfArgs, load};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Validation scores (geolife score file or malpolon `;` CSV with probabilities).
+    #[arg(long)]
+    pub scores: PathBuf,
+    /// Labels of the same surveys (`surveyId,predictions`).
+    #[arg(long)]
+    pub solution: PathBuf,
+    /// Where to write the fitted policy (TOML).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Policy type to save: `auto` (best cross-validated), top25, fixed_k, threshold, per_survey_k.
+    #[arg(long, default_value = "auto",
+          value_parser = ["auto", "top25", "fixed_k", "threshold", "per_survey_k"])]
+    pub policy: String,
+    /// Cross-validation folds.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Seed of the fold assignment.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Smallest K any policy keeps.
+    #[arg(long, default_value_t = 1)]
+    pub min_k: usize,
+    /// Largest K any policy keeps.
+    #[arg(long, default_value_t = 50)]
+    pub max_k: usize,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub half: HalfArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.min_k >= 1 && args.min_k <= args.max_k,
+        "need 1 <= --min-k <= --max-k"
+    );
+    anyhow::ensure!(args.folds >= 2, "--folds must be at least 2");
+    let (sf, sol) = load(&args.scores, &args.solution)?;
+    let (sol, sf) = args.half.apply(sol, sf)?;
+    anyhow::ensure!(
+        sf.has_scores(),
+        "{}: calibration needs scores (probabilities), but the file only ranks species",
+        args.scores.display()
+    );
+    let al = sol.align(&sf.survey_ids);
+    let known: Vec<usize> = (0..sf.len()).filter(|&i| al.known[i]).collect();
+    anyhow::ensure!(
+        known.len() >= 2 * args.folds,
+        "{}: only {} surveys are labelled in {}: too few to calibrate with {} folds",
+        args.scores.display(),
+        known.len(),
+        args.solution.display(),
+        args.folds
+    );
+    if !al.unknown_ids.is_empty() {
+        eprintln!(
+            "warning: {} scored surveys have no label and are not used",
+            al.unknown_ids.len()
+        );
+    }
+    if !al.missing_ids.is_empty() {
+        eprintln!(
+            "warning: {} labelled surveys have no scores and are not used",
+            al.missing_ids.len()
+        );
+    }
+    let sub = sf.subset(&known);
+    let truth: Vec<Vec<u32>> = known.iter().map(|&i| al.truth[i].clone()).collect();
+    let opts = FitOptions {
+        min_k: args.min_k,
+        max_k: args.max_k,
+        ..FitOptions::default()
+    };
+    let table = RankTable::new(&sub, &truth, args.max_k.max(25));
+    let mut results = Vec::new();
+    for kind in PolicyKind::ALL {
+        let cv = cross_validate(&table, kind, &opts, args.folds, args.seed)?;
+        let (policy, train_f1) = kind.fit(&table, &opts)?;
+        results.push((kind, cv, train_f1, policy));
+    }
+    let cv_top25 = results[0].1;
+    let chosen = match args.policy.as_str() {
+        "auto" => results
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|r| r.0)
+            .unwrap_or(PolicyKind::Top25),
+        name => PolicyKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(PolicyKind::Top25),
+    };
+    let Some((_, cv, _, policy)) = results.iter().find(|r| r.0 == chosen).cloned() else {
+        anyhow::bail!("internal: policy kind {} not fitted", chosen.name());
+    };
+    let file = PolicyFile {
+        policy,
+        fitted_on: Some(FitInfo {
+            scores: path_text(&args.scores),
+            solution: path_text(&args.solution),
+            model: sf.model.clone(),
+            split: sf.split.clone(),
+            n_surveys: known.len(),
+            cv_f1: cv,
+            cv_f1_top25: cv_top25,
+            folds: args.folds,
+            seed: args.seed,
+        }),
+    };
+    file.save(&args.out)?;
+    if args.json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|(k, cv, tr, p)| {
+                serde_json::json!({"policy": k.name(), "cv_f1": cv, "train_f1": tr, "fitted": p.describe()})
+            })
+            .collect();
+        let out = serde_json::json!({
+            "n_surveys": known.len(),
+            "folds": args.folds,
+            "results": rows,
+            "chosen": chosen.name(),
+            "out": args.out.display().to_string(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{} labelled surveys, {}-fold cross-validation (seed {})",
+            known.len(),
+            args.folds,
+            args.seed
+        );
+        println!(
+            "{:<14} {:>8} {:>9} {:>9}  fitted on all",
+            "policy", "CV F1", "vs top25", "train F1"
+        );
+        for (k, cv, tr, p) in &results {
+            println!(
+                "{:<14} {:>8.4} {:>+9.4} {:>9.4}  {}",
+                k.name(),
+                cv,
+                cv - cv_top25,
+                tr,
+                p.describe()
+            );
+        }
+        println!("saved {} policy to {}", chosen.name(), args.out.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
