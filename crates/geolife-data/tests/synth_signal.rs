@@ -2,6 +2,9 @@
 //! modality separate presence from absence above chance on held-out surveys, and all
 //! modalities together separate best; uninformative columns stay at chance.
 
+// Dense small-matrix algebra reads best with explicit indices.
+#![allow(clippy::needless_range_loop)]
+
 use geolife_data::Split;
 use geolife_data::synth::{SynthConfig, SynthPlan, SyntheticSurvey};
 use rayon::prelude::*;

@@ -73,7 +73,8 @@ pub struct SynthConfig {
     pub missing_rate: f64,
     /// Fraction of metadata rows written twice (the real data repeats rows).
     pub duplicate_row_rate: f64,
-    /// Show a progress bar on stderr.
+    /// Show a progress bar on stderr (not part of the saved config).
+    #[serde(skip)]
     pub progress: bool,
 }
 

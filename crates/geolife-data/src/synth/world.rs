@@ -118,14 +118,14 @@ impl World {
         let total_sd = (cfg.signal_strength.powi(2) + cfg.cluster_effect.powi(2)).sqrt();
         // Probit approximation of E[sigmoid(b + sd*Z)] = p, solved for b.
         let widen = (1.0 + std::f64::consts::PI * total_sd * total_sd / 8.0).sqrt();
-        let intercept = (0..s)
+        let mut intercept: Vec<f64> = (0..s)
             .map(|i| {
                 let p = prevalence[rank[i]];
                 (p / (1.0 - p)).ln() * widen
             })
             .collect();
         let w_sd = cfg.signal_strength / (FACTORS as f64).sqrt();
-        let weights = (0..s)
+        let weights: Vec<[f64; FACTORS]> = (0..s)
             .map(|_| {
                 let mut w = [0.0; FACTORS];
                 for x in &mut w {
@@ -137,6 +137,7 @@ impl World {
         let cluster_effect = (0..n_clusters * s)
             .map(|_| (cfg.cluster_effect * normal(&mut rng)) as f32)
             .collect();
+        calibrate(&mut intercept, &weights, cfg, &mut rng);
         World {
             clusters,
             species_ids,
@@ -183,6 +184,46 @@ impl World {
             present.push(best.1);
         }
         present
+    }
+}
+
+/// Shifts all intercepts by one constant so that the expected species count per survey,
+/// estimated on 400 simulated surveys, equals `mean_species_per_survey` (the probit
+/// approximation alone undershoots with strong signals).
+fn calibrate(
+    intercept: &mut [f64],
+    weights: &[[f64; FACTORS]],
+    cfg: &SynthConfig,
+    rng: &mut StdRng,
+) {
+    const DRAWS: usize = 400;
+    let mut logits = Vec::with_capacity(DRAWS * intercept.len());
+    for _ in 0..DRAWS {
+        let z: Vec<f64> = (0..FACTORS).map(|_| normal(rng)).collect();
+        for (b, w) in intercept.iter().zip(weights) {
+            let u = cfg.cluster_effect * normal(rng);
+            logits.push(b + u + w.iter().zip(&z).map(|(w, z)| w * z).sum::<f64>());
+        }
+    }
+    let expected = |shift: f64| {
+        logits
+            .iter()
+            .map(|l| 1.0 / (1.0 + (-(l + shift)).exp()))
+            .sum::<f64>()
+            / DRAWS as f64
+    };
+    let (mut lo, mut hi) = (-10.0, 10.0);
+    for _ in 0..40 {
+        let mid = 0.5 * (lo + hi);
+        if expected(mid) < cfg.mean_species_per_survey {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let shift = 0.5 * (lo + hi);
+    for b in intercept.iter_mut() {
+        *b += shift;
     }
 }
 
@@ -421,24 +462,59 @@ pub fn render_patch(z: &[f64; FACTORS], rng: &mut StdRng) -> (Vec<u8>, Vec<u8>) 
         })
         .collect();
     let k = std::f64::consts::TAU / 16.0;
+    let mut noise = PixelNoise(rng.random::<u64>() | 1);
+    // Separable tables: sin(a + b) = sin a cos b + cos a sin b, so no per-pixel sin calls.
+    let axis = |f: &dyn Fn(f64) -> f64| -> Vec<f64> { (0..PATCH).map(|i| f(i as f64)).collect() };
+    let tables: Vec<[Vec<f64>; 4]> = waves
+        .iter()
+        .map(|&(fx, fy, ph, a)| {
+            [
+                axis(&|x| a * (fx * x + ph).sin()),
+                axis(&|x| a * (fx * x + ph).cos()),
+                axis(&|y| (fy * y).cos()),
+                axis(&|y| (fy * y).sin()),
+            ]
+        })
+        .collect();
+    let stripe_y = axis(&|y| amp_h * (k * y + phase).sin());
+    let stripe_x = axis(&|x| amp_v * (k * x + phase).sin());
     let mut rgb = vec![0u8; PATCH * PATCH * 3];
     let mut nir = vec![0u8; PATCH * PATCH];
     for y in 0..PATCH {
         for x in 0..PATCH {
-            let (xf, yf) = (x as f64, y as f64);
             let mut bg = 0.0;
-            for &(fx, fy, ph, a) in &waves {
-                bg += a * (fx * xf + fy * yf + ph).sin();
+            for [sx, cx, cy, sy] in &tables {
+                bg += sx[x] * cy[y] + cx[x] * sy[y];
             }
-            let stripes = amp_h * (k * yf + phase).sin() + amp_v * (k * xf + phase).sin();
-            let common = bg + stripes;
+            let common = bg + stripe_y[y] + stripe_x[x];
             for ch in 0..3 {
-                let v = mean[ch] + common + 5.0 * normal(rng);
+                let v = mean[ch] + common + 5.0 * noise.next();
                 rgb[(y * PATCH + x) * 3 + ch] = v.round().clamp(0.0, 255.0) as u8;
             }
-            let v = nir_mean + 1.3 * common + 6.0 * normal(rng);
+            let v = nir_mean + 1.3 * common + 6.0 * noise.next();
             nir[y * PATCH + x] = v.round().clamp(0.0, 255.0) as u8;
         }
     }
     (rgb, nir)
+}
+
+/// Cheap approximately normal pixel noise (xorshift64*, Irwin-Hall sum of 4 uniforms):
+/// 65k draws per patch would otherwise dominate the generation time.
+struct PixelNoise(u64);
+
+impl PixelNoise {
+    fn next(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        // Four 16-bit uniforms; their sum has variance 4/12, rescaled to unit variance.
+        let sum: f64 = (0..4)
+            .map(|i| ((r >> (16 * i)) & 0xffff) as f64)
+            .sum::<f64>()
+            / 65536.0;
+        (sum - 2.0) * 3f64.sqrt()
+    }
 }
