@@ -577,14 +577,37 @@ pub fn fit_per_survey(table: &RankTable, opts: &FitOptions) -> Result<(Policy, f
         .zip(&expected)
         .map(|(o, e)| ((o + a) / (e + a)).ln().clamp(-3.0, 3.0))
         .collect();
-    // 3. Scale of the count in the denominator: grid search on mean F1.
+    // 3. Scale of the count in the denominator: grid search on mean F1. Counts and hit
+    //    probabilities do not depend on the scale: compute them once per survey.
+    let cache: Vec<(f64, Vec<usize>, Vec<f64>)> = table
+        .rows
+        .par_iter()
+        .map(|r| {
+            if r.scores.is_empty() {
+                return (1.0, Vec::new(), Vec::new());
+            }
+            let c = model.predicted_count(&r.species, &r.scores);
+            let q = model.hit_probs(&r.species, &r.scores, c);
+            let mut order: Vec<usize> = (0..q.len()).collect();
+            order.sort_by(|&a, &b| q[b].total_cmp(&q[a]).then(a.cmp(&b)));
+            let sorted = order.iter().map(|&j| q[j]).collect();
+            (c, order, sorted)
+        })
+        .collect();
     let mut best = (1.0, f64::NEG_INFINITY);
     for step in 0..=40 {
         let scale = 0.4 + 0.04 * step as f64;
         let f: f64 = table
             .rows
             .par_iter()
-            .map(|r| r.f1_of_pick(&model.pick(&r.species, &r.scores, scale)))
+            .zip(&cache)
+            .map(|(r, (c, order, sorted))| {
+                if order.is_empty() {
+                    return 0.0;
+                }
+                let k = best_k(sorted, scale * c, min_k, max_k).clamp(1, order.len());
+                r.f1_of_pick(&order[..k])
+            })
             .sum::<f64>()
             / table.rows.len() as f64;
         if f > best.1 {

@@ -447,7 +447,7 @@ fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<ScoreFile, MetricsError
             ),
         ));
     }
-    let get = |name: &str, dtype: Dtype| -> Result<(Vec<usize>, Vec<u8>), MetricsError> {
+    let get = |name: &str, dtype: Dtype| -> Result<(Vec<usize>, &[u8]), MetricsError> {
         let t = st
             .tensor(name)
             .map_err(|_| bad(path, format!("missing tensor `{name}`")))?;
@@ -460,7 +460,7 @@ fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<ScoreFile, MetricsError
                 ),
             ));
         }
-        Ok((t.shape().to_vec(), t.data().to_vec()))
+        Ok((t.shape().to_vec(), t.data()))
     };
     let (ids_shape, ids) = get("survey_ids", Dtype::U64)?;
     let (sp_shape, sp) = get("species", Dtype::U32)?;
@@ -471,7 +471,7 @@ fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<ScoreFile, MetricsError
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
         .collect();
-    let species = u32s(&sp);
+    let species = u32s(sp);
     if let Some(text) = meta.get("species")
         && text
             .split_whitespace()
@@ -495,7 +495,7 @@ fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<ScoreFile, MetricsError
                     format!("`scores` has shape {shape:?}, expected [{n}, {v}]"),
                 ));
             }
-            Scores::Dense { data: f32s(&data) }
+            Scores::Dense { data: f32s(data) }
         }
         "sparse" | "ranked" => {
             let (ishape, idx) = get("indices", Dtype::U32)?;
@@ -507,14 +507,14 @@ fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<ScoreFile, MetricsError
                 ));
             }
             let width = ishape[1];
-            let idx = u32s(&idx);
-            let lens = u32s(&lens);
+            let idx = u32s(idx);
+            let lens = u32s(lens);
             let vals = if layout == "sparse" {
                 let (vshape, vals) = get("values", Dtype::F32)?;
                 if vshape != ishape {
                     return Err(bad(path, "`values` and `indices` differ in shape".into()));
                 }
-                Some(f32s(&vals))
+                Some(f32s(vals))
             } else {
                 None
             };

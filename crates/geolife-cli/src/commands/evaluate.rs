@@ -119,7 +119,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map_or("every listed species".to_string(), Policy::describe);
     let known: Vec<usize> = (0..sf.len()).filter(|&i| al.known[i]).collect();
-    let sub = sf.subset(&known);
+    let layout = sf.scores.kind();
+    let has_scores = sf.has_scores();
+    let title = format!("F1@K: {}", sf.model);
+    // The whole file is usually labelled: avoid copying a large dense matrix then.
+    let sub = if known.len() == sf.len() {
+        sf
+    } else {
+        sf.subset(&known)
+    };
     let truth: Vec<Vec<u32>> = known.iter().map(|&i| al.truth[i].clone()).collect();
     let pred = match &policy {
         Some(p) => p.try_select(&sub)?,
@@ -151,13 +159,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "n_scored": known.len(),
         "n_missing": al.missing_ids.len(),
         "n_unknown": al.unknown_ids.len(),
-        "layout": sf.scores.kind(),
+        "layout": layout,
     });
     // Curves over the scored surveys, rescaled so missing surveys count as 0.
     let frac = known.len() as f64 / sol.len().max(1) as f64;
-    let depth = args
-        .k_max
-        .max(if sf.has_scores() { THRESHOLD_MAX_K } else { 0 });
+    let depth = args.k_max.max(if has_scores { THRESHOLD_MAX_K } else { 0 });
     let table = RankTable::new(&sub, &truth, depth);
     let curve: Vec<f64> = table
         .f1_at_k_curve(args.k_max)
@@ -173,13 +179,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     out["best_k"] = serde_json::json!(best_k);
     out["best_k_f1"] = serde_json::json!(best_k_f1);
     out["oracle_f1"] = serde_json::json!(oracle);
-    if sf.has_scores() {
+    if has_scores {
         let (t, f) = table.best_threshold(1, THRESHOLD_MAX_K);
         out["best_threshold"] = serde_json::json!(t);
         out["best_threshold_f1"] = serde_json::json!(f * frac);
     }
     if let Some(path) = &args.plot {
-        let title = format!("F1@K: {}", sf.model);
         geolife_metrics::plot::plot_f1_at_k(path, &curve, &title)?;
     }
     if args.json {
