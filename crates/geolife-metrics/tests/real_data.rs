@@ -58,7 +58,13 @@ fn per_survey_k_beats_threshold_on_held_out_half() {
     let held_f1 = |kind: PolicyKind| kind.fit(&fit, &opts).unwrap().0.mean_f1(&held);
     let top25 = held_f1(PolicyKind::Top25);
     let threshold = held_f1(PolicyKind::Threshold);
-    let per_survey = held_f1(PolicyKind::PerSurveyK);
+    let (policy, _) = PolicyKind::PerSurveyK.fit(&fit, &opts).unwrap();
+    let per_survey = policy.mean_f1(&held);
+    // The fitted model survives its TOML file unchanged.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    policy.save(&path).unwrap();
+    assert_eq!(Policy::load(&path).unwrap(), policy);
     assert!(threshold > top25, "{threshold} vs {top25}");
     assert!(per_survey > threshold + 0.01, "{per_survey} vs {threshold}");
     assert!(per_survey > 0.315, "{per_survey}");

@@ -89,9 +89,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let table = RankTable::new(&sub, &truth, args.max_k.max(25));
     let mut results = Vec::new();
     for kind in PolicyKind::ALL {
-        let cv = cross_validate(&table, kind, &opts, args.folds, args.seed)?;
-        let (policy, train_f1) = kind.fit(&table, &opts)?;
-        results.push((kind, cv, train_f1, policy));
+        // A policy that cannot be fitted here (e.g. too few surveys) is skipped, not fatal.
+        let fitted = cross_validate(&table, kind, &opts, args.folds, args.seed)
+            .and_then(|cv| kind.fit(&table, &opts).map(|(p, tr)| (cv, tr, p)));
+        match fitted {
+            Ok((cv, train_f1, policy)) => results.push((kind, cv, train_f1, policy)),
+            Err(e) if kind != PolicyKind::Top25 => {
+                eprintln!("warning: policy {} skipped: {e}", kind.name());
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let cv_top25 = results[0].1;
     let chosen = match args.policy.as_str() {
@@ -106,7 +113,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or(PolicyKind::Top25),
     };
     let Some((_, cv, _, policy)) = results.iter().find(|r| r.0 == chosen).cloned() else {
-        anyhow::bail!("internal: policy kind {} not fitted", chosen.name());
+        anyhow::bail!(
+            "policy {} could not be fitted on these scores",
+            chosen.name()
+        );
     };
     let file = PolicyFile {
         policy,
