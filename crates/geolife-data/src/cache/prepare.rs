@@ -144,11 +144,9 @@ pub fn prepare(
             Split::Train => None,
             Split::Test => Some(train_statistics(out, &fingerprint, &pack, &train_manifest)?),
         };
-        if dataset.is_none() {
-            dataset = Some(Dataset::open(root, opts.dataset.clone())?);
-        }
-        let Some(ds) = dataset.as_ref() else {
-            unreachable!("dataset opened above")
+        let ds: &Dataset = match &mut dataset {
+            Some(d) => d,
+            slot @ None => slot.insert(Dataset::open(root, opts.dataset.clone())?),
         };
         let manifest = pack_split(
             ds,
