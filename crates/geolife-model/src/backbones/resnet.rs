@@ -1,0 +1,299 @@
+//! ResNet 18/34/50 as torchvision defines them (v1.5: stride on the 3x3 conv), with a
+//! configurable stem (7x7/s2 ImageNet or 3x3/s1 for the seed's small cubes) and input channels.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::{Device, Tensor};
+
+use crate::layers::global_avg_pool;
+
+/// Residual block family.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Two 3x3 convolutions (ResNet18/34), expansion 1.
+    Basic,
+    /// 1x1 -> 3x3 -> 1x1 (ResNet50+), expansion 4.
+    Bottleneck,
+}
+
+impl BlockKind {
+    fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+/// ResNet hyper-parameters. Presets: [`ResNetConfig::resnet18`], `resnet34`, `resnet50`,
+/// [`ResNetConfig::cube`] (the seed's cube branch) and [`ResNetConfig::smoke`].
+#[derive(Config, Debug)]
+pub struct ResNetConfig {
+    /// Blocks per stage.
+    pub layers: [usize; 4],
+    /// Stage widths before expansion (torchvision: 64, 128, 256, 512).
+    #[config(default = "[64, 128, 256, 512]")]
+    pub widths: [usize; 4],
+    /// Block family.
+    #[config(default = "BlockKind::Basic")]
+    pub block: BlockKind,
+    /// Input channels of `conv1`.
+    #[config(default = 3)]
+    pub in_channels: usize,
+    /// `conv1` kernel: 7 (stride 2, pad 3) or 3 (stride 1, pad 1).
+    #[config(default = 7)]
+    pub stem_kernel: usize,
+    /// `conv1` stride.
+    #[config(default = 2)]
+    pub stem_stride: usize,
+    /// Whether the 3x3/s2 max-pool follows the stem.
+    #[config(default = true)]
+    pub maxpool: bool,
+    /// Classifier outputs; `None` builds no `fc` (pre-logits features only).
+    #[config(default = "Some(1000)")]
+    pub num_classes: Option<usize>,
+}
+
+impl ResNetConfig {
+    /// torchvision `resnet18`.
+    pub fn resnet18() -> Self {
+        Self::new([2, 2, 2, 2])
+    }
+    /// torchvision `resnet34`.
+    pub fn resnet34() -> Self {
+        Self::new([3, 4, 6, 3])
+    }
+    /// torchvision `resnet50`.
+    pub fn resnet50() -> Self {
+        Self::new([3, 4, 6, 3]).with_block(BlockKind::Bottleneck)
+    }
+    /// The seed's cube branch: ResNet18 with a 3x3/s1 stem on `in_channels`, no max-pool.
+    pub fn cube(in_channels: usize) -> Self {
+        Self::resnet18()
+            .with_in_channels(in_channels)
+            .with_stem_kernel(3)
+            .with_stem_stride(1)
+            .with_maxpool(false)
+    }
+    /// A very small cube ResNet for CPU smoke runs (one block per stage, widths 8..64).
+    pub fn smoke(in_channels: usize) -> Self {
+        Self {
+            layers: [1, 1, 1, 1],
+            ..Self::cube(in_channels)
+        }
+        .with_widths([8, 16, 32, 64])
+    }
+
+    /// Width of the pooled features (input of `fc`).
+    pub fn num_features(&self) -> usize {
+        self.widths[3] * self.block.expansion()
+    }
+
+    /// Output width of `forward` (`num_classes`, or `num_features` without a classifier).
+    pub fn out_dim(&self) -> usize {
+        self.num_classes.unwrap_or_else(|| self.num_features())
+    }
+
+    /// Build the network with freshly initialised weights.
+    pub fn init(&self, device: &Device) -> ResNet {
+        let pad = self.stem_kernel / 2;
+        let conv1 = Conv2dConfig::new(
+            [self.in_channels, self.widths[0]],
+            [self.stem_kernel, self.stem_kernel],
+        )
+        .with_stride([self.stem_stride, self.stem_stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(false)
+        .init(device);
+        let expansion = self.block.expansion();
+        let mut inplanes = self.widths[0];
+        let mut stages = Vec::with_capacity(4);
+        for (stage, (&blocks, &width)) in self.layers.iter().zip(&self.widths).enumerate() {
+            let stride = if stage == 0 { 1 } else { 2 };
+            let mut layer = Vec::with_capacity(blocks);
+            for b in 0..blocks {
+                let s = if b == 0 { stride } else { 1 };
+                layer.push(Block::new(self.block, inplanes, width, s, device));
+                inplanes = width * expansion;
+            }
+            stages.push(layer);
+        }
+        let [layer1, layer2, layer3, layer4]: [Vec<Block>; 4] = match stages.try_into() {
+            Ok(s) => s,
+            Err(_) => unreachable!("four stages are always built"),
+        };
+        ResNet {
+            conv1,
+            bn1: BatchNormConfig::new(self.widths[0]).init(device),
+            maxpool: self.maxpool.then(|| {
+                MaxPool2dConfig::new([3, 3])
+                    .with_strides([2, 2])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .init()
+            }),
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            fc: self
+                .num_classes
+                .map(|k| LinearConfig::new(inplanes, k).init(device)),
+        }
+    }
+}
+
+fn conv(cin: usize, cout: usize, k: usize, stride: usize, device: &Device) -> Conv2d {
+    let p = k / 2;
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_bias(false)
+        .init(device)
+}
+
+/// The projection shortcut (`downsample.0` conv, `downsample.1` BatchNorm in torchvision).
+#[derive(Module, Debug)]
+pub struct Downsample {
+    /// 1x1 strided convolution.
+    pub conv: Conv2d,
+    /// Its BatchNorm.
+    pub bn: BatchNorm,
+}
+
+/// A Basic or Bottleneck residual block; `conv3`/`bn3` exist for Bottleneck only.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// First convolution (3x3 Basic, 1x1 Bottleneck).
+    pub conv1: Conv2d,
+    /// BatchNorm after `conv1`.
+    pub bn1: BatchNorm,
+    /// Second convolution (3x3, carries the stride).
+    pub conv2: Conv2d,
+    /// BatchNorm after `conv2`.
+    pub bn2: BatchNorm,
+    /// Bottleneck expansion convolution (1x1).
+    pub conv3: Option<Conv2d>,
+    /// BatchNorm after `conv3`.
+    pub bn3: Option<BatchNorm>,
+    /// Projection shortcut when shape changes.
+    pub downsample: Option<Downsample>,
+}
+
+impl Block {
+    fn new(kind: BlockKind, inplanes: usize, planes: usize, stride: usize, device: &Device) -> Self {
+        let out = planes * kind.expansion();
+        let downsample = (stride != 1 || inplanes != out).then(|| Downsample {
+            conv: Conv2dConfig::new([inplanes, out], [1, 1])
+                .with_stride([stride, stride])
+                .with_bias(false)
+                .init(device),
+            bn: BatchNormConfig::new(out).init(device),
+        });
+        match kind {
+            BlockKind::Basic => Self {
+                conv1: conv(inplanes, planes, 3, stride, device),
+                bn1: BatchNormConfig::new(planes).init(device),
+                conv2: conv(planes, planes, 3, 1, device),
+                bn2: BatchNormConfig::new(planes).init(device),
+                conv3: None,
+                bn3: None,
+                downsample,
+            },
+            BlockKind::Bottleneck => Self {
+                conv1: conv(inplanes, planes, 1, 1, device),
+                bn1: BatchNormConfig::new(planes).init(device),
+                conv2: conv(planes, planes, 3, stride, device),
+                bn2: BatchNormConfig::new(planes).init(device),
+                conv3: Some(conv(planes, out, 1, 1, device)),
+                bn3: Some(BatchNormConfig::new(out).init(device)),
+                downsample,
+            },
+        }
+    }
+
+    /// # Shapes
+    /// - input `[B, Cin, H, W]` -> output `[B, Cout, H/s, W/s]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let identity = match &self.downsample {
+            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            None => x.clone(),
+        };
+        let mut y = burn::tensor::activation::relu(self.bn1.forward(self.conv1.forward(x)));
+        y = self.bn2.forward(self.conv2.forward(y));
+        if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
+            y = b3.forward(c3.forward(burn::tensor::activation::relu(y)));
+        }
+        burn::tensor::activation::relu(y + identity)
+    }
+}
+
+/// torchvision ResNet; field names equal the state-dict keys (`downsample.{conv,bn}` map to
+/// `downsample.{0,1}`, see [`torch_key`]).
+#[derive(Module, Debug)]
+pub struct ResNet {
+    /// Stem convolution.
+    pub conv1: Conv2d,
+    /// Stem BatchNorm.
+    pub bn1: BatchNorm,
+    /// Optional 3x3/s2 max-pool.
+    pub maxpool: Option<MaxPool2d>,
+    /// Stage 1 (stride 1).
+    pub layer1: Vec<Block>,
+    /// Stage 2 (stride 2).
+    pub layer2: Vec<Block>,
+    /// Stage 3 (stride 2).
+    pub layer3: Vec<Block>,
+    /// Stage 4 (stride 2).
+    pub layer4: Vec<Block>,
+    /// Classifier, absent for a features-only network.
+    pub fc: Option<Linear>,
+}
+
+impl ResNet {
+    /// Feature map before pooling.
+    ///
+    /// # Shapes
+    /// - input `[B, Cin, H, W]` -> output `[B, C4, H', W']`
+    pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = burn::tensor::activation::relu(self.bn1.forward(self.conv1.forward(x)));
+        if let Some(pool) = &self.maxpool {
+            x = pool.forward(x);
+        }
+        for block in self
+            .layer1
+            .iter()
+            .chain(&self.layer2)
+            .chain(&self.layer3)
+            .chain(&self.layer4)
+        {
+            x = block.forward(x);
+        }
+        x
+    }
+
+    /// Pooling and classifier; `pre_logits` (or no `fc`) returns the pooled features.
+    ///
+    /// # Shapes
+    /// - input `[B, C4, H', W']` -> output `[B, num_classes]` or `[B, C4]`
+    pub fn forward_head(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
+        let x = global_avg_pool(x);
+        match (&self.fc, pre_logits) {
+            (Some(fc), false) => fc.forward(x),
+            _ => x,
+        }
+    }
+
+    /// `forward_head(forward_features(x), false)`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward_head(self.forward_features(x), false)
+    }
+}
+
+/// The torchvision state-dict key of a burn parameter path inside a [`ResNet`].
+pub fn torch_key(path: &str) -> String {
+    path.replace(".downsample.conv.", ".downsample.0.")
+        .replace(".downsample.bn.", ".downsample.1.")
+}

@@ -1,0 +1,181 @@
+//! geolife checkpoints: one safetensors file with torchvision/seed-compatible tensor names
+//! (loadable by PyTorch's `load_state_dict`) and the model config as JSON in its metadata.
+//! Files are written atomically (temporary name in the same folder, then rename).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use burn::tensor::Device;
+use safetensors::{Dtype, tensor::TensorView};
+
+use crate::error::ModelError;
+use crate::fusion::{FusionConfig, FusionModel};
+use crate::import::parse_safetensors;
+use crate::state::{LoadReport, StateDict, TorchNamed, load_state_dict, state_dict};
+
+/// Metadata key holding the config JSON.
+pub const CONFIG_KEY: &str = "geolife_config";
+/// Metadata key holding the model kind (`fusion`, or a backbone registry name).
+pub const KIND_KEY: &str = "geolife_model";
+
+/// Write a state dict (plus a zero `num_batches_tracked` for each BatchNorm, as PyTorch expects)
+/// as safetensors with `metadata`, atomically.
+pub fn write_state_dict(
+    dict: &StateDict,
+    metadata: HashMap<String, String>,
+    path: &Path,
+) -> Result<(), ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = dict
+        .iter()
+        .map(|(k, t)| {
+            let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (k.clone(), b, t.shape.clone(), Dtype::F32)
+        })
+        .chain(
+            dict.keys()
+                .filter_map(|k| k.strip_suffix("running_mean"))
+                .map(|p| {
+                    let k = format!("{p}num_batches_tracked");
+                    (k, 0i64.to_le_bytes().to_vec(), vec![], Dtype::I64)
+                }),
+        )
+        .collect();
+    let mut views = Vec::with_capacity(bytes.len());
+    for (k, b, shape, dtype) in &bytes {
+        let view = TensorView::new(*dtype, shape.clone(), b).map_err(|e| {
+            ModelError::BadWeightFile {
+                path: path.to_path_buf(),
+                reason: format!("cannot serialise `{k}`: {e}"),
+            }
+        })?;
+        views.push((k.clone(), view));
+    }
+    let mut meta = metadata;
+    meta.entry("format".into()).or_insert_with(|| "pt".into());
+    let buffer =
+        safetensors::serialize(views, &Some(meta)).map_err(|e| ModelError::BadWeightFile {
+            path: path.to_path_buf(),
+            reason: format!("serialisation failed: {e}"),
+        })?;
+    atomic_write(path, &buffer).map_err(io)
+}
+
+/// Write `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Save any torch-named module with the given metadata.
+pub fn save_module<M: TorchNamed>(
+    model: &M,
+    metadata: HashMap<String, String>,
+    path: &Path,
+) -> Result<(), ModelError> {
+    write_state_dict(&state_dict(model), metadata, path)
+}
+
+/// Save a fusion model and its config (geolife checkpoint = seed-compatible state dict).
+pub fn save_safetensors(
+    model: &FusionModel,
+    config: &FusionConfig,
+    path: &Path,
+) -> Result<(), ModelError> {
+    let json = serde_json::to_string(config).map_err(|e| ModelError::BadCheckpointConfig {
+        path: path.to_path_buf(),
+        reason: format!("cannot serialise the config: {e}"),
+    })?;
+    let meta = HashMap::from([
+        (CONFIG_KEY.to_string(), json),
+        (KIND_KEY.to_string(), "fusion".to_string()),
+    ]);
+    save_module(model, meta, path)
+}
+
+/// The metadata of a safetensors file (empty when it has none).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        ModelError::BadWeightFile {
+            path: path.to_path_buf(),
+            reason: format!("{e}"),
+        }
+    })?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+/// The fusion config stored in a geolife checkpoint.
+pub fn read_config(path: &Path) -> Result<FusionConfig, ModelError> {
+    let meta = read_metadata(path)?;
+    let json = meta
+        .get(CONFIG_KEY)
+        .ok_or_else(|| ModelError::BadCheckpointConfig {
+            path: path.to_path_buf(),
+            reason: format!(
+                "no `{CONFIG_KEY}` metadata: not a geolife checkpoint (use `geolife import-weights`)"
+            ),
+        })?;
+    let config: FusionConfig =
+        serde_json::from_str(json).map_err(|e| ModelError::BadCheckpointConfig {
+            path: path.to_path_buf(),
+            reason: format!("unreadable `{CONFIG_KEY}` metadata: {e}"),
+        })?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Load a fusion checkpoint into a model built from `config`. Every parameter must be present
+/// with its shape; extra keys are reported, not fatal.
+pub fn load_safetensors(
+    config: &FusionConfig,
+    path: &Path,
+    device: &Device,
+) -> Result<(FusionModel, LoadReport), ModelError> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let dict = parse_safetensors(path, &bytes)?;
+    let model = config.try_init(device)?;
+    let (model, report) = load_state_dict(model, &dict);
+    if let Some((key, found, expected)) = report.mismatched.first() {
+        return Err(ModelError::ShapeMismatch {
+            path: path.to_path_buf(),
+            key: key.clone(),
+            found: found.clone(),
+            expected: expected.clone(),
+        });
+    }
+    if !report.missing.is_empty() {
+        return Err(ModelError::MissingKeys {
+            path: path.to_path_buf(),
+            missing: report.missing.clone(),
+        });
+    }
+    Ok((model, report))
+}

@@ -1,0 +1,387 @@
+//! The seed's multi-modal fusion network (GLC24.md §4): tabular MLP, Landsat and bioclim cube
+//! ResNet18s, a Sentinel-2 image backbone, per-branch LayerNorm + dropout, concat -> MLP.
+//! Every hard-coded value of the seed is a config field; disabled branches have no parameters.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::backbones::resnet::{self, ResNet, ResNetConfig};
+use crate::backbones::{Backbone, BackboneKind};
+use crate::error::ModelError;
+use crate::state::TorchNamed;
+
+/// What an image/cube backbone hands to the fusion head.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BranchOutput {
+    /// The 1000-d ImageNet classifier output, as the seed does.
+    Logits1000,
+    /// Pooled pre-logits features (no classifier parameters).
+    Features,
+}
+
+/// Backbone of the two cube branches.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CubeBackbone {
+    /// The seed's ResNet18 with a 3x3/s1 stem and no max-pool.
+    Resnet18,
+    /// One block per stage, widths 8..64 (CPU smoke runs).
+    SmokeResnet,
+}
+
+impl CubeBackbone {
+    fn config(self, in_channels: usize, output: BranchOutput) -> ResNetConfig {
+        let c = match self {
+            Self::Resnet18 => ResNetConfig::cube(in_channels),
+            Self::SmokeResnet => ResNetConfig::smoke(in_channels),
+        };
+        c.with_num_classes(match output {
+            BranchOutput::Logits1000 => Some(1000),
+            BranchOutput::Features => None,
+        })
+    }
+}
+
+/// Configuration of [`FusionModel`]; serialisable, saved into run folders and checkpoints.
+#[derive(Config, Debug)]
+pub struct FusionConfig {
+    /// Output classes.
+    pub num_classes: usize,
+    /// Sentinel-2 backbone.
+    pub sentinel_backbone: BackboneKind,
+    /// Tabular feature count.
+    #[config(default = 46)]
+    pub num_features: usize,
+    /// Sentinel backbone output: seed 1000-d logits or pre-logits features.
+    #[config(default = "BranchOutput::Logits1000")]
+    pub sentinel_output: BranchOutput,
+    /// Cube backbones output.
+    #[config(default = "BranchOutput::Logits1000")]
+    pub cube_output: BranchOutput,
+    /// Cube backbone.
+    #[config(default = "CubeBackbone::Resnet18")]
+    pub cube_backbone: CubeBackbone,
+    /// Dropout after each branch and after `fc1`.
+    #[config(default = 0.15)]
+    pub dropout: f64,
+    /// Width of `fc1`.
+    #[config(default = 1024)]
+    pub hidden: usize,
+    /// Tabular branch on.
+    #[config(default = true)]
+    pub use_tabular: bool,
+    /// Landsat branch on.
+    #[config(default = true)]
+    pub use_landsat: bool,
+    /// Bioclim branch on.
+    #[config(default = true)]
+    pub use_bioclim: bool,
+    /// Sentinel branch on.
+    #[config(default = true)]
+    pub use_sentinel: bool,
+    /// Landsat cube shape `[bands, quarters, years]`.
+    #[config(default = "[6, 4, 21]")]
+    pub landsat_shape: [usize; 3],
+    /// Bioclim cube shape `[variables, years, months]`.
+    #[config(default = "[4, 19, 12]")]
+    pub bioclim_shape: [usize; 3],
+    /// Sentinel input channels (R, G, B, NIR).
+    #[config(default = 4)]
+    pub sentinel_channels: usize,
+}
+
+/// Width of the tabular branch output.
+pub const TAB_OUT: usize = 32;
+
+impl FusionConfig {
+    /// The paper's model for `num_classes` and a Sentinel backbone.
+    pub fn paper(num_classes: usize, backbone: BackboneKind) -> Self {
+        Self::new(num_classes, backbone)
+    }
+
+    /// A very small model for CPU smoke tests (smoke ConvNeXt, smoke cube ResNets, hidden 64).
+    pub fn tiny(num_classes: usize) -> Self {
+        Self::new(num_classes, BackboneKind::SmokeConvnext)
+            .with_cube_backbone(CubeBackbone::SmokeResnet)
+            .with_sentinel_output(BranchOutput::Features)
+            .with_cube_output(BranchOutput::Features)
+            .with_hidden(64)
+    }
+
+    /// Check the config before building.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::InvalidConfig(m));
+        if self.num_classes == 0 {
+            return bad("num_classes must be > 0".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if self.hidden == 0 {
+            return bad("hidden must be > 0".into());
+        }
+        if !(self.use_tabular || self.use_landsat || self.use_bioclim || self.use_sentinel) {
+            return bad("at least one branch must be enabled".into());
+        }
+        if self.use_tabular && self.num_features == 0 {
+            return bad("num_features must be > 0 with the tabular branch".into());
+        }
+        if self.landsat_shape.contains(&0) || self.bioclim_shape.contains(&0) {
+            return bad("cube shapes must be non-zero".into());
+        }
+        if self.use_sentinel && self.sentinel_channels == 0 {
+            return bad("sentinel_channels must be > 0".into());
+        }
+        Ok(())
+    }
+
+    fn sentinel_classes(&self) -> Option<usize> {
+        match self.sentinel_output {
+            BranchOutput::Logits1000 => Some(1000),
+            BranchOutput::Features => None,
+        }
+    }
+
+    /// Width of the concatenated branch outputs (input of `fc1`): 3032 for the seed.
+    pub fn fusion_width(&self) -> usize {
+        let mut w = 0;
+        if self.use_tabular {
+            w += TAB_OUT;
+        }
+        if self.use_landsat {
+            w += self
+                .cube_backbone
+                .config(self.landsat_shape[0], self.cube_output)
+                .out_dim();
+        }
+        if self.use_bioclim {
+            w += self
+                .cube_backbone
+                .config(self.bioclim_shape[0], self.cube_output)
+                .out_dim();
+        }
+        if self.use_sentinel {
+            w += self
+                .sentinel_backbone
+                .config(self.sentinel_channels, self.sentinel_classes())
+                .out_dim();
+        }
+        w
+    }
+
+    /// Build the model, checking the config first.
+    pub fn try_init(&self, device: &Device) -> Result<FusionModel, ModelError> {
+        self.validate()?;
+        let ln = |d: usize| LayerNormConfig::new(d).init(device);
+        let cube = |shape: [usize; 3]| self.cube_backbone.config(shape[0], self.cube_output);
+        let landsat = self.use_landsat.then(|| cube(self.landsat_shape));
+        let bioclim = self.use_bioclim.then(|| cube(self.bioclim_shape));
+        let sentinel = self.use_sentinel.then(|| {
+            self.sentinel_backbone
+                .config(self.sentinel_channels, self.sentinel_classes())
+        });
+        Ok(FusionModel {
+            tab_norm: self.use_tabular.then(|| ln(self.num_features)),
+            tab_model: self.use_tabular.then(|| TabMlp {
+                l0: LinearConfig::new(self.num_features, 128).init(device),
+                l2: LinearConfig::new(128, 128).init(device),
+                l4: LinearConfig::new(128, TAB_OUT).init(device),
+            }),
+            ln0: self.use_tabular.then(|| ln(TAB_OUT)),
+            landsat_norm: self
+                .use_landsat
+                .then(|| ln(self.landsat_shape.iter().product())),
+            ln1: landsat.as_ref().map(|c| ln(c.out_dim())),
+            landsat_model: landsat.map(|c| c.init(device)),
+            bioclim_norm: self
+                .use_bioclim
+                .then(|| ln(self.bioclim_shape.iter().product())),
+            ln2: bioclim.as_ref().map(|c| ln(c.out_dim())),
+            bioclim_model: bioclim.map(|c| c.init(device)),
+            ln3: sentinel.as_ref().map(|c| ln(c.out_dim())),
+            sentinel_model: sentinel.map(|c| c.init(device)),
+            fc1: LinearConfig::new(self.fusion_width(), self.hidden).init(device),
+            fc2: LinearConfig::new(self.hidden, self.num_classes).init(device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            sentinel_pre_logits: self.sentinel_output == BranchOutput::Features,
+            landsat_shape: self.landsat_shape,
+            bioclim_shape: self.bioclim_shape,
+        })
+    }
+
+    /// Build the model.
+    ///
+    /// # Panics
+    /// On an invalid config: call [`FusionConfig::validate`] (or use `try_init`) on user input.
+    pub fn init(&self, device: &Device) -> FusionModel {
+        match self.try_init(device) {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The seed's `tab_model` Sequential: Linear(F,128), ReLU, Linear(128,128), ReLU, Linear(128,32);
+/// `l0`, `l2`, `l4` are its indices `0`, `2`, `4`.
+#[derive(Module, Debug)]
+pub struct TabMlp {
+    /// `tab_model.0`.
+    pub l0: Linear,
+    /// `tab_model.2`.
+    pub l2: Linear,
+    /// `tab_model.4`.
+    pub l4: Linear,
+}
+
+impl TabMlp {
+    /// # Shapes
+    /// - `[B, F]` -> `[B, 32]`
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let relu = burn::tensor::activation::relu;
+        self.l4
+            .forward(relu(self.l2.forward(relu(self.l0.forward(x)))))
+    }
+}
+
+/// Inputs of one batch; tensors of disabled branches are ignored (pass any small tensor).
+#[derive(Debug, Clone)]
+pub struct FusionInput {
+    /// Tabular features `[B, F]`.
+    pub tabular: Tensor<2>,
+    /// Landsat cubes `[B, 6, 4, 21]`.
+    pub landsat: Tensor<4>,
+    /// Bioclim cubes `[B, 4, 19, 12]`.
+    pub bioclim: Tensor<4>,
+    /// Sentinel patches `[B, 4, H, W]`, scaled to [-1, 1].
+    pub sentinel: Tensor<4>,
+}
+
+/// The fusion network; field names are the seed's `MultimodalEnsemble` state-dict keys.
+#[derive(Module, Debug)]
+pub struct FusionModel {
+    /// `LayerNorm(F)` on the raw tabular vector.
+    pub tab_norm: Option<LayerNorm>,
+    /// Tabular MLP.
+    pub tab_model: Option<TabMlp>,
+    /// LayerNorm(32) after the MLP.
+    pub ln0: Option<LayerNorm>,
+    /// LayerNorm over the whole Landsat cube (flattened; PyTorch shape `[6,4,21]`).
+    pub landsat_norm: Option<LayerNorm>,
+    /// Landsat ResNet.
+    pub landsat_model: Option<ResNet>,
+    /// LayerNorm after the Landsat ResNet.
+    pub ln1: Option<LayerNorm>,
+    /// LayerNorm over the whole bioclim cube (flattened; PyTorch shape `[4,19,12]`).
+    pub bioclim_norm: Option<LayerNorm>,
+    /// Bioclim ResNet.
+    pub bioclim_model: Option<ResNet>,
+    /// LayerNorm after the bioclim ResNet.
+    pub ln2: Option<LayerNorm>,
+    /// Sentinel-2 backbone.
+    pub sentinel_model: Option<Backbone>,
+    /// LayerNorm after the Sentinel backbone.
+    pub ln3: Option<LayerNorm>,
+    /// Fusion hidden layer.
+    pub fc1: Linear,
+    /// Classifier.
+    pub fc2: Linear,
+    /// Shared dropout (p = 0.15 in the seed).
+    pub dropout: Dropout,
+    /// Sentinel backbone returns pre-logits features.
+    pub sentinel_pre_logits: bool,
+    /// PyTorch shape of `landsat_norm` parameters.
+    pub landsat_shape: [usize; 3],
+    /// PyTorch shape of `bioclim_norm` parameters.
+    pub bioclim_shape: [usize; 3],
+}
+
+fn cube_norm(norm: &LayerNorm, x: Tensor<4>) -> Tensor<4> {
+    let dims = x.dims();
+    let flat: Tensor<2> = x.flatten(1, 3); // [b, c*h*w]
+    norm.forward(flat).reshape(dims)
+}
+
+impl FusionModel {
+    /// Logits for a batch.
+    ///
+    /// # Shapes
+    /// - see [`FusionInput`]; output `[B, num_classes]`
+    pub fn forward(&self, input: FusionInput) -> Tensor<2> {
+        let mut parts: Vec<Tensor<2>> = Vec::with_capacity(4);
+        if let (Some(norm), Some(mlp), Some(ln)) = (&self.tab_norm, &self.tab_model, &self.ln0) {
+            let t = mlp.forward(norm.forward(input.tabular)); // [b, 32]
+            parts.push(self.dropout.forward(ln.forward(t)));
+        }
+        if let (Some(norm), Some(net), Some(ln)) =
+            (&self.landsat_norm, &self.landsat_model, &self.ln1)
+        {
+            let x = net.forward(cube_norm(norm, input.landsat)); // [b, 1000]
+            parts.push(self.dropout.forward(ln.forward(x)));
+        }
+        if let (Some(norm), Some(net), Some(ln)) =
+            (&self.bioclim_norm, &self.bioclim_model, &self.ln2)
+        {
+            let y = net.forward(cube_norm(norm, input.bioclim)); // [b, 1000]
+            parts.push(self.dropout.forward(ln.forward(y)));
+        }
+        if let (Some(net), Some(ln)) = (&self.sentinel_model, &self.ln3) {
+            let feats = net.forward_features(input.sentinel);
+            let z = net.forward_head(feats, self.sentinel_pre_logits); // [b, 1000]
+            parts.push(self.dropout.forward(ln.forward(z)));
+        }
+        let x = Tensor::cat(parts, 1); // [b, fusion_width]
+        let x = burn::tensor::activation::relu(self.fc1.forward(x));
+        self.fc2.forward(self.dropout.forward(x))
+    }
+}
+
+impl TorchNamed for FusionModel {
+    fn torch_key(&self, path: &str) -> String {
+        if let Some(rest) = path.strip_prefix("tab_model.") {
+            let rest = rest
+                .replacen("l0.", "0.", 1)
+                .replacen("l2.", "2.", 1)
+                .replacen("l4.", "4.", 1);
+            return format!("tab_model.{rest}");
+        }
+        for branch in ["landsat_model.", "bioclim_model."] {
+            if let Some(rest) = path.strip_prefix(branch) {
+                return format!("{branch}{}", resnet::torch_key(rest));
+            }
+        }
+        if let Some(rest) = path.strip_prefix("sentinel_model.") {
+            return format!("sentinel_model.{}", Backbone::torch_key(rest));
+        }
+        path.to_string()
+    }
+
+    fn torch_shape(&self, key: &str, burn_shape: &[usize]) -> Vec<usize> {
+        match key {
+            "landsat_norm.weight" | "landsat_norm.bias" => self.landsat_shape.to_vec(),
+            "bioclim_norm.weight" | "bioclim_norm.bias" => self.bioclim_shape.to_vec(),
+            _ => burn_shape.to_vec(),
+        }
+    }
+}
+
+impl TorchNamed for ResNet {
+    fn torch_key(&self, path: &str) -> String {
+        resnet::torch_key(path)
+    }
+}
+
+impl TorchNamed for crate::backbones::convnext::ConvNext {
+    fn torch_key(&self, path: &str) -> String {
+        crate::backbones::convnext::torch_key(path)
+    }
+}
+
+impl TorchNamed for Backbone {
+    fn torch_key(&self, path: &str) -> String {
+        Backbone::torch_key(path)
+    }
+}

@@ -1,0 +1,340 @@
+//! CNN backbones, fusion network, weight import/export: parity with PyTorch (fixtures from
+//! tests/fixtures/gen_cnn.py), shapes, parameter counts, the stem rule, gradients, checkpoints.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use common::{fixture, fixtures, formula_dict, rel_err, tensor};
+use geolife_model::backbones::BackboneKind;
+use geolife_model::backbones::convnext::ConvNextConfig;
+use geolife_model::backbones::resnet::ResNetConfig;
+use geolife_model::checkpoint;
+use geolife_model::fusion::{BranchOutput, FusionConfig, FusionInput};
+use geolife_model::import::{adapt_input_channels, import_into, read_state_dict};
+use geolife_model::loss::bce_with_logits;
+use geolife_model::state::{NamedTensor, load_state_dict, slots, state_dict};
+
+const TOL: f32 = 1e-4;
+
+fn dev() -> Device {
+    Device::flex()
+}
+
+#[test]
+fn resnet18_cube_matches_pytorch() {
+    let d = dev();
+    let model = ResNetConfig::cube(6).init(&d);
+    let dict = formula_dict(&model);
+    let (model, report) = load_state_dict(model, &dict);
+    assert!(report.is_exact(), "{}", report.summary());
+    let io = fixture("resnet18_cube_io.safetensors");
+    let out = model.forward(tensor(&io["input"], &d));
+    let err = rel_err(out, &io["output"]);
+    assert!(err < TOL, "relative error {err}");
+}
+
+#[test]
+fn resnet50_4ch_stem7_maxpool_matches_pytorch() {
+    let d = dev();
+    let model = ResNetConfig::resnet50().with_in_channels(4).init(&d);
+    let (model, report) = load_state_dict(model.clone(), &formula_dict(&model));
+    assert!(report.is_exact(), "{}", report.summary());
+    let io = fixture("resnet50_4ch_io.safetensors");
+    let err = rel_err(model.forward(tensor(&io["input"], &d)), &io["output"]);
+    assert!(err < TOL, "relative error {err}");
+}
+
+#[test]
+fn convnext_tiny_4ch_matches_pytorch() {
+    let d = dev();
+    let model = ConvNextConfig::tiny().with_in_channels(4).init(&d);
+    let (model, report) = load_state_dict(model.clone(), &formula_dict(&model));
+    assert!(report.is_exact(), "{}", report.summary());
+    let io = fixture("convnext_tiny_4ch_io.safetensors");
+    let err = rel_err(model.forward(tensor(&io["input"], &d)), &io["output"]);
+    assert!(err < TOL, "relative error {err}");
+}
+
+#[test]
+fn convnext_real_torchvision_state_dict_loads_exactly_and_matches() {
+    let d = dev();
+    let dict = read_state_dict(&fixtures().join("convnext_smoke_weights.safetensors")).unwrap();
+    let model = ConvNextConfig::smoke().with_in_channels(4).init(&d);
+    let (model, report) = load_state_dict(model, &dict);
+    // Every torchvision key is consumed and every parameter filled: the names are right.
+    assert!(report.is_exact(), "{}", report.summary());
+    let io = fixture("convnext_smoke_io.safetensors");
+    let err = rel_err(model.forward(tensor(&io["input"], &d)), &io["output"]);
+    assert!(err < TOL, "relative error {err}");
+}
+
+fn seed_config() -> FusionConfig {
+    FusionConfig::new(50, BackboneKind::SmokeConvnext)
+}
+
+#[test]
+fn seed_ensemble_names_and_outputs_match_pytorch() {
+    let d = dev();
+    let model = seed_config().init(&d);
+    // Names and shapes equal the seed's state dict, key for key.
+    let keys = std::fs::read_to_string(fixtures().join("seed_ensemble_keys.txt")).unwrap();
+    let expected: BTreeMap<String, Vec<usize>> = keys
+        .lines()
+        .filter(|l| !l.contains("num_batches_tracked"))
+        .map(|l| {
+            let (k, s) = l.split_once(' ').unwrap();
+            (k.to_string(), s.split('x').map(|v| v.parse().unwrap()).collect())
+        })
+        .collect();
+    let ours: BTreeMap<String, Vec<usize>> = state_dict(&seed_config().with_num_classes(50).init(&d))
+        .into_iter()
+        .map(|(k, t)| (k, t.shape))
+        .collect();
+    assert_eq!(ours, expected);
+
+    let (model, report) = load_state_dict(model.clone(), &formula_dict(&model));
+    assert!(report.is_exact(), "{}", report.summary());
+    let io = fixture("seed_ensemble_io.safetensors");
+    let input = FusionInput {
+        tabular: tensor(&io["tabular"], &d),
+        landsat: tensor(&io["landsat"], &d),
+        bioclim: tensor(&io["bioclim"], &d),
+        sentinel: tensor(&io["sentinel"], &d),
+    };
+    let err = rel_err(model.forward(input), &io["output"]);
+    assert!(err < TOL, "relative error {err}");
+}
+
+fn trainable_params(kind: BackboneKind) -> usize {
+    let model = kind.config(3, Some(1000)).init(&dev());
+    slots(&model)
+        .iter()
+        .filter(|s| !s.torch_key.ends_with("running_mean") && !s.torch_key.ends_with("running_var"))
+        .map(|s| s.shape.iter().product::<usize>())
+        .sum()
+}
+
+#[test]
+fn preset_parameter_counts_equal_torchvision() {
+    let counts = std::fs::read_to_string(fixtures().join("param_counts.txt")).unwrap();
+    for line in counts.lines() {
+        let (name, n) = line.split_once(' ').unwrap();
+        let kind = BackboneKind::from_name(name).unwrap();
+        let n: usize = n.parse().unwrap();
+        assert_eq!(trainable_params(kind), n, "{name}");
+        assert_eq!(kind.meta().num_params, Some(n), "{name} metadata");
+    }
+}
+
+#[test]
+fn preset_output_shapes_at_128_and_cube_sizes() {
+    let d = dev();
+    for kind in [
+        BackboneKind::Resnet18,
+        BackboneKind::Resnet50,
+        BackboneKind::ConvnextTiny,
+        BackboneKind::SmokeConvnext,
+        BackboneKind::SmokeResnet,
+    ] {
+        let m = kind.config(4, Some(1000)).init(&d);
+        let x = Tensor::<4>::zeros([1, 4, 128, 128], &d);
+        let f = m.forward_features(x);
+        let pre = m.forward_head(f.clone(), true);
+        let out = m.forward_head(f, false);
+        assert_eq!(out.dims(), [1, 1000], "{kind:?}");
+        assert_eq!(pre.dims()[1], kind.config(4, None).out_dim(), "{kind:?}");
+    }
+    for (c, h, w) in [(6, 4, 21), (4, 19, 12)] {
+        let m = ResNetConfig::cube(c).init(&d);
+        let out = m.forward(Tensor::<4>::zeros([2, c, h, w], &d));
+        assert_eq!(out.dims(), [2, 1000]);
+    }
+}
+
+#[test]
+fn stem_adaptation_rule_on_hand_example() {
+    // One output filter, 1x2 kernel: R = [1, 2], G = [3, 4], B = [5, 6].
+    let w = NamedTensor {
+        shape: vec![1, 3, 1, 2],
+        data: vec![1., 2., 3., 4., 5., 6.],
+    };
+    let four = adapt_input_channels(&w, 4);
+    assert_eq!(four.shape, vec![1, 4, 1, 2]);
+    // RGB copied, NIR = mean(RGB) = [3, 4], all times 3/4.
+    assert_eq!(four.data, vec![0.75, 1.5, 2.25, 3.0, 3.75, 4.5, 2.25, 3.0]);
+    let one = adapt_input_channels(&w, 1);
+    assert_eq!(one.data, vec![9.0, 12.0]);
+    let two = adapt_input_channels(&w, 2);
+    assert_eq!(two.data, vec![1.5, 3.0, 4.5, 6.0]);
+}
+
+#[test]
+fn import_adapts_a_three_channel_stem_and_reports_it() {
+    let d = dev();
+    let src = ConvNextConfig::smoke().with_in_channels(3).init(&d);
+    let dict = state_dict(&src);
+    let model = seed_config().init(&d);
+    let (model, report) = import_into(model, &dict, "sentinel_model.");
+    assert!(report.missing.is_empty(), "{}", report.summary());
+    assert!(report.unexpected.is_empty(), "{}", report.summary());
+    assert_eq!(report.adapted.len(), 1);
+    assert_eq!(report.adapted[0].0, "sentinel_model.features.0.0.weight");
+    assert_eq!(report.adapted[0].2, vec![16, 4, 4, 4]);
+    // The loaded NIR filter is the 3/4-scaled mean of the RGB filters.
+    let ours = state_dict(&model);
+    let w = &ours["sentinel_model.features.0.0.weight"];
+    let rgb = &dict["features.0.0.weight"];
+    let (o, j) = (5, 7);
+    let mean = (0..3).map(|c| rgb.data[(o * 3 + c) * 16 + j]).sum::<f32>() / 3.0;
+    assert!((w.data[(o * 4 + 3) * 16 + j] - mean * 0.75).abs() < 1e-6);
+    assert!((w.data[(o * 4) * 16 + j] - rgb.data[(o * 3) * 16 + j] * 0.75).abs() < 1e-6);
+}
+
+#[test]
+fn bce_with_logits_matches_hand_computation() {
+    let d = dev();
+    let logits = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 2.0, -3.0, 100.0], [2, 2]), &d);
+    let targets = Tensor::<2>::from_data(TensorData::new(vec![0.5f32, 1.0, 0.2, 0.0], [2, 2]), &d);
+    // ln 2, ln(1 + e^-2), 0.6 + ln(1 + e^-3), 100 + ln(1 + e^-100): mean 25.3671656.
+    let v = bce_with_logits(logits, targets).into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(v.len(), 1);
+    assert!((v[0] - 25.367_166).abs() < 1e-4, "{}", v[0]);
+}
+
+struct GradCheck<'a> {
+    grads: &'a burn::tensor::Gradients,
+    path: Vec<String>,
+    zero: Vec<String>,
+    checked: usize,
+}
+
+impl ModuleVisitor for GradCheck<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self.path.join(".");
+        if path.ends_with("running_mean") || path.ends_with("running_var") {
+            return;
+        }
+        self.checked += 1;
+        let nonzero = param
+            .val()
+            .grad(self.grads)
+            .map(|g| g.abs().sum().into_data().try_to_vec::<f32>().unwrap()[0] > 0.0)
+            .unwrap_or(false);
+        if !nonzero {
+            self.zero.push(path);
+        }
+    }
+}
+
+fn tiny_input(b: usize, d: &Device) -> FusionInput {
+    let r = |shape: [usize; 4]| {
+        Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), d)
+    };
+    FusionInput {
+        tabular: Tensor::random([b, 46], burn::tensor::Distribution::Normal(0.0, 1.0), d),
+        landsat: r([b, 6, 4, 21]),
+        bioclim: r([b, 4, 19, 12]),
+        sentinel: r([b, 4, 64, 64]),
+    }
+}
+
+#[test]
+fn every_fusion_parameter_gets_a_gradient_and_bn_stats_update() {
+    let d = dev().autodiff();
+    let config = FusionConfig::tiny(7).with_dropout(0.0);
+    let model = config.init(&d);
+    let before = state_dict(&model)["landsat_model.bn1.running_mean"].clone();
+    let logits = model.forward(tiny_input(3, &d));
+    let targets = Tensor::<2>::ones([3, 7], &d).mul_scalar(0.3);
+    let grads = bce_with_logits(logits, targets).backward();
+    let mut check = GradCheck {
+        grads: &grads,
+        path: Vec::new(),
+        zero: Vec::new(),
+        checked: 0,
+    };
+    model.visit(&mut check);
+    assert!(check.checked > 50);
+    assert!(check.zero.is_empty(), "no gradient: {:?}", check.zero);
+    // BatchNorm running statistics move in training mode ...
+    let after = state_dict(&model)["landsat_model.bn1.running_mean"].clone();
+    assert_ne!(before.data, after.data);
+    // ... and are used, deterministically, in eval mode.
+    let eval = model.valid();
+    let x = tiny_input(2, &Device::flex());
+    let a = eval.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+    let b = eval.forward(x).into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn disabled_branches_have_no_parameters_and_width_adapts() {
+    let d = dev();
+    let config = FusionConfig::tiny(5)
+        .with_use_landsat(false)
+        .with_use_sentinel(false);
+    let model = config.init(&d);
+    let keys: Vec<String> = state_dict(&model).into_keys().collect();
+    assert!(keys.iter().all(|k| !k.starts_with("landsat") && !k.starts_with("sentinel")));
+    assert!(!keys.iter().any(|k| k.starts_with("ln1") || k.starts_with("ln3")));
+    assert_eq!(config.fusion_width(), 32 + 64);
+    let out = model.forward(tiny_input(2, &d));
+    assert_eq!(out.dims(), [2, 5]);
+    let seed = FusionConfig::paper(11255, BackboneKind::ConvnextBase);
+    assert_eq!(seed.fusion_width(), 3032);
+    assert!(FusionConfig::tiny(5).with_dropout(1.5).validate().is_err());
+}
+
+#[test]
+fn checkpoint_round_trip_keeps_config_and_outputs() {
+    let d = dev();
+    let config = FusionConfig::tiny(6).with_sentinel_output(BranchOutput::Logits1000);
+    let model = config.init(&d);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.safetensors");
+    checkpoint::save_safetensors(&model, &config, &path).unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporary file left behind");
+    let read = checkpoint::read_config(&path).unwrap();
+    assert_eq!(serde_json::to_string(&read).unwrap(), serde_json::to_string(&config).unwrap());
+    let (loaded, report) = checkpoint::load_safetensors(&read, &path, &d).unwrap();
+    assert!(report.is_exact(), "{}", report.summary());
+    // PyTorch shape for the flattened cube norm, BatchNorm counters present.
+    let raw = geolife_model::import::read_safetensors(&path).unwrap();
+    assert_eq!(raw["landsat_norm.weight"].shape, vec![6, 4, 21]);
+    let x = tiny_input(2, &d);
+    let a = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+    let b = loaded.forward(x).into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(a, b);
+    // A wrong config is a typed error naming the key.
+    let other = FusionConfig::tiny(9);
+    let err = checkpoint::load_safetensors(&other, &path, &d).unwrap_err();
+    assert!(err.to_string().contains("fc2"), "{err}");
+}
+
+#[test]
+fn bad_weight_files_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("junk.safetensors");
+    std::fs::write(&path, b"not a safetensors file").unwrap();
+    let err = read_state_dict(&path).unwrap_err();
+    assert!(err.to_string().contains("junk.safetensors"), "{err}");
+    let err = read_state_dict(&dir.path().join("w.onnx")).unwrap_err();
+    assert!(err.to_string().contains("unknown extension"), "{err}");
+}
+
+#[test]
+fn pth_and_safetensors_state_dicts_are_identical() {
+    let pth = read_state_dict(&fixtures().join("convnext_smoke_weights.pth")).unwrap();
+    let st = read_state_dict(&fixtures().join("convnext_smoke_weights.safetensors")).unwrap();
+    assert_eq!(pth, st);
+}
