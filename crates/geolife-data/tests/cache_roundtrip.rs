@@ -224,6 +224,18 @@ fn cache_values_equal_raw_files() {
         assert_eq!(&batch.patches[k * 65536..(k + 1) * 65536], train.patch(i));
         assert_eq!(batch.labels[k], train.labels(i));
     }
+    let mut par = Batch::default();
+    train.gather_par(&idx, &mut par);
+    assert_eq!(par.survey_ids, batch.survey_ids);
+    assert_eq!(par.lon_lat, batch.lon_lat);
+    assert!(same_f32(&par.tabular, &batch.tabular));
+    assert!(same_f32(&par.landsat, &batch.landsat));
+    assert!(same_f32(&par.bioclim, &batch.bioclim));
+    assert_eq!(par.patches, batch.patches);
+    assert_eq!(par.labels, batch.labels);
+    train.gather_par(&[3], &mut par);
+    assert_eq!(par.patches.as_slice(), train.patch(3));
+    assert_eq!((par.len(), par.labels.len()), (1, 1));
     let ptr = batch.patches.as_ptr();
     train.gather(&[1, 2, 3, 4], &mut batch);
     assert_eq!(

@@ -138,14 +138,15 @@ fn bench(args: &Args, work: &Path) -> anyhow::Result<ExitCode> {
     let mut rng = SplitMix(args.seed);
     let mut batch = Batch::default();
     // Cold: pages of the fresh mapping are faulted in on first touch (the first epoch).
-    let (cold_wall, cold_cpu) = time_gather(&split, args, &mut rng, &mut batch);
+    let (cold_wall, cold_cpu) = time_gather(&split, args, &mut rng, &mut batch, false);
     // Warm: after one sequential pass over every row (the steady state of later epochs).
     let all: Vec<usize> = (0..n).collect();
     for rows in all.chunks(args.batch) {
         split.gather(rows, &mut batch);
         black_box(&batch);
     }
-    let (cache_bps, cache_cpu_bps) = time_gather(&split, args, &mut rng, &mut batch);
+    let (cache_bps, cache_cpu_bps) = time_gather(&split, args, &mut rng, &mut batch, false);
+    let (par_bps, _) = time_gather(&split, args, &mut rng, &mut batch, true);
     for (what, wall, cpu) in [
         ("cold (first touch)", cold_wall, cold_cpu),
         ("warm (after 1 pass)", cache_bps, cache_cpu_bps),
@@ -157,6 +158,11 @@ fn bench(args: &Args, work: &Path) -> anyhow::Result<ExitCode> {
             fmt_rate(cpu)
         );
     }
+    println!(
+        "cache warm, gather_par on {} threads: {par_bps:.1} batches/s of {} wall",
+        rayon::current_num_threads(),
+        args.batch
+    );
 
     // 3. the seed's path: per sample, scan the tabular table for the survey, read two .pt
     //    files and decode two JPEGs.
@@ -173,12 +179,13 @@ fn bench(args: &Args, work: &Path) -> anyhow::Result<ExitCode> {
     for _ in 0..args.baseline_samples {
         let id = ids[rng.below(ids.len())];
         // A full-column scan, as the seed's `df[df.surveyId == id]` boolean mask does.
-        let row = ids
+        let hits: Vec<usize> = ids
             .iter()
             .enumerate()
             .filter(|&(_, &s)| s == id)
-            .map(|(r, _)| &table.values[r * nf..(r + 1) * nf])
-            .last();
+            .map(|(r, _)| r)
+            .collect();
+        let row = hits.first().map(|&r| &table.values[r * nf..(r + 1) * nf]);
         black_box(row);
         black_box(ds.read_landsat(Split::Train, id)?);
         black_box(ds.read_bioclim(Split::Train, id)?);
@@ -211,12 +218,13 @@ fn bench(args: &Args, work: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Gathers random batches for `args.seconds`; returns batches/s (wall, per CPU-second).
+/// Gathers random batches (`gather` or `gather_par`) for `args.seconds`; returns batches/s (wall, per CPU-second).
 fn time_gather(
     split: &PackedSplit,
     args: &Args,
     rng: &mut SplitMix,
     batch: &mut Batch,
+    parallel: bool,
 ) -> (f64, Option<f64>) {
     let n = split.len();
     let mut idx = vec![0usize; args.batch];
@@ -227,7 +235,11 @@ fn time_gather(
         for i in idx.iter_mut() {
             *i = rng.below(n);
         }
-        split.gather(&idx, batch);
+        if parallel {
+            split.gather_par(&idx, batch);
+        } else {
+            split.gather(&idx, batch);
+        }
         black_box(&*batch);
         batches += 1;
     }

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use rayon::prelude::*;
 
 use super::error::CacheError;
 use super::manifest::Manifest;
@@ -296,5 +297,46 @@ impl PackedSplit {
             l.clear();
             l.extend_from_slice(self.labels(i));
         }
+    }
+
+    /// Like [`PackedSplit::gather`], but copies the cube and patch rows on rayon's thread
+    /// pool (worth it for large batches on several cores). Same result, same buffer reuse.
+    pub fn gather_par(&self, indices: &[usize], out: &mut Batch) {
+        let b = indices.len();
+        let f = self.n_features();
+        let ids = self.survey_ids();
+        out.survey_ids.clear();
+        out.lon_lat.clear();
+        out.labels.resize_with(b, Vec::new);
+        for (k, &i) in indices.iter().enumerate() {
+            out.survey_ids.push(ids[i]);
+            let (lon, lat) = self.lon_lat(i);
+            out.lon_lat.extend_from_slice(&[lon, lat]);
+            let l = &mut out.labels[k];
+            l.clear();
+            l.extend_from_slice(self.labels(i));
+        }
+        // `resize` keeps existing allocations; every element is overwritten below.
+        out.tabular.resize(b * f, 0.0);
+        out.landsat.resize(b * LANDSAT_LEN, 0.0);
+        out.bioclim.resize(b * BIOCLIM_LEN, 0.0);
+        out.patches.resize(b * PATCH_LEN, 0);
+        if f > 0 {
+            for (dst, &i) in out.tabular.chunks_exact_mut(f).zip(indices) {
+                dst.copy_from_slice(self.tabular(i));
+            }
+        }
+        out.landsat
+            .par_chunks_exact_mut(LANDSAT_LEN)
+            .zip(indices.par_iter())
+            .for_each(|(dst, &i)| dst.copy_from_slice(self.landsat(i)));
+        out.bioclim
+            .par_chunks_exact_mut(BIOCLIM_LEN)
+            .zip(indices.par_iter())
+            .for_each(|(dst, &i)| dst.copy_from_slice(self.bioclim(i)));
+        out.patches
+            .par_chunks_exact_mut(PATCH_LEN)
+            .zip(indices.par_iter())
+            .for_each(|(dst, &i)| dst.copy_from_slice(self.patch(i)));
     }
 }
