@@ -1,0 +1,646 @@
+//! The training configuration: a nested TOML file (data, model, optim, schedule, train,
+//! validation, transforms) with the `paper` and `tiny` presets, validated before any work so a
+//! bad key or value is reported by name.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// Sentinel backbone names the model crate can build (its registry, torchvision naming).
+pub fn backbone_names() -> Vec<&'static str> {
+    geolife_model::backbones::BackboneKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .collect()
+}
+
+/// A whole training run's configuration; saved resolved as `config.toml` in the run folder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Named preset the file started from (`paper` or `tiny`); sections override it.
+    #[serde(default)]
+    pub preset: Option<String>,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub optim: OptimSection,
+    #[serde(default)]
+    pub schedule: ScheduleSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub validation: ValidationSection,
+    #[serde(default)]
+    pub transforms: TransformSection,
+}
+
+/// Where the data comes from and how labels map to output columns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// Raw dataset root or packed cache; `--data` overrides it.
+    pub path: Option<PathBuf>,
+    /// `full` (max id + 1 = 11,255 columns, like the seed) or `compact` (train species only).
+    pub vocabulary: Vocabulary,
+    /// Size of the full vocabulary (max species id + 1).
+    pub full_size: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            path: None,
+            vocabulary: Vocabulary::Compact,
+            full_size: 11_255,
+        }
+    }
+}
+
+/// Label vocabulary: output column -> real species id.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Vocabulary {
+    Full,
+    Compact,
+}
+
+/// The fusion network: backbone, branches, widths.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// `paper` (seed widths) or `tiny` (small widths for CPU smoke runs).
+    pub size: String,
+    /// Sentinel backbone name (torchvision naming).
+    pub backbone: String,
+    pub dropout: f64,
+    pub hidden: usize,
+    pub use_tabular: bool,
+    pub use_landsat: bool,
+    pub use_bioclim: bool,
+    pub use_sentinel: bool,
+    /// Initial weights (a geolife safetensors checkpoint), loaded before training.
+    pub weights: Option<PathBuf>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            size: "paper".into(),
+            backbone: "convnext_base".into(),
+            dropout: 0.15,
+            hidden: 1024,
+            use_tabular: true,
+            use_landsat: true,
+            use_bioclim: true,
+            use_sentinel: true,
+            weights: None,
+        }
+    }
+}
+
+/// AdamW and gradient handling.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimSection {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    /// Clip each parameter gradient's L2 norm to this value (burn's per-tensor clipping).
+    pub grad_clip_norm: Option<f64>,
+    /// Optimiser step every N batches (gradient accumulation).
+    pub accumulate: usize,
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        Self {
+            lr: 8e-4,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            grad_clip_norm: None,
+            accumulate: 1,
+        }
+    }
+}
+
+/// Learning-rate schedule over optimiser steps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    /// `constant` (the seed) or `cosine` (with linear warm-up).
+    pub kind: ScheduleKind,
+    /// Linear warm-up length in optimiser steps.
+    pub warmup_steps: usize,
+    /// Final learning rate of the cosine, as a fraction of `optim.lr`.
+    pub min_lr_ratio: f64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Constant,
+            warmup_steps: 0,
+            min_lr_ratio: 0.0,
+        }
+    }
+}
+
+/// Learning-rate schedule family.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    Constant,
+    Cosine,
+}
+
+/// Epochs, batches, mixup, loader, checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Fraction of batches mixed (the seed: 0.4).
+    pub mixup_prob: f64,
+    /// Beta(alpha, alpha) for the mixup weight (the seed: 0.4).
+    pub mixup_alpha: f64,
+    /// Loader threads gathering batches ahead of the step.
+    pub workers: usize,
+    /// Batches prepared ahead per worker.
+    pub prefetch: usize,
+    /// Also write `last.ckpt` every N optimiser steps (0: only at epoch ends).
+    pub checkpoint_every_steps: usize,
+    /// Stop each epoch after this many batches (0: whole epoch); for benchmarks and smoke runs.
+    pub max_batches_per_epoch: usize,
+    /// `flex` (CPU) or `wgpu` (needs the `wgpu` feature).
+    pub device: String,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            epochs: 15,
+            batch_size: 256,
+            seed: 666,
+            mixup_prob: 0.4,
+            mixup_alpha: 0.4,
+            workers: 2,
+            prefetch: 2,
+            checkpoint_every_steps: 0,
+            max_batches_per_epoch: 0,
+            device: "flex".into(),
+        }
+    }
+}
+
+/// Validation split and scoring.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationSection {
+    /// `spatial` blocks (default, honest) or `random` (the seed's 90/10).
+    pub split: SplitKind,
+    pub fraction: f64,
+    /// Block side in arc-minutes for the spatial split.
+    pub block_arcmin: f64,
+    pub seed: u64,
+    /// Largest K of the F1@K curve.
+    pub k_max: usize,
+}
+
+impl Default for ValidationSection {
+    fn default() -> Self {
+        Self {
+            split: SplitKind::Spatial,
+            fraction: 0.1,
+            block_arcmin: 10.0,
+            seed: 666,
+            k_max: 50,
+        }
+    }
+}
+
+/// Validation split family.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitKind {
+    Spatial,
+    Random,
+}
+
+/// Input transforms; part of the saved config so prediction matches training.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformSection {
+    /// `geolife` (standardisation with train statistics) or `seed` (the seed's exact transforms).
+    pub mode: TransformMode,
+    /// Random horizontal / vertical flips of Sentinel patches during training.
+    pub flip: bool,
+    /// Random 90-degree rotations of Sentinel patches during training.
+    pub rot90: bool,
+}
+
+impl Default for TransformSection {
+    fn default() -> Self {
+        Self {
+            mode: TransformMode::Geolife,
+            flip: false,
+            rot90: false,
+        }
+    }
+}
+
+/// Input normalisation family.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TransformMode {
+    Geolife,
+    Seed,
+}
+
+impl TrainConfig {
+    /// The seed's recipe (GLC24.md §4) with a given Sentinel backbone.
+    pub fn paper(backbone: &str) -> Self {
+        Self {
+            preset: Some("paper".into()),
+            data: DataSection {
+                vocabulary: Vocabulary::Full,
+                ..DataSection::default()
+            },
+            model: ModelSection {
+                backbone: backbone.into(),
+                ..ModelSection::default()
+            },
+            optim: OptimSection::default(),
+            schedule: ScheduleSection::default(),
+            train: TrainSection::default(),
+            validation: ValidationSection::default(),
+            transforms: TransformSection::default(),
+        }
+    }
+
+    /// A CPU smoke recipe: tiny widths, compact vocabulary, a few epochs.
+    pub fn tiny() -> Self {
+        Self {
+            preset: Some("tiny".into()),
+            data: DataSection::default(),
+            model: ModelSection {
+                size: "tiny".into(),
+                backbone: "smoke_convnext".into(),
+                dropout: 0.1,
+                hidden: 128,
+                ..ModelSection::default()
+            },
+            optim: OptimSection {
+                lr: 3e-3,
+                weight_decay: 1e-4,
+                ..OptimSection::default()
+            },
+            schedule: ScheduleSection {
+                kind: ScheduleKind::Cosine,
+                warmup_steps: 5,
+                min_lr_ratio: 0.05,
+            },
+            train: TrainSection {
+                epochs: 8,
+                batch_size: 32,
+                seed: 7,
+                mixup_prob: 0.0,
+                workers: 2,
+                ..TrainSection::default()
+            },
+            validation: ValidationSection {
+                block_arcmin: 60.0,
+                fraction: 0.15,
+                ..ValidationSection::default()
+            },
+            transforms: TransformSection::default(),
+        }
+    }
+
+    /// Parse TOML text: a `preset` key selects the base, the sections given override its values
+    /// key by key; unknown keys are rejected by name.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self, TrainError> {
+        let value: toml::Value = toml::from_str(text).map_err(|e| TrainError::Config {
+            path: origin.to_path_buf(),
+            key: String::new(),
+            message: e.to_string(),
+        })?;
+        let preset = value
+            .get("preset")
+            .and_then(|p| p.as_str())
+            .unwrap_or("paper")
+            .to_string();
+        let base = match preset.as_str() {
+            "paper" => Self::paper("convnext_base"),
+            "tiny" => Self::tiny(),
+            other => {
+                return Err(TrainError::Config {
+                    path: origin.to_path_buf(),
+                    key: "preset".into(),
+                    message: format!("unknown preset `{other}`: expected `paper` or `tiny`"),
+                });
+            }
+        };
+        let mut merged = toml::Value::try_from(&base).map_err(|e| TrainError::Config {
+            path: origin.to_path_buf(),
+            key: String::new(),
+            message: e.to_string(),
+        })?;
+        merge(&mut merged, value);
+        let config: TrainConfig = merged.try_into().map_err(|e: toml::de::Error| {
+            TrainError::Config {
+                path: origin.to_path_buf(),
+                key: String::new(),
+                message: e.to_string(),
+            }
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Read and validate a TOML file.
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// The resolved config as TOML text.
+    pub fn to_toml_string(&self) -> Result<String, TrainError> {
+        toml::to_string_pretty(self).map_err(|e| TrainError::Config {
+            path: PathBuf::new(),
+            key: String::new(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Check every value that would make the run fail or meaningless; the error names the key.
+    pub fn validate(&self, origin: &Path) -> Result<(), TrainError> {
+        let bad = |key: &str, message: String| TrainError::Config {
+            path: origin.to_path_buf(),
+            key: key.into(),
+            message,
+        };
+        let o = &self.optim;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return Err(bad("optim.lr", format!("must be a positive number, got {}", o.lr)));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return Err(bad(
+                "optim.weight_decay",
+                format!("must be >= 0, got {}", o.weight_decay),
+            ));
+        }
+        for (key, v) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(bad(key, format!("must be in [0, 1), got {v}")));
+            }
+        }
+        if o.epsilon.is_nan() || o.epsilon <= 0.0 {
+            return Err(bad("optim.epsilon", format!("must be > 0, got {}", o.epsilon)));
+        }
+        if let Some(c) = o.grad_clip_norm
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(bad("optim.grad_clip_norm", format!("must be > 0, got {c}")));
+        }
+        if o.accumulate == 0 {
+            return Err(bad("optim.accumulate", "must be at least 1, got 0".into()));
+        }
+        let t = &self.train;
+        if t.batch_size == 0 {
+            return Err(bad("train.batch_size", "must be at least 1, got 0".into()));
+        }
+        if t.epochs == 0 {
+            return Err(bad("train.epochs", "must be at least 1, got 0".into()));
+        }
+        if !(0.0..=1.0).contains(&t.mixup_prob) {
+            return Err(bad(
+                "train.mixup_prob",
+                format!("must be in [0, 1], got {}", t.mixup_prob),
+            ));
+        }
+        if !(t.mixup_alpha.is_finite() && t.mixup_alpha > 0.0) {
+            return Err(bad(
+                "train.mixup_alpha",
+                format!("must be > 0, got {}", t.mixup_alpha),
+            ));
+        }
+        if t.workers == 0 || t.prefetch == 0 {
+            return Err(bad(
+                "train.workers",
+                "workers and prefetch must be at least 1".into(),
+            ));
+        }
+        if t.device != "flex" && t.device != "wgpu" {
+            return Err(bad(
+                "train.device",
+                format!("unknown device `{}`: expected `flex` or `wgpu`", t.device),
+            ));
+        }
+        let m = &self.model;
+        let known = backbone_names();
+        if !known.contains(&m.backbone.as_str()) {
+            let hint = did_you_mean(&m.backbone, &known)
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            return Err(bad(
+                "model.backbone",
+                format!(
+                    "unknown backbone `{}`{hint}; known: {}",
+                    m.backbone,
+                    known.join(", ")
+                ),
+            ));
+        }
+        if m.size != "paper" && m.size != "tiny" {
+            return Err(bad(
+                "model.size",
+                format!("unknown size `{}`: expected `paper` or `tiny`", m.size),
+            ));
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return Err(bad("model.dropout", format!("must be in [0, 1), got {}", m.dropout)));
+        }
+        if m.hidden == 0 {
+            return Err(bad("model.hidden", "must be at least 1, got 0".into()));
+        }
+        if !(m.use_tabular || m.use_landsat || m.use_bioclim || m.use_sentinel) {
+            return Err(bad(
+                "model.use_tabular",
+                "all four branches are switched off: enable at least one".into(),
+            ));
+        }
+        if let Some(w) = &m.weights
+            && !w.is_file()
+        {
+            return Err(bad(
+                "model.weights",
+                format!("weights file {} does not exist", w.display()),
+            ));
+        }
+        let v = &self.validation;
+        if !(v.fraction > 0.0 && v.fraction < 1.0) {
+            return Err(bad(
+                "validation.fraction",
+                format!("must be in (0, 1), got {}", v.fraction),
+            ));
+        }
+        if !(v.block_arcmin.is_finite() && v.block_arcmin > 0.0) {
+            return Err(bad(
+                "validation.block_arcmin",
+                format!("must be > 0, got {}", v.block_arcmin),
+            ));
+        }
+        if v.k_max == 0 {
+            return Err(bad("validation.k_max", "must be at least 1, got 0".into()));
+        }
+        let s = &self.schedule;
+        if !(0.0..=1.0).contains(&s.min_lr_ratio) {
+            return Err(bad(
+                "schedule.min_lr_ratio",
+                format!("must be in [0, 1], got {}", s.min_lr_ratio),
+            ));
+        }
+        if self.data.full_size == 0 {
+            return Err(bad("data.full_size", "must be at least 1, got 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Deep-merge `over` into `base` (tables merge key by key; other values replace).
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// The closest known name within edit distance 3, for "did you mean" hints.
+pub fn did_you_mean<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (levenshtein(name, k), *k))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<TrainConfig, TrainError> {
+        TrainConfig::from_toml_str(text, Path::new("test.toml"))
+    }
+
+    fn key_of(err: TrainError) -> String {
+        match err {
+            TrainError::Config { key, message, .. } => format!("{key}: {message}"),
+            other => panic!("expected a config error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn paper_preset_matches_the_seed_recipe() {
+        let c = parse("preset = \"paper\"\n").unwrap();
+        assert_eq!(c.optim.lr, 8e-4);
+        assert_eq!(c.optim.weight_decay, 0.01);
+        assert_eq!(c.train.batch_size, 256);
+        assert_eq!(c.train.epochs, 15);
+        assert_eq!(c.train.mixup_prob, 0.4);
+        assert_eq!(c.train.mixup_alpha, 0.4);
+        assert_eq!(c.model.dropout, 0.15);
+        assert_eq!(c.data.vocabulary, Vocabulary::Full);
+    }
+
+    #[test]
+    fn sections_override_the_preset_key_by_key() {
+        let c = parse("preset = \"tiny\"\n[optim]\nlr = 0.01\n").unwrap();
+        assert_eq!(c.optim.lr, 0.01);
+        assert_eq!(c.optim.weight_decay, TrainConfig::tiny().optim.weight_decay);
+        assert_eq!(c.train.batch_size, TrainConfig::tiny().train.batch_size);
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = TrainConfig::tiny();
+        let text = c.to_toml_string().unwrap();
+        assert_eq!(parse(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = key_of(parse("[optim]\nlearning_rate = 0.1\n").unwrap_err());
+        assert!(e.contains("learning_rate"), "{e}");
+    }
+
+    #[test]
+    fn negative_lr_is_rejected_by_key() {
+        let e = key_of(parse("[optim]\nlr = -0.1\n").unwrap_err());
+        assert!(e.starts_with("optim.lr:"), "{e}");
+    }
+
+    #[test]
+    fn zero_batch_is_rejected_by_key() {
+        let e = key_of(parse("[train]\nbatch_size = 0\n").unwrap_err());
+        assert!(e.starts_with("train.batch_size:"), "{e}");
+    }
+
+    #[test]
+    fn missing_weights_file_is_rejected_by_key() {
+        let e = key_of(parse("[model]\nweights = \"/nonexistent/w.safetensors\"\n").unwrap_err());
+        assert!(e.starts_with("model.weights:"), "{e}");
+        assert!(e.contains("/nonexistent/w.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn backbone_typo_gets_a_suggestion() {
+        let e = key_of(parse("[model]\nbackbone = \"convnxt_base\"\n").unwrap_err());
+        assert!(e.starts_with("model.backbone:"), "{e}");
+        assert!(e.contains("did you mean `convnext_base`"), "{e}");
+    }
+
+    #[test]
+    fn levenshtein_matches_hand_computed_values() {
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+        assert_eq!(levenshtein("", "abc"), 3);
+        assert_eq!(levenshtein("maxvit_t", "maxvit_t"), 0);
+    }
+}

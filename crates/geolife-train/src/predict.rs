@@ -1,0 +1,148 @@
+//! Batched inference to a score file, from a run folder (its best checkpoint, vocabulary and
+//! normalisation) or from an imported checkpoint plus a config (e.g. the seed's weights).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use geolife_data::Split;
+use geolife_data::cache::PackedSplit;
+use geolife_metrics::{ScoreFile, Scores};
+
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::loader::BatchPlan;
+use crate::source::stats_from_manifest;
+use crate::trainer::{RunInfo, files, make_device, score_surveys};
+use crate::vocab::Vocabulary;
+
+/// What to predict with and on.
+#[derive(Debug, Clone)]
+pub struct PredictOptions {
+    /// A training run folder (uses `best.safetensors`, `run.json`, `config.toml`).
+    pub run_dir: Option<PathBuf>,
+    /// A geolife checkpoint to use instead of (or with) the run's best one.
+    pub weights: Option<PathBuf>,
+    /// Transforms / device config for `--weights` without a run (default: the paper preset).
+    pub config: Option<PathBuf>,
+    /// Packed cache folder.
+    pub cache: PathBuf,
+    pub split: Split,
+    pub batch_size: usize,
+    pub workers: usize,
+}
+
+/// Scores of every survey of the split, columns = real species ids.
+pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
+    let data = PackedSplit::open(&opts.cache, opts.split)
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let manifest = data.manifest().clone();
+    let (cfg, info, weights) = match &opts.run_dir {
+        Some(run) => {
+            let cfg = match &opts.config {
+                Some(c) => TrainConfig::load(c)?,
+                None => TrainConfig::load(&run.join(files::CONFIG))?,
+            };
+            let info = RunInfo::load(run)?;
+            if info.dataset_fingerprint != manifest.dataset_fingerprint {
+                return Err(TrainError::Invalid(format!(
+                    "{}: the cache was built from another dataset than run {} (fingerprint {} vs {}); prepare the run's dataset",
+                    opts.cache.display(),
+                    run.display(),
+                    manifest.dataset_fingerprint,
+                    info.dataset_fingerprint
+                )));
+            }
+            let w = opts.weights.clone().unwrap_or_else(|| run.join(files::BEST));
+            (cfg, Some(info), w)
+        }
+        None => {
+            let w = opts.weights.clone().ok_or_else(|| {
+                TrainError::Invalid("predict needs --run or --weights".into())
+            })?;
+            let cfg = match &opts.config {
+                Some(c) => TrainConfig::load(c)?,
+                None => TrainConfig::paper("convnext_base"),
+            };
+            (cfg, None, w)
+        }
+    };
+    if !weights.is_file() {
+        return Err(TrainError::Checkpoint {
+            path: weights,
+            message: "no such checkpoint (a run writes best.safetensors after its first epoch)"
+                .into(),
+        });
+    }
+    let fc = geolife_model::checkpoint::read_config(&weights).map_err(|e| TrainError::Checkpoint {
+        path: weights.clone(),
+        message: e.to_string(),
+    })?;
+    if fc.use_tabular && fc.num_features != manifest.feature_names.len() {
+        return Err(TrainError::Invalid(format!(
+            "{}: the model expects {} tabular features, the cache has {}",
+            weights.display(),
+            fc.num_features,
+            manifest.feature_names.len()
+        )));
+    }
+    let (vocab, stats) = match &info {
+        Some(i) => (Vocabulary::from_species(i.species.clone()), i.stats.clone()),
+        None => (
+            // An imported seed checkpoint has max-id + 1 outputs: column = species id.
+            Vocabulary::from_species((0..fc.num_classes as u32).collect()),
+            stats_from_manifest(&manifest),
+        ),
+    };
+    if vocab.len() != fc.num_classes {
+        return Err(TrainError::Invalid(format!(
+            "{}: the model has {} outputs but the vocabulary {} species",
+            weights.display(),
+            fc.num_classes,
+            vocab.len()
+        )));
+    }
+    let device = make_device(&cfg.train.device)?;
+    let (model, _) = geolife_model::checkpoint::load_safetensors(&fc, &weights, &device).map_err(
+        |e| TrainError::Checkpoint {
+            path: weights.clone(),
+            message: e.to_string(),
+        },
+    )?;
+    let model = model.valid();
+    let plan = BatchPlan {
+        mode: cfg.transforms.mode,
+        stats,
+        flip: false,
+        rot90: false,
+        mixup_prob: 0.0,
+        mixup_alpha: 1.0,
+        seed: 0,
+        epoch: 0,
+    };
+    let all: Vec<usize> = (0..data.len()).collect();
+    let (probs, ids, _, _) = score_surveys(
+        &model,
+        &fc,
+        &data,
+        &all,
+        &plan,
+        &vocab,
+        opts.batch_size.max(1),
+        opts.workers.max(1),
+        &device,
+    )?;
+    Ok(ScoreFile {
+        model: model_name(opts.run_dir.as_deref(), &weights),
+        split: opts.split.to_string(),
+        survey_ids: ids,
+        species: vocab.species().to_vec(),
+        scores: Scores::Dense { data: probs },
+    })
+}
+
+fn model_name(run: Option<&Path>, weights: &Path) -> String {
+    let p = run.unwrap_or(weights);
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "geolife".into())
+}

@@ -1,0 +1,200 @@
+//! End to end on a tiny synthetic dataset: synth -> prepare -> train -> predict -> submission ->
+//! evaluation, plus resume-equals-uninterrupted and the run folder's contents.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use geolife_data::Split;
+use geolife_data::cache::PackedSplit;
+use geolife_data::synth::{SynthConfig, layout::SOLUTION_CSV, write_dataset};
+use geolife_metrics::{Policy, ScoreFile, Scores, read_solution, samples_f1, write_submission};
+use geolife_train::predict::{PredictOptions, predict};
+use geolife_train::trainer::files;
+use geolife_train::{Progress, TrainConfig, TrainOptions, train};
+
+/// Dataset root and packed cache, built once per test binary.
+fn fixture() -> &'static (PathBuf, PathBuf) {
+    static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let data = dir.join("data");
+        let cfg = SynthConfig {
+            train_surveys: 360,
+            test_surveys: 80,
+            species: 30,
+            seed: 11,
+            mean_species_per_survey: 5.0,
+            surveys_per_cluster: 20,
+            ..SynthConfig::default()
+        };
+        write_dataset(&data, &cfg).unwrap();
+        let cache = geolife_train::data::resolve_cache(&data, &dir.join("cache")).unwrap();
+        (data, cache)
+    })
+}
+
+fn tiny(epochs: usize) -> TrainConfig {
+    let mut c = TrainConfig::tiny();
+    c.train.epochs = epochs;
+    c.train.batch_size = 32;
+    c.train.mixup_prob = 0.4; // exercise mixup in the resume test too
+    c
+}
+
+fn options(config: TrainConfig, run: &Path) -> TrainOptions {
+    TrainOptions {
+        config,
+        cache: fixture().1.clone(),
+        run_dir: run.to_path_buf(),
+        resume: false,
+        progress: Progress::Quiet,
+        stop_after_batches: None,
+    }
+}
+
+#[test]
+fn tiny_end_to_end_learns_and_writes_every_file() {
+    let (data, cache) = fixture();
+    let run = tempfile::tempdir().unwrap();
+    let run = run.path().join("run");
+    let mut cfg = tiny(3);
+    cfg.train.mixup_prob = 0.0;
+    let summary = train(&options(cfg, &run)).unwrap();
+    assert!(summary.finished);
+    for f in [
+        files::CONFIG,
+        files::RUN,
+        files::METRICS,
+        files::LOG,
+        files::LAST,
+        files::BEST,
+        files::VAL_SCORES,
+        files::CURVES,
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(run.join(files::METRICS)).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    let h = &summary.history;
+    assert!(
+        h[2].train_loss < h[0].train_loss,
+        "train loss did not decrease: {h:?}"
+    );
+
+    // Predict the test split and write a submission.
+    let test = predict(&PredictOptions {
+        run_dir: Some(run.clone()),
+        weights: None,
+        config: None,
+        cache: cache.clone(),
+        split: Split::Test,
+        batch_size: 40,
+        workers: 2,
+    })
+    .unwrap();
+    let test_cache = PackedSplit::open(cache, Split::Test).unwrap();
+    assert_eq!(test.survey_ids, test_cache.survey_ids());
+    let Scores::Dense { data: probs } = &test.scores else {
+        panic!("dense scores expected")
+    };
+    assert!(probs.iter().all(|p| (0.0..=1.0).contains(p)));
+    let out = run.join("test_scores.safetensors");
+    test.write(&out).unwrap();
+    let back = ScoreFile::read(&out).unwrap();
+    assert_eq!(back.survey_ids, test.survey_ids);
+
+    let k = summary.history[summary.best_epoch.unwrap() - 1].best_k;
+    let pred = Policy::TopK { k }.select(&test);
+    let sub = run.join("submission.csv");
+    write_submission(&sub, &test.survey_ids, &pred).unwrap();
+    let text = std::fs::read_to_string(&sub).unwrap();
+    assert!(text.starts_with("surveyId,predictions"));
+    assert_eq!(text.lines().count(), test.len() + 1);
+
+    // Learning: the model beats the species-frequency baseline at the same K on the test set.
+    let solution = read_solution(&data.join(SOLUTION_CSV)).unwrap();
+    let truth = solution.align(&test.survey_ids).truth;
+    let f1 = samples_f1(&pred, &truth);
+    let train_cache = PackedSplit::open(cache, Split::Train).unwrap();
+    let mut counts = std::collections::HashMap::<u32, usize>::new();
+    for i in 0..train_cache.len() {
+        for &s in train_cache.labels(i) {
+            *counts.entry(s).or_default() += 1;
+        }
+    }
+    let mut by_freq: Vec<(u32, usize)> = counts.into_iter().collect();
+    by_freq.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let top: Vec<u32> = by_freq.iter().take(k).map(|p| p.0).collect();
+    let baseline = samples_f1(&vec![top; truth.len()], &truth);
+    assert!(f1 > baseline, "model F1 {f1:.4} <= frequency baseline {baseline:.4} at K={k}");
+}
+
+#[test]
+fn resume_equals_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole");
+    let parts = dir.path().join("parts");
+    let mut cfg = tiny(2);
+    cfg.train.checkpoint_every_steps = 2;
+    let a = train(&options(cfg.clone(), &whole)).unwrap();
+
+    // Killed mid-epoch 1 (after 3 batches), then resumed twice more mid-epoch 2.
+    let mut o = options(cfg.clone(), &parts);
+    o.stop_after_batches = Some(3);
+    let first = train(&o).unwrap();
+    assert!(!first.finished);
+    o.resume = true;
+    o.stop_after_batches = Some(12);
+    let second = train(&o).unwrap();
+    assert!(!second.finished);
+    o.stop_after_batches = None;
+    let b = train(&o).unwrap();
+    assert!(b.finished);
+
+    assert_eq!(a.history.len(), b.history.len());
+    for (x, y) in a.history.iter().zip(&b.history) {
+        assert!((x.train_loss - y.train_loss).abs() < 1e-6, "{x:?} vs {y:?}");
+        assert!((x.val_loss - y.val_loss).abs() < 1e-6, "{x:?} vs {y:?}");
+        assert!((x.val_f1 - y.val_f1).abs() < 1e-6, "{x:?} vs {y:?}");
+    }
+    let wa = std::fs::read(whole.join(files::BEST)).unwrap();
+    let wb = std::fs::read(parts.join(files::BEST)).unwrap();
+    assert!(wa == wb, "best weights differ after resume");
+}
+
+#[test]
+fn a_second_run_into_the_same_folder_is_refused_and_resume_needs_the_same_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut cfg = tiny(1);
+    cfg.train.max_batches_per_epoch = 1;
+    train(&options(cfg.clone(), &run)).unwrap();
+    let e = train(&options(cfg.clone(), &run)).unwrap_err().to_string();
+    assert!(e.contains("--resume"), "{e}");
+    let mut other = cfg.clone();
+    other.optim.lr = 0.5;
+    let mut o = options(other, &run);
+    o.resume = true;
+    let e = train(&o).unwrap_err().to_string();
+    assert!(e.contains("config differs"), "{e}");
+}
+
+#[test]
+fn nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // A learning rate of 1e30 sends the weights to inf at the first step: the next loss is not
+    // finite and training must stop, naming the run and keeping any checkpoint readable.
+    let mut bad = tiny(3);
+    bad.train.max_batches_per_epoch = 2;
+    bad.optim.lr = 1e30;
+    bad.schedule.warmup_steps = 0;
+    let e = train(&options(bad, &run)).unwrap_err().to_string();
+    assert!(e.contains("loss is"), "{e}");
+    assert!(e.contains("last good checkpoint"), "{e}");
+    if run.join(files::LAST).exists() {
+        geolife_train::checkpoint::load(&run.join(files::LAST)).unwrap();
+    }
+    let log = std::fs::read_to_string(run.join(files::LOG)).unwrap();
+    assert!(log.contains("loss is"), "{log}");
+}
