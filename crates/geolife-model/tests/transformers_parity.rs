@@ -14,7 +14,9 @@ use geolife_model::backbones::swin_v2::{SwinV2, SwinV2Config};
 type Dict = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 fn read(name: &str) -> Dict {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transformers").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/transformers")
+        .join(name);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
     let mut out = Dict::new();
@@ -117,9 +119,16 @@ fn rel_err<const D: usize>(got: Tensor<D>, io: &Dict, key: &str) -> f32 {
     let (shape, want) = &io[key];
     assert_eq!(&got.dims().to_vec(), shape, "{key}: shape");
     let got = got.into_data().to_vec::<f32>().expect("f32");
-    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     let scale = want.iter().map(|b| b.abs()).fold(0f32, f32::max);
-    assert!(got.iter().all(|v| v.is_finite()), "{key}: non-finite output");
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{key}: non-finite output"
+    );
     diff / (scale + 1e-6)
 }
 
@@ -152,13 +161,19 @@ fn small_maxvit(device: &Device, resize: bool) -> MaxVit {
 #[test]
 fn swin_v2_matches_torchvision_with_padding_shift_and_small_maps() {
     let device = Device::flex();
-    let model = load(small_swin(&device), &read("swin_v2_small_state.safetensors"));
+    let model = load(
+        small_swin(&device),
+        &read("swin_v2_small_state.safetensors"),
+    );
     let io = read("swin_v2_small_io.safetensors");
     let x = tensor::<4>(&io, "input", &device); // [2, 4, 72, 104]
     model.check_input(x.dims()).expect("valid input");
     let feats = model.forward_features(x);
     let logits = model.forward_head(feats.clone());
-    let (ef, el) = (rel_err(feats, &io, "features"), rel_err(logits, &io, "logits"));
+    let (ef, el) = (
+        rel_err(feats, &io, "features"),
+        rel_err(logits, &io, "logits"),
+    );
     assert!(ef < 1e-4 && el < 1e-4, "features {ef:e}, logits {el:e}");
 }
 
@@ -174,25 +189,37 @@ fn swin_v2_random_weights_do_not_match_torchvision() {
 #[test]
 fn maxvit_matches_torchvision_block_and_grid_attention() {
     let device = Device::flex();
-    let model = load(small_maxvit(&device, false), &read("maxvit_small_state.safetensors"));
+    let model = load(
+        small_maxvit(&device, false),
+        &read("maxvit_small_state.safetensors"),
+    );
     let io = read("maxvit_small_io.safetensors");
     let x = tensor::<4>(&io, "input", &device); // [2, 4, 64, 64]
     model.check_input(x.dims()).expect("valid input");
     let feats = model.forward_features(x);
     let logits = model.forward_head(feats.clone());
-    let (ef, el) = (rel_err(feats, &io, "features"), rel_err(logits, &io, "logits"));
+    let (ef, el) = (
+        rel_err(feats, &io, "features"),
+        rel_err(logits, &io, "logits"),
+    );
     assert!(ef < 1e-4 && el < 1e-4, "features {ef:e}, logits {el:e}");
 }
 
 #[test]
 fn maxvit_resize_input_matches_torch_bilinear_interpolate() {
     let device = Device::flex();
-    let model = load(small_maxvit(&device, true), &read("maxvit_small_state.safetensors"));
+    let model = load(
+        small_maxvit(&device, true),
+        &read("maxvit_small_state.safetensors"),
+    );
     let io = read("maxvit_small_io.safetensors");
     let x = tensor::<4>(&io, "input_48", &device); // [2, 4, 48, 48] -> resized to 64
-    model.check_input(x.dims()).expect("resize accepts any size");
+    model
+        .check_input(x.dims())
+        .expect("resize accepts any size");
     let logits = model.forward(x);
     let e = rel_err(logits, &io, "logits_48");
+    eprintln!("max relative error (resized): logits {e:e}");
     assert!(e < 1e-4, "logits {e:e}");
 }
 
@@ -200,7 +227,12 @@ fn maxvit_resize_input_matches_torch_bilinear_interpolate() {
 fn maxvit_without_resize_rejects_other_sizes() {
     let device = Device::flex();
     let model = small_maxvit(&device, false);
-    let err = model.check_input([2, 4, 48, 48]).expect_err("48 is not the built size");
+    let err = model
+        .check_input([2, 4, 48, 48])
+        .expect_err("48 is not the built size");
     assert!(err.to_string().contains("64"), "{err}");
-    assert!(model.check_input([2, 3, 64, 64]).is_err(), "3 channels on a 4-channel model");
+    assert!(
+        model.check_input([2, 3, 64, 64]).is_err(),
+        "3 channels on a 4-channel model"
+    );
 }

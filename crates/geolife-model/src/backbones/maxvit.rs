@@ -200,7 +200,15 @@ impl MaxVitConfig {
                 Gelu::new(),
             ),
             (
-                conv(self.stem_channels, self.stem_channels, 3, 1, 1, true, device),
+                conv(
+                    self.stem_channels,
+                    self.stem_channels,
+                    3,
+                    1,
+                    1,
+                    true,
+                    device,
+                ),
                 Identity::new(),
             ),
         );
@@ -237,7 +245,14 @@ impl MaxVitConfig {
         })
     }
 
-    fn layer(&self, cin: usize, cout: usize, stride: usize, p: f64, device: &Device) -> MaxVitLayer {
+    fn layer(
+        &self,
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        p: f64,
+        device: &Device,
+    ) -> MaxVitLayer {
         let mid = (cout as f64 * self.expansion_ratio) as usize;
         let sqz = (cout as f64 * self.squeeze_ratio) as usize;
         let proj = (stride != 1 || cin != cout).then(|| {
@@ -254,7 +269,11 @@ impl MaxVitConfig {
             proj,
             layers: MbConvLayers {
                 pre_norm: bn(cin, device),
-                conv_a: (conv(cin, mid, 1, 1, 0, false, device), bn(mid, device), Gelu::new()),
+                conv_a: (
+                    conv(cin, mid, 1, 1, 0, false, device),
+                    bn(mid, device),
+                    Gelu::new(),
+                ),
                 conv_b: (
                     conv_groups(mid, mid, 3, stride, 1, false, mid, device),
                     bn(mid, device),
@@ -275,7 +294,11 @@ impl MaxVitConfig {
                 RelativePositionalMultiHeadAttention {
                     to_qkv: linear(cout, 3 * cout, true, device),
                     merge: linear(cout, cout, true, device),
-                    relative_position_bias_table: Initializer::Normal { mean: 0.0, std: 0.02 }.init(
+                    relative_position_bias_table: Initializer::Normal {
+                        mean: 0.0,
+                        std: 0.02,
+                    }
+                    .init(
                         [
                             (2 * self.partition_size - 1) * (2 * self.partition_size - 1),
                             cout / self.head_dim,
@@ -317,7 +340,15 @@ fn bn(c: usize, device: &Device) -> BatchNorm {
         .init(device)
 }
 
-fn conv(cin: usize, cout: usize, k: usize, s: usize, p: usize, bias: bool, device: &Device) -> Conv2d {
+fn conv(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    bias: bool,
+    device: &Device,
+) -> Conv2d {
     conv_groups(cin, cout, k, s, p, bias, 1, device)
 }
 
@@ -338,7 +369,10 @@ fn conv_groups(
         .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
         .with_groups(groups)
         .with_bias(bias)
-        .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        })
         .init(device);
     if let Some(b) = c.bias.take() {
         c.bias = Some(b.map(|t| t.zeros_like()));
@@ -489,8 +523,14 @@ impl MbConv {
         };
         let l = &self.layers;
         let x = l.pre_norm.forward(x);
-        let x = l.conv_a.2.forward(l.conv_a.1.forward(l.conv_a.0.forward(x)));
-        let x = l.conv_b.2.forward(l.conv_b.1.forward(l.conv_b.0.forward(x)));
+        let x = l
+            .conv_a
+            .2
+            .forward(l.conv_a.1.forward(l.conv_a.0.forward(x)));
+        let x = l
+            .conv_b
+            .2
+            .forward(l.conv_b.1.forward(l.conv_b.0.forward(x)));
         let x = l.squeeze_excitation.forward(x);
         let x = l.conv_c.forward(x);
         res + stochastic_depth(x, self.stochastic_depth_prob, &self.training)
@@ -525,7 +565,11 @@ impl SqueezeExcitation {
     /// `[B, C, H, W]` -> `[B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let s = x.clone().reshape([b, c, h * w]).mean_dim(2).reshape([b, c, 1, 1]);
+        let s = x
+            .clone()
+            .reshape([b, c, h * w])
+            .mean_dim(2)
+            .reshape([b, c, 1, 1]);
         let s = sigmoid(self.fc2.forward(silu(self.fc1.forward(s))));
         x * s
     }
@@ -550,7 +594,11 @@ impl PartitionAttention {
         let [b, c, h, w] = x.dims();
         // Window: P x P windows. Grid: windows of side H / P, then tokens and groups swap so
         // each group gathers P x P tokens strided across the whole map.
-        let p = if self.grid { h / self.partition_size } else { self.partition_size };
+        let p = if self.grid {
+            h / self.partition_size
+        } else {
+            self.partition_size
+        };
         let (gh, gw) = (h / p, w / p);
         let x = x
             .reshape([b, c, gh, p, gw, p])
@@ -597,7 +645,11 @@ impl RelativePositionalMultiHeadAttention {
                 .reshape([b * g, p, nh, dh])
                 .swap_dims(1, 2) // [B*G, H, P, DH]
         };
-        let (q, k, v) = (split(0), split(1).mul_scalar((d as f64).powf(-0.5)), split(2));
+        let (q, k, v) = (
+            split(0),
+            split(1).mul_scalar((d as f64).powf(-0.5)),
+            split(2),
+        );
         let n = self.size * self.size;
         let index = relative_position_index(self.size, &q.device());
         let bias = self

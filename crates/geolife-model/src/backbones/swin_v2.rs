@@ -20,7 +20,9 @@
 use burn::config::Config;
 use burn::module::{Flag, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Gelu, Identity, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig, Relu};
+use burn::nn::{
+    Gelu, Identity, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig, Relu,
+};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
@@ -32,7 +34,9 @@ pub enum SwinV2Error {
     #[error("invalid Swin V2 config: {0}")]
     Config(String),
     /// The input tensor does not have the shape the model was built for.
-    #[error("Swin V2 input: expected [batch, {expected_channels}, H, W] with H, W >= 1, got {got:?}")]
+    #[error(
+        "Swin V2 input: expected [batch, {expected_channels}, H, W] with H, W >= 1, got {got:?}"
+    )]
     Input {
         /// Input channels of the model.
         expected_channels: usize,
@@ -117,7 +121,10 @@ impl SwinV2Config {
             return fail("in_channels, num_classes and patch_size must be positive".into());
         }
         if self.window_size < 2 {
-            return fail(format!("window_size must be >= 2, got {}", self.window_size));
+            return fail(format!(
+                "window_size must be >= 2, got {}",
+                self.window_size
+            ));
         }
         for (i, (&d, &h)) in self.depths.iter().zip(&self.num_heads).enumerate() {
             let dim = self.embed_dim << i;
@@ -200,7 +207,14 @@ impl SwinV2Config {
         }
     }
 
-    fn block(&self, dim: usize, heads: usize, shift: usize, sd: f64, device: &Device) -> SwinBlockV2 {
+    fn block(
+        &self,
+        dim: usize,
+        heads: usize,
+        shift: usize,
+        sd: f64,
+        device: &Device,
+    ) -> SwinBlockV2 {
         let hidden = (dim as f64 * self.mlp_ratio) as usize;
         let mut qkv = linear(dim, 3 * dim, true, device);
         // torchvision zeroes the key bias at init and ignores it in forward.
@@ -242,7 +256,10 @@ impl SwinV2Config {
 pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
     let mut l = LinearConfig::new(d_in, d_out)
         .with_bias(bias)
-        .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        })
         .init(device);
     if let Some(b) = l.bias.take() {
         l.bias = Some(b.map(|t| t.zeros_like()));
@@ -260,14 +277,19 @@ fn qkv_bias_mask(dim: usize, device: &Device) -> Tensor<1> {
 /// Stochastic depth in torchvision's "row" mode: drops whole samples of a residual branch with
 /// probability `p` and rescales survivors by `1 / (1 - p)`; identity unless training on an
 /// autodiff device.
-pub(crate) fn stochastic_depth<const D: usize>(x: Tensor<D>, p: f64, training: &Param<Flag>) -> Tensor<D> {
+pub(crate) fn stochastic_depth<const D: usize>(
+    x: Tensor<D>,
+    p: f64,
+    training: &Param<Flag>,
+) -> Tensor<D> {
     if p <= 0.0 || !training.is_enabled() || !x.device().is_autodiff() {
         return x;
     }
     let keep = 1.0 - p;
     let mut shape = [1usize; D];
     shape[0] = x.dims()[0];
-    let noise = Tensor::<D>::random(shape, Distribution::Bernoulli(keep), &x.device()).div_scalar(keep);
+    let noise =
+        Tensor::<D>::random(shape, Distribution::Bernoulli(keep), &x.device()).div_scalar(keep);
     x * noise
 }
 
@@ -405,7 +427,9 @@ impl SwinBlockV2 {
         let a = self.norm1.forward(self.attn.forward(x.clone()));
         let x = x + stochastic_depth(a, p, &self.training);
         let (fc1, act, _, fc2, _) = &self.mlp;
-        let m = self.norm2.forward(fc2.forward(act.forward(fc1.forward(x.clone()))));
+        let m = self
+            .norm2
+            .forward(fc2.forward(act.forward(fc1.forward(x.clone()))));
         x + stochastic_depth(m, p, &self.training)
     }
 }
@@ -520,7 +544,12 @@ impl ShiftedWindowAttentionV2 {
 
 /// `F.normalize(x, dim=-1)`: `x / max(||x||, 1e-12)`.
 fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
-    let norm = x.clone().powf_scalar(2.0).sum_dim(3).sqrt().clamp_min(1e-12);
+    let norm = x
+        .clone()
+        .powf_scalar(2.0)
+        .sum_dim(3)
+        .sqrt()
+        .clamp_min(1e-12);
     x / norm
 }
 
