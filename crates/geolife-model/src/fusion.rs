@@ -203,11 +203,14 @@ impl FusionConfig {
             ln2: bioclim.as_ref().map(|c| ln(c.out_dim())),
             bioclim_model: bioclim.map(|c| c.init(device)),
             ln3: sentinel.as_ref().map(|c| ln(c.out_dim())),
-            sentinel_model: sentinel.map(|c| c.init(device)),
+            sentinel_model: match &sentinel {
+                Some(c) => Some(c.try_init(device)?),
+                None => None,
+            },
             fc1: LinearConfig::new(self.fusion_width(), self.hidden).init(device),
             fc2: LinearConfig::new(self.hidden, self.num_classes).init(device),
             dropout: DropoutConfig::new(self.dropout).init(),
-            sentinel_pre_logits: self.sentinel_output == BranchOutput::Features,
+            sentinel_pre_logits: sentinel.as_ref().is_some_and(|c| c.pre_logits()),
             landsat_shape: self.landsat_shape,
             bioclim_shape: self.bioclim_shape,
         })
@@ -329,8 +332,7 @@ impl FusionModel {
             parts.push(self.dropout.forward(ln.forward(y)));
         }
         if let (Some(net), Some(ln)) = (&self.sentinel_model, &self.ln3) {
-            let feats = net.forward_features(input.sentinel);
-            let z = net.forward_head(feats, self.sentinel_pre_logits); // [b, 1000]
+            let z = net.forward_out(input.sentinel, self.sentinel_pre_logits); // [b, 1000]
             parts.push(self.dropout.forward(ln.forward(z)));
         }
         let x = Tensor::cat(parts, 1); // [b, fusion_width]

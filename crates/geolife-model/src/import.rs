@@ -158,7 +158,10 @@ pub fn is_stem_key(key: &str) -> bool {
 }
 
 /// Adapt, in `dict`, every stem weight whose input-channel count differs from the model's.
-pub fn adapt_stems<M: TorchNamed>(model: &M, dict: &mut StateDict) -> Vec<(String, Vec<usize>, Vec<usize>)> {
+pub fn adapt_stems<M: TorchNamed>(
+    model: &M,
+    dict: &mut StateDict,
+) -> Vec<(String, Vec<usize>, Vec<usize>)> {
     let mut adapted = Vec::new();
     for slot in slots(model) {
         if !is_stem_key(&slot.torch_key) || slot.shape.len() != 4 {
@@ -166,7 +169,11 @@ pub fn adapt_stems<M: TorchNamed>(model: &M, dict: &mut StateDict) -> Vec<(Strin
         }
         if let Some(w) = dict.get(&slot.torch_key) {
             let s = &w.shape;
-            if s.len() == 4 && s[0] == slot.shape[0] && s[2..] == slot.shape[2..] && s[1] != slot.shape[1] {
+            if s.len() == 4
+                && s[0] == slot.shape[0]
+                && s[2..] == slot.shape[2..]
+                && s[1] != slot.shape[1]
+            {
                 let new = adapt_input_channels(w, slot.shape[1]);
                 adapted.push((slot.torch_key.clone(), w.shape.clone(), new.shape.clone()));
                 dict.insert(slot.torch_key.clone(), new);

@@ -82,14 +82,8 @@ impl PathTracker {
     /// `Linear.weight` transposed.
     fn generic(&self) -> (String, Layout) {
         let path = self.path();
-        // The container of a leaf is the struct entered for its parent field.
-        let parent = self
-            .containers
-            .iter()
-            .rev()
-            .nth(1)
-            .map(String::as_str)
-            .unwrap_or("");
+        // burn passes, with each entered name, the type of the struct that holds the field.
+        let parent = self.containers.last().map(String::as_str).unwrap_or("");
         let leaf = self.names.last().map(String::as_str).unwrap_or("");
         let is_norm = matches!(parent, "Struct:BatchNorm" | "Struct:LayerNorm");
         let renamed = match (is_norm, leaf) {
@@ -165,15 +159,17 @@ pub fn slots<M: TorchNamed>(model: &M) -> Vec<ParamSlot> {
     c.slots
 }
 
-/// The model's parameters and buffers as a PyTorch-compatible state dict.
+/// The model's parameters and buffers as a PyTorch-compatible state dict. BatchNorm running
+/// statistics are synchronised first (burn applies the last update lazily).
 pub fn state_dict<M: TorchNamed>(model: &M) -> StateDict {
+    let synced = model.valid();
     let mut c = Collector {
-        model,
+        model: &synced,
         tracker: PathTracker::default(),
         slots: Vec::new(),
         values: Some(StateDict::new()),
     };
-    model.visit(&mut c);
+    synced.visit(&mut c);
     c.values.unwrap_or_default()
 }
 

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use convnext::{ConvNext, ConvNextConfig};
+use maxvit::{MaxVit, MaxVitConfig};
 use resnet::{ResNet, ResNetConfig};
+use swin_v2::{SwinV2, SwinV2Config};
 
 /// ImageNet normalisation used by every torchvision classification weight.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -37,6 +39,14 @@ pub enum BackboneKind {
     ConvnextBase,
     /// torchvision `convnext_large`.
     ConvnextLarge,
+    /// torchvision `swin_v2_t`.
+    SwinV2T,
+    /// torchvision `swin_v2_s`.
+    SwinV2S,
+    /// torchvision `swin_v2_b`.
+    SwinV2B,
+    /// torchvision `maxvit_t` (input resized to 224 inside the model).
+    MaxvitT,
     /// Tiny ConvNeXt (dims 16..128, depths 1) for CPU smoke runs; no pretrained weights.
     SmokeConvnext,
     /// Tiny ResNet (widths 8..64, one block per stage) for CPU smoke runs; no pretrained weights.
@@ -62,7 +72,7 @@ pub struct PretrainedMeta {
 
 impl BackboneKind {
     /// All variants, in registry order.
-    pub const ALL: [BackboneKind; 9] = [
+    pub const ALL: [BackboneKind; 13] = [
         Self::Resnet18,
         Self::Resnet34,
         Self::Resnet50,
@@ -70,6 +80,10 @@ impl BackboneKind {
         Self::ConvnextSmall,
         Self::ConvnextBase,
         Self::ConvnextLarge,
+        Self::SwinV2T,
+        Self::SwinV2S,
+        Self::SwinV2B,
+        Self::MaxvitT,
         Self::SmokeConvnext,
         Self::SmokeResnet,
     ];
@@ -84,6 +98,10 @@ impl BackboneKind {
             Self::ConvnextSmall => "convnext_small",
             Self::ConvnextBase => "convnext_base",
             Self::ConvnextLarge => "convnext_large",
+            Self::SwinV2T => "swin_v2_t",
+            Self::SwinV2S => "swin_v2_s",
+            Self::SwinV2B => "swin_v2_b",
+            Self::MaxvitT => "maxvit_t",
             Self::SmokeConvnext => "smoke_convnext",
             Self::SmokeResnet => "smoke_resnet",
         }
@@ -96,7 +114,11 @@ impl BackboneKind {
             .find(|k| k.name() == name)
             .ok_or_else(|| ModelError::UnknownBackbone {
                 name: name.to_string(),
-                known: Self::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+                known: Self::ALL
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 
@@ -130,6 +152,15 @@ impl BackboneKind {
                 "classifier.2",
                 Some(197_767_336),
             ),
+            Self::SwinV2T => ("swin_v2_t", "features.0.0.weight", "head", Some(28_351_570)),
+            Self::SwinV2S => ("swin_v2_s", "features.0.0.weight", "head", Some(49_737_442)),
+            Self::SwinV2B => ("swin_v2_b", "features.0.0.weight", "head", Some(87_930_848)),
+            Self::MaxvitT => (
+                "maxvit_t",
+                "stem.0.0.weight",
+                "classifier.5",
+                Some(30_919_624),
+            ),
             Self::SmokeConvnext => ("", "features.0.0.weight", "classifier.2", None),
             Self::SmokeResnet => ("", "conv1.weight", "fc", None),
         };
@@ -161,14 +192,33 @@ impl BackboneKind {
             Self::Resnet18 => resnet(ResNetConfig::resnet18()),
             Self::Resnet34 => resnet(ResNetConfig::resnet34()),
             Self::Resnet50 => resnet(ResNetConfig::resnet50()),
-            Self::SmokeResnet => resnet(
-                ResNetConfig::new([1, 1, 1, 1]).with_widths([8, 16, 32, 64]),
-            ),
+            Self::SmokeResnet => {
+                resnet(ResNetConfig::new([1, 1, 1, 1]).with_widths([8, 16, 32, 64]))
+            }
             Self::ConvnextTiny => convnext(ConvNextConfig::tiny()),
             Self::ConvnextSmall => convnext(ConvNextConfig::small()),
             Self::ConvnextBase => convnext(ConvNextConfig::base()),
             Self::ConvnextLarge => convnext(ConvNextConfig::large()),
             Self::SmokeConvnext => convnext(ConvNextConfig::smoke()),
+            // The transformers always carry a head; `None` only selects pre-logits output.
+            Self::SwinV2T | Self::SwinV2S | Self::SwinV2B => {
+                let c = match self {
+                    Self::SwinV2T => SwinV2Config::swin_v2_t(),
+                    Self::SwinV2S => SwinV2Config::swin_v2_s(),
+                    _ => SwinV2Config::swin_v2_b(),
+                };
+                BackboneConfig::SwinV2(
+                    c.with_in_channels(in_channels)
+                        .with_num_classes(num_classes.unwrap_or(1000)),
+                    num_classes.is_none(),
+                )
+            }
+            Self::MaxvitT => BackboneConfig::MaxVit(
+                MaxVitConfig::maxvit_t()
+                    .with_in_channels(in_channels)
+                    .with_num_classes(num_classes.unwrap_or(1000)),
+                num_classes.is_none(),
+            ),
         }
     }
 }
@@ -180,23 +230,57 @@ pub enum BackboneConfig {
     ResNet(ResNetConfig),
     /// ConvNeXt family.
     ConvNext(ConvNextConfig),
+    /// Swin V2 family; the flag selects pre-logits output.
+    SwinV2(SwinV2Config, bool),
+    /// MaxViT; the flag selects pre-logits output.
+    MaxVit(MaxVitConfig, bool),
 }
 
 impl BackboneConfig {
-    /// Output width of `Backbone::forward`.
+    /// Output width of [`Backbone::forward_out`] with [`Self::pre_logits`].
     pub fn out_dim(&self) -> usize {
         match self {
             Self::ResNet(c) => c.out_dim(),
             Self::ConvNext(c) => c.out_dim(),
+            Self::SwinV2(c, pre) => {
+                if *pre {
+                    c.num_features()
+                } else {
+                    c.num_classes
+                }
+            }
+            Self::MaxVit(c, pre) => {
+                if *pre {
+                    c.num_features()
+                } else {
+                    c.num_classes
+                }
+            }
         }
     }
 
-    /// Build the backbone.
-    pub fn init(&self, device: &Device) -> Backbone {
+    /// Whether the fusion branch takes pre-logits features from this backbone.
+    pub fn pre_logits(&self) -> bool {
         match self {
+            Self::ResNet(c) => c.num_classes.is_none(),
+            Self::ConvNext(c) => c.num_classes.is_none(),
+            Self::SwinV2(_, pre) | Self::MaxVit(_, pre) => *pre,
+        }
+    }
+
+    /// Build the backbone; an inconsistent transformer config is an error.
+    pub fn try_init(&self, device: &Device) -> Result<Backbone, ModelError> {
+        let invalid = |e: String| ModelError::InvalidConfig(e);
+        Ok(match self {
             Self::ResNet(c) => Backbone::ResNet(c.init(device)),
             Self::ConvNext(c) => Backbone::ConvNext(c.init(device)),
-        }
+            Self::SwinV2(c, _) => {
+                Backbone::SwinV2(c.init(device).map_err(|e| invalid(e.to_string()))?)
+            }
+            Self::MaxVit(c, _) => {
+                Backbone::MaxVit(c.init(device).map_err(|e| invalid(e.to_string()))?)
+            }
+        })
     }
 }
 
@@ -207,30 +291,35 @@ pub enum Backbone {
     ResNet(ResNet),
     /// ConvNeXt family.
     ConvNext(ConvNext),
+    /// Swin V2 family.
+    SwinV2(SwinV2),
+    /// MaxViT.
+    MaxVit(MaxVit),
 }
 
 impl Backbone {
+    /// Classifier output, or pooled pre-logits features when `pre_logits`.
+    ///
     /// # Shapes
-    /// - input `[B, C, H, W]` -> feature map `[B, C', h, w]`
-    pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
+    /// - input `[B, C, H, W]` -> `[B, classes]` or `[B, features]`
+    pub fn forward_out(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
         match self {
-            Self::ResNet(m) => m.forward_features(x),
-            Self::ConvNext(m) => m.forward_features(x),
+            Self::ResNet(m) => m.forward_head(m.forward_features(x), pre_logits),
+            Self::ConvNext(m) => m.forward_head(m.forward_features(x), pre_logits),
+            Self::SwinV2(m) => {
+                let f = m.forward_features(x);
+                if pre_logits { f } else { m.forward_head(f) }
+            }
+            Self::MaxVit(m) => {
+                let f = m.forward_features(x);
+                if pre_logits { f } else { m.forward_head(f) }
+            }
         }
     }
 
-    /// # Shapes
-    /// - input feature map -> `[B, classes]` or, with `pre_logits`, `[B, features]`
-    pub fn forward_head(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
-        match self {
-            Self::ResNet(m) => m.forward_head(x, pre_logits),
-            Self::ConvNext(m) => m.forward_head(x, pre_logits),
-        }
-    }
-
-    /// Features then head.
+    /// Classifier output.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(x), false)
+        self.forward_out(x, false)
     }
 
     /// torchvision key of a burn path inside this backbone, the enum variant segment included
@@ -239,6 +328,7 @@ impl Backbone {
         match path.split_once('.') {
             Some(("ResNet", rest)) => resnet::torch_key(rest),
             Some(("ConvNext", rest)) => convnext::torch_key(rest),
+            Some(("SwinV2" | "MaxVit", rest)) => rest.to_string(),
             _ => path.to_string(),
         }
     }

@@ -183,7 +183,13 @@ pub struct Block {
 }
 
 impl Block {
-    fn new(kind: BlockKind, inplanes: usize, planes: usize, stride: usize, device: &Device) -> Self {
+    fn new(
+        kind: BlockKind,
+        inplanes: usize,
+        planes: usize,
+        stride: usize,
+        device: &Device,
+    ) -> Self {
         let out = planes * kind.expansion();
         let downsample = (stride != 1 || inplanes != out).then(|| Downsample {
             conv: Conv2dConfig::new([inplanes, out], [1, 1])

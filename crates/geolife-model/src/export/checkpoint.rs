@@ -47,12 +47,11 @@ pub fn write_state_dict(
         .collect();
     let mut views = Vec::with_capacity(bytes.len());
     for (k, b, shape, dtype) in &bytes {
-        let view = TensorView::new(*dtype, shape.clone(), b).map_err(|e| {
-            ModelError::BadWeightFile {
+        let view =
+            TensorView::new(*dtype, shape.clone(), b).map_err(|e| ModelError::BadWeightFile {
                 path: path.to_path_buf(),
                 reason: format!("cannot serialise `{k}`: {e}"),
-            }
-        })?;
+            })?;
         views.push((k.clone(), view));
     }
     let mut meta = metadata;
@@ -120,12 +119,11 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, ModelError>
         path: path.to_path_buf(),
         source,
     })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        ModelError::BadWeightFile {
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::BadWeightFile {
             path: path.to_path_buf(),
             reason: format!("{e}"),
-        }
-    })?;
+        })?;
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
