@@ -174,6 +174,7 @@ fn swin_v2_matches_torchvision_with_padding_shift_and_small_maps() {
         rel_err(feats, &io, "features"),
         rel_err(logits, &io, "logits"),
     );
+    eprintln!("max relative error: features {ef:e}, logits {el:e}");
     assert!(ef < 1e-4 && el < 1e-4, "features {ef:e}, logits {el:e}");
 }
 
@@ -202,6 +203,7 @@ fn maxvit_matches_torchvision_block_and_grid_attention() {
         rel_err(feats, &io, "features"),
         rel_err(logits, &io, "logits"),
     );
+    eprintln!("max relative error: features {ef:e}, logits {el:e}");
     assert!(ef < 1e-4 && el < 1e-4, "features {ef:e}, logits {el:e}");
 }
 
