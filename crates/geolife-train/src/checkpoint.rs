@@ -99,7 +99,9 @@ pub fn load(path: &Path) -> Result<(TrainState, Vec<u8>, Vec<u8>), TrainError> {
     let (body, tail) = buf.split_at(buf.len() - 8);
     let stored = u64::from_le_bytes(tail.try_into().unwrap_or([0; 8]));
     if fnv(body) != stored {
-        return Err(bad("checksum mismatch: the file is truncated or corrupted".into()));
+        return Err(bad(
+            "checksum mismatch: the file is truncated or corrupted".into()
+        ));
     }
     let mut pos = MAGIC.len();
     let mut parts = Vec::with_capacity(3);

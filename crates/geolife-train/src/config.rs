@@ -356,13 +356,14 @@ impl TrainConfig {
             message: e.to_string(),
         })?;
         merge(&mut merged, value);
-        let config: TrainConfig = merged.try_into().map_err(|e: toml::de::Error| {
-            TrainError::Config {
-                path: origin.to_path_buf(),
-                key: String::new(),
-                message: e.to_string(),
-            }
-        })?;
+        let config: TrainConfig =
+            merged
+                .try_into()
+                .map_err(|e: toml::de::Error| TrainError::Config {
+                    path: origin.to_path_buf(),
+                    key: String::new(),
+                    message: e.to_string(),
+                })?;
         config.validate(origin)?;
         Ok(config)
     }
@@ -394,7 +395,10 @@ impl TrainConfig {
         };
         let o = &self.optim;
         if !(o.lr.is_finite() && o.lr > 0.0) {
-            return Err(bad("optim.lr", format!("must be a positive number, got {}", o.lr)));
+            return Err(bad(
+                "optim.lr",
+                format!("must be a positive number, got {}", o.lr),
+            ));
         }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
             return Err(bad(
@@ -408,7 +412,10 @@ impl TrainConfig {
             }
         }
         if o.epsilon.is_nan() || o.epsilon <= 0.0 {
-            return Err(bad("optim.epsilon", format!("must be > 0, got {}", o.epsilon)));
+            return Err(bad(
+                "optim.epsilon",
+                format!("must be > 0, got {}", o.epsilon),
+            ));
         }
         if let Some(c) = o.grad_clip_norm
             && !(c.is_finite() && c > 0.0)
@@ -471,7 +478,10 @@ impl TrainConfig {
             ));
         }
         if !(0.0..1.0).contains(&m.dropout) {
-            return Err(bad("model.dropout", format!("must be in [0, 1), got {}", m.dropout)));
+            return Err(bad(
+                "model.dropout",
+                format!("must be in [0, 1), got {}", m.dropout),
+            ));
         }
         if m.hidden == 0 {
             return Err(bad("model.hidden", "must be at least 1, got 0".into()));
@@ -635,6 +645,24 @@ mod tests {
         let e = key_of(parse("[model]\nbackbone = \"convnxt_base\"\n").unwrap_err());
         assert!(e.starts_with("model.backbone:"), "{e}");
         assert!(e.contains("did you mean `convnext_base`"), "{e}");
+    }
+
+    #[test]
+    fn shipped_configs_parse_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let tiny = TrainConfig::load(&dir.join("tiny.toml")).unwrap();
+        assert_eq!(tiny, TrainConfig::tiny());
+        for (file, backbone) in [
+            ("paper-convnext-base.toml", "convnext_base"),
+            ("paper-convnext-large.toml", "convnext_large"),
+            ("paper-maxvit-t.toml", "maxvit_t"),
+            ("paper-swinv2-base.toml", "swin_v2_b"),
+        ] {
+            let c = TrainConfig::load(&dir.join(file)).unwrap();
+            assert_eq!(c.model.backbone, backbone);
+            assert_eq!(c.optim.lr, 8e-4);
+            assert_eq!(c.transforms.mode, TransformMode::Seed);
+        }
     }
 
     #[test]

@@ -93,7 +93,11 @@ pub fn build_batch<S: SampleSource + ?Sized>(
         let start = px.len();
         px.extend_from_slice(source.patch(i));
         if plan.flip || plan.rot90 {
-            let rot = if plan.rot90 { rng.random_range(0..4u8) } else { 0 };
+            let rot = if plan.rot90 {
+                rng.random_range(0..4u8)
+            } else {
+                0
+            };
             let (hf, vf) = if plan.flip {
                 (rng.random_bool(0.5), rng.random_bool(0.5))
             } else {
@@ -108,9 +112,27 @@ pub fn build_batch<S: SampleSource + ?Sized>(
         ..Inputs::default()
     };
     transform::tabular(plan.mode, &plan.stats.tabular, &tab, &mut inputs.tabular);
-    transform::cube(plan.mode, &plan.stats.landsat, ls_len, &ls, &mut inputs.landsat);
-    transform::cube(plan.mode, &plan.stats.bioclim, bc_len, &bc, &mut inputs.bioclim);
-    transform::patches(plan.mode, &plan.stats.patch, h * w, &px, &mut inputs.sentinel);
+    transform::cube(
+        plan.mode,
+        &plan.stats.landsat,
+        ls_len,
+        &ls,
+        &mut inputs.landsat,
+    );
+    transform::cube(
+        plan.mode,
+        &plan.stats.bioclim,
+        bc_len,
+        &bc,
+        &mut inputs.bioclim,
+    );
+    transform::patches(
+        plan.mode,
+        &plan.stats.patch,
+        h * w,
+        &px,
+        &mut inputs.sentinel,
+    );
     let mut targets = Vec::new();
     vocab.multi_hot(&labels, &mut targets);
     let mut mixed = false;
@@ -176,7 +198,10 @@ where
 
 /// Cut `order` into batches of `batch_size` (the last one may be shorter).
 pub fn batches_of(order: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
-    order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
+    order
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect()
 }
 
 #[cfg(test)]
@@ -238,7 +263,10 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn plan() -> BatchPlan {
-        let one = MeanStd { mean: 0.0, std: 1.0 };
+        let one = MeanStd {
+            mean: 0.0,
+            std: 1.0,
+        };
         BatchPlan {
             mode: TransformMode::Geolife,
             stats: InputStats {

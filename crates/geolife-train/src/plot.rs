@@ -27,7 +27,8 @@ pub fn plot_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), String> 
         return Err("no epochs to plot".into());
     }
     let tmp = path.with_file_name(format!(".curves.tmp-{}.png", std::process::id()));
-    let r = draw(&tmp, history).and_then(|_| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
+    let r =
+        draw(&tmp, history).and_then(|_| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -42,7 +43,12 @@ fn draw(path: &Path, h: &[EpochMetrics]) -> Result<(), String> {
     let x_max = h.len() as f64 + 0.5;
     let losses = h.iter().flat_map(|r| [r.train_loss, r.val_loss]);
     let l_max = losses.filter(|v| v.is_finite()).fold(1e-6, f64::max) * 1.1;
-    let f_max = h.iter().map(|r| r.val_f1).filter(|v| v.is_finite()).fold(1e-3, f64::max) * 1.1;
+    let f_max = h
+        .iter()
+        .map(|r| r.val_f1)
+        .filter(|v| v.is_finite())
+        .fold(1e-3, f64::max)
+        * 1.1;
     let panels: [(&DrawingArea<_, _>, &str, f64, Vec<(Vec<f64>, RGBColor)>); 2] = [
         (
             &left,
@@ -64,7 +70,9 @@ fn draw(path: &Path, h: &[EpochMetrics]) -> Result<(), String> {
         let mut b = ChartBuilder::on(area);
         b.margin(15);
         if text {
-            b.caption(title, ("sans-serif", 18)).x_label_area_size(30).y_label_area_size(50);
+            b.caption(title, ("sans-serif", 18))
+                .x_label_area_size(30)
+                .y_label_area_size(50);
         }
         let mut chart = b
             .build_cartesian_2d(0.5f64..x_max, 0f64..y_max)
@@ -77,8 +85,11 @@ fn draw(path: &Path, h: &[EpochMetrics]) -> Result<(), String> {
         }
         mesh.draw().map_err(|e| e.to_string())?;
         for (ys, color) in series {
-            let pts: Vec<(f64, f64)> =
-                ys.iter().enumerate().map(|(i, &y)| ((i + 1) as f64, y)).collect();
+            let pts: Vec<(f64, f64)> = ys
+                .iter()
+                .enumerate()
+                .map(|(i, &y)| ((i + 1) as f64, y))
+                .collect();
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                 .map_err(|e| e.to_string())?;

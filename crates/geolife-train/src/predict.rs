@@ -52,13 +52,17 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
                     info.dataset_fingerprint
                 )));
             }
-            let w = opts.weights.clone().unwrap_or_else(|| run.join(files::BEST));
+            let w = opts
+                .weights
+                .clone()
+                .unwrap_or_else(|| run.join(files::BEST));
             (cfg, Some(info), w)
         }
         None => {
-            let w = opts.weights.clone().ok_or_else(|| {
-                TrainError::Invalid("predict needs --run or --weights".into())
-            })?;
+            let w = opts
+                .weights
+                .clone()
+                .ok_or_else(|| TrainError::Invalid("predict needs --run or --weights".into()))?;
             let cfg = match &opts.config {
                 Some(c) => TrainConfig::load(c)?,
                 None => TrainConfig::paper("convnext_base"),
@@ -73,10 +77,11 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
                 .into(),
         });
     }
-    let fc = geolife_model::checkpoint::read_config(&weights).map_err(|e| TrainError::Checkpoint {
-        path: weights.clone(),
-        message: e.to_string(),
-    })?;
+    let fc =
+        geolife_model::checkpoint::read_config(&weights).map_err(|e| TrainError::Checkpoint {
+            path: weights.clone(),
+            message: e.to_string(),
+        })?;
     if fc.use_tabular && fc.num_features != manifest.feature_names.len() {
         return Err(TrainError::Invalid(format!(
             "{}: the model expects {} tabular features, the cache has {}",
@@ -102,12 +107,13 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
         )));
     }
     let device = make_device(&cfg.train.device)?;
-    let (model, _) = geolife_model::checkpoint::load_safetensors(&fc, &weights, &device).map_err(
-        |e| TrainError::Checkpoint {
-            path: weights.clone(),
-            message: e.to_string(),
-        },
-    )?;
+    let (model, _) =
+        geolife_model::checkpoint::load_safetensors(&fc, &weights, &device).map_err(|e| {
+            TrainError::Checkpoint {
+                path: weights.clone(),
+                message: e.to_string(),
+            }
+        })?;
     let model = model.valid();
     let plan = BatchPlan {
         mode: cfg.transforms.mode,

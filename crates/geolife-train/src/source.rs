@@ -51,8 +51,20 @@ pub fn stats_from_manifest(m: &Manifest) -> InputStats {
     };
     InputStats {
         tabular: m.tabular_stats.iter().map(|s| ms(s.mean, s.std)).collect(),
-        landsat: m.landsat_channel_stats.iter().map(|s| ms(s.mean, s.std)).collect(),
-        bioclim: m.bioclim_channel_stats.iter().map(|s| ms(s.mean, s.std)).collect(),
-        patch: m.patch_channel_stats.iter().map(|s| ms(s.mean, s.std)).collect(),
+        landsat: m
+            .landsat_channel_stats
+            .iter()
+            .map(|s| ms(s.mean, s.std))
+            .collect(),
+        bioclim: m
+            .bioclim_channel_stats
+            .iter()
+            .map(|s| ms(s.mean, s.std))
+            .collect(),
+        patch: m
+            .patch_channel_stats
+            .iter()
+            .map(|s| ms(s.mean, s.std))
+            .collect(),
     }
 }

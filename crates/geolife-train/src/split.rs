@@ -22,11 +22,19 @@ pub fn block_of(lon: f64, lat: f64, block_arcmin: f64) -> (i64, i64) {
 
 /// Whole blocks go to validation, in a seeded random order, until at least `fraction` of the
 /// surveys are there. Surveys with non-finite coordinates stay in train.
-pub fn spatial_split(coords: &[(f64, f64)], fraction: f64, block_arcmin: f64, seed: u64) -> TrainValSplit {
+pub fn spatial_split(
+    coords: &[(f64, f64)],
+    fraction: f64,
+    block_arcmin: f64,
+    seed: u64,
+) -> TrainValSplit {
     let mut blocks: BTreeMap<(i64, i64), Vec<usize>> = BTreeMap::new();
     for (i, &(lon, lat)) in coords.iter().enumerate() {
         if lon.is_finite() && lat.is_finite() {
-            blocks.entry(block_of(lon, lat, block_arcmin)).or_default().push(i);
+            blocks
+                .entry(block_of(lon, lat, block_arcmin))
+                .or_default()
+                .push(i);
         }
     }
     let mut keys: Vec<(i64, i64)> = blocks.keys().copied().collect();
@@ -88,8 +96,11 @@ mod tests {
         let s = spatial_split(&coords, 0.2, 10.0, 3);
         assert_eq!(s.train.len() + s.val.len(), 400);
         assert!(s.val.len() >= 80 && s.val.len() < 160, "{}", s.val.len());
-        let val_blocks: std::collections::HashSet<_> =
-            s.val.iter().map(|&i| block_of(coords[i].0, coords[i].1, 10.0)).collect();
+        let val_blocks: std::collections::HashSet<_> = s
+            .val
+            .iter()
+            .map(|&i| block_of(coords[i].0, coords[i].1, 10.0))
+            .collect();
         for &i in &s.train {
             assert!(!val_blocks.contains(&block_of(coords[i].0, coords[i].1, 10.0)));
         }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use geolife_data::Split;
 use geolife_data::cache::PackedSplit;
@@ -239,7 +239,8 @@ pub fn score_surveys<S: SampleSource + ?Sized>(
         let n = b.inputs.n;
         let input = batch_tensors(&b, fc, [h, w], device);
         let logits = model.forward(input);
-        let targets = Tensor::<2>::from_data(TensorData::new(b.targets.clone(), [n, vocab.len()]), device);
+        let targets =
+            Tensor::<2>::from_data(TensorData::new(b.targets.clone(), [n, vocab.len()]), device);
         let loss: f32 = geolife_model::loss::bce_with_logits(logits.clone(), targets).into_scalar();
         loss_sum += f64::from(loss) * n as f64;
         let p = burn::tensor::activation::sigmoid(logits)
@@ -251,7 +252,11 @@ pub fn score_surveys<S: SampleSource + ?Sized>(
         labels.extend(b.labels);
         Ok::<_, TrainError>(())
     })?;
-    let loss = if ids.is_empty() { 0.0 } else { loss_sum / ids.len() as f64 };
+    let loss = if ids.is_empty() {
+        0.0
+    } else {
+        loss_sum / ids.len() as f64
+    };
     Ok((probs, ids, labels, loss))
 }
 
@@ -415,10 +420,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                 path: last_path.clone(),
                 message: format!("model record: {e}"),
             })?;
-        model = model.try_load_record(record).map_err(|e| TrainError::Checkpoint {
-            path: last_path.clone(),
-            message: format!("model record does not fit the config: {e}"),
-        })?;
+        model = model
+            .try_load_record(record)
+            .map_err(|e| TrainError::Checkpoint {
+                path: last_path.clone(),
+                message: format!("model record does not fit the config: {e}"),
+            })?;
         optim = optim
             .from_bytes(Bytes::from_bytes_vec(optim_bytes))
             .map_err(|e| TrainError::Checkpoint {
@@ -448,7 +455,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let [_, ph, pw] = manifest.patch_shape;
     let batches_per_epoch = {
         let full = split.train.len().div_ceil(t.batch_size);
-        if t.max_batches_per_epoch > 0 { full.min(t.max_batches_per_epoch) } else { full }
+        if t.max_batches_per_epoch > 0 {
+            full.min(t.max_batches_per_epoch)
+        } else {
+            full
+        }
     };
     let steps_per_epoch = batches_per_epoch.div_ceil(o.accumulate);
     let total_steps = steps_per_epoch * t.epochs;
@@ -457,7 +468,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     for epoch in state.epoch..t.epochs {
         let started = Instant::now();
         let mut order = split.train.clone();
-        order.shuffle(&mut StdRng::seed_from_u64(loader::derive_seed(t.seed, epoch, usize::MAX)));
+        order.shuffle(&mut StdRng::seed_from_u64(loader::derive_seed(
+            t.seed,
+            epoch,
+            usize::MAX,
+        )));
         let mut batches = loader::batches_of(&order, t.batch_size);
         batches.truncate(batches_per_epoch);
         let first = state.batch;
@@ -474,8 +489,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         let bar = bar_on.then(|| {
             let b = ProgressBar::new(batches_per_epoch as u64);
             b.set_style(
-                ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "epoch {msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             b.set_message(format!("{}/{}", epoch + 1, t.epochs));
             b.set_position(first as u64);
@@ -485,67 +502,86 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         let mut pending = 0usize;
         let mut lr = lr_at(&cfg.schedule, o.lr, state.optimizer_steps, total_steps);
         let mut stopped = false;
-        let result = loader::for_each_batch(&data, &batches, first, &plan, &vocab, t.workers, t.prefetch, |b| {
-            let index = b.index;
-            // Dropout randomness per (seed, epoch, batch) so a resumed run draws the same masks.
-            device.seed(loader::derive_seed(t.seed ^ 0xD50F, epoch, index));
-            let n = b.inputs.n;
-            let input = batch_tensors(&b, &fc, [ph, pw], &device);
-            let targets =
-                Tensor::<2>::from_data(TensorData::new(b.targets.clone(), [n, vocab.len()]), &device);
-            let logits = model.forward(input);
-            let loss = geolife_model::loss::bce_with_logits(logits, targets);
-            let value: f32 = loss.clone().into_scalar();
-            if !value.is_finite() {
-                return Err(TrainError::NonFiniteLoss {
-                    value,
-                    epoch: epoch + 1,
-                    step: index,
-                    run: run.clone(),
-                });
-            }
-            let scaled = if o.accumulate > 1 { loss.div_scalar(o.accumulate as f32) } else { loss };
-            let grads = GradientsParams::from_grads(scaled.backward(), &model);
-            accum.accumulate(&model, grads);
-            pending += 1;
-            state.loss_sum += f64::from(value);
-            state.loss_count += 1;
-            let last_of_epoch = index + 1 == batches_per_epoch;
-            if pending == o.accumulate || last_of_epoch {
-                lr = lr_at(&cfg.schedule, o.lr, state.optimizer_steps, total_steps);
-                model = optim.step(lr, model.clone(), accum.grads());
-                pending = 0;
-                state.optimizer_steps += 1;
-                state.batch = index + 1;
-                if t.checkpoint_every_steps > 0
-                    && state.optimizer_steps % t.checkpoint_every_steps == 0
-                    && !last_of_epoch
-                {
-                    save_last(&last_path, &state, &model, &optim)?;
+        let result = loader::for_each_batch(
+            &data,
+            &batches,
+            first,
+            &plan,
+            &vocab,
+            t.workers,
+            t.prefetch,
+            |b| {
+                let index = b.index;
+                // Dropout randomness per (seed, epoch, batch) so a resumed run draws the same masks.
+                device.seed(loader::derive_seed(t.seed ^ 0xD50F, epoch, index));
+                let n = b.inputs.n;
+                let input = batch_tensors(&b, &fc, [ph, pw], &device);
+                let targets = Tensor::<2>::from_data(
+                    TensorData::new(b.targets.clone(), [n, vocab.len()]),
+                    &device,
+                );
+                let logits = model.forward(input);
+                let loss = geolife_model::loss::bce_with_logits(logits, targets);
+                let value: f32 = loss.clone().into_scalar();
+                if !value.is_finite() {
+                    return Err(TrainError::NonFiniteLoss {
+                        value,
+                        epoch: epoch + 1,
+                        step: index,
+                        run: run.clone(),
+                    });
                 }
-            }
-            if let Some(bar) = &bar {
-                bar.inc(1);
-            } else if opts.progress == Progress::Auto
-                && (index + 1) % (batches_per_epoch / 5).max(1) == 0
-            {
-                log.line(&format!(
-                    "epoch {}/{} batch {}/{} loss {:.5} lr {:.2e}",
-                    epoch + 1,
-                    t.epochs,
-                    index + 1,
-                    batches_per_epoch,
-                    state.loss_sum / state.loss_count.max(1) as f64,
-                    lr
-                ));
-            }
-            batches_this_process += 1;
-            if opts.stop_after_batches.is_some_and(|s| batches_this_process >= s) && pending == 0 {
-                stopped = true;
-                return Err(TrainError::Invalid("stopped".into()));
-            }
-            Ok(())
-        });
+                let scaled = if o.accumulate > 1 {
+                    loss.div_scalar(o.accumulate as f32)
+                } else {
+                    loss
+                };
+                let grads = GradientsParams::from_grads(scaled.backward(), &model);
+                accum.accumulate(&model, grads);
+                pending += 1;
+                state.loss_sum += f64::from(value);
+                state.loss_count += 1;
+                let last_of_epoch = index + 1 == batches_per_epoch;
+                if pending == o.accumulate || last_of_epoch {
+                    lr = lr_at(&cfg.schedule, o.lr, state.optimizer_steps, total_steps);
+                    model = optim.step(lr, model.clone(), accum.grads());
+                    pending = 0;
+                    state.optimizer_steps += 1;
+                    state.batch = index + 1;
+                    if t.checkpoint_every_steps > 0
+                        && state.optimizer_steps % t.checkpoint_every_steps == 0
+                        && !last_of_epoch
+                    {
+                        save_last(&last_path, &state, &model, &optim)?;
+                    }
+                }
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                } else if opts.progress == Progress::Auto
+                    && (index + 1) % (batches_per_epoch / 5).max(1) == 0
+                {
+                    log.line(&format!(
+                        "epoch {}/{} batch {}/{} loss {:.5} lr {:.2e}",
+                        epoch + 1,
+                        t.epochs,
+                        index + 1,
+                        batches_per_epoch,
+                        state.loss_sum / state.loss_count.max(1) as f64,
+                        lr
+                    ));
+                }
+                batches_this_process += 1;
+                if opts
+                    .stop_after_batches
+                    .is_some_and(|s| batches_this_process >= s)
+                    && pending == 0
+                {
+                    stopped = true;
+                    return Err(TrainError::Invalid("stopped".into()));
+                }
+                Ok(())
+            },
+        );
         if let Some(bar) = &bar {
             bar.finish_and_clear();
         }
@@ -577,7 +613,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         };
         let inner = device.clone().inner();
         let (probs, ids, labels, val_loss) = score_surveys(
-            &valid, &fc, &data, &split.val, &val_plan, &vocab, t.batch_size, t.workers, &inner,
+            &valid,
+            &fc,
+            &data,
+            &split.val,
+            &val_plan,
+            &vocab,
+            t.batch_size,
+            t.workers,
+            &inner,
         )?;
         if !val_loss.is_finite() || probs.iter().any(|p| !p.is_finite()) {
             let e = TrainError::NonFiniteLoss {
@@ -597,10 +641,14 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             scores: Scores::Dense { data: probs },
         };
         let curve = geolife_metrics::f1_at_k_curve(&scores, &labels, v.k_max);
-        let (best_k, val_f1) = curve
-            .iter()
-            .enumerate()
-            .fold((1, f64::NEG_INFINITY), |b, (j, &f)| if f > b.1 { (j + 1, f) } else { b });
+        let (best_k, val_f1) =
+            curve
+                .iter()
+                .enumerate()
+                .fold(
+                    (1, f64::NEG_INFINITY),
+                    |b, (j, &f)| if f > b.1 { (j + 1, f) } else { b },
+                );
         let (threshold, threshold_f1) = geolife_metrics::best_global_threshold(&scores, &labels);
         let row = EpochMetrics {
             epoch: epoch + 1,
@@ -683,12 +731,20 @@ fn save_last(
 
 /// Rewrite `metrics.csv` from the history (atomic).
 fn write_metrics(path: &Path, history: &[EpochMetrics]) -> Result<(), TrainError> {
-    let mut text =
-        String::from("epoch,train_loss,val_loss,best_k,val_f1_at_best_k,threshold,threshold_f1,lr,seconds\n");
+    let mut text = String::from(
+        "epoch,train_loss,val_loss,best_k,val_f1_at_best_k,threshold,threshold_f1,lr,seconds\n",
+    );
     for r in history {
         text.push_str(&format!(
             "{},{:.6},{:.6},{},{:.6},{:.6},{:.6},{:.6e},{:.2}\n",
-            r.epoch, r.train_loss, r.val_loss, r.best_k, r.val_f1, r.threshold, r.threshold_f1, r.lr,
+            r.epoch,
+            r.train_loss,
+            r.val_loss,
+            r.best_k,
+            r.val_f1,
+            r.threshold,
+            r.threshold_f1,
+            r.lr,
             r.seconds
         ));
     }
@@ -708,7 +764,11 @@ pub struct BenchResult {
 
 /// Run `steps + 1` training steps on the train split of `cache` with the model and recipe of
 /// `cfg` (mixup included) and time all but the first.
-pub fn bench_steps(cfg: &TrainConfig, cache: &Path, steps: usize) -> Result<BenchResult, TrainError> {
+pub fn bench_steps(
+    cfg: &TrainConfig,
+    cache: &Path,
+    steps: usize,
+) -> Result<BenchResult, TrainError> {
     cfg.validate(Path::new("<bench config>"))?;
     let data = open_split(cache, Split::Train)?;
     let m = data.manifest().clone();
@@ -762,23 +822,34 @@ pub fn bench_steps(cfg: &TrainConfig, cache: &Path, steps: usize) -> Result<Benc
     let [_, ph, pw] = m.patch_shape;
     let mut times = Vec::new();
     let mut last = Instant::now();
-    loader::for_each_batch(&data, &batches, 0, &plan, &vocab, t.workers, t.prefetch, |b| {
-        let n = b.inputs.n;
-        let input = batch_tensors(&b, &fc, [ph, pw], &device);
-        let targets =
-            Tensor::<2>::from_data(TensorData::new(b.targets.clone(), [n, vocab.len()]), &device);
-        let loss = geolife_model::loss::bce_with_logits(model.forward(input), targets);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(cfg.optim.lr, model.clone(), grads);
-        // Read a parameter back so the step has really run before the clock stops.
-        let _: f32 = loss.into_scalar();
-        let now = Instant::now();
-        if b.index > 0 {
-            times.push(now.duration_since(last).as_secs_f64());
-        }
-        last = now;
-        Ok::<_, TrainError>(())
-    })?;
+    loader::for_each_batch(
+        &data,
+        &batches,
+        0,
+        &plan,
+        &vocab,
+        t.workers,
+        t.prefetch,
+        |b| {
+            let n = b.inputs.n;
+            let input = batch_tensors(&b, &fc, [ph, pw], &device);
+            let targets = Tensor::<2>::from_data(
+                TensorData::new(b.targets.clone(), [n, vocab.len()]),
+                &device,
+            );
+            let loss = geolife_model::loss::bce_with_logits(model.forward(input), targets);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(cfg.optim.lr, model.clone(), grads);
+            // Read a parameter back so the step has really run before the clock stops.
+            let _: f32 = loss.into_scalar();
+            let now = Instant::now();
+            if b.index > 0 {
+                times.push(now.duration_since(last).as_secs_f64());
+            }
+            last = now;
+            Ok::<_, TrainError>(())
+        },
+    )?;
     let total: f64 = times.iter().sum();
     Ok(BenchResult {
         steps: times.len(),

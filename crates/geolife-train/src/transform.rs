@@ -40,12 +40,19 @@ pub struct Inputs {
 
 /// Divide safely: a zero or non-finite std becomes 1 so constant features map to 0.
 fn inv_std(s: f32) -> f32 {
-    if s.is_finite() && s > 1e-12 { 1.0 / s } else { 1.0 }
+    if s.is_finite() && s > 1e-12 {
+        1.0 / s
+    } else {
+        1.0
+    }
 }
 
 /// Statistic `i`, or the identity (mean 0, std 1) when the manifest has none.
 fn stat(stats: &[MeanStd], i: usize) -> MeanStd {
-    stats.get(i).copied().unwrap_or(MeanStd { mean: 0.0, std: 1.0 })
+    stats.get(i).copied().unwrap_or(MeanStd {
+        mean: 0.0,
+        std: 1.0,
+    })
 }
 
 /// Tabular features. Geolife: (x - mean) / std, non-finite -> 0 (the mean); LandCover is
@@ -54,7 +61,11 @@ pub fn tabular(mode: TransformMode, stats: &[MeanStd], raw: &[f32], out: &mut Ve
     out.clear();
     out.extend(raw.iter().enumerate().map(|(i, &x)| match mode {
         TransformMode::Seed => {
-            if x.is_finite() { x } else { -1.0 }
+            if x.is_finite() {
+                x
+            } else {
+                -1.0
+            }
         }
         TransformMode::Geolife => {
             if x.is_finite() {
@@ -69,7 +80,13 @@ pub fn tabular(mode: TransformMode, stats: &[MeanStd], raw: &[f32], out: &mut Ve
 
 /// A cube batch `[B, C, ...]` with `per_channel` values per channel. Geolife: per-channel
 /// standardisation, NaN -> 0 afterwards; seed: raw values with NaN -> 0 (`nan_to_num`).
-pub fn cube(mode: TransformMode, stats: &[MeanStd], per_channel: usize, raw: &[f32], out: &mut Vec<f32>) {
+pub fn cube(
+    mode: TransformMode,
+    stats: &[MeanStd],
+    per_channel: usize,
+    raw: &[f32],
+    out: &mut Vec<f32>,
+) {
     out.clear();
     let channels = stats.len().max(1);
     out.extend(raw.iter().enumerate().map(|(i, &x)| {
@@ -110,7 +127,15 @@ pub fn patches(mode: TransformMode, stats: &[MeanStd], hw: usize, raw: &[u8], ou
 
 /// Flip and rotate one CHW patch in place: `rot` quarter turns counter-clockwise, then
 /// optional horizontal / vertical flips. Square patches only (non-square: left unchanged).
-pub fn augment_patch(patch: &mut [u8], c: usize, h: usize, w: usize, rot: u8, hflip: bool, vflip: bool) {
+pub fn augment_patch(
+    patch: &mut [u8],
+    c: usize,
+    h: usize,
+    w: usize,
+    rot: u8,
+    hflip: bool,
+    vflip: bool,
+) {
     if h != w || (rot % 4 == 0 && !hflip && !vflip) {
         return;
     }
@@ -127,7 +152,10 @@ pub fn augment_patch(patch: &mut [u8], c: usize, h: usize, w: usize, rot: u8, hf
                     2 => (n - 1 - y, n - 1 - x),
                     _ => (n - 1 - x, y),
                 };
-                let (sy, sx) = (if vflip { n - 1 - sy } else { sy }, if hflip { n - 1 - sx } else { sx });
+                let (sy, sx) = (
+                    if vflip { n - 1 - sy } else { sy },
+                    if hflip { n - 1 - sx } else { sx },
+                );
                 tmp[y * n + x] = plane[sy * n + sx];
             }
         }
@@ -165,8 +193,14 @@ fn mix_rows(buf: &mut [f32], n: usize, perm: &[usize], lambda: f32) {
     let width = buf.len() / n;
     let src = buf.to_vec();
     for (i, &j) in perm.iter().enumerate() {
-        let (a, b) = (&src[i * width..(i + 1) * width], &src[j * width..(j + 1) * width]);
-        for (o, (x, y)) in buf[i * width..(i + 1) * width].iter_mut().zip(a.iter().zip(b)) {
+        let (a, b) = (
+            &src[i * width..(i + 1) * width],
+            &src[j * width..(j + 1) * width],
+        );
+        for (o, (x, y)) in buf[i * width..(i + 1) * width]
+            .iter_mut()
+            .zip(a.iter().zip(b))
+        {
             *o = lambda * x + (1.0 - lambda) * y;
         }
     }
@@ -180,15 +214,34 @@ mod tests {
     #[test]
     fn seed_mode_tabular_maps_non_finite_to_minus_one() {
         let mut out = Vec::new();
-        tabular(TransformMode::Seed, &[], &[1.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY], &mut out);
+        tabular(
+            TransformMode::Seed,
+            &[],
+            &[1.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY],
+            &mut out,
+        );
         assert_eq!(out, vec![1.5, -1.0, -1.0, -1.0]);
     }
 
     #[test]
     fn geolife_tabular_standardises_per_feature() {
-        let stats = [MeanStd { mean: 10.0, std: 2.0 }, MeanStd { mean: 0.0, std: 0.0 }];
+        let stats = [
+            MeanStd {
+                mean: 10.0,
+                std: 2.0,
+            },
+            MeanStd {
+                mean: 0.0,
+                std: 0.0,
+            },
+        ];
         let mut out = Vec::new();
-        tabular(TransformMode::Geolife, &stats, &[14.0, 3.0, f32::NAN, 5.0], &mut out);
+        tabular(
+            TransformMode::Geolife,
+            &stats,
+            &[14.0, 3.0, f32::NAN, 5.0],
+            &mut out,
+        );
         assert_eq!(out, vec![2.0, 3.0, 0.0, 5.0]);
     }
 
@@ -204,10 +257,31 @@ mod tests {
     #[test]
     fn cubes_replace_nan_with_zero() {
         let mut out = Vec::new();
-        cube(TransformMode::Seed, &[], 2, &[f32::NAN, 3.0, 4.0, f32::NAN], &mut out);
+        cube(
+            TransformMode::Seed,
+            &[],
+            2,
+            &[f32::NAN, 3.0, 4.0, f32::NAN],
+            &mut out,
+        );
         assert_eq!(out, vec![0.0, 3.0, 4.0, 0.0]);
-        let stats = [MeanStd { mean: 1.0, std: 2.0 }, MeanStd { mean: 4.0, std: 1.0 }];
-        cube(TransformMode::Geolife, &stats, 2, &[f32::NAN, 3.0, 4.0, 6.0], &mut out);
+        let stats = [
+            MeanStd {
+                mean: 1.0,
+                std: 2.0,
+            },
+            MeanStd {
+                mean: 4.0,
+                std: 1.0,
+            },
+        ];
+        cube(
+            TransformMode::Geolife,
+            &stats,
+            2,
+            &[f32::NAN, 3.0, 4.0, 6.0],
+            &mut out,
+        );
         assert_eq!(out, vec![0.0, 1.0, 0.0, 2.0]);
     }
 

@@ -18,7 +18,11 @@ impl Vocabulary {
     pub fn new(kind: Kind, train_species: &[u32], full_size: usize) -> Self {
         let mut species: Vec<u32> = match kind {
             Kind::Full => {
-                let max = train_species.iter().copied().max().map_or(0, |m| m as usize + 1);
+                let max = train_species
+                    .iter()
+                    .copied()
+                    .max()
+                    .map_or(0, |m| m as usize + 1);
                 (0..full_size.max(max) as u32).collect()
             }
             Kind::Compact => train_species.to_vec(),

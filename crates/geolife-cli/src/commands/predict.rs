@@ -1,10 +1,91 @@
-//! `geolife predict` (work in progress: owned by its issue).
+//! `geolife predict`: batched inference of a trained run (or imported weights) on a split,
+//! written as a score file; optionally a submission with a policy or a top-K.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Context;
+use geolife_data::Split;
+use geolife_metrics::{Policy, write_submission};
+use geolife_train::predict::{PredictOptions, predict};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`geolife predict` is not implemented yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run folder from `geolife train` (uses best.safetensors, run.json, config.toml).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// A packed cache or a raw dataset root (packed into --cache first).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Cache folder for a raw --data (default: <RUN>/../cache or ./cache).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Split to score: `test` or `train`.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Output score file (geolife safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write a Kaggle submission CSV.
+    #[arg(long)]
+    pub submission: Option<PathBuf>,
+    /// Selection policy TOML (from `geolife calibrate`) for --submission.
+    #[arg(long, conflicts_with = "top_k")]
+    pub policy: Option<PathBuf>,
+    /// Keep the K best species per survey for --submission (default 25).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// A geolife checkpoint (e.g. imported seed weights) instead of the run's best.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Config TOML for transforms and device when predicting from --weights without --run.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
+    anyhow::ensure!(args.top_k != Some(0), "--top-k must be at least 1");
+    let split: Split = args.split.parse()?;
+    let cache_dir = args.cache.clone().unwrap_or_else(|| match &args.run {
+        Some(r) => r
+            .parent()
+            .map(|p| p.join("cache"))
+            .unwrap_or_else(|| PathBuf::from("cache")),
+        None => PathBuf::from("cache"),
+    });
+    let cache = geolife_train::data::resolve_cache(&args.data, &cache_dir)?;
+    let scores = predict(&PredictOptions {
+        run_dir: args.run.clone(),
+        weights: args.weights.clone(),
+        config: args.config.clone(),
+        cache,
+        split,
+        batch_size: args.batch_size,
+        workers: args.workers,
+    })?;
+    scores
+        .write(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "{} surveys x {} species -> {}",
+        scores.len(),
+        scores.species.len(),
+        args.out.display()
+    );
+    if let Some(sub) = &args.submission {
+        let policy = match (&args.policy, args.top_k) {
+            (Some(p), _) => Policy::load(p)?,
+            (None, Some(k)) => Policy::TopK { k },
+            (None, None) => Policy::TopK { k: 25 },
+        };
+        let rows = policy.try_select(&scores)?;
+        write_submission(sub, &scores.survey_ids, &rows)?;
+        println!("submission ({}) -> {}", policy.describe(), sub.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
