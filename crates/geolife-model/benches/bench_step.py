@@ -2,6 +2,7 @@
 """PyTorch twin of examples/bench_step.rs: one training step (forward + BCE-with-logits backward +
 AdamW) on CPU for the seed's cube ResNet18 (batch 64, 6x4x21) and the fusion model with
 convnext_tiny (batch 16, 4x128x128). Usage: python3 bench_step.py [steps] [threads]"""
+import os
 import sys
 import time
 
@@ -9,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-sys.path.insert(0, __file__.rsplit("/", 3)[0] + "/tests/fixtures")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures"))
 from gen_cnn import SeedEnsemble, cube_resnet18  # noqa: E402
 
 

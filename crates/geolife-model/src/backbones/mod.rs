@@ -285,6 +285,8 @@ impl BackboneConfig {
 }
 
 /// Any registered backbone, as one module (the Sentinel branch of the fusion network).
+// One backbone per model: the variant size difference costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone {
     /// ResNet family.
