@@ -118,7 +118,7 @@ fn tensor<const D: usize>(io: &Dict, key: &str, device: &Device) -> Tensor<D> {
 fn rel_err<const D: usize>(got: Tensor<D>, io: &Dict, key: &str) -> f32 {
     let (shape, want) = &io[key];
     assert_eq!(&got.dims().to_vec(), shape, "{key}: shape");
-    let got = got.into_data().to_vec::<f32>().expect("f32");
+    let got = got.into_data().try_to_vec::<f32>().expect("f32");
     let diff = got
         .iter()
         .zip(want)

@@ -156,7 +156,7 @@ impl MaxVitConfig {
             return fail("partition_size, head_dim and mlp_ratio must be positive".into());
         }
         for (i, &c) in self.block_channels.iter().enumerate() {
-            if c % self.head_dim != 0 || self.block_layers[i] == 0 {
+            if !c.is_multiple_of(self.head_dim) || self.block_layers[i] == 0 {
                 return fail(format!(
                     "block {i}: width {c} must be divisible by head_dim {} and have >= 1 layer",
                     self.head_dim
@@ -167,7 +167,7 @@ impl MaxVitConfig {
             }
         }
         let grids = self.block_grid_sizes();
-        if grids.iter().any(|g| g % self.partition_size != 0) {
+        if grids.iter().any(|g| !g.is_multiple_of(self.partition_size)) {
             return fail(format!(
                 "input {} gives block grids {grids:?}, not all divisible by partition {}",
                 self.input_size, self.partition_size

@@ -128,7 +128,7 @@ impl SwinV2Config {
         }
         for (i, (&d, &h)) in self.depths.iter().zip(&self.num_heads).enumerate() {
             let dim = self.embed_dim << i;
-            if d == 0 || h == 0 || dim % h != 0 {
+            if d == 0 || h == 0 || !dim.is_multiple_of(h) {
                 return fail(format!(
                     "stage {i}: width {dim} with {h} heads and {d} blocks (need depth >= 1 and width divisible by heads)"
                 ));
@@ -573,9 +573,7 @@ fn shift_mask(ph: usize, pw: usize, ws: usize, sh: usize, sw: usize, device: &De
     // Region of a coordinate along one axis, as torchvision's three slices (a zero shift
     // leaves one region).
     let region = |i: usize, len: usize, shift: usize| -> usize {
-        if shift == 0 {
-            0
-        } else if i < len - ws {
+        if shift == 0 || i < len - ws {
             0
         } else if i < len - shift {
             1
