@@ -153,6 +153,7 @@ pub fn build_batch<S: SampleSource + ?Sized>(
 /// Run `consume` on every batch of `batches[start..]`, in order (indices stay absolute), while `workers` threads prepare up to
 /// `prefetch` batches each ahead. `consume` returning `Err` stops the loop (workers exit when
 /// their channel closes) and the error is returned.
+#[allow(clippy::too_many_arguments)]
 pub fn for_each_batch<S, E>(
     source: &S,
     batches: &[Vec<usize>],

@@ -35,6 +35,7 @@ pub fn plot_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), String> 
     r
 }
 
+#[allow(clippy::type_complexity)]
 fn draw(path: &Path, h: &[EpochMetrics]) -> Result<(), String> {
     let text = font();
     let root = BitMapBackend::new(path, (1000, 400)).into_drawing_area();

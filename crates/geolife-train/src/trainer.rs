@@ -215,6 +215,9 @@ pub fn batch_tensors(
     }
 }
 
+/// (probabilities row-major `[n, classes]`, survey ids, label sets, mean BCE loss).
+pub type Scored = (Vec<f32>, Vec<u64>, Vec<Vec<u32>>, f64);
+
 /// Scores of a set of surveys: (probabilities row-major `[n, classes]`, survey ids, label sets,
 /// mean BCE loss against the multi-hot labels).
 #[allow(clippy::too_many_arguments)]
@@ -228,7 +231,7 @@ pub fn score_surveys<S: SampleSource + ?Sized>(
     batch_size: usize,
     workers: usize,
     device: &Device,
-) -> Result<(Vec<f32>, Vec<u64>, Vec<Vec<u32>>, f64), TrainError> {
+) -> Result<Scored, TrainError> {
     let [_, h, w] = source.patch_shape();
     let batches = loader::batches_of(indices, batch_size);
     let mut probs = Vec::with_capacity(indices.len() * vocab.len());
@@ -549,7 +552,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                     state.optimizer_steps += 1;
                     state.batch = index + 1;
                     if t.checkpoint_every_steps > 0
-                        && state.optimizer_steps % t.checkpoint_every_steps == 0
+                        && state
+                            .optimizer_steps
+                            .is_multiple_of(t.checkpoint_every_steps)
                         && !last_of_epoch
                     {
                         save_last(&last_path, &state, &model, &optim)?;

@@ -136,7 +136,7 @@ pub fn augment_patch(
     hflip: bool,
     vflip: bool,
 ) {
-    if h != w || (rot % 4 == 0 && !hflip && !vflip) {
+    if h != w || (rot.is_multiple_of(4) && !hflip && !vflip) {
         return;
     }
     let n = h;
