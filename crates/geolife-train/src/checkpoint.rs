@@ -49,7 +49,8 @@ impl TrainState {
             optimizer_steps: 0,
             loss_sum: 0.0,
             loss_count: 0,
-            best_f1: f64::NEG_INFINITY,
+            // F1 is in [0, 1]; -1 means "no validation yet" (JSON has no -inf).
+            best_f1: -1.0,
             best_epoch: None,
             history: Vec::new(),
         }
