@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 
-const MAGIC: &[u8; 16] = b"GEOLIFE-CKPT-v1\n";
+const MAGIC: &[u8; 16] = b"GEOLIFE-CKPT-v2\n";
 
 /// One epoch's row of `metrics.csv`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -65,14 +65,22 @@ fn fnv(bytes: &[u8]) -> u64 {
 }
 
 /// Write a checkpoint atomically.
-pub fn save(path: &Path, state: &TrainState, model: &[u8], optim: &[u8]) -> Result<(), TrainError> {
+/// `weights` is the full state dict (safetensors, with BatchNorm running statistics, which the
+/// burn record does not hold); `model` is the burn record (parameter ids for the optimiser).
+pub fn save(
+    path: &Path,
+    state: &TrainState,
+    model: &[u8],
+    optim: &[u8],
+    weights: &[u8],
+) -> Result<(), TrainError> {
     let json = serde_json::to_vec(state).map_err(|e| TrainError::Checkpoint {
         path: path.to_path_buf(),
         message: format!("cannot serialise the training state: {e}"),
     })?;
     let mut buf = Vec::with_capacity(MAGIC.len() + 32 + json.len() + model.len() + optim.len());
     buf.extend_from_slice(MAGIC);
-    for part in [&json[..], model, optim] {
+    for part in [&json[..], model, optim, weights] {
         buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
         buf.extend_from_slice(part);
     }
@@ -84,8 +92,8 @@ pub fn save(path: &Path, state: &TrainState, model: &[u8], optim: &[u8]) -> Resu
     })
 }
 
-/// Read a checkpoint: (state, model record bytes, optimiser record bytes).
-pub fn load(path: &Path) -> Result<(TrainState, Vec<u8>, Vec<u8>), TrainError> {
+/// Read a checkpoint: (state, model record bytes, optimiser record bytes, state-dict bytes).
+pub fn load(path: &Path) -> Result<(TrainState, Vec<u8>, Vec<u8>, Vec<u8>), TrainError> {
     let bad = |message: String| TrainError::Checkpoint {
         path: path.to_path_buf(),
         message,
@@ -106,7 +114,7 @@ pub fn load(path: &Path) -> Result<(TrainState, Vec<u8>, Vec<u8>), TrainError> {
     }
     let mut pos = MAGIC.len();
     let mut parts = Vec::with_capacity(3);
-    for name in ["state", "model", "optimizer"] {
+    for name in ["state", "model", "optimizer", "weights"] {
         let len_bytes: [u8; 8] = body
             .get(pos..pos + 8)
             .and_then(|s| s.try_into().ok())
@@ -119,12 +127,13 @@ pub fn load(path: &Path) -> Result<(TrainState, Vec<u8>, Vec<u8>), TrainError> {
         parts.push(part.to_vec());
         pos += len;
     }
+    let weights = parts.pop().unwrap_or_default();
     let optim = parts.pop().unwrap_or_default();
     let model = parts.pop().unwrap_or_default();
     let state_json = parts.pop().unwrap_or_default();
     let state: TrainState = serde_json::from_slice(&state_json)
         .map_err(|e| bad(format!("unreadable training state: {e}")))?;
-    Ok((state, model, optim))
+    Ok((state, model, optim, weights))
 }
 
 #[cfg(test)]
@@ -138,8 +147,9 @@ mod tests {
         let mut state = TrainState::start();
         state.epoch = 3;
         state.loss_sum = 1.25;
-        save(&path, &state, b"model-bytes", b"optim").unwrap();
-        let (s, m, o) = load(&path).unwrap();
+        save(&path, &state, b"model-bytes", b"optim", b"w").unwrap();
+        let (s, m, o, w) = load(&path).unwrap();
+        assert_eq!(w, b"w");
         assert_eq!(s, state);
         assert_eq!(m, b"model-bytes");
         assert_eq!(o, b"optim");

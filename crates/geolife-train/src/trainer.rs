@@ -417,7 +417,22 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
 
     let mut state = TrainState::start();
     if opts.resume {
-        let (s, model_bytes, optim_bytes) = checkpoint::load(&last_path)?;
+        let (s, model_bytes, optim_bytes, weights) = checkpoint::load(&last_path)?;
+        // Full state dict first (BatchNorm running statistics), then the burn record on top
+        // (same values, plus the parameter ids the optimiser state is keyed by).
+        let tmp = run.join(format!(
+            ".resume-weights-{}.safetensors",
+            std::process::id()
+        ));
+        write_atomic(&tmp, &weights)?;
+        let loaded = geolife_model::checkpoint::load_safetensors(&fc, &tmp, &device);
+        let _ = std::fs::remove_file(&tmp);
+        model = loaded
+            .map_err(|e| TrainError::Checkpoint {
+                path: last_path.clone(),
+                message: format!("weights: {e}"),
+            })?
+            .0;
         let record = burn::store::ModuleRecord::from_bytes(Bytes::from_bytes_vec(model_bytes))
             .map_err(|e| TrainError::Checkpoint {
                 path: last_path.clone(),
@@ -557,7 +572,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                             .is_multiple_of(t.checkpoint_every_steps)
                         && !last_of_epoch
                     {
-                        save_last(&last_path, &state, &model, &optim)?;
+                        save_last(&last_path, &state, &model, &fc, &optim)?;
                     }
                 }
                 if let Some(bar) = &bar {
@@ -593,7 +608,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         match result {
             Ok(()) => {}
             Err(_) if stopped => {
-                save_last(&last_path, &state, &model, &optim)?;
+                save_last(&last_path, &state, &model, &fc, &optim)?;
                 return Ok(TrainSummary {
                     run_dir: run.clone(),
                     history: state.history.clone(),
@@ -694,7 +709,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         state.loss_sum = 0.0;
         state.loss_count = 0;
         write_metrics(&run.join(files::METRICS), &state.history)?;
-        save_last(&last_path, &state, &model, &optim)?;
+        save_last(&last_path, &state, &model, &fc, &optim)?;
     }
     if let Err(e) = crate::plot::plot_curves(&run.join(files::CURVES), &state.history) {
         log.line(&format!("warning: no curves plot: {e}"));
@@ -717,6 +732,7 @@ fn save_last(
     path: &Path,
     state: &TrainState,
     model: &FusionModel,
+    fc: &FusionConfig,
     optim: &burn::optim::ModuleOptimizer,
 ) -> Result<(), TrainError> {
     let ck = |message: String| TrainError::Checkpoint {
@@ -731,7 +747,15 @@ fn save_last(
     let optim_bytes = optim
         .into_bytes()
         .map_err(|e| ck(format!("optimizer record: {e}")))?;
-    checkpoint::save(path, state, &model_bytes, &optim_bytes)
+    let tmp = path.with_file_name(format!(".last-weights-{}.safetensors", std::process::id()));
+    geolife_model::checkpoint::save_safetensors(model, fc, &tmp)
+        .map_err(|e| ck(format!("weights: {e}")))?;
+    let weights = std::fs::read(&tmp).map_err(|source| TrainError::Io {
+        path: tmp.clone(),
+        source,
+    });
+    let _ = std::fs::remove_file(&tmp);
+    checkpoint::save(path, state, &model_bytes, &optim_bytes, &weights?)
 }
 
 /// Rewrite `metrics.csv` from the history (atomic).

@@ -12,6 +12,14 @@ use geolife_train::predict::{PredictOptions, predict};
 use geolife_train::trainer::files;
 use geolife_train::{Progress, TrainConfig, TrainOptions, train};
 
+/// burn's flex backend keeps one process-wide RNG (dropout, init): trainings running in
+/// parallel test threads would interleave its draws, so every training test holds this lock.
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    TRAINING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Dataset root and packed cache, built once per test binary.
 fn fixture() -> &'static (PathBuf, PathBuf) {
     static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
@@ -54,6 +62,8 @@ fn options(config: TrainConfig, run: &Path) -> TrainOptions {
 
 #[test]
 fn tiny_end_to_end_learns_and_writes_every_file() {
+    let _guard = serial();
+    let _ = fixture();
     let (data, cache) = fixture();
     let run = tempfile::tempdir().unwrap();
     let run = run.path().join("run");
@@ -126,11 +136,16 @@ fn tiny_end_to_end_learns_and_writes_every_file() {
     by_freq.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let top: Vec<u32> = by_freq.iter().take(k).map(|p| p.0).collect();
     let baseline = samples_f1(&vec![top; truth.len()], &truth);
-    assert!(f1 > baseline, "model F1 {f1:.4} <= frequency baseline {baseline:.4} at K={k}");
+    assert!(
+        f1 > baseline,
+        "model F1 {f1:.4} <= frequency baseline {baseline:.4} at K={k}"
+    );
 }
 
 #[test]
 fn resume_equals_uninterrupted() {
+    let _guard = serial();
+    let _ = fixture();
     let dir = tempfile::tempdir().unwrap();
     let whole = dir.path().join("whole");
     let parts = dir.path().join("parts");
@@ -164,6 +179,8 @@ fn resume_equals_uninterrupted() {
 
 #[test]
 fn a_second_run_into_the_same_folder_is_refused_and_resume_needs_the_same_config() {
+    let _guard = serial();
+    let _ = fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let mut cfg = tiny(1);
@@ -181,6 +198,8 @@ fn a_second_run_into_the_same_folder_is_refused_and_resume_needs_the_same_config
 
 #[test]
 fn nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint() {
+    let _guard = serial();
+    let _ = fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     // A learning rate of 1e30 sends the weights to inf at the first step: the next loss is not
