@@ -92,8 +92,11 @@ pub fn save(
     })
 }
 
-/// Read a checkpoint: (state, model record bytes, optimiser record bytes, state-dict bytes).
-pub fn load(path: &Path) -> Result<(TrainState, Vec<u8>, Vec<u8>, Vec<u8>), TrainError> {
+/// A checkpoint's sections: (state, model record bytes, optimiser record bytes, state-dict bytes).
+pub type LoadedCheckpoint = (TrainState, Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Read a checkpoint, verifying its header and checksum.
+pub fn load(path: &Path) -> Result<LoadedCheckpoint, TrainError> {
     let bad = |message: String| TrainError::Checkpoint {
         path: path.to_path_buf(),
         message,
