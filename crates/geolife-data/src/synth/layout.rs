@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::Split;
+use crate::{Split, env};
 
 /// PA metadata CSV of a split.
 pub fn metadata_csv(split: Split) -> PathBuf {
@@ -49,42 +49,19 @@ impl EnvTable {
         PathBuf::from(format!("{ENV_ROOT}/{folder}/GLC24-PA-{split}-{name}.csv"))
     }
 
-    /// Value columns (after `surveyId`), with the real names.
+    /// Value columns (after `surveyId`), with the real names: the readers' own constants,
+    /// so writer and reader cannot disagree.
     pub fn columns(self) -> Vec<String> {
-        match self {
-            EnvTable::Bioclimatic => (1..=19).map(|i| format!("Bio{i}")).collect(),
-            EnvTable::Elevation => vec!["Elevation".into()],
-            EnvTable::HumanFootprint => HUMAN_FOOTPRINT.iter().map(|s| s.to_string()).collect(),
-            EnvTable::LandCover => vec!["LandCover".into()],
-            EnvTable::SoilGrids => SOILGRIDS.iter().map(|s| format!("Soilgrid-{s}")).collect(),
-        }
+        let names: &[&str] = match self {
+            EnvTable::Bioclimatic => &env::BIOCLIM_COLUMNS,
+            EnvTable::Elevation => &env::ELEVATION_COLUMNS,
+            EnvTable::HumanFootprint => &env::HUMAN_FOOTPRINT_COLUMNS,
+            EnvTable::LandCover => &env::LANDCOVER_COLUMNS,
+            EnvTable::SoilGrids => &env::SOILGRIDS_COLUMNS,
+        };
+        names.iter().map(|s| s.to_string()).collect()
     }
 }
-
-/// The 16 human-footprint columns, named and ordered as in the official CSV.
-pub const HUMAN_FOOTPRINT: [&str; 16] = [
-    "HumanFootprint-Built1994",
-    "HumanFootprint-Built2009",
-    "HumanFootprint-HFP1993",
-    "HumanFootprint-HFP2009",
-    "HumanFootprint-Lights1994",
-    "HumanFootprint-Lights2009",
-    "HumanFootprint-NavWater1994",
-    "HumanFootprint-NavWater2009",
-    "HumanFootprint-Pasture1993",
-    "HumanFootprint-Pasture2009",
-    "HumanFootprint-Popdensity1990",
-    "HumanFootprint-Popdensity2010",
-    "HumanFootprint-Railways",
-    "HumanFootprint-Roads",
-    "HumanFootprint-croplands1992",
-    "HumanFootprint-croplands2005",
-];
-
-/// SoilGrids variables, in the official column order.
-pub const SOILGRIDS: [&str; 9] = [
-    "bdod", "cec", "cfvo", "clay", "nitrogen", "phh2o", "sand", "silt", "soc",
-];
 
 /// Root of the `.pt` cubes (the folder name repeats).
 const CUBE_ROOT: &str = "TimeSeries-Cubes/TimeSeries-Cubes";
