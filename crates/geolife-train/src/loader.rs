@@ -7,6 +7,8 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use geolife_data::cache::Batch;
+
 use crate::config::TransformMode;
 use crate::transform::{self, InputStats, Inputs};
 use crate::vocab::Vocabulary;
@@ -17,14 +19,9 @@ pub trait SampleSource: Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    fn survey_id(&self, i: usize) -> u64;
-    fn tabular(&self, i: usize) -> &[f32];
-    fn landsat(&self, i: usize) -> &[f32];
-    fn bioclim(&self, i: usize) -> &[f32];
-    /// `[4, H, W]` u8, channels R, G, B, NIR.
-    fn patch(&self, i: usize) -> &[u8];
-    /// Sorted distinct real species ids (empty without labels).
-    fn labels(&self, i: usize) -> &[u32];
+    /// Copy the rows `indices` into `out` (contiguous buffers, allocations reused); the
+    /// packed cache does this with its own [`PackedSplit::gather`](geolife_data::cache::PackedSplit::gather).
+    fn gather(&self, indices: &[usize], out: &mut Batch);
     /// `(channels, height, width)` of a patch.
     fn patch_shape(&self) -> [usize; 3];
     /// Values per first-axis channel of the Landsat and bioclim cubes.
@@ -79,20 +76,10 @@ pub fn build_batch<S: SampleSource + ?Sized>(
     let mut rng = StdRng::seed_from_u64(derive_seed(plan.seed, plan.epoch, index));
     let [c, h, w] = source.patch_shape();
     let (ls_len, bc_len) = source.cube_channel_len();
-    let mut tab = Vec::new();
-    let mut ls = Vec::new();
-    let mut bc = Vec::new();
-    let mut px: Vec<u8> = Vec::new();
-    let mut labels = Vec::with_capacity(indices.len());
-    let mut survey_ids = Vec::with_capacity(indices.len());
-    for &i in indices {
-        survey_ids.push(source.survey_id(i));
-        tab.extend_from_slice(source.tabular(i));
-        ls.extend_from_slice(source.landsat(i));
-        bc.extend_from_slice(source.bioclim(i));
-        let start = px.len();
-        px.extend_from_slice(source.patch(i));
-        if plan.flip || plan.rot90 {
+    let mut raw = Batch::default();
+    source.gather(indices, &mut raw);
+    if plan.flip || plan.rot90 {
+        for px in raw.patches.chunks_exact_mut(c * h * w) {
             let rot = if plan.rot90 {
                 rng.random_range(0..4u8)
             } else {
@@ -103,10 +90,18 @@ pub fn build_batch<S: SampleSource + ?Sized>(
             } else {
                 (false, false)
             };
-            transform::augment_patch(&mut px[start..], c, h, w, rot, hf, vf);
+            transform::augment_patch(px, c, h, w, rot, hf, vf);
         }
-        labels.push(source.labels(i).to_vec());
     }
+    let Batch {
+        survey_ids,
+        tabular: tab,
+        landsat: ls,
+        bioclim: bc,
+        patches: px,
+        labels,
+        ..
+    } = raw;
     let mut inputs = Inputs {
         n: indices.len(),
         ..Inputs::default()
@@ -237,23 +232,16 @@ pub(crate) mod tests {
         fn len(&self) -> usize {
             self.n
         }
-        fn survey_id(&self, i: usize) -> u64 {
-            100 + i as u64
-        }
-        fn tabular(&self, i: usize) -> &[f32] {
-            &self.tab[i..i + 1]
-        }
-        fn landsat(&self, i: usize) -> &[f32] {
-            &self.ls[2 * i..2 * i + 2]
-        }
-        fn bioclim(&self, i: usize) -> &[f32] {
-            &self.bc[2 * i..2 * i + 2]
-        }
-        fn patch(&self, i: usize) -> &[u8] {
-            &self.px[4 * i..4 * i + 4]
-        }
-        fn labels(&self, i: usize) -> &[u32] {
-            &self.labels[i]
+        fn gather(&self, indices: &[usize], out: &mut Batch) {
+            *out = Batch::default();
+            for &i in indices {
+                out.survey_ids.push(100 + i as u64);
+                out.tabular.extend_from_slice(&self.tab[i..i + 1]);
+                out.landsat.extend_from_slice(&self.ls[2 * i..2 * i + 2]);
+                out.bioclim.extend_from_slice(&self.bc[2 * i..2 * i + 2]);
+                out.patches.extend_from_slice(&self.px[4 * i..4 * i + 4]);
+                out.labels.push(self.labels[i].clone());
+            }
         }
         fn patch_shape(&self) -> [usize; 3] {
             [1, 2, 2]

@@ -1,6 +1,6 @@
 //! The packed cache as a [`SampleSource`], and the input statistics read from its manifest.
 
-use geolife_data::cache::{Manifest, PackedSplit};
+use geolife_data::cache::{Batch, Manifest, PackedSplit};
 
 use crate::loader::SampleSource;
 use crate::transform::{InputStats, MeanStd};
@@ -9,27 +9,8 @@ impl SampleSource for PackedSplit {
     fn len(&self) -> usize {
         PackedSplit::len(self)
     }
-    fn survey_id(&self, i: usize) -> u64 {
-        self.survey_ids()[i]
-    }
-    fn tabular(&self, i: usize) -> &[f32] {
-        PackedSplit::tabular(self, i)
-    }
-    fn landsat(&self, i: usize) -> &[f32] {
-        PackedSplit::landsat(self, i)
-    }
-    fn bioclim(&self, i: usize) -> &[f32] {
-        PackedSplit::bioclim(self, i)
-    }
-    fn patch(&self, i: usize) -> &[u8] {
-        PackedSplit::patch(self, i)
-    }
-    fn labels(&self, i: usize) -> &[u32] {
-        if self.has_labels() {
-            PackedSplit::labels(self, i)
-        } else {
-            &[]
-        }
+    fn gather(&self, indices: &[usize], out: &mut Batch) {
+        PackedSplit::gather(self, indices, out);
     }
     fn patch_shape(&self) -> [usize; 3] {
         self.manifest().patch_shape

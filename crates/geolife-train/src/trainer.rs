@@ -374,7 +374,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         species: vocab.species().to_vec(),
         stats: stats.clone(),
         fusion: fc.clone(),
-        val_survey_ids: split.val.iter().map(|&i| data.survey_id(i)).collect(),
+        val_survey_ids: split.val.iter().map(|&i| data.survey_ids()[i]).collect(),
     };
     if opts.resume {
         let old = RunInfo::load(run)?;
