@@ -739,6 +739,12 @@ fn save_last(
         path: path.to_path_buf(),
         message,
     };
+    // burn's `RunningState` (BatchNorm running mean/var) keeps the newest update pending per
+    // thread and exposes the value one update behind; records read that stale value. `valid()`
+    // folds pending updates into the shared value (no change to the maths: the next forward
+    // would fold them the same way), so the checkpoint holds the statistics as of this step and
+    // a resumed run validates exactly like an uninterrupted one.
+    drop(model.valid());
     let model_bytes = model
         .clone()
         .into_record()
