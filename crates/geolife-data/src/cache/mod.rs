@@ -31,7 +31,7 @@ pub use prepare::{
     DEFAULT_CHUNK, NoProgress, PrepareOptions, PrepareProgress, SplitOutcome, SplitReport,
     dataset_fingerprint, prepare,
 };
-pub use reader::{Batch, PackedSplit};
+pub use reader::{AlignedBytes, Batch, PackedSplit};
 
 /// Version of the on-disk layout; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
