@@ -174,3 +174,131 @@ fn test_split_alone_needs_train_statistics() {
     o.chunk = 0;
     assert!(matches!(pack(&root, &out, o), Err(CacheError::Invalid(_))));
 }
+
+/// Progress that, when packing starts, reports it and waits to be released: holds a
+/// `prepare` in the middle of its run.
+struct Pause {
+    inside: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl geolife_data::cache::PrepareProgress for Pause {
+    fn start(&self, _split: Split, _total: usize) {
+        if let Ok(tx) = self.inside.lock() {
+            let _ = tx.send(());
+        }
+        if let Ok(rx) = self.release.lock() {
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(60));
+        }
+    }
+}
+
+#[test]
+fn concurrent_prepare_fails_fast_on_the_lock_and_stale_locks_are_taken_over() {
+    use std::sync::mpsc::channel;
+    use std::time::{Duration, Instant};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = synth_into(tmp.path());
+    let out = tmp.path().join("cache");
+    let lock = out.join(".prepare.lock");
+    let me = std::process::id();
+
+    // A first run, held inside its packing; a second one on the same cache meanwhile.
+    let (inside_tx, inside_rx) = channel();
+    let (release_tx, release_rx) = channel();
+    let pause = Pause {
+        inside: std::sync::Mutex::new(inside_tx),
+        release: std::sync::Mutex::new(release_rx),
+    };
+    let first = {
+        let (root, out) = (root.clone(), out.clone());
+        std::thread::spawn(move || {
+            geolife_data::cache::prepare(&root, &out, &opts(&[Split::Train]), &pause)
+        })
+    };
+    inside_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the first prepare reaches its packing");
+    let held = std::fs::read_to_string(&lock).expect("the running prepare holds the lock file");
+    assert!(held.starts_with(&format!("pid={me}\n")), "{held}");
+    let t0 = Instant::now();
+    let err = pack(&root, &out, opts(&[Split::Train])).unwrap_err();
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "fails fast, no waiting"
+    );
+    match &err {
+        CacheError::Locked { path, pid, .. } => {
+            assert_eq!(path, &lock);
+            assert_eq!(*pid, Some(me));
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    let msg = err.to_string();
+    for part in [
+        lock.display().to_string(),
+        format!("pid {me}"),
+        "wait".into(),
+        "delete".into(),
+    ] {
+        assert!(msg.contains(&part), "`{part}` not in: {msg}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        held,
+        "the refused run leaves the holder's lock alone"
+    );
+    release_tx.send(()).unwrap();
+    let r = first.join().unwrap().unwrap();
+    assert_eq!(r[0].outcome, SplitOutcome::Packed);
+    assert!(!lock.exists(), "the lock is removed when the run ends");
+    assert_eq!(PackedSplit::open(&out, Split::Train).unwrap().len(), 40);
+
+    // A failed run releases the lock too.
+    let mut bad = opts(&[Split::Test]);
+    bad.force = true;
+    std::fs::remove_dir_all(out.join("train")).unwrap();
+    assert!(matches!(
+        pack(&root, &out, bad),
+        Err(CacheError::NeedTrain(_))
+    ));
+    assert!(!lock.exists(), "lock removed after a failed run");
+
+    // A lock file that names no pid is never taken over: the message says what to do.
+    std::fs::write(&lock, "not a lock\n").unwrap();
+    match pack(&root, &out, opts(&[Split::Train])) {
+        Err(e @ CacheError::Locked { pid: None, .. }) => {
+            assert!(e.to_string().contains("delete"), "{e}");
+        }
+        other => panic!("expected Locked without pid, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), "not a lock\n");
+
+    if cfg!(target_os = "linux") {
+        // Left by a killed run: a pid above any Linux pid_max, and this process's own pid
+        // with another start time (a reused pid). Both are taken over.
+        for stale in [
+            "pid=4000000000\n".to_string(),
+            format!("pid={me}\nstart=1\n"),
+        ] {
+            std::fs::write(&lock, &stale).unwrap();
+            let r = pack(&root, &out, opts(&[Split::Train])).unwrap();
+            assert_eq!(r[0].split, Split::Train, "{stale}");
+            assert!(!lock.exists(), "{stale}: taken over, then released");
+        }
+        let names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["train".to_string()], "no lock leftovers");
+        // A lock of another machine (shared disk) cannot be checked, so it is respected.
+        std::fs::write(&lock, "pid=4000000000\nhost=some-other-machine\n").unwrap();
+        match pack(&root, &out, opts(&[Split::Train])) {
+            Err(e @ CacheError::Locked { .. }) => {
+                assert!(e.to_string().contains("some-other-machine"), "{e}");
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+}

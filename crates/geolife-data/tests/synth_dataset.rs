@@ -285,3 +285,76 @@ fn dataset_has_every_file_of_the_official_layout_with_matching_values() {
         }
     }
 }
+
+#[test]
+fn monthly_climate_csv_holds_the_bioclimatic_cube_values() {
+    use geolife_data::{Dataset, DatasetOptions, EnvGroup, NanPolicy};
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ds");
+    let cfg = tiny(5);
+    write_dataset(&out, &cfg).unwrap();
+    let plan = SynthPlan::new(&cfg).unwrap();
+
+    // The file itself, read with the csv crate: official path, 912 distinct value columns,
+    // one row per survey whose cells are the generated cube in C order.
+    for split in Split::ALL {
+        let rel = format!(
+            "EnvironmentalRasters/EnvironmentalRasters/Climate/Monthly/GLC24-PA-{split}-bioclimatic_monthly.csv"
+        );
+        let (header, rows) = read_csv(&out.join(&rel));
+        assert_eq!(header[0], "surveyId", "{rel}");
+        assert_eq!(header.len(), 1 + 912, "{rel}");
+        let distinct: BTreeSet<&String> = header.iter().collect();
+        assert_eq!(distinct.len(), 913, "{rel}: column names must be distinct");
+        assert_eq!(header[1], "pr_01_2000");
+        assert_eq!(header[912], "tasmin_12_2018");
+        let ids: Vec<u64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
+        assert_eq!(ids, plan.survey_ids(split), "{rel}");
+        for r in &rows {
+            let id: u64 = r[0].parse().unwrap();
+            let cube = plan.survey(split, id).unwrap().bioclim;
+            let cells: Vec<f32> = r[1..].iter().map(|c| c.parse().unwrap()).collect();
+            assert_eq!(cells, cube, "{rel}: survey {id}");
+        }
+    }
+
+    // Through the reader: the monthly group adds 912 features after the seed's 46, equal to
+    // the values of the survey's `.pt` cube.
+    let seed = Dataset::open(&out, DatasetOptions::default()).unwrap();
+    let mut groups = EnvGroup::SEED.to_vec();
+    groups.push(EnvGroup::MonthlyClimate);
+    let ds = Dataset::open(
+        &out,
+        DatasetOptions {
+            env_groups: groups,
+            cube_nan: NanPolicy::Keep,
+        },
+    )
+    .unwrap();
+    for split in Split::ALL {
+        let base = seed.tabular(split).unwrap();
+        let table = ds.tabular(split).unwrap();
+        assert_eq!(base.n_features(), 46);
+        assert_eq!(table.n_features(), 46 + 912);
+        assert_eq!(table.feature_names[..46], base.feature_names[..]);
+        assert_eq!(table.feature_names[46], "pr_01_2000");
+        assert!(table.categorical[46..].iter().all(|&c| !c));
+        let missing: usize = table.missing_rows.iter().map(|m| m.1).sum();
+        assert_eq!(missing, 0, "{split}: every survey has a monthly row");
+        for (i, s) in ds.surveys(split).unwrap().iter().enumerate() {
+            let row = table.row(i);
+            let seed_row = base.row(i);
+            for (a, b) in row[..46].iter().zip(seed_row) {
+                assert!(
+                    a == b || (a.is_nan() && b.is_nan()),
+                    "{split} {}",
+                    s.survey_id
+                );
+            }
+            let cube = ds.read_bioclim(split, s.survey_id).unwrap();
+            assert_eq!(cube.len(), 912);
+            assert_eq!(&row[46..], &cube[..], "{split} survey {}", s.survey_id);
+        }
+    }
+}

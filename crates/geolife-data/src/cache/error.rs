@@ -64,6 +64,27 @@ pub enum CacheError {
     /// An option that makes no sense.
     #[error("invalid option: {0}")]
     Invalid(String),
+    /// Another `prepare` run holds the cache folder's lock file (`path`); `pid` and `host`
+    /// are the holder's as written in the file (`None` when unreadable).
+    #[error(
+        "{path}: this cache folder is being written by another `geolife prepare` ({holder}); wait for that run to finish, or, if no prepare is writing this cache any more, delete {path} and run again",
+        holder = describe_holder(*.pid, .host.as_deref())
+    )]
+    Locked {
+        path: PathBuf,
+        pid: Option<u32>,
+        host: Option<String>,
+    },
+}
+
+/// How a [`CacheError::Locked`] message names the holder: "pid 123", "pid 123 on host h",
+/// or that the file names no pid.
+fn describe_holder(pid: Option<u32>, host: Option<&str>) -> String {
+    match (pid, host) {
+        (Some(p), Some(h)) => format!("pid {p} on host {h}"),
+        (Some(p), None) => format!("pid {p}"),
+        (None, _) => "holder unknown: the lock file does not name a pid".into(),
+    }
 }
 
 impl CacheError {

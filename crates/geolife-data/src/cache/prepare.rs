@@ -1,6 +1,10 @@
 //! Packs the splits of a raw dataset into the cache: parallel per-survey reads in bounded
 //! chunks written at their row offsets, into `<split>.tmp-<pid>/`, renamed only when complete.
+//! One run at a time per cache folder: a lock file (`<CACHE>/.prepare.lock`) keeps a second
+//! `prepare` from swapping splits under the first.
 
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,6 +23,9 @@ use crate::dataset::{Dataset, DatasetOptions};
 
 /// Surveys read in parallel and held in memory at once (about 72 MB of rows).
 pub const DEFAULT_CHUNK: usize = 1024;
+
+/// Lock file a running `prepare` holds in the cache folder (see [`prepare`]).
+pub const LOCK_FILE: &str = ".prepare.lock";
 
 /// What to pack and how.
 #[derive(Debug, Clone)]
@@ -99,6 +106,8 @@ pub struct SplitReport {
 
 /// Packs `opts.splits` of the dataset at `root` into `out`; splits whose cache already matches
 /// the dataset fingerprint, format version and options are left alone (unless `force`).
+/// Holds `out/`[`LOCK_FILE`] while it runs: fails fast with [`CacheError::Locked`] when another
+/// live run holds it, takes over (with a warning) a lock left by a process that has died.
 pub fn prepare(
     root: &Path,
     out: &Path,
@@ -109,6 +118,7 @@ pub fn prepare(
         return Err(CacheError::Invalid("chunk size must be at least 1".into()));
     }
     std::fs::create_dir_all(out).map_err(|e| CacheError::io(out, e))?;
+    let _lock = PrepareLock::acquire(out)?;
     let fingerprint = dataset_fingerprint(root, Some(out))?;
     let pack = opts.pack_options();
     let mut splits = opts.splits.clone();
@@ -503,6 +513,171 @@ fn tabular_stats(names: &[String], values: &[f32], kept: &[usize]) -> Vec<Featur
             Moments::of(kept.iter().map(|&i| values[i * nf + j] as f64)).to_feature(name)
         })
         .collect()
+}
+
+/// Exclusive hold on a cache folder for one `prepare` run: [`LOCK_FILE`], created with
+/// `create_new` (atomic: exactly one run succeeds) and naming its holder; removed on drop.
+#[derive(Debug)]
+struct PrepareLock {
+    path: PathBuf,
+    /// What this run wrote into the file (removal checks it is still ours).
+    text: String,
+}
+
+impl PrepareLock {
+    /// Takes the lock of `dir`, or fails with [`CacheError::Locked`] naming the holder.
+    fn acquire(dir: &Path) -> Result<PrepareLock, CacheError> {
+        let path = dir.join(LOCK_FILE);
+        let text = LockHolder::current().to_text();
+        // A few rounds: a lock released or taken over between our attempts is retried.
+        for _ in 0..4 {
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    if let Err(e) = f.write_all(text.as_bytes()).and_then(|()| f.sync_all()) {
+                        let _ = std::fs::remove_file(&path);
+                        return Err(CacheError::io(&path, e));
+                    }
+                    return Ok(PrepareLock { path, text });
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(CacheError::io(&path, e)),
+            }
+            let found = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(CacheError::io(&path, e)),
+            };
+            match LockHolder::parse(&found) {
+                Some(h) if !h.is_alive() => {
+                    tracing::warn!(
+                        "taking over the stale lock {} of pid {}, which no longer runs (an interrupted prepare)",
+                        path.display(),
+                        h.pid
+                    );
+                    take_over_stale(&path, &found)?;
+                }
+                holder => return Err(locked(&path, holder)),
+            }
+        }
+        let holder = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| LockHolder::parse(&t));
+        Err(locked(&path, holder))
+    }
+}
+
+impl Drop for PrepareLock {
+    fn drop(&mut self) {
+        // Only our own lock: a file someone replaced by hand is left alone.
+        if std::fs::read_to_string(&self.path).is_ok_and(|t| t == self.text) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn locked(path: &Path, holder: Option<LockHolder>) -> CacheError {
+    let (pid, host) = holder.map_or((None, None), |h| (Some(h.pid), h.host));
+    CacheError::Locked {
+        path: path.to_path_buf(),
+        pid,
+        host,
+    }
+}
+
+/// Removes the stale lock at `path` whose content was `stale`. It is first renamed aside
+/// (atomic), so that a lock another run created in the meantime is never deleted: if the
+/// moved file is not the stale one it is put back.
+fn take_over_stale(path: &Path, stale: &str) -> Result<(), CacheError> {
+    let aside = path.with_file_name(format!("{LOCK_FILE}.stale-{}", std::process::id()));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(CacheError::io(path, e)),
+    }
+    if std::fs::read_to_string(&aside).is_ok_and(|t| t != stale) {
+        // Fails (and so leaves any newer lock in place) if the path exists again.
+        let _ = std::fs::hard_link(&aside, path);
+    }
+    std::fs::remove_file(&aside).map_err(|e| CacheError::io(&aside, e))
+}
+
+/// The process named in a lock file: `pid=`, `start=` (start time in clock ticks after boot,
+/// to tell a reused pid apart) and `host=` lines; only `pid` is required.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LockHolder {
+    pid: u32,
+    start: Option<u64>,
+    host: Option<String>,
+}
+
+impl LockHolder {
+    fn current() -> LockHolder {
+        let pid = std::process::id();
+        LockHolder {
+            pid,
+            start: process_start(pid),
+            host: hostname(),
+        }
+    }
+
+    fn to_text(&self) -> String {
+        let mut t = format!("pid={}\n", self.pid);
+        if let Some(s) = self.start {
+            t.push_str(&format!("start={s}\n"));
+        }
+        if let Some(h) = &self.host {
+            t.push_str(&format!("host={h}\n"));
+        }
+        t
+    }
+
+    fn parse(text: &str) -> Option<LockHolder> {
+        let field = |key: &str| {
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim().to_string())
+        };
+        Some(LockHolder {
+            pid: field("pid")?.parse().ok()?,
+            start: field("start").and_then(|s| s.parse().ok()),
+            host: field("host").filter(|h| !h.is_empty()),
+        })
+    }
+
+    /// Whether the holder may still run. Only a process of this host, on Linux, can be
+    /// proven dead (no `/proc/<pid>`, or a different start time); anything else counts as
+    /// alive, so the lock is never taken from a running process.
+    fn is_alive(&self) -> bool {
+        if !cfg!(target_os = "linux") {
+            return true;
+        }
+        if self.host.is_some() && self.host != hostname() {
+            return true;
+        }
+        if !Path::new(&format!("/proc/{}", self.pid)).exists() {
+            return false;
+        }
+        match (self.start, process_start(self.pid)) {
+            (Some(recorded), Some(now)) => recorded == now,
+            _ => true,
+        }
+    }
+}
+
+/// Start time of process `pid` in clock ticks after boot (`/proc/<pid>/stat` field 22).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start with field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// This machine's host name (Linux), to tell locks of other machines on a shared disk.
+fn hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let h = h.trim();
+    (!h.is_empty()).then(|| h.to_string())
 }
 
 /// 64-bit FNV-1a, stable across Rust versions (unlike `DefaultHasher`).

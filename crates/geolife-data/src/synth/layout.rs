@@ -63,6 +63,37 @@ impl EnvTable {
     }
 }
 
+/// Path of the optional monthly climate CSV of `split` (912 columns after `surveyId`).
+pub fn monthly_climate_csv(split: Split) -> PathBuf {
+    PathBuf::from(format!(
+        "{ENV_ROOT}/Climate/Monthly/GLC24-PA-{split}-bioclimatic_monthly.csv"
+    ))
+}
+
+/// Variables of the monthly climate table, in the bioclimatic cube's order.
+pub const MONTHLY_VARIABLES: [&str; 4] = ["pr", "tas", "tasmax", "tasmin"];
+/// First year of the monthly climate table (19 years: 2000-2018).
+pub const MONTHLY_FIRST_YEAR: usize = 2000;
+
+/// The 912 value columns of the monthly climate CSV, `{var}_{MM}_{YYYY}`, in the C order of
+/// the bioclimatic cube (variable, year, month), so column `k` holds cube value `k`.
+///
+/// The real file's header names are not recorded in our docs (GLC24.md only says "912
+/// monthly columns"); the reader takes every column but `surveyId` whatever its name, so
+/// these names only need to be distinct and readable.
+pub fn monthly_climate_columns() -> Vec<String> {
+    let [_, years, months] = super::world::BIOCLIM_SIZE;
+    let mut out = Vec::with_capacity(MONTHLY_VARIABLES.len() * years * months);
+    for var in MONTHLY_VARIABLES {
+        for y in 0..years {
+            for m in 1..=months {
+                out.push(format!("{var}_{m:02}_{}", MONTHLY_FIRST_YEAR + y));
+            }
+        }
+    }
+    out
+}
+
 /// Root of the `.pt` cubes (the folder name repeats).
 const CUBE_ROOT: &str = "TimeSeries-Cubes/TimeSeries-Cubes";
 
@@ -147,6 +178,25 @@ mod tests {
         assert_eq!(
             patch(Split::Train, PatchKind::Nir, 7),
             PathBuf::from("PA_Train_SatellitePatches_NIR/pa_train_patches_nir/7/7.jpeg")
+        );
+    }
+
+    #[test]
+    fn monthly_columns_are_distinct_and_in_cube_order() {
+        let cols = monthly_climate_columns();
+        assert_eq!(cols.len(), 912);
+        assert_eq!(cols[0], "pr_01_2000");
+        assert_eq!(cols[11], "pr_12_2000");
+        assert_eq!(cols[12], "pr_01_2001");
+        assert_eq!(cols[228], "tas_01_2000");
+        assert_eq!(cols[911], "tasmin_12_2018");
+        let distinct: std::collections::BTreeSet<&String> = cols.iter().collect();
+        assert_eq!(distinct.len(), 912);
+        assert_eq!(
+            monthly_climate_csv(Split::Test),
+            PathBuf::from(
+                "EnvironmentalRasters/EnvironmentalRasters/Climate/Monthly/GLC24-PA-test-bioclimatic_monthly.csv"
+            )
         );
     }
 

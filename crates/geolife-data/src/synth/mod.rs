@@ -12,6 +12,7 @@
 //!      land cover); human footprint is uninformative noise;
 //!    - Landsat cube: NIR summer-minus-winter amplitude and the 21-year trend;
 //!    - bioclimatic cube: precipitation seasonal shape (winter vs summer, spring vs autumn);
+//!      the monthly climate CSV (an optional reader group) repeats the cube's 912 values;
 //!    - Sentinel patch: vegetation colour (RGB and NIR) and stripe orientation.
 //! 4. Species `s` is present with probability `sigmoid(b_s + w_s . z + u_{cluster,s})`:
 //!    `b_s` gives long-tailed (Zipf) prevalences averaging `mean_species_per_survey`,
@@ -186,6 +187,8 @@ struct SurveyOut {
     id: u64,
     meta: String,
     env: [String; 5],
+    /// Row of the monthly climate CSV (the bioclimatic cube's values).
+    monthly: String,
     latents: String,
     species_ids: Vec<u32>,
     rows: usize,
@@ -435,6 +438,14 @@ fn write_split(
             .map_err(|e| DataError::io(&path, None, e))?;
         env.push((path, w));
     }
+    let monthly_path = root.join(layout::monthly_climate_csv(split));
+    let mut monthly = create(&monthly_path)?;
+    writeln!(
+        monthly,
+        "surveyId,{}",
+        layout::monthly_climate_columns().join(",")
+    )
+    .map_err(|e| DataError::io(&monthly_path, None, e))?;
     let solution_path = root.join(layout::SOLUTION_CSV);
     let mut solution = match split {
         Split::Test => {
@@ -465,7 +476,8 @@ fn write_split(
         rows: 0,
         species_seen: 0,
         mean_species: 0.0,
-        files: 5 + usize::from(split == Split::Test),
+        // Five seed env CSVs, the monthly climate CSV, the solution file (test only).
+        files: 6 + usize::from(split == Split::Test),
         bytes: 0,
     };
     let mut seen = vec![false; world.species_ids.len()];
@@ -484,6 +496,9 @@ fn write_split(
                 w.write_all(text.as_bytes())
                     .map_err(|e| DataError::io(&*path, None, e))?;
             }
+            monthly
+                .write_all(out.monthly.as_bytes())
+                .map_err(|e| DataError::io(&monthly_path, None, e))?;
             latents
                 .write_all(out.latents.as_bytes())
                 .map_err(|e| DataError::io(root.join(LATENTS_FILE), None, e))?;
@@ -513,6 +528,10 @@ fn write_split(
         w.flush().map_err(|e| DataError::io(&path, None, e))?;
         stats.bytes += file_len(&path)?;
     }
+    monthly
+        .flush()
+        .map_err(|e| DataError::io(&monthly_path, None, e))?;
+    stats.bytes += file_len(&monthly_path)?;
     if let Some(mut w) = solution {
         w.flush()
             .map_err(|e| DataError::io(&solution_path, None, e))?;
@@ -545,7 +564,7 @@ pub struct SyntheticSurvey {
     pub tabular: Vec<(String, f64)>,
     /// Landsat cube in C order of (6, 4, 21); NaN where the file holds NaN.
     pub landsat: Vec<f32>,
-    /// Bioclimatic cube in C order of (4, 19, 12).
+    /// Bioclimatic cube in C order of (4, 19, 12); also the row of the monthly climate CSV.
     pub bioclim: Vec<f32>,
     /// RGB patch, 128x128x3 interleaved, before JPEG encoding.
     pub rgb: Vec<u8>,
@@ -758,6 +777,18 @@ fn render_survey(
         bytes += write_file(&root.join(layout::patch(split, kind, id)), &jpeg, id)?;
     }
 
+    // The monthly climate CSV row: the cube's values in C order (see
+    // `layout::monthly_climate_columns`); NaN as an empty cell, like pandas writes it.
+    let mut monthly = String::with_capacity(8 * sv.bioclim.len() + 16);
+    monthly.push_str(&id.to_string());
+    for &v in &sv.bioclim {
+        monthly.push(',');
+        if !v.is_nan() {
+            monthly.push_str(&fmt_f(f64::from(v)));
+        }
+    }
+    monthly.push('\n');
+
     let latents = format!(
         "{id},{split}{}\n",
         sv.factors
@@ -769,6 +800,7 @@ fn render_survey(
         id,
         meta: g.meta,
         env: g.env,
+        monthly,
         latents,
         species_ids: g.species_idx,
         rows: g.rows,
