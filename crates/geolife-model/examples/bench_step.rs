@@ -66,12 +66,30 @@ fn main() {
             sentinel: normal([b, 4, 128, 128], &d),
         };
         let y = Tensor::<2>::zeros([b, 11255], &d).add_scalar(0.001);
+        // Per-phase wall time (forward incl. loss, backward, AdamW), to see where a step goes.
+        let mut phases = [0f64; 3];
         time("fusion convnext_tiny b16", steps, || {
             let m = model.take().unwrap();
+            let t = Instant::now();
             let loss = bce_with_logits(m.forward(input.clone()), y.clone());
+            let _: f32 = loss.clone().into_scalar();
+            phases[0] += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             let grads = GradientsParams::from_grads(loss.backward(), &m);
-            model = Some(optim.step(8e-4, m, grads));
+            phases[1] += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let m = optim.step(8e-4, m, grads);
+            let _ = m.num_params();
+            phases[2] += t.elapsed().as_secs_f64();
+            model = Some(m);
         });
+        let n = (steps + 1) as f64; // the warm-up step is included in the phase sums
+        println!(
+            "  per step: forward+loss {:.3} s, backward {:.3} s, AdamW {:.3} s",
+            phases[0] / n,
+            phases[1] / n,
+            phases[2] / n
+        );
     }
 }
 
