@@ -11,19 +11,17 @@ use geolife_data::cache::{CacheError, PackedSplit, SplitOutcome};
 
 /// The middle RGB patch of the train surveys (by id), found by walking the folder.
 fn some_rgb_patch(root: &Path) -> (u64, PathBuf) {
-    let mut found = Vec::new();
-    let mut stack = vec![root.join("PA_Train_SatellitePatches_RGB")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
+    let mut found: Vec<(u64, PathBuf)> =
+        walkdir::WalkDir::new(root.join("PA_Train_SatellitePatches_RGB"))
+            .into_iter()
+            .map(Result::unwrap)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                let p = e.into_path();
                 let id: u64 = p.file_stem().unwrap().to_str().unwrap().parse().unwrap();
-                found.push((id, p));
-            }
-        }
-    }
+                (id, p)
+            })
+            .collect();
     found.sort();
     found.swap_remove(found.len() / 2)
 }

@@ -10,6 +10,12 @@ Prints samples/s of full training steps (data loading included, first step exclu
 and the extrapolated time of one epoch on 20,000 surveys.
 
     python3 torch_seed_bench.py --root <DATASET> --steps 6 --batch-size 16 --workers 2
+
+With `--loader-only N` it times only the seed's per-sample Dataset (table scan, two torch.load,
+two PIL decodes) over N random samples in one process, the Python counterpart of the raw-file
+baseline of `geolife bench data`:
+
+    python3 torch_seed_bench.py --root <DATASET> --loader-only 512 --batch-size 256
 """
 import argparse
 import csv
@@ -142,6 +148,9 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--classes", type=int, default=11255)
     ap.add_argument("--epoch-surveys", type=int, default=20000)
+    ap.add_argument("--loader-only", type=int, default=0, metavar="N",
+                    help="time only the seed's Dataset over N random samples in this process "
+                         "(no model): the baseline of `geolife bench data`")
     a = ap.parse_args()
     torch.manual_seed(666)
     labels = {}
@@ -152,6 +161,17 @@ def main():
     env_ids, env_vals = merged_env(a.root, "train")
     ids = sorted(labels)
     ds = SeedDataset(a.root, "train", ids, labels, env_ids, env_vals, a.classes)
+    if a.loader_only:
+        order = torch.randint(len(ds), (a.loader_only,), generator=torch.Generator().manual_seed(7))
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in order.tolist():
+            ds[i]
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        sps = a.loader_only / wall
+        print(f"seed Dataset (python, 1 process): {sps:.0f} samples/s wall = "
+              f"{sps / a.batch_size:.2f} batches/s of {a.batch_size}; "
+              f"{a.loader_only / cpu / a.batch_size:.2f} batches per CPU-second; {a.loader_only} samples")
+        return
     dl = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, shuffle=True, num_workers=a.workers, drop_last=True)
     model = Seed(a.classes, env_vals.shape[1])
     opt = torch.optim.AdamW(model.parameters(), lr=8e-4, weight_decay=0.01)

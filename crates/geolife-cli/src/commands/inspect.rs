@@ -14,7 +14,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Args {
     /// Dataset root in the official GLC24 layout (holds GLC24_PA_metadata_train.csv).
     pub data: PathBuf,
-    /// Only this split (train or test); required with --survey.
+    /// Only this split (train or test). With --survey: the split to look in (default: the
+    /// one whose metadata holds the id).
     #[arg(long)]
     pub split: Option<String>,
     /// Print this survey's full record as JSON (non-finite numbers as "NaN", "inf", "-inf").
@@ -52,8 +53,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot inspect {}", args.data.display()))?;
 
     if let Some(id) = args.survey {
-        let Some(split) = split else {
-            bail!("--survey needs --split train|test");
+        let split = match split {
+            Some(s) => s,
+            None => {
+                // Look the id up in every split that has metadata; it must be in exactly one.
+                let found: Vec<Split> = Split::ALL
+                    .into_iter()
+                    .filter(|&s| ds.metadata(s).is_ok_and(|m| m.index_of(id).is_some()))
+                    .collect();
+                match found.as_slice() {
+                    [one] => *one,
+                    [] => bail!(
+                        "survey {id} is in neither the train nor the test metadata of {}",
+                        args.data.display()
+                    ),
+                    _ => bail!("survey {id} is in both splits: pass --split train|test"),
+                }
+            }
         };
         let rec = survey_record(&ds, split, id)?;
         println!("{}", serde_json::to_string_pretty(&rec)?);

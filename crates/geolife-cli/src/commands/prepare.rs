@@ -17,7 +17,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Args {
     /// Dataset root in the official GLC24 layout.
     pub data: PathBuf,
-    /// Cache folder to write (`<CACHE>/train/`, `<CACHE>/test/`).
+    /// Cache folder to write (`<CACHE>/train/`, `<CACHE>/test/`). A second `prepare` into the
+    /// same folder while one runs is refused (`<CACHE>/.prepare.lock`).
     #[arg(long)]
     pub out: PathBuf,
     /// Splits to pack, comma-separated (test copies the train statistics).

@@ -4,6 +4,7 @@
 //!
 //! # On-disk layout (format version [`FORMAT_VERSION`])
 //! ```text
+//! <CACHE>/.prepare.lock       held while a `prepare` runs (pid, start time, host); see [`LOCK_FILE`]
 //! <CACHE>/<split>/            split = train | test; built as <split>.tmp-<pid>/, renamed when complete
 //!   survey_ids.u64            n          u64   survey ids, in row order (sorted ascending)
 //!   lon_lat.f64               n x 2      f64   (lon, lat)
@@ -28,8 +29,8 @@ mod writer;
 pub use error::CacheError;
 pub use manifest::{ChannelStats, FeatureStats, FileEntry, Manifest, PackOptions, SkippedSurvey};
 pub use prepare::{
-    DEFAULT_CHUNK, NoProgress, PrepareOptions, PrepareProgress, SplitOutcome, SplitReport,
-    dataset_fingerprint, prepare,
+    DEFAULT_CHUNK, LOCK_FILE, NoProgress, PrepareOptions, PrepareProgress, SplitOutcome,
+    SplitReport, dataset_fingerprint, prepare,
 };
 pub use reader::{AlignedBytes, Batch, PackedSplit};
 
