@@ -93,18 +93,38 @@ impl ScoreFile {
                 ));
             }
         }
-        let check_col = |i: usize, c: u32| -> Result<(), MetricsError> {
-            if (c as usize) < v {
+        // Shared by sparse and ranked rows: one row per survey, columns inside the vocabulary,
+        // no species listed twice in a row.
+        let check_rows = |kind: &str, count: usize| -> Result<(), MetricsError> {
+            if count == n {
                 Ok(())
             } else {
-                Err(bad(
-                    origin,
-                    format!(
-                        "survey {}: column index {c} outside the vocabulary of {v} species",
-                        self.survey_ids[i]
-                    ),
-                ))
+                Err(bad(origin, format!("{count} {kind} rows for {n} surveys")))
             }
+        };
+        let check_cols = |i: usize, cols: &mut dyn Iterator<Item = u32>| {
+            let mut seen = HashSet::new();
+            for c in cols {
+                if (c as usize) >= v {
+                    return Err(bad(
+                        origin,
+                        format!(
+                            "survey {}: column index {c} outside the vocabulary of {v} species",
+                            self.survey_ids[i]
+                        ),
+                    ));
+                }
+                if !seen.insert(c) {
+                    return Err(bad(
+                        origin,
+                        format!(
+                            "survey {}: species {} listed twice",
+                            self.survey_ids[i], self.species[c as usize]
+                        ),
+                    ));
+                }
+            }
+            Ok(())
         };
         let non_finite = |i: usize, c: usize, value: f32| MetricsError::NonFinite {
             path: origin.to_path_buf(),
@@ -133,52 +153,18 @@ impl ScoreFile {
                 }
             }
             Scores::Sparse { rows } => {
-                if rows.len() != n {
-                    return Err(bad(
-                        origin,
-                        format!("{} sparse rows for {n} surveys", rows.len()),
-                    ));
-                }
+                check_rows("sparse", rows.len())?;
                 for (i, row) in rows.iter().enumerate() {
-                    let mut cols = HashSet::with_capacity(row.len());
-                    for &(c, x) in row {
-                        check_col(i, c)?;
-                        if !x.is_finite() {
-                            return Err(non_finite(i, c as usize, x));
-                        }
-                        if !cols.insert(c) {
-                            return Err(bad(
-                                origin,
-                                format!(
-                                    "survey {}: species {} listed twice",
-                                    self.survey_ids[i], self.species[c as usize]
-                                ),
-                            ));
-                        }
+                    check_cols(i, &mut row.iter().map(|&(c, _)| c))?;
+                    if let Some(&(c, x)) = row.iter().find(|(_, x)| !x.is_finite()) {
+                        return Err(non_finite(i, c as usize, x));
                     }
                 }
             }
             Scores::Ranked { rows } => {
-                if rows.len() != n {
-                    return Err(bad(
-                        origin,
-                        format!("{} ranked rows for {n} surveys", rows.len()),
-                    ));
-                }
+                check_rows("ranked", rows.len())?;
                 for (i, row) in rows.iter().enumerate() {
-                    let mut cols = HashSet::with_capacity(row.len());
-                    for &c in row {
-                        check_col(i, c)?;
-                        if !cols.insert(c) {
-                            return Err(bad(
-                                origin,
-                                format!(
-                                    "survey {}: species {} listed twice",
-                                    self.survey_ids[i], self.species[c as usize]
-                                ),
-                            ));
-                        }
-                    }
+                    check_cols(i, &mut row.iter().copied())?;
                 }
             }
         }

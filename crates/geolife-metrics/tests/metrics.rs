@@ -392,3 +392,69 @@ fn rank_table_matches_curve_definition() {
     assert_eq!(t.rows[0].hits, vec![true, false, true, false]);
     assert_eq!(t.rows[1].species, vec![20, 40, 10, 30]);
 }
+
+/// Sparse and ranked rows are checked alike: one row per survey, columns inside the
+/// vocabulary, no species twice in a row; sparse scores must also be finite.
+#[test]
+fn sparse_and_ranked_rows_are_validated() {
+    let origin = Path::new("scores.safetensors");
+    let file = |scores: Scores| ScoreFile {
+        model: "m".into(),
+        split: "test".into(),
+        survey_ids: vec![7, 9],
+        species: vec![10, 20, 30],
+        scores,
+    };
+    let err = |scores: Scores| file(scores).validate(origin).unwrap_err().to_string();
+    assert!(
+        file(Scores::Sparse {
+            rows: vec![vec![(0, 0.5), (2, 0.1)], vec![]]
+        })
+        .validate(origin)
+        .is_ok()
+    );
+    assert!(
+        file(Scores::Ranked {
+            rows: vec![vec![2, 0], vec![1]]
+        })
+        .validate(origin)
+        .is_ok()
+    );
+    let e = err(Scores::Sparse {
+        rows: vec![vec![(0, 0.5)]],
+    });
+    assert!(e.contains("1 sparse rows for 2 surveys"), "{e}");
+    let e = err(Scores::Ranked { rows: vec![] });
+    assert!(e.contains("0 ranked rows for 2 surveys"), "{e}");
+    let e = err(Scores::Sparse {
+        rows: vec![vec![], vec![(1, 0.5), (1, 0.2)]],
+    });
+    assert!(e.contains("survey 9: species 20 listed twice"), "{e}");
+    let e = err(Scores::Ranked {
+        rows: vec![vec![0, 0], vec![]],
+    });
+    assert!(e.contains("survey 7: species 10 listed twice"), "{e}");
+    let e = err(Scores::Ranked {
+        rows: vec![vec![], vec![3]],
+    });
+    assert!(
+        e.contains("survey 9: column index 3 outside the vocabulary of 3"),
+        "{e}"
+    );
+    let e = file(Scores::Sparse {
+        rows: vec![vec![(2, f32::NAN)], vec![]],
+    })
+    .validate(origin)
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MetricsError::NonFinite {
+                survey_id: 7,
+                species: 30,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}

@@ -166,6 +166,35 @@ mod tests {
         assert!(load(&path).is_err());
     }
 
+    /// A checkpoint write that fails (here: the temporary name is taken by a folder, as a full
+    /// disk would fail the write) leaves the previous checkpoint whole and no temporary file.
+    #[test]
+    fn a_failed_write_keeps_the_previous_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last.ckpt");
+        let mut state = TrainState::start();
+        state.epoch = 1;
+        save(&path, &state, b"old-model", b"old-optim", b"old-w").unwrap();
+        let tmp = dir
+            .path()
+            .join(format!(".last.ckpt.tmp-{}", std::process::id()));
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::write(tmp.join("x"), b"blocker").unwrap();
+        state.epoch = 2;
+        let e = save(&path, &state, b"new-model", b"new-optim", b"new-w").unwrap_err();
+        assert!(e.to_string().contains("last.ckpt"), "{e}");
+        let (s, m, _, w) = load(&path).unwrap();
+        assert_eq!(
+            (s.epoch, m.as_slice(), w.as_slice()),
+            (1, &b"old-model"[..], &b"old-w"[..])
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}"); // last.ckpt and the blocking folder only
+    }
+
     #[test]
     fn fnv_matches_reference_vector() {
         // FNV-1a 64 of "a" (reference value from the FNV specification's test vectors).

@@ -215,6 +215,14 @@ fn bench(args: &Args, work: &Path) -> anyhow::Result<ExitCode> {
             verdict(c / r)
         );
     }
+    if args.dir.is_some() || args.keep {
+        println!(
+            "the seed's own Python loader on the same data (needs torch and PIL): python3 crates/geolife-train/benches/torch_seed_bench.py --root {} --loader-only {} --batch-size {}",
+            data.display(),
+            args.baseline_samples,
+            args.batch
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
