@@ -8,6 +8,7 @@ pub mod error;
 pub mod export {
     pub mod checkpoint;
 }
+pub mod formula;
 pub mod fusion;
 pub mod import;
 pub mod layers;
