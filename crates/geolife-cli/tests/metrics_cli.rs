@@ -323,3 +323,19 @@ fn malformed_predictions_fail_with_file_and_line() {
         "{err}"
     );
 }
+
+/// A missing file is named once with its OS reason, not once per layer of the error chain.
+#[test]
+fn a_missing_file_error_names_the_file_and_reason_once() {
+    let out = geolife(&[
+        "submit",
+        "--scores",
+        "/nonexistent/scores.safetensors",
+        "--out",
+        "/nonexistent/sub.csv",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/scores.safetensors"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

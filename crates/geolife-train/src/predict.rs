@@ -38,6 +38,13 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
     let manifest = data.manifest().clone();
     let (cfg, info, weights) = match &opts.run_dir {
         Some(run) => {
+            if !run.join(files::CONFIG).is_file() && opts.config.is_none() {
+                return Err(TrainError::Invalid(format!(
+                    "{} is not a training run folder (no {}): pass the --out folder of `geolife train`, or --weights with --config",
+                    run.display(),
+                    files::CONFIG
+                )));
+            }
             let cfg = match &opts.config {
                 Some(c) => TrainConfig::load(c)?,
                 None => TrainConfig::load(&run.join(files::CONFIG))?,

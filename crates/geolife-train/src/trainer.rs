@@ -297,6 +297,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let config_path = run.join(files::CONFIG);
     let last_path = run.join(files::LAST);
     if opts.resume {
+        if !config_path.is_file() {
+            return Err(TrainError::Invalid(format!(
+                "--resume: {} holds no run to resume (no {}); drop --resume to start a new run there",
+                run.display(),
+                files::CONFIG
+            )));
+        }
         let saved = TrainConfig::load(&config_path)?;
         if &saved != cfg {
             return Err(TrainError::Invalid(format!(

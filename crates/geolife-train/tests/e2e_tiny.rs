@@ -213,6 +213,24 @@ fn a_second_run_into_the_same_folder_is_refused_and_resume_needs_the_same_config
     o.resume = true;
     let e = train(&o).unwrap_err().to_string();
     assert!(e.contains("config differs"), "{e}");
+    // --resume where no run was ever started says so instead of a bare file error.
+    let mut o = options(cfg, &dir.path().join("empty"));
+    o.resume = true;
+    let e = train(&o).unwrap_err().to_string();
+    assert!(e.contains("holds no run to resume"), "{e}");
+    // predict --run on a folder that is not a run names the problem.
+    let e = predict(&PredictOptions {
+        run_dir: Some(dir.path().join("empty")),
+        weights: None,
+        config: None,
+        cache: fixture().1.clone(),
+        split: Split::Test,
+        batch_size: 8,
+        workers: 1,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not a training run folder"), "{e}");
 }
 
 #[test]
