@@ -42,7 +42,8 @@ enum Command {
     /// Predict scores (and optionally a submission) with a trained run or imported weights.
     #[cfg(feature = "dl")]
     Predict(commands::predict::Args),
-    /// End-to-end demo on a small synthetic dataset.
+    /// End-to-end demo on a small synthetic dataset. Exits 3 when the fusion model does not
+    /// beat every single-modality model and the species-frequency baseline.
     #[cfg(feature = "dl")]
     Demo(commands::demo::Args),
     /// Convert PyTorch / torchvision / safetensors weights into a geolife checkpoint.
@@ -65,13 +66,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes joined by ": ", leaving out a cause whose text the message so
-/// far already holds (typed errors often name their source in their own message).
+/// The error and its causes joined by ": ", leaving out a cause whose text already ends the
+/// message so far (typed errors often append their source to their own message).
 fn error_chain(err: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in err.chain() {
         let text = cause.to_string();
-        if out.contains(&text) {
+        if out.ends_with(&text) {
             continue;
         }
         if !out.is_empty() {

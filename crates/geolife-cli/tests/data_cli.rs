@@ -143,12 +143,13 @@ fn cell_json(cell: &str) -> Value {
     }
 }
 
-/// Every file under `dir`: relative path -> (bytes, modification time).
+/// Every file under `dir` but the prepare lock (which names its last holder): relative path
+/// -> (bytes, modification time).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime)> {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .map(Result::unwrap)
-        .filter(|e| e.file_type().is_file())
+        .filter(|e| e.file_type().is_file() && e.file_name() != ".prepare.lock")
         .map(|e| {
             let mtime = e.metadata().unwrap().modified().unwrap();
             let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
@@ -559,7 +560,7 @@ fn a_truncated_cube_is_exit_2_for_inspect_and_fails_prepare_unless_skipped() {
     assert!(e.contains(s(&cube)), "{e}");
     assert_eq!(
         entries(&cache),
-        BTreeSet::new(),
+        BTreeSet::from([".prepare.lock".into()]),
         "nothing left in the cache"
     );
 
@@ -604,7 +605,7 @@ fn prepare_again_on_unchanged_data_is_up_to_date_and_leaves_the_cache_alone() {
     assert!(o.contains(&format!("test: packed {TEST} surveys")), "{o}");
     assert_eq!(
         entries(&cache),
-        BTreeSet::from(["train".into(), "test".into()])
+        BTreeSet::from([".prepare.lock".into(), "train".into(), "test".into()])
     );
     let before = snapshot(&cache);
     let (_, train) = metadata(&root, "train");
@@ -668,22 +669,20 @@ fn an_interrupted_prepare_never_looks_complete() {
     copy_dir(&done.join("test"), &cache.join("test"));
     std::fs::remove_file(cache.join("test/manifest.json")).unwrap();
     assert!(PackedSplit::open(&cache, Split::Test).is_err());
-    // And the lock file of the killed run.
+    // And the lock file of the killed run (nobody holds its OS lock any more).
     let lock = cache.join(".prepare.lock");
     std::fs::write(&lock, "pid=4000000000\n").unwrap();
 
-    let (o, e) = run_expect(&["prepare", s(&root), "--out", s(&cache)], 0);
+    let (o, _) = run_expect(&["prepare", s(&root), "--out", s(&cache)], 0);
     assert!(o.contains(&format!("train: packed {TRAIN} surveys")), "{o}");
     assert!(o.contains(&format!("test: packed {TEST} surveys")), "{o}");
     assert!(!o.contains("up to date"), "{o}");
-    if cfg!(target_os = "linux") {
-        assert!(e.contains("stale lock") && e.contains(s(&lock)), "{e}");
-    }
     assert_eq!(
         entries(&cache),
-        BTreeSet::from(["train".into(), "test".into()]),
-        "temporary folder and lock removed"
+        BTreeSet::from([".prepare.lock".into(), "train".into(), "test".into()]),
+        "temporary folders removed"
     );
+    assert_ne!(std::fs::read_to_string(&lock).unwrap(), "pid=4000000000\n");
     assert_eq!(
         PackedSplit::open(&cache, Split::Train).unwrap().len(),
         TRAIN
@@ -698,10 +697,12 @@ fn prepare_refuses_a_cache_whose_lock_a_running_process_holds() {
     let cache = dir.path().join("cache");
     std::fs::create_dir_all(&cache).unwrap();
     let lock = cache.join(".prepare.lock");
-    // This test process stands in for a running prepare.
+    // This test process stands in for a running prepare: it holds the OS lock.
     let me = std::process::id();
     let held = format!("pid={me}\n");
     std::fs::write(&lock, &held).unwrap();
+    let holder = std::fs::File::open(&lock).unwrap();
+    holder.try_lock().unwrap();
 
     let (o, e) = run_expect(&["prepare", s(&root), "--out", s(&cache)], 1);
     assert!(o.is_empty(), "{o}");
@@ -709,7 +710,7 @@ fn prepare_refuses_a_cache_whose_lock_a_running_process_holds() {
         s(&lock),
         &format!("pid {me}"),
         "another `geolife prepare`",
-        "delete",
+        "wait",
     ] {
         assert!(e.contains(part), "`{part}` not in: {e}");
     }
@@ -720,8 +721,8 @@ fn prepare_refuses_a_cache_whose_lock_a_running_process_holds() {
     );
     assert_eq!(entries(&cache), BTreeSet::from([".prepare.lock".into()]));
 
-    // Once the holder is gone (lock removed), the same command packs.
-    std::fs::remove_file(&lock).unwrap();
+    // Once the holder is gone (its lock released; the file stays), the same command packs.
+    drop(holder);
     let (o, _) = run_expect(&["prepare", s(&root), "--out", s(&cache)], 0);
     assert!(o.contains("train: packed"), "{o}");
 }

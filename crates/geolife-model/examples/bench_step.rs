@@ -85,7 +85,7 @@ fn main() {
         });
         let n = (steps + 1) as f64; // the warm-up step is included in the phase sums
         println!(
-            "  per step: forward+loss {:.3} s, backward {:.3} s, AdamW {:.3} s",
+            "  per step (mean incl. warm-up; flex only: wgpu runs asynchronously): forward+loss {:.3} s, backward {:.3} s, AdamW {:.3} s",
             phases[0] / n,
             phases[1] / n,
             phases[2] / n

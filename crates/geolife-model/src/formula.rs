@@ -4,14 +4,11 @@
 
 use crate::state::{Layout, NamedTensor, StateDict, TorchNamed, slots};
 
-/// 64-bit FNV-1a hash of `key`'s bytes.
+/// 64-bit FNV-1a hash of `key`'s bytes (the `fnv` crate; gen_cnn.py's `fnv1a64`).
 fn fnv1a64(key: &str) -> u64 {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    h
+    let mut h = fnv::FnvHasher::default();
+    std::hash::Hasher::write(&mut h, key.as_bytes());
+    std::hash::Hasher::finish(&h)
 }
 
 /// `n` values in [0, 1): splitmix64 of `fnv1a64(key) + (i + 1) * golden`, top 24 bits.

@@ -57,11 +57,11 @@ impl TrainState {
     }
 }
 
-/// FNV-1a 64 of the payload, to detect truncated or corrupted files.
+/// FNV-1a 64 of the payload (the `fnv` crate), to detect truncated or corrupted files.
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    let mut h = fnv::FnvHasher::default();
+    std::hash::Hasher::write(&mut h, bytes);
+    std::hash::Hasher::finish(&h)
 }
 
 /// Write a checkpoint atomically.
@@ -166,8 +166,9 @@ mod tests {
         assert!(load(&path).is_err());
     }
 
-    /// A checkpoint write that fails (here: the temporary name is taken by a folder, as a full
-    /// disk would fail the write) leaves the previous checkpoint whole and no temporary file.
+    /// A checkpoint write that fails (here: creating the temporary file fails because a folder
+    /// has its name) leaves the previous checkpoint whole: the target is only ever replaced by
+    /// a rename of a complete file.
     #[test]
     fn a_failed_write_keeps_the_previous_checkpoint() {
         let dir = tempfile::tempdir().unwrap();

@@ -67,7 +67,7 @@ pub enum CacheError {
     /// Another `prepare` run holds the cache folder's lock file (`path`); `pid` and `host`
     /// are the holder's as written in the file (`None` when unreadable).
     #[error(
-        "{path}: this cache folder is being written by another `geolife prepare` ({holder}); wait for that run to finish, or, if no prepare is writing this cache any more, delete {path} and run again",
+        "{path}: this cache folder is being written by another `geolife prepare` ({holder}), which holds the lock; wait for that run to finish (the lock is released when it ends, even if it is killed)",
         holder = describe_holder(*.pid, .host.as_deref())
     )]
     Locked {
@@ -83,7 +83,7 @@ fn describe_holder(pid: Option<u32>, host: Option<&str>) -> String {
     match (pid, host) {
         (Some(p), Some(h)) => format!("pid {p} on host {h}"),
         (Some(p), None) => format!("pid {p}"),
-        (None, _) => "holder unknown: the lock file does not name a pid".into(),
+        (None, _) => "holder not named in the lock file".into(),
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! # On-disk layout (format version [`FORMAT_VERSION`])
 //! ```text
-//! <CACHE>/.prepare.lock       held while a `prepare` runs (pid, start time, host); see [`LOCK_FILE`]
+//! <CACHE>/.prepare.lock       OS-locked while a `prepare` runs; names its pid and host; see [`LOCK_FILE`]
 //! <CACHE>/<split>/            split = train | test; built as <split>.tmp-<pid>/, renamed when complete
 //!   survey_ids.u64            n          u64   survey ids, in row order (sorted ascending)
 //!   lon_lat.f64               n x 2      f64   (lon, lat)

@@ -3,7 +3,8 @@
 //! One run at a time per cache folder: a lock file (`<CACHE>/.prepare.lock`) keeps a second
 //! `prepare` from swapping splits under the first.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::hash::Hasher;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -106,8 +107,8 @@ pub struct SplitReport {
 
 /// Packs `opts.splits` of the dataset at `root` into `out`; splits whose cache already matches
 /// the dataset fingerprint, format version and options are left alone (unless `force`).
-/// Holds `out/`[`LOCK_FILE`] while it runs: fails fast with [`CacheError::Locked`] when another
-/// live run holds it, takes over (with a warning) a lock left by a process that has died.
+/// Holds an OS lock on `out/`[`LOCK_FILE`] while it runs: fails fast with
+/// [`CacheError::Locked`] when another run holds it (a killed run's lock is released by the OS).
 pub fn prepare(
     root: &Path,
     out: &Path,
@@ -255,23 +256,18 @@ fn read_row(ds: &Dataset, split: Split, id: u64, stats: bool) -> Result<Row, Cac
     })
 }
 
-/// Removes leftover `<split>.tmp-<pid>` folders of processes that no longer run.
+/// Removes leftover `<split>.tmp-<pid>` / `<split>.old-<pid>` folders of earlier runs. Called
+/// while this run holds the cache lock, so no other `prepare` can be writing them.
 fn clean_stale_tmp(out: &Path, split: Split) -> Result<(), CacheError> {
-    let prefix = format!("{split}.tmp-");
-    let old_prefix = format!("{split}.old-");
+    let ours = std::process::id().to_string();
+    let prefixes = [format!("{split}.tmp-"), format!("{split}.old-")];
     let entries = std::fs::read_dir(out).map_err(|e| CacheError::io(out, e))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(&prefix)
-            .or_else(|| name.strip_prefix(&old_prefix))
-        else {
-            continue;
-        };
-        let alive = pid
-            .parse::<u32>()
-            .is_ok_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
-        if !alive {
+        let leftover = prefixes
+            .iter()
+            .any(|p| name.strip_prefix(p.as_str()).is_some_and(|pid| pid != ours));
+        if leftover {
             let path = entry.path();
             std::fs::remove_dir_all(&path).map_err(|e| CacheError::io(&path, e))?;
         }
@@ -515,116 +511,84 @@ fn tabular_stats(names: &[String], values: &[f32], kept: &[usize]) -> Vec<Featur
         .collect()
 }
 
-/// Exclusive hold on a cache folder for one `prepare` run: [`LOCK_FILE`], created with
-/// `create_new` (atomic: exactly one run succeeds) and naming its holder; removed on drop.
+/// Exclusive hold on a cache folder for one `prepare` run: an advisory OS lock
+/// (`File::try_lock`, `flock` on Linux) on [`LOCK_FILE`]. The OS releases it when the process
+/// ends, however it ends, so a killed run never leaves a stale lock and a live run's lock is
+/// never mistaken for a stale one. The file stays in place (deleting it would let a run that
+/// still has the old file open and one that creates a new file both hold "the" lock); its
+/// text names the current holder for the error message of a refused run.
 #[derive(Debug)]
 struct PrepareLock {
-    path: PathBuf,
-    /// What this run wrote into the file (removal checks it is still ours).
-    text: String,
+    _file: File,
 }
 
 impl PrepareLock {
-    /// Takes the lock of `dir`, or fails with [`CacheError::Locked`] naming the holder.
+    /// Takes the lock of `dir`, or fails at once with [`CacheError::Locked`] naming the holder.
     fn acquire(dir: &Path) -> Result<PrepareLock, CacheError> {
         let path = dir.join(LOCK_FILE);
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path);
+        // A cache on read-only storage can still be checked as up to date: lock the existing
+        // file read-only (a lock needs no write access) and leave its text alone.
+        let (mut file, writable) = match opened {
+            Ok(f) => (f, true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                (
+                    File::open(&path).map_err(|_| CacheError::io(&path, e))?,
+                    false,
+                )
+            }
+            Err(e) => return Err(CacheError::io(&path, e)),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| LockHolder::parse(&t));
+                let (pid, host) = holder.map_or((None, None), |h| (Some(h.pid), h.host));
+                return Err(CacheError::Locked { path, pid, host });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(CacheError::io(&path, e)),
+        }
+        if !writable {
+            return Ok(PrepareLock { _file: file });
+        }
         let text = LockHolder::current().to_text();
-        // A few rounds: a lock released or taken over between our attempts is retried.
-        for _ in 0..4 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    if let Err(e) = f.write_all(text.as_bytes()).and_then(|()| f.sync_all()) {
-                        let _ = std::fs::remove_file(&path);
-                        return Err(CacheError::io(&path, e));
-                    }
-                    return Ok(PrepareLock { path, text });
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(CacheError::io(&path, e)),
-            }
-            let found = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(CacheError::io(&path, e)),
-            };
-            match LockHolder::parse(&found) {
-                Some(h) if !h.is_alive() => {
-                    tracing::warn!(
-                        "taking over the stale lock {} of pid {}, which no longer runs (an interrupted prepare)",
-                        path.display(),
-                        h.pid
-                    );
-                    take_over_stale(&path, &found)?;
-                }
-                holder => return Err(locked(&path, holder)),
-            }
-        }
-        let holder = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| LockHolder::parse(&t));
-        Err(locked(&path, holder))
+        file.set_len(0)
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| CacheError::io(&path, e))?;
+        Ok(PrepareLock { _file: file })
     }
 }
 
-impl Drop for PrepareLock {
-    fn drop(&mut self) {
-        // Only our own lock: a file someone replaced by hand is left alone.
-        if std::fs::read_to_string(&self.path).is_ok_and(|t| t == self.text) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn locked(path: &Path, holder: Option<LockHolder>) -> CacheError {
-    let (pid, host) = holder.map_or((None, None), |h| (Some(h.pid), h.host));
-    CacheError::Locked {
-        path: path.to_path_buf(),
-        pid,
-        host,
-    }
-}
-
-/// Removes the stale lock at `path` whose content was `stale`. It is first renamed aside
-/// (atomic), so that a lock another run created in the meantime is never deleted: if the
-/// moved file is not the stale one it is put back.
-fn take_over_stale(path: &Path, stale: &str) -> Result<(), CacheError> {
-    let aside = path.with_file_name(format!("{LOCK_FILE}.stale-{}", std::process::id()));
-    match std::fs::rename(path, &aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(CacheError::io(path, e)),
-    }
-    if std::fs::read_to_string(&aside).is_ok_and(|t| t != stale) {
-        // Fails (and so leaves any newer lock in place) if the path exists again.
-        let _ = std::fs::hard_link(&aside, path);
-    }
-    std::fs::remove_file(&aside).map_err(|e| CacheError::io(&aside, e))
-}
-
-/// The process named in a lock file: `pid=`, `start=` (start time in clock ticks after boot,
-/// to tell a reused pid apart) and `host=` lines; only `pid` is required.
+/// The process named in a lock file: `pid=` and `host=` lines; only `pid` is required.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LockHolder {
     pid: u32,
-    start: Option<u64>,
     host: Option<String>,
 }
 
 impl LockHolder {
     fn current() -> LockHolder {
-        let pid = std::process::id();
         LockHolder {
-            pid,
-            start: process_start(pid),
+            pid: std::process::id(),
             host: hostname(),
         }
     }
 
     fn to_text(&self) -> String {
         let mut t = format!("pid={}\n", self.pid);
-        if let Some(s) = self.start {
-            t.push_str(&format!("start={s}\n"));
-        }
         if let Some(h) = &self.host {
             t.push_str(&format!("host={h}\n"));
         }
@@ -640,37 +604,9 @@ impl LockHolder {
         };
         Some(LockHolder {
             pid: field("pid")?.parse().ok()?,
-            start: field("start").and_then(|s| s.parse().ok()),
             host: field("host").filter(|h| !h.is_empty()),
         })
     }
-
-    /// Whether the holder may still run. Only a process of this host, on Linux, can be
-    /// proven dead (no `/proc/<pid>`, or a different start time); anything else counts as
-    /// alive, so the lock is never taken from a running process.
-    fn is_alive(&self) -> bool {
-        if !cfg!(target_os = "linux") {
-            return true;
-        }
-        if self.host.is_some() && self.host != hostname() {
-            return true;
-        }
-        if !Path::new(&format!("/proc/{}", self.pid)).exists() {
-            return false;
-        }
-        match (self.start, process_start(self.pid)) {
-            (Some(recorded), Some(now)) => recorded == now,
-            _ => true,
-        }
-    }
-}
-
-/// Start time of process `pid` in clock ticks after boot (`/proc/<pid>/stat` field 22).
-fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start with field 3.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 /// This machine's host name (Linux), to tell locks of other machines on a shared disk.
@@ -678,17 +614,6 @@ fn hostname() -> Option<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let h = h.trim();
     (!h.is_empty()).then(|| h.to_string())
-}
-
-/// 64-bit FNV-1a, stable across Rust versions (unlike `DefaultHasher`).
-struct Fnv(u64);
-impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= b as u64;
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
 }
 
 /// Fingerprint of a dataset folder: a hash of every file's relative path, size and
@@ -728,12 +653,17 @@ pub fn dataset_fingerprint(root: &Path, exclude: Option<&Path>) -> Result<String
         }
     }
     entries.sort();
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    // FNV-1a 64 (the `fnv` crate): stable across Rust versions, unlike `DefaultHasher`.
+    let mut h = fnv::FnvHasher::default();
     for (rel, len, mtime) in &entries {
         h.write(rel.as_bytes());
         h.write(&[0]);
         h.write(&len.to_le_bytes());
         h.write(&mtime.to_le_bytes());
     }
-    Ok(format!("fnv1a64:{:016x}:{}files", h.0, entries.len()))
+    Ok(format!(
+        "fnv1a64:{:016x}:{}files",
+        h.finish(),
+        entries.len()
+    ))
 }
