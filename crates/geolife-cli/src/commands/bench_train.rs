@@ -81,5 +81,18 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
         args.epoch_surveys,
         epoch_s / 60.0
     );
+    if let Some(d) = args
+        .data
+        .as_ref()
+        .filter(|d| !geolife_train::data::is_cache(d))
+    {
+        println!(
+            "the same network and recipe in PyTorch, reading the dataset root the seed's way (needs torch, torchvision, PIL): \
+             python3 crates/geolife-train/benches/torch_seed_bench.py --root {} --steps {} --batch-size {} --workers 2",
+            d.display(),
+            args.steps + 1,
+            args.batch_size
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
