@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 
 use geolife_data::cache::Batch;
 
-use crate::config::TransformMode;
+use crate::config::{TrainConfig, TransformMode};
 use crate::transform::{self, InputStats, Inputs};
 use crate::vocab::Vocabulary;
 
@@ -42,6 +42,37 @@ pub struct BatchPlan {
     /// Base seed; batch `b` of epoch `e` uses an RNG derived from (seed, e, b).
     pub seed: u64,
     pub epoch: usize,
+}
+
+impl BatchPlan {
+    /// The training plan of epoch `epoch`: the config's transforms, augmentations and mixup.
+    pub fn training(cfg: &TrainConfig, stats: InputStats, epoch: usize) -> BatchPlan {
+        BatchPlan {
+            mode: cfg.transforms.mode,
+            stats,
+            flip: cfg.transforms.flip,
+            rot90: cfg.transforms.rot90,
+            mixup_prob: cfg.train.mixup_prob,
+            mixup_alpha: cfg.train.mixup_alpha,
+            seed: cfg.train.seed,
+            epoch,
+        }
+    }
+
+    /// The plan for validation and prediction: the same transforms, no augmentation, no mixup
+    /// (so no batch draws anything random).
+    pub fn inference(mode: TransformMode, stats: InputStats) -> BatchPlan {
+        BatchPlan {
+            mode,
+            stats,
+            flip: false,
+            rot90: false,
+            mixup_prob: 0.0,
+            mixup_alpha: 1.0,
+            seed: 0,
+            epoch: 0,
+        }
+    }
 }
 
 /// A ready batch: transformed inputs, (mixed) soft targets and the raw label sets.

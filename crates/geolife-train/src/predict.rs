@@ -122,16 +122,7 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
             }
         })?;
     let model = model.valid();
-    let plan = BatchPlan {
-        mode: cfg.transforms.mode,
-        stats,
-        flip: false,
-        rot90: false,
-        mixup_prob: 0.0,
-        mixup_alpha: 1.0,
-        seed: 0,
-        epoch: 0,
-    };
+    let plan = BatchPlan::inference(cfg.transforms.mode, stats);
     let all: Vec<usize> = (0..data.len()).collect();
     let (probs, ids, _, _) = score_surveys(
         &model,

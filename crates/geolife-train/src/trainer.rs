@@ -12,7 +12,7 @@ use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use geolife_data::Split;
-use geolife_data::cache::PackedSplit;
+use geolife_data::cache::{Manifest, PackedSplit};
 use geolife_metrics::{ScoreFile, Scores};
 use geolife_model::fusion::{FusionConfig, FusionInput, FusionModel};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -142,11 +142,8 @@ pub fn make_device(name: &str) -> Result<Device, TrainError> {
 /// The fusion network config for a training config and a dataset.
 pub fn fusion_config(
     cfg: &TrainConfig,
-    num_features: usize,
+    manifest: &Manifest,
     num_classes: usize,
-    landsat_shape: [usize; 3],
-    bioclim_shape: [usize; 3],
-    sentinel_channels: usize,
 ) -> Result<FusionConfig, TrainError> {
     let m = &cfg.model;
     let kind = geolife_model::backbones::BackboneKind::from_name(&m.backbone).map_err(|e| {
@@ -164,16 +161,16 @@ pub fn fusion_config(
         FusionConfig::paper(num_classes, kind)
     };
     let fc = base
-        .with_num_features(num_features)
+        .with_num_features(manifest.feature_names.len())
         .with_dropout(m.dropout)
         .with_hidden(m.hidden)
         .with_use_tabular(m.use_tabular)
         .with_use_landsat(m.use_landsat)
         .with_use_bioclim(m.use_bioclim)
         .with_use_sentinel(m.use_sentinel)
-        .with_landsat_shape(landsat_shape)
-        .with_bioclim_shape(bioclim_shape)
-        .with_sentinel_channels(sentinel_channels);
+        .with_landsat_shape(manifest.landsat_shape)
+        .with_bioclim_shape(manifest.bioclim_shape)
+        .with_sentinel_channels(manifest.patch_shape[0]);
     fc.validate()
         .map_err(|e| TrainError::Invalid(format!("model config: {e}")))?;
     Ok(fc)
@@ -350,14 +347,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let manifest = data.manifest().clone();
     let vocab = Vocabulary::new(cfg.data.vocabulary, &manifest.species, cfg.data.full_size);
     let stats = stats_from_manifest(&manifest);
-    let fc = fusion_config(
-        cfg,
-        manifest.feature_names.len(),
-        vocab.len(),
-        manifest.landsat_shape,
-        manifest.bioclim_shape,
-        manifest.patch_shape[0],
-    )?;
+    let fc = fusion_config(cfg, &manifest, vocab.len())?;
 
     // Validation split.
     let coords: Vec<(f64, f64)> = (0..data.len()).map(|i| data.lon_lat(i)).collect();
@@ -501,16 +491,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         let mut batches = loader::batches_of(&order, t.batch_size);
         batches.truncate(batches_per_epoch);
         let first = state.batch;
-        let plan = BatchPlan {
-            mode: cfg.transforms.mode,
-            stats: stats.clone(),
-            flip: cfg.transforms.flip,
-            rot90: cfg.transforms.rot90,
-            mixup_prob: t.mixup_prob,
-            mixup_alpha: t.mixup_alpha,
-            seed: t.seed,
-            epoch,
-        };
+        let plan = BatchPlan::training(cfg, stats.clone(), epoch);
         let bar = bar_on.then(|| {
             let b = ProgressBar::new(batches_per_epoch as u64);
             b.set_style(
@@ -632,12 +613,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
 
         // Validation.
         let valid = model.valid();
-        let val_plan = BatchPlan {
-            flip: false,
-            rot90: false,
-            mixup_prob: 0.0,
-            ..plan.clone()
-        };
+        let val_plan = BatchPlan::inference(plan.mode, plan.stats.clone());
         let inner = device.clone().inner();
         let (probs, ids, labels, val_loss) = score_surveys(
             &valid,
@@ -815,14 +791,7 @@ pub fn bench_steps(
     let data = open_split(cache, Split::Train)?;
     let m = data.manifest().clone();
     let vocab = Vocabulary::new(cfg.data.vocabulary, &m.species, cfg.data.full_size);
-    let fc = fusion_config(
-        cfg,
-        m.feature_names.len(),
-        vocab.len(),
-        m.landsat_shape,
-        m.bioclim_shape,
-        m.patch_shape[0],
-    )?;
+    let fc = fusion_config(cfg, &m, vocab.len())?;
     let device = make_device(&cfg.train.device)?.autodiff();
     device.seed(cfg.train.seed);
     let mut model = fc
@@ -851,16 +820,7 @@ pub fn bench_steps(
         batches.push(order[pos..pos + t.batch_size].to_vec());
         pos += t.batch_size;
     }
-    let plan = BatchPlan {
-        mode: cfg.transforms.mode,
-        stats: stats_from_manifest(&m),
-        flip: cfg.transforms.flip,
-        rot90: cfg.transforms.rot90,
-        mixup_prob: t.mixup_prob,
-        mixup_alpha: t.mixup_alpha,
-        seed: t.seed,
-        epoch: 0,
-    };
+    let plan = BatchPlan::training(cfg, stats_from_manifest(&m), 0);
     let [_, ph, pw] = m.patch_shape;
     let mut times = Vec::new();
     let mut last = Instant::now();

@@ -166,16 +166,7 @@ fn seed_mode_predict_reproduces_pytorch_reading_the_files_the_seeds_way() {
 
     // 1. The model inputs geolife builds in seed mode (the batches predict feeds the model).
     let data = PackedSplit::open(&cache, Split::Train).unwrap();
-    let plan = BatchPlan {
-        mode: TransformMode::Seed,
-        stats: stats_from_manifest(data.manifest()),
-        flip: false,
-        rot90: false,
-        mixup_prob: 0.0,
-        mixup_alpha: 1.0,
-        seed: 0,
-        epoch: 0,
-    };
+    let plan = BatchPlan::inference(TransformMode::Seed, stats_from_manifest(data.manifest()));
     let vocab = Vocabulary::from_species((0..CLASSES as u32).collect());
     let inputs = build_batch(&data, &[0], 0, &plan, &vocab).inputs;
     // Tabular (pandas merge by name, NaN/inf -> -1) and cubes (torch.load, nan_to_num): exact.
