@@ -158,6 +158,16 @@ fn small_maxvit(device: &Device, resize: bool) -> MaxVit {
         .expect("valid config")
 }
 
+/// Pooled features and logits both within 1e-4 (relative) of torchvision's.
+fn assert_features_and_logits_match(feats: Tensor<2>, logits: Tensor<2>, io: &Dict) {
+    let (ef, el) = (
+        rel_err(feats, io, "features"),
+        rel_err(logits, io, "logits"),
+    );
+    eprintln!("max relative error: features {ef:e}, logits {el:e}");
+    assert!(ef < 1e-4 && el < 1e-4, "features {ef:e}, logits {el:e}");
+}
+
 #[test]
 fn swin_v2_matches_torchvision_with_padding_shift_and_small_maps() {
     let device = Device::flex();
@@ -170,12 +180,7 @@ fn swin_v2_matches_torchvision_with_padding_shift_and_small_maps() {
     model.check_input(x.dims()).expect("valid input");
     let feats = model.forward_features(x);
     let logits = model.forward_head(feats.clone());
-    let (ef, el) = (
-        rel_err(feats, &io, "features"),
-        rel_err(logits, &io, "logits"),
-    );
-    eprintln!("max relative error: features {ef:e}, logits {el:e}");
-    assert!(ef < 1e-4 && el < 1e-4, "features {ef:e}, logits {el:e}");
+    assert_features_and_logits_match(feats, logits, &io);
 }
 
 #[test]
@@ -199,12 +204,7 @@ fn maxvit_matches_torchvision_block_and_grid_attention() {
     model.check_input(x.dims()).expect("valid input");
     let feats = model.forward_features(x);
     let logits = model.forward_head(feats.clone());
-    let (ef, el) = (
-        rel_err(feats, &io, "features"),
-        rel_err(logits, &io, "logits"),
-    );
-    eprintln!("max relative error: features {ef:e}, logits {el:e}");
-    assert!(ef < 1e-4 && el < 1e-4, "features {ef:e}, logits {el:e}");
+    assert_features_and_logits_match(feats, logits, &io);
 }
 
 #[test]
