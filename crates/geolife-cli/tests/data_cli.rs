@@ -55,7 +55,7 @@ fn run_expect(args: &[&str], code: i32) -> (String, String) {
 }
 
 fn mini() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/glc24-real/mini")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/glc24-real/mini")
 }
 
 /// `geolife synth` of a tiny dataset into `dir/data`; returns the root.

@@ -1,12 +1,12 @@
 //! End-to-end runs of `geolife evaluate / calibrate / ensemble / submit` on the real GLC24
-//! solution file and real model outputs (`shared/data/glc24-real`), plus bad-input exits.
+//! solution file and real model outputs (`tests/data/glc24-real` at the workspace root), plus bad-input exits.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn real(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/glc24-real")
+        .join("../../tests/data/glc24-real")
         .join(name)
 }
 

@@ -80,8 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         m.rows as f64 / dt / 1e6
     );
 
-    let mini =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/glc24-real/mini");
+    let mini = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/glc24-real/mini");
     let cube = mini.join("TimeSeries-Cubes/TimeSeries-Cubes/GLC24-PA-train-landsat_time_series/GLC24-PA-train-landsat-time-series_1322301_cube.pt");
     let reps = 2000;
     let t = Instant::now();

@@ -8,7 +8,7 @@ use geolife_data::inspect::{InspectOptions, inspect, json_number, survey_record}
 use geolife_data::{DataError, Dataset, DatasetOptions, Split};
 
 fn mini() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/glc24-real/mini")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/glc24-real/mini")
 }
 
 fn files_under(dir: &Path, ext: &str) -> usize {

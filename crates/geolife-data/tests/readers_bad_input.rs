@@ -11,7 +11,7 @@ use geolife_data::torchfile::{load_state_dict, load_tensor};
 use geolife_data::{DataError, Split};
 
 fn mini() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/glc24-real/mini")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/glc24-real/mini")
 }
 
 fn real_landsat() -> PathBuf {

@@ -11,7 +11,7 @@ use geolife_data::{DataError, Dataset, DatasetOptions, Split};
 
 fn anchors_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/glc24-real/env_value_anchors.csv")
+        .join("../../tests/data/glc24-real/env_value_anchors.csv")
 }
 
 /// (split, survey) -> column -> value text, by plain line splitting.

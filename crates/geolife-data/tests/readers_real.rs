@@ -1,4 +1,4 @@
-//! The readers on the real GLC24 files in shared/data/glc24-real/mini, against golden values
+//! The readers on the real GLC24 files in tests/data/glc24-real/mini (at the workspace root), against golden values
 //! read with PyTorch and PIL (expected/) and against an independent line count of the CSV.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,7 +10,7 @@ use geolife_data::patches::{channel_means, read_nir, read_rgb};
 use geolife_data::{DataError, Dataset, DatasetOptions, Split};
 
 fn mini() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/glc24-real/mini")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/glc24-real/mini")
 }
 
 fn expected(name: &str) -> serde_json::Value {

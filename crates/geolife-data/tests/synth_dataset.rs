@@ -194,7 +194,7 @@ fn dataset_has_every_file_of_the_official_layout_with_matching_values() {
     // Environmental CSVs: real column names, one row per survey, values as generated.
     let anchors = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/data/glc24-real/env_value_anchors.csv"),
+            .join("../../tests/data/glc24-real/env_value_anchors.csv"),
     )
     .unwrap();
     let real_columns: BTreeSet<&str> = anchors

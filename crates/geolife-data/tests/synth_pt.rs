@@ -10,7 +10,7 @@ use geolife_data::synth::{SynthConfig, SynthPlan, layout, write_dataset};
 
 fn real_cube(kind: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/glc24-real/mini/TimeSeries-Cubes/TimeSeries-Cubes");
+        .join("../../tests/data/glc24-real/mini/TimeSeries-Cubes/TimeSeries-Cubes");
     match kind {
         "landsat" => root.join(
             "GLC24-PA-train-landsat_time_series/GLC24-PA-train-landsat-time-series_1322301_cube.pt",

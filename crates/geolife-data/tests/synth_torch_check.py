@@ -14,7 +14,7 @@ import zipfile
 
 import torch
 
-REAL = pathlib.Path("/work/shared/data/glc24-real/mini/TimeSeries-Cubes/TimeSeries-Cubes")
+REAL = pathlib.Path(__file__).resolve().parents[3] / "tests/data/glc24-real/mini/TimeSeries-Cubes/TimeSeries-Cubes"
 EXPECT = {
     "landsat": ((6, 4, 21), (84, 1, 4)),
     "bioclimatic": ((4, 19, 12), (1, 48, 4)),

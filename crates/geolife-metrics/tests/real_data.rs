@@ -1,5 +1,5 @@
 //! Reference scores on the real GLC24 solution file and real model outputs
-//! (`shared/data/glc24-real`): golden values published with the data (README, GLC24.md §5).
+//! (`tests/data/glc24-real` at the workspace root): golden values published with the data (README, GLC24.md §5).
 
 use std::path::PathBuf;
 
@@ -10,7 +10,7 @@ use geolife_metrics::{
 
 fn real(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/glc24-real")
+        .join("../../tests/data/glc24-real")
         .join(name)
 }
 

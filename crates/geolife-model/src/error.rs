@@ -17,6 +17,16 @@ pub enum ModelError {
     /// An inconsistent model configuration.
     #[error("invalid model config: {0}")]
     InvalidConfig(String),
+    /// A batch tensor whose shape does not fit the model, caught before the forward pass.
+    #[error("{branch} input: expected {expected}, got {got:?}")]
+    BadInput {
+        /// The branch (`sentinel`, `landsat`, `bioclim`, `tabular`).
+        branch: &'static str,
+        /// The shape the model was built for, in words.
+        expected: String,
+        /// The shape that was passed.
+        got: Vec<usize>,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

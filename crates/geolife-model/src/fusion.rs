@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::backbones::resnet::{self, ResNet, ResNetConfig};
-use crate::backbones::{Backbone, BackboneKind};
+use crate::backbones::{Backbone, BackboneConfig, BackboneKind, SentinelInput};
 use crate::error::ModelError;
 use crate::state::TorchNamed;
 
@@ -92,6 +92,12 @@ pub struct FusionConfig {
     /// Sentinel input channels (R, G, B, NIR).
     #[config(default = 4)]
     pub sentinel_channels: usize,
+    /// Side of the stored Sentinel patches (128 in the official data).
+    #[config(default = 128)]
+    pub sentinel_size: usize,
+    /// How patches reach the backbone: as stored, or resized to 224 (see [`SentinelInput`]).
+    #[config(default = "SentinelInput::Auto")]
+    pub sentinel_input: SentinelInput,
 }
 
 /// Width of the tabular branch output.
@@ -133,10 +139,29 @@ impl FusionConfig {
         if self.landsat_shape.contains(&0) || self.bioclim_shape.contains(&0) {
             return bad("cube shapes must be non-zero".into());
         }
-        if self.use_sentinel && self.sentinel_channels == 0 {
-            return bad("sentinel_channels must be > 0".into());
+        if self.use_sentinel {
+            if self.sentinel_channels == 0 || self.sentinel_size == 0 {
+                return bad("sentinel_channels and sentinel_size must be > 0".into());
+            }
+            self.sentinel_config()?;
         }
         Ok(())
+    }
+
+    /// Side the Sentinel patches are resized to before the backbone, if any.
+    pub fn sentinel_resize(&self) -> Option<usize> {
+        self.sentinel_input
+            .resize_to(self.sentinel_backbone, self.sentinel_size)
+    }
+
+    /// The Sentinel backbone's config for the input side it will see (after any resize).
+    pub fn sentinel_config(&self) -> Result<BackboneConfig, ModelError> {
+        let side = self.sentinel_resize().unwrap_or(self.sentinel_size);
+        self.sentinel_backbone.config_for_size(
+            self.sentinel_channels,
+            self.sentinel_classes(),
+            side,
+        )
     }
 
     fn sentinel_classes(&self) -> Option<usize> {
@@ -180,10 +205,10 @@ impl FusionConfig {
         let cube = |shape: [usize; 3]| self.cube_backbone.config(shape[0], self.cube_output);
         let landsat = self.use_landsat.then(|| cube(self.landsat_shape));
         let bioclim = self.use_bioclim.then(|| cube(self.bioclim_shape));
-        let sentinel = self.use_sentinel.then(|| {
-            self.sentinel_backbone
-                .config(self.sentinel_channels, self.sentinel_classes())
-        });
+        let sentinel = match self.use_sentinel {
+            true => Some(self.sentinel_config()?),
+            false => None,
+        };
         Ok(FusionModel {
             tab_norm: self.use_tabular.then(|| ln(self.num_features)),
             tab_model: self.use_tabular.then(|| TabMlp {
@@ -211,6 +236,8 @@ impl FusionConfig {
             fc2: LinearConfig::new(self.hidden, self.num_classes).init(device),
             dropout: DropoutConfig::new(self.dropout).init(),
             sentinel_pre_logits: sentinel.as_ref().is_some_and(|c| c.pre_logits()),
+            sentinel_resize: self.sentinel_resize().unwrap_or(0),
+            num_features: self.num_features,
             landsat_shape: self.landsat_shape,
             bioclim_shape: self.bioclim_shape,
         })
@@ -296,6 +323,10 @@ pub struct FusionModel {
     pub dropout: Dropout,
     /// Sentinel backbone returns pre-logits features.
     pub sentinel_pre_logits: bool,
+    /// Side Sentinel patches are bilinearly resized to before the backbone; 0 = as stored.
+    pub sentinel_resize: usize,
+    /// Tabular feature count.
+    pub num_features: usize,
     /// PyTorch shape of `landsat_norm` parameters.
     pub landsat_shape: [usize; 3],
     /// PyTorch shape of `bioclim_norm` parameters.
@@ -309,6 +340,76 @@ fn cube_norm(norm: &LayerNorm, x: Tensor<4>) -> Tensor<4> {
 }
 
 impl FusionModel {
+    /// Checks the shapes of a batch against the model before a forward pass: each enabled
+    /// branch's tensor must have the batch size and the shape the model was built for.
+    pub fn check_input(&self, input: &FusionInput) -> Result<(), ModelError> {
+        self.check_shapes(
+            input.tabular.dims(),
+            input.landsat.dims(),
+            input.bioclim.dims(),
+            input.sentinel.dims(),
+        )
+    }
+
+    /// [`FusionModel::check_input`] on shapes alone, e.g. a cache's shapes before training.
+    pub fn check_shapes(
+        &self,
+        tabular: [usize; 2],
+        landsat: [usize; 4],
+        bioclim: [usize; 4],
+        sentinel: [usize; 4],
+    ) -> Result<(), ModelError> {
+        let b = tabular[0];
+        let bad = |branch, expected: String, got: &[usize]| {
+            Err(ModelError::BadInput {
+                branch,
+                expected,
+                got: got.to_vec(),
+            })
+        };
+        if self.tab_model.is_some() {
+            let d = tabular;
+            if d[0] == 0 || d[1] != self.num_features {
+                return bad(
+                    "tabular",
+                    format!("[batch >= 1, {}]", self.num_features),
+                    &d,
+                );
+            }
+        }
+        for (branch, on, shape, t) in [
+            (
+                "landsat",
+                self.landsat_model.is_some(),
+                self.landsat_shape,
+                landsat,
+            ),
+            (
+                "bioclim",
+                self.bioclim_model.is_some(),
+                self.bioclim_shape,
+                bioclim,
+            ),
+        ] {
+            let d = t;
+            if on && (d[0] != b || d[0] == 0 || d[1..] != shape) {
+                return bad(branch, format!("[{b}, {shape:?}]"), &d);
+            }
+        }
+        if let Some(net) = &self.sentinel_model {
+            let d = sentinel;
+            if d[0] != b {
+                return bad("sentinel", format!("batch {b}"), &d);
+            }
+            let seen = match self.sentinel_resize {
+                0 => d,
+                s => [d[0], d[1], s, s],
+            };
+            net.check_input(seen)?;
+        }
+        Ok(())
+    }
+
     /// Logits for a batch.
     ///
     /// # Shapes
@@ -332,7 +433,11 @@ impl FusionModel {
             parts.push(self.dropout.forward(ln.forward(y)));
         }
         if let (Some(net), Some(ln)) = (&self.sentinel_model, &self.ln3) {
-            let z = net.forward_out(input.sentinel, self.sentinel_pre_logits); // [b, 1000]
+            let x = match self.sentinel_resize {
+                0 => input.sentinel,
+                side => crate::backbones::resize_bilinear(input.sentinel, side),
+            };
+            let z = net.forward_out(x, self.sentinel_pre_logits); // [b, 1000]
             parts.push(self.dropout.forward(ln.forward(z)));
         }
         let x = Tensor::cat(parts, 1); // [b, fusion_width]

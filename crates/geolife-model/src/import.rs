@@ -83,6 +83,41 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict, ModelError> {
     }
 }
 
+/// Wrapper prefixes that training frameworks put in front of every model key: PyTorch
+/// Lightning's `model.` (a `LightningModule` attribute), `DataParallel`'s `module.`,
+/// `torch.compile`'s `_orig_mod.`, and `net.`.
+pub const WRAPPER_PREFIXES: [&str; 4] = ["model.", "module.", "_orig_mod.", "net."];
+
+/// Finds the model's state dict inside a training checkpoint and strips wrapper prefixes.
+///
+/// A PyTorch Lightning `.ckpt` is a dict whose weights sit under `state_dict` (read here as
+/// keys `state_dict.<key>`) next to `epoch`, `global_step`, optimizer states and callbacks;
+/// every key then carries the `LightningModule` attribute name (`model.fc2.weight`). Returns
+/// the unwrapped dict and what was stripped, in order (`["state_dict.", "model."]`), so the
+/// caller can report it. A plain state dict comes back unchanged with nothing stripped.
+pub fn unwrap_checkpoint(dict: StateDict) -> (StateDict, Vec<String>) {
+    let mut stripped = Vec::new();
+    let mut dict = dict;
+    if dict.keys().any(|k| k.starts_with("state_dict.")) {
+        dict = dict
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix("state_dict.").map(|k| (k.to_string(), v)))
+            .collect();
+        stripped.push("state_dict.".to_string());
+    }
+    while let Some(prefix) = WRAPPER_PREFIXES
+        .iter()
+        .find(|p| !dict.is_empty() && dict.keys().all(|k| k.starts_with(*p)))
+    {
+        dict = dict
+            .into_iter()
+            .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+            .collect();
+        stripped.push(prefix.to_string());
+    }
+    (dict, stripped)
+}
+
 /// A `torch.save` state dict read with the safe, opcode-restricted reader of `geolife-data`
 /// (nothing in the file is executed). Integer tensors are skipped.
 fn read_torch(path: &Path) -> Result<StateDict, ModelError> {

@@ -226,6 +226,14 @@ impl LoadReport {
     }
 }
 
+/// PyTorch buffers that geolife recomputes instead of storing (BatchNorm's step counter,
+/// Swin and MaxViT constant position tables): present in files, never "unexpected".
+pub const RECOMPUTED_BUFFERS: [&str; 3] = [
+    "num_batches_tracked",
+    "relative_position_index",
+    "relative_coords_table",
+];
+
 /// Replaces parameter values from a state dict.
 struct Loader<'a, M: TorchNamed> {
     model: &'a M,
@@ -305,7 +313,7 @@ pub fn load_state_dict<M: TorchNamed>(model: M, dict: &StateDict) -> (M, LoadRep
     let mut report = loader.report;
     report.unexpected = dict
         .keys()
-        .filter(|k| !loader.used.contains(*k) && !k.ends_with("num_batches_tracked"))
+        .filter(|k| !loader.used.contains(*k) && !RECOMPUTED_BUFFERS.iter().any(|b| k.ends_with(b)))
         .cloned()
         .collect();
     (model, report)

@@ -83,6 +83,9 @@ pub struct ModelSection {
     pub use_landsat: bool,
     pub use_bioclim: bool,
     pub use_sentinel: bool,
+    /// How 128x128 Sentinel patches reach the backbone: `auto` (resize to 224 for
+    /// `maxvit_t`, as stored for the others), `native` or `resize_224`.
+    pub sentinel_input: geolife_model::backbones::SentinelInput,
     /// Initial weights (a geolife safetensors checkpoint), loaded before training.
     pub weights: Option<PathBuf>,
 }
@@ -98,6 +101,7 @@ impl Default for ModelSection {
             use_landsat: true,
             use_bioclim: true,
             use_sentinel: true,
+            sentinel_input: geolife_model::backbones::SentinelInput::Auto,
             weights: None,
         }
     }
@@ -248,6 +252,41 @@ pub struct TransformSection {
     pub rot90: bool,
 }
 
+impl TransformSection {
+    /// The seed's transforms (GLC24.md §4): what a model trained by the seed's code expects.
+    pub fn seed() -> Self {
+        Self {
+            mode: TransformMode::Seed,
+            ..Self::default()
+        }
+    }
+
+    /// JSON for a checkpoint's metadata (`geolife_model::checkpoint::TRANSFORMS_KEY`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The transforms recorded in a checkpoint's metadata, if any.
+    pub fn from_checkpoint(path: &Path) -> Result<Option<Self>, TrainError> {
+        let meta =
+            geolife_model::checkpoint::read_metadata(path).map_err(|e| TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        meta.get(geolife_model::checkpoint::TRANSFORMS_KEY)
+            .map(|json| {
+                serde_json::from_str(json).map_err(|e| TrainError::Checkpoint {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "unreadable `{}` metadata: {e}",
+                        geolife_model::checkpoint::TRANSFORMS_KEY
+                    ),
+                })
+            })
+            .transpose()
+    }
+}
+
 impl Default for TransformSection {
     fn default() -> Self {
         Self {
@@ -283,7 +322,7 @@ impl TrainConfig {
             schedule: ScheduleSection::default(),
             train: TrainSection::default(),
             validation: ValidationSection::default(),
-            transforms: TransformSection::default(),
+            transforms: TransformSection::seed(),
         }
     }
 

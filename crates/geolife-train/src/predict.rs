@@ -22,7 +22,8 @@ pub struct PredictOptions {
     pub run_dir: Option<PathBuf>,
     /// A geolife checkpoint to use instead of (or with) the run's best one.
     pub weights: Option<PathBuf>,
-    /// Transforms / device config for `--weights` without a run (default: the paper preset).
+    /// Device config for `--weights` without a run (default: the paper preset). Transforms come
+    /// from the checkpoint's metadata when it records them, else from this config.
     pub config: Option<PathBuf>,
     /// Packed cache folder.
     pub cache: PathBuf,
@@ -70,10 +71,24 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
                 .weights
                 .clone()
                 .ok_or_else(|| TrainError::Invalid("predict needs --run or --weights".into()))?;
-            let cfg = match &opts.config {
+            let mut cfg = match &opts.config {
                 Some(c) => TrainConfig::load(c)?,
                 None => TrainConfig::paper("convnext_base"),
             };
+            // The checkpoint's recorded transforms are what its weights were trained with.
+            if w.is_file()
+                && let Some(t) = crate::config::TransformSection::from_checkpoint(&w)?
+            {
+                if opts.config.is_some() && t.mode != cfg.transforms.mode {
+                    tracing::warn!(
+                        "{}: trained with {:?} transforms, but the config asks for {:?}; using the checkpoint's",
+                        w.display(),
+                        t.mode,
+                        cfg.transforms.mode
+                    );
+                }
+                cfg.transforms = t;
+            }
             (cfg, None, w)
         }
     };

@@ -124,11 +124,51 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 }
 
 /// The device named in the config.
+///
+/// `wgpu` brings burn's wgpu runtime up on the default adapter (a GPU if there is one, else a
+/// software Vulkan device such as Mesa's llvmpipe) the first time it is asked for, logs the
+/// adapter (`tracing` info: name, graphics API, kind, driver) on every call, and fails with a
+/// clear error, instead of a panic at the first tensor, when no adapter exists.
 pub fn make_device(name: &str) -> Result<Device, TrainError> {
     match name {
         "flex" => Ok(Device::flex()),
         #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(Device::wgpu(Default::default())),
+        "wgpu" => {
+            use burn::tensor::wgpu::WgpuInitError;
+            // The runtime registers once per process; later calls reuse that device.
+            static WGPU: std::sync::OnceLock<Result<(Device, String), String>> =
+                std::sync::OnceLock::new();
+            let (device, adapter) = WGPU
+                .get_or_init(|| match Device::wgpu_options().init_with_setup() {
+                    Ok((device, setup)) => {
+                        let i = setup.adapter.get_info();
+                        let adapter = format!(
+                            "{} ({:?}, {:?}, driver {} {})",
+                            i.name, i.backend, i.device_type, i.driver, i.driver_info
+                        );
+                        Ok((device, adapter))
+                    }
+                    // Already brought up lazily (a tensor made on `Device::wgpu` before the
+                    // first call): reuse it; its identity still names the adapter.
+                    Err(WgpuInitError::Registration { .. }) => {
+                        let device = Device::wgpu(Default::default());
+                        let adapter = device
+                            .identity()
+                            .map(|i| i.name)
+                            .unwrap_or_else(|| "unknown adapter".into());
+                        Ok((device, adapter))
+                    }
+                    Err(e) => Err(format!(
+                        "device `wgpu`: no usable adapter: {e}. Without a GPU, install a \
+                         software Vulkan driver (Debian/Ubuntu: `apt-get install \
+                         mesa-vulkan-drivers`, llvmpipe) or use `--device flex`"
+                    )),
+                })
+                .clone()
+                .map_err(TrainError::Invalid)?;
+            tracing::info!("device wgpu: adapter {adapter}");
+            Ok(device)
+        }
         #[cfg(not(feature = "wgpu"))]
         "wgpu" => Err(TrainError::Invalid(
             "device `wgpu` needs a build with `--features wgpu`".into(),
@@ -170,10 +210,58 @@ pub fn fusion_config(
         .with_use_sentinel(m.use_sentinel)
         .with_landsat_shape(manifest.landsat_shape)
         .with_bioclim_shape(manifest.bioclim_shape)
-        .with_sentinel_channels(manifest.patch_shape[0]);
+        .with_sentinel_channels(manifest.patch_shape[0])
+        .with_sentinel_input(m.sentinel_input);
+    let fc = match manifest.patch_shape {
+        [_, h, w] if h == w => fc.with_sentinel_size(h),
+        [_, h, w] if m.use_sentinel => {
+            return Err(TrainError::Invalid(format!(
+                "model: the cache holds {h}x{w} Sentinel patches; the image backbones take square patches"
+            )));
+        }
+        _ => fc,
+    };
     fc.validate()
         .map_err(|e| TrainError::Invalid(format!("model config: {e}")))?;
     Ok(fc)
+}
+
+/// Shapes of a batch of `n` surveys (tabular, Landsat, bioclim, Sentinel), as
+/// [`batch_tensors`] builds them; disabled branches get a `[n, 1, 1, 1]` placeholder.
+pub fn batch_shapes(
+    fc: &FusionConfig,
+    patch_hw: [usize; 2],
+    n: usize,
+) -> ([usize; 2], [usize; 4], [usize; 4], [usize; 4]) {
+    let on = |on: bool, shape: [usize; 4]| if on { shape } else { [n, 1, 1, 1] };
+    let [lc, lh, lw] = fc.landsat_shape;
+    let [bc, bh, bw] = fc.bioclim_shape;
+    (
+        if fc.use_tabular {
+            [n, fc.num_features]
+        } else {
+            [n, 1]
+        },
+        on(fc.use_landsat, [n, lc, lh, lw]),
+        on(fc.use_bioclim, [n, bc, bh, bw]),
+        on(
+            fc.use_sentinel,
+            [n, fc.sentinel_channels, patch_hw[0], patch_hw[1]],
+        ),
+    )
+}
+
+/// Checks that batches of `patch_hw` patches and `fc`'s shapes fit `model`, before the first
+/// batch: a wrong size is an error naming the branch and both shapes, not a panic mid-epoch.
+pub fn check_model_input(
+    model: &FusionModel,
+    fc: &FusionConfig,
+    patch_hw: [usize; 2],
+) -> Result<(), TrainError> {
+    let (t, l, b, s) = batch_shapes(fc, patch_hw, 1);
+    model
+        .check_shapes(t, l, b, s)
+        .map_err(|e| TrainError::Invalid(format!("model input: {e}")))
 }
 
 /// Tensors of one batch on `device`. Disabled branches get a `[B, 1, 1, 1]` placeholder.
@@ -183,32 +271,23 @@ pub fn batch_tensors(
     patch_hw: [usize; 2],
     device: &Device,
 ) -> FusionInput {
-    let n = b.inputs.n;
+    let (ts, ls, bs, ss) = batch_shapes(fc, patch_hw, b.inputs.n);
     let t4 = |on: bool, data: &[f32], shape: [usize; 4]| {
         if on {
             Tensor::<4>::from_data(TensorData::new(data.to_vec(), shape), device)
         } else {
-            Tensor::<4>::zeros([n, 1, 1, 1], device)
+            Tensor::<4>::zeros(shape, device)
         }
     };
-    let [lc, lh, lw] = fc.landsat_shape;
-    let [bc, bh, bw] = fc.bioclim_shape;
     FusionInput {
         tabular: if fc.use_tabular {
-            Tensor::<2>::from_data(
-                TensorData::new(b.inputs.tabular.clone(), [n, fc.num_features]),
-                device,
-            )
+            Tensor::<2>::from_data(TensorData::new(b.inputs.tabular.clone(), ts), device)
         } else {
-            Tensor::<2>::zeros([n, 1], device)
+            Tensor::<2>::zeros(ts, device)
         },
-        landsat: t4(fc.use_landsat, &b.inputs.landsat, [n, lc, lh, lw]),
-        bioclim: t4(fc.use_bioclim, &b.inputs.bioclim, [n, bc, bh, bw]),
-        sentinel: t4(
-            fc.use_sentinel,
-            &b.inputs.sentinel,
-            [n, fc.sentinel_channels, patch_hw[0], patch_hw[1]],
-        ),
+        landsat: t4(fc.use_landsat, &b.inputs.landsat, ls),
+        bioclim: t4(fc.use_bioclim, &b.inputs.bioclim, bs),
+        sentinel: t4(fc.use_sentinel, &b.inputs.sentinel, ss),
     }
 }
 
@@ -230,6 +309,7 @@ pub fn score_surveys<S: SampleSource + ?Sized>(
     device: &Device,
 ) -> Result<Scored, TrainError> {
     let [_, h, w] = source.patch_shape();
+    check_model_input(model, fc, [h, w])?;
     let batches = loader::batches_of(indices, batch_size);
     let mut probs = Vec::with_capacity(indices.len() * vocab.len());
     let mut ids = Vec::with_capacity(indices.len());
@@ -400,6 +480,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             }
         })?;
         model = m;
+    }
+    {
+        let [_, ph, pw] = manifest.patch_shape;
+        check_model_input(&model, &fc, [ph, pw])?;
     }
     let o = &cfg.optim;
     let mut adamw = AdamWConfig::new()
@@ -672,11 +756,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         if val_f1 > state.best_f1 {
             state.best_f1 = val_f1;
             state.best_epoch = Some(epoch + 1);
-            geolife_model::checkpoint::save_safetensors(&valid, &fc, &run.join(files::BEST))
-                .map_err(|e| TrainError::Checkpoint {
-                    path: run.join(files::BEST),
-                    message: e.to_string(),
-                })?;
+            geolife_model::checkpoint::save_safetensors_with(
+                &valid,
+                &fc,
+                Some(&cfg.transforms.to_json()),
+                &run.join(files::BEST),
+            )
+            .map_err(|e| TrainError::Checkpoint {
+                path: run.join(files::BEST),
+                message: e.to_string(),
+            })?;
             scores
                 .write(&run.join(files::VAL_SCORES))
                 .map_err(|e| TrainError::Metrics(e.to_string()))?;
@@ -797,6 +886,7 @@ pub fn bench_steps(
     let mut model = fc
         .try_init(&device)
         .map_err(|e| TrainError::Invalid(format!("model: {e}")))?;
+    check_model_input(&model, &fc, [m.patch_shape[1], m.patch_shape[2]])?;
     let num_params = model.num_params();
     let mut optim = AdamWConfig::new()
         .with_weight_decay(cfg.optim.weight_decay as f32)

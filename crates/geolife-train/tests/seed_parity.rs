@@ -46,7 +46,7 @@ fn manifest_dir() -> &'static Path {
 }
 
 fn mini() -> PathBuf {
-    manifest_dir().join("../../../shared/data/glc24-real/mini")
+    manifest_dir().join("../../tests/data/glc24-real/mini")
 }
 
 fn fixtures() -> PathBuf {

@@ -1,6 +1,9 @@
 //! `geolife import-weights`: converts a PyTorch `.pth` or safetensors state dict (the seed's
 //! `MultimodalEnsemble`, a geolife fusion model, or a torchvision backbone) into a geolife
-//! checkpoint, printing the missing / unexpected / reshaped / adapted keys.
+//! checkpoint, printing the missing / unexpected / reshaped / adapted keys. PyTorch Lightning
+//! `.ckpt` files (the seed trains with Lightning) are unwrapped: the weights are taken from
+//! `state_dict` and a wrapper prefix (`model.`) is stripped, and both are reported. As PyTorch's
+//! `load_state_dict(strict=True)`, keys the model does not have are an error unless allowed.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,7 +13,7 @@ use anyhow::{Context, bail};
 use geolife_model::backbones::BackboneKind;
 use geolife_model::checkpoint;
 use geolife_model::fusion::{BranchOutput, FusionConfig};
-use geolife_model::import::{import_into, read_state_dict};
+use geolife_model::import::{import_into, read_state_dict, unwrap_checkpoint};
 use geolife_model::state::StateDict;
 
 /// What the input file holds.
@@ -48,6 +51,24 @@ pub struct Args {
     /// Write the checkpoint even if model parameters are missing from the file.
     #[arg(long)]
     allow_missing: bool,
+    /// Write the checkpoint even if the file has keys the model has no parameter for (they
+    /// are dropped). Without it they are an error, e.g. a deeper backbone than `--backbone`.
+    #[arg(long)]
+    allow_unexpected: bool,
+    /// Input transforms recorded in the checkpoint, which `predict` then applies: default
+    /// `seed` for PyTorch files (the seed's code trained them), or what a geolife safetensors
+    /// input records.
+    #[arg(long, value_enum)]
+    transforms: Option<Transforms>,
+}
+
+/// Input transforms of a fusion model.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transforms {
+    /// The seed's: fillna/inf -> -1 tabular, raw cubes, `(x/255 - 0.5)/0.5` patches.
+    Seed,
+    /// geolife's standardisation with the cache's train statistics.
+    Geolife,
 }
 
 /// Infer the seed's fusion config from the keys and shapes of its state dict.
@@ -95,7 +116,14 @@ fn infer_fusion_config(dict: &StateDict, backbone: BackboneKind) -> anyhow::Resu
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let device = geolife_model::cpu_device();
-    let dict = read_state_dict(&args.input)?;
+    let (dict, stripped) = unwrap_checkpoint(read_state_dict(&args.input)?);
+    if !stripped.is_empty() {
+        println!(
+            "{}: weights found under `{}` (stripped from every key)",
+            args.input.display(),
+            stripped.concat()
+        );
+    }
     let backbone = BackboneKind::from_name(&args.backbone)?;
     let report = match args.target {
         Target::Fusion => {
@@ -111,8 +139,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             config.validate()?;
             let (model, report) = import_into(config.try_init(&device)?, &dict, "");
-            check(&report, args.allow_missing)?;
-            checkpoint::save_safetensors(&model, &config, &args.output)?;
+            check(&report, &args)?;
+            let transforms = transforms_json(&args)?;
+            println!("recorded input transforms: {transforms}");
+            checkpoint::save_safetensors_with(&model, &config, Some(&transforms), &args.output)?;
             report
         }
         Target::Backbone => {
@@ -120,8 +150,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let model = backbone
                 .config(args.in_channels, classes)
                 .try_init(&device)?;
-            let (model, report) = import_into(model, &dict, "");
-            check(&report, args.allow_missing)?;
+            let (model, mut report) = import_into(model, &dict, "");
+            if classes.is_none() {
+                // A features-only import drops the classifier on purpose.
+                let head = format!("{}.", backbone.meta().classifier);
+                report.unexpected.retain(|k| !k.starts_with(&head));
+            }
+            check(&report, &args)?;
             let meta = HashMap::from([
                 (
                     checkpoint::KIND_KEY.to_string(),
@@ -139,13 +174,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(report: &geolife_model::state::LoadReport, allow_missing: bool) -> anyhow::Result<()> {
-    if !report.mismatched.is_empty() || (!allow_missing && !report.missing.is_empty()) {
+/// The transforms JSON to record: `--transforms`, else a geolife input's own, else the seed's.
+fn transforms_json(args: &Args) -> anyhow::Result<String> {
+    use geolife_train::config::{TransformMode, TransformSection};
+    let section = match args.transforms {
+        Some(Transforms::Seed) => TransformSection::seed(),
+        Some(Transforms::Geolife) => TransformSection {
+            mode: TransformMode::Geolife,
+            ..TransformSection::default()
+        },
+        None => {
+            let is_safetensors = args
+                .input
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+            let recorded = if is_safetensors {
+                TransformSection::from_checkpoint(&args.input)?
+            } else {
+                None
+            };
+            recorded.unwrap_or_else(TransformSection::seed)
+        }
+    };
+    Ok(section.to_json())
+}
+
+fn check(report: &geolife_model::state::LoadReport, args: &Args) -> anyhow::Result<()> {
+    let missing = !args.allow_missing && !report.missing.is_empty();
+    let unexpected = !args.allow_unexpected && !report.unexpected.is_empty();
+    if !report.mismatched.is_empty() || missing || unexpected {
         eprint!("{}", report.summary());
         bail!(
-            "{} parameter(s) missing and {} with mismatched shapes; nothing written \
-             (--allow-missing keeps missing ones at their initial values)",
+            "{} parameter(s) missing, {} unexpected key(s) and {} with mismatched shapes; \
+             nothing written (--allow-missing keeps missing parameters at their initial values, \
+             --allow-unexpected drops keys the model does not have: check --backbone first)",
             report.missing.len(),
+            report.unexpected.len(),
             report.mismatched.len()
         );
     }

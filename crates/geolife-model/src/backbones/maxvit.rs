@@ -30,11 +30,9 @@ use burn::nn::{
     PaddingConfig2d, Tanh,
 };
 use burn::tensor::activation::{sigmoid, silu, softmax};
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
-use super::swin_v2::{linear, relative_position_index, stochastic_depth};
+use super::swin_v2::{linear, relative_position_index, stochastic_depth, zero_param};
 
 /// Errors of an invalid MaxViT configuration or input.
 #[derive(Debug, thiserror::Error)]
@@ -374,8 +372,8 @@ fn conv_groups(
             std: 0.02,
         })
         .init(device);
-    if let Some(b) = c.bias.take() {
-        c.bias = Some(b.map(|t| t.zeros_like()));
+    if c.bias.is_some() {
+        c.bias = Some(zero_param(cout, device));
     }
     c
 }
@@ -423,15 +421,8 @@ impl MaxVit {
     /// - input: `[B, in_channels, input_size, input_size]` (any size with `resize_input`)
     /// - output: `[B, num_features, input_size/32, input_size/32]`
     pub fn forward_feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        let [_, _, h, w] = x.dims();
-        let s = self.input_size;
-        let x = if self.resize_input && (h != s || w != s) {
-            interpolate(
-                x,
-                InterpolateOptions::new(InterpolateMode::Bilinear)
-                    .with_align_corners(false)
-                    .with_output_size([s, s]),
-            )
+        let x = if self.resize_input {
+            super::resize_bilinear(x, self.input_size)
         } else {
             x
         };

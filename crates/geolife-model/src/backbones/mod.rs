@@ -45,12 +45,58 @@ pub enum BackboneKind {
     SwinV2S,
     /// torchvision `swin_v2_b`.
     SwinV2B,
-    /// torchvision `maxvit_t` (input resized to 224 inside the model).
+    /// torchvision `maxvit_t`; how 128x128 patches reach it is [`SentinelInput`].
     MaxvitT,
     /// Tiny ConvNeXt (dims 16..128, depths 1) for CPU smoke runs; no pretrained weights.
     SmokeConvnext,
     /// Tiny ResNet (widths 8..64, one block per stage) for CPU smoke runs; no pretrained weights.
     SmokeResnet,
+}
+
+/// How Sentinel patches (128x128 in the official data) reach the image backbone.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SentinelInput {
+    /// The backbone's pretrained-compatible choice: [`SentinelInput::Resize224`] for MaxViT
+    /// (torchvision builds it for 224x224 only), [`SentinelInput::Native`] for every other
+    /// backbone (convolutions and Swin's padded windows take any size).
+    #[default]
+    Auto,
+    /// Patches enter at their stored size. MaxViT is then built for that size, with the
+    /// largest partition size of at most 7 that divides every stage grid (4 at 128x128; its
+    /// relative-position tables then differ from the pretrained 13x13 ones).
+    Native,
+    /// Bilinear resize to 224x224 (PyTorch `F.interpolate`, `align_corners=False`) before the
+    /// backbone: pretrained-compatible, about 3x the compute of 128x128.
+    Resize224,
+}
+
+impl SentinelInput {
+    /// Side the patches are resized to before `kind`, or `None` when they enter as stored.
+    pub fn resize_to(self, kind: BackboneKind, side: usize) -> Option<usize> {
+        let target = match (self, kind) {
+            (Self::Native, _) => return None,
+            (Self::Auto, BackboneKind::MaxvitT) | (Self::Resize224, _) => 224,
+            (Self::Auto, _) => return None,
+        };
+        (target != side).then_some(target)
+    }
+}
+
+/// Bilinear resize of `[B, C, H, W]` to `[B, C, side, side]`, as PyTorch's
+/// `F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)`; identity when
+/// the input already has that size.
+pub fn resize_bilinear(x: Tensor<4>, side: usize) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    if h == side && w == side {
+        return x;
+    }
+    burn::tensor::module::interpolate(
+        x,
+        burn::tensor::ops::InterpolateOptions::new(burn::tensor::ops::InterpolateMode::Bilinear)
+            .with_align_corners(false)
+            .with_output_size([side, side]),
+    )
 }
 
 /// Pretrained-weight facts of a backbone (timm's `default_cfg`).
@@ -174,7 +220,35 @@ impl BackboneKind {
         }
     }
 
-    /// The backbone's config for `in_channels` inputs and an optional classifier.
+    /// The backbone's config for square `side x side` inputs (after any resize): only MaxViT
+    /// depends on the input size, and fails when no partition size in 2..=7 divides its grids.
+    pub fn config_for_size(
+        self,
+        in_channels: usize,
+        num_classes: Option<usize>,
+        side: usize,
+    ) -> Result<BackboneConfig, ModelError> {
+        let mut c = self.config(in_channels, num_classes);
+        if let BackboneConfig::MaxVit(m, _) = &mut c
+            && side != m.input_size
+        {
+            m.input_size = side;
+            let grids = m.block_grid_sizes();
+            m.partition_size = (2..=7)
+                .rev()
+                .find(|p| grids.iter().all(|g| g.is_multiple_of(*p)))
+                .ok_or_else(|| {
+                    ModelError::InvalidConfig(format!(
+                        "maxvit_t at {side}x{side} input: its stage grids {grids:?} have no common \
+                         partition size in 2..=7; use sentinel_input = \"resize_224\""
+                    ))
+                })?;
+        }
+        Ok(c)
+    }
+
+    /// The backbone's config for `in_channels` inputs and an optional classifier (MaxViT at
+    /// torchvision's 224x224; see [`BackboneKind::config_for_size`]).
     pub fn config(self, in_channels: usize, num_classes: Option<usize>) -> BackboneConfig {
         let resnet = |c: ResNetConfig| {
             BackboneConfig::ResNet(
@@ -317,6 +391,33 @@ impl Backbone {
                 if pre_logits { f } else { m.forward_head(f) }
             }
         }
+    }
+
+    /// Checks a `[B, C, H, W]` input shape before a forward pass, so a wrong size is an error
+    /// naming both shapes instead of a panic deep inside a reshape.
+    pub fn check_input(&self, dims: [usize; 4]) -> Result<(), ModelError> {
+        let bad = |expected: String| ModelError::BadInput {
+            branch: "sentinel",
+            expected,
+            got: dims.to_vec(),
+        };
+        match self {
+            Self::ResNet(m) => {
+                let c = m.conv1.weight.lazy_shape().to_vec()[1];
+                if dims[0] == 0 || dims[1] != c || dims[2] == 0 || dims[3] == 0 {
+                    return Err(bad(format!("[batch >= 1, {c}, H >= 1, W >= 1]")));
+                }
+            }
+            Self::ConvNext(m) => {
+                let c = m.stem.conv.weight.lazy_shape().to_vec()[1];
+                if dims[0] == 0 || dims[1] != c || dims[2] < 32 || dims[3] < 32 {
+                    return Err(bad(format!("[batch >= 1, {c}, H >= 32, W >= 32]")));
+                }
+            }
+            Self::SwinV2(m) => m.check_input(dims).map_err(|e| bad(e.to_string()))?,
+            Self::MaxVit(m) => m.check_input(dims).map_err(|e| bad(e.to_string()))?,
+        }
+        Ok(())
     }
 
     /// Classifier output.

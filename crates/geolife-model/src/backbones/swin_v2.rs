@@ -216,12 +216,9 @@ impl SwinV2Config {
         device: &Device,
     ) -> SwinBlockV2 {
         let hidden = (dim as f64 * self.mlp_ratio) as usize;
-        let mut qkv = linear(dim, 3 * dim, true, device);
-        // torchvision zeroes the key bias at init and ignores it in forward.
-        if let Some(b) = qkv.bias.take() {
-            let mask = qkv_bias_mask(dim, device);
-            qkv.bias = Some(b.map(|t| t * mask));
-        }
+        // torchvision zeroes the key bias at init and ignores it in forward; `linear` already
+        // zeroes every bias.
+        let qkv = linear(dim, 3 * dim, true, device);
         let attn = ShiftedWindowAttentionV2 {
             qkv,
             proj: linear(dim, dim, true, device),
@@ -261,10 +258,16 @@ pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> 
             std: 0.02,
         })
         .init(device);
-    if let Some(b) = l.bias.take() {
-        l.bias = Some(b.map(|t| t.zeros_like()));
+    if l.bias.is_some() {
+        l.bias = Some(zero_param(d_out, device));
     }
     l
+}
+
+/// A trainable zero bias of `n` values. (Mapping an initialised bias to `zeros_like` would
+/// give a tensor that does not require grad: that bias would silently never train.)
+pub(crate) fn zero_param(n: usize, device: &Device) -> Param<Tensor<1>> {
+    Param::from_tensor(Tensor::zeros([n], device))
 }
 
 /// `[1..1, 0..0, 1..1]` over the `3 * dim` qkv outputs: Swin V2 has no key bias.
@@ -543,13 +546,19 @@ impl ShiftedWindowAttentionV2 {
 }
 
 /// `F.normalize(x, dim=-1)`: `x / max(||x||, 1e-12)`.
-fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
+///
+/// The clamp is applied to the squared norm, before the square root: `sqrt(max(s, 1e-24))`
+/// has the same value as `max(sqrt(s), 1e-12)` but a finite gradient at `s = 0`. Clamping after
+/// the root multiplies the clamp's zero gradient by the root's infinite one (`0 * inf = NaN`)
+/// for every all-zero vector, which the zero-padded tokens of a padded window are: their key
+/// vectors are exactly zero because Swin V2 has no key bias.
+pub(crate) fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
     let norm = x
         .clone()
         .powf_scalar(2.0)
         .sum_dim(3)
-        .sqrt()
-        .clamp_min(1e-12);
+        .clamp_min(1e-24)
+        .sqrt();
     x / norm
 }
 

@@ -18,6 +18,10 @@ use crate::state::{LoadReport, StateDict, TorchNamed, load_state_dict, state_dic
 pub const CONFIG_KEY: &str = "geolife_config";
 /// Metadata key holding the model kind (`fusion`, or a backbone registry name).
 pub const KIND_KEY: &str = "geolife_model";
+/// Metadata key holding the input transforms the weights were trained with, as JSON (the
+/// training crate's `[transforms]` section, e.g. `{"mode":"seed",...}`), so that prediction
+/// feeds the model what it learned from.
+pub const TRANSFORMS_KEY: &str = "geolife_transforms";
 
 /// Write a state dict (plus a zero `num_batches_tracked` for each BatchNorm, as PyTorch expects)
 /// as safetensors with `metadata`, atomically.
@@ -102,14 +106,27 @@ pub fn save_safetensors(
     config: &FusionConfig,
     path: &Path,
 ) -> Result<(), ModelError> {
+    save_safetensors_with(model, config, None, path)
+}
+
+/// [`save_safetensors`] that also records the input transforms JSON under [`TRANSFORMS_KEY`].
+pub fn save_safetensors_with(
+    model: &FusionModel,
+    config: &FusionConfig,
+    transforms_json: Option<&str>,
+    path: &Path,
+) -> Result<(), ModelError> {
     let json = serde_json::to_string(config).map_err(|e| ModelError::BadCheckpointConfig {
         path: path.to_path_buf(),
         reason: format!("cannot serialise the config: {e}"),
     })?;
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         (CONFIG_KEY.to_string(), json),
         (KIND_KEY.to_string(), "fusion".to_string()),
     ]);
+    if let Some(t) = transforms_json {
+        meta.insert(TRANSFORMS_KEY.to_string(), t.to_string());
+    }
     save_module(model, meta, path)
 }
 
