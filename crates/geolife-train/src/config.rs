@@ -701,7 +701,18 @@ mod tests {
             assert_eq!(c.model.backbone, backbone);
             assert_eq!(c.optim.lr, 8e-4);
             assert_eq!(c.transforms.mode, TransformMode::Seed);
+            // The built-in paper preset (what `predict --weights` falls back to) agrees with
+            // the shipped paper configs, apart from their checkpoint cadence.
+            let mut preset = TrainConfig::paper(backbone);
+            preset.train.checkpoint_every_steps = c.train.checkpoint_every_steps;
+            preset.model.sentinel_input = c.model.sentinel_input;
+            assert_eq!(c, preset, "{file} differs from TrainConfig::paper");
         }
+        let maxvit = TrainConfig::load(&dir.join("paper-maxvit-t.toml")).unwrap();
+        assert_eq!(
+            maxvit.model.sentinel_input,
+            geolife_model::backbones::SentinelInput::Resize224
+        );
     }
 
     #[test]

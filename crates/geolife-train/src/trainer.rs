@@ -867,6 +867,8 @@ pub struct BenchResult {
     pub samples_per_s: f64,
     pub mean_step_s: f64,
     pub num_params: usize,
+    /// Training loss of every step, warm-up included (all finite: a non-finite one is an error).
+    pub losses: Vec<f32>,
 }
 
 /// Run `steps + 1` training steps on the train split of `cache` with the model and recipe of
@@ -913,6 +915,7 @@ pub fn bench_steps(
     let plan = BatchPlan::training(cfg, stats_from_manifest(&m), 0);
     let [_, ph, pw] = m.patch_shape;
     let mut times = Vec::new();
+    let mut losses = Vec::new();
     let mut last = Instant::now();
     loader::for_each_batch(
         &data,
@@ -932,8 +935,16 @@ pub fn bench_steps(
             let loss = geolife_model::loss::bce_with_logits(model.forward(input), targets);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(cfg.optim.lr, model.clone(), grads);
-            // Read a parameter back so the step has really run before the clock stops.
-            let _: f32 = loss.into_scalar();
+            // Read the loss back so the step has really run before the clock stops.
+            let value: f32 = loss.into_scalar();
+            if !value.is_finite() {
+                return Err(TrainError::Invalid(format!(
+                    "bench: loss is {value} at step {} ({} Sentinel backbone)",
+                    b.index + 1,
+                    cfg.model.backbone
+                )));
+            }
+            losses.push(value);
             let now = Instant::now();
             if b.index > 0 {
                 times.push(now.duration_since(last).as_secs_f64());
@@ -944,6 +955,7 @@ pub fn bench_steps(
     )?;
     let total: f64 = times.iter().sum();
     Ok(BenchResult {
+        losses,
         steps: times.len(),
         batch_size: t.batch_size,
         samples_per_s: (times.len() * t.batch_size) as f64 / total.max(1e-9),

@@ -16,9 +16,13 @@ pub struct Args {
     /// Surveys of the generated synthetic dataset.
     #[arg(long, default_value_t = 160)]
     pub surveys: usize,
-    /// Sentinel backbone.
+    /// Sentinel backbone (of the paper preset; ignored with --config).
     #[arg(long, default_value = "convnext_tiny")]
     pub backbone: String,
+    /// A training config (e.g. configs/paper-maxvit-t.toml) to time instead of the paper
+    /// preset; --batch-size and --device override its values.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Timed steps (one more runs first as warm-up).
@@ -57,16 +61,21 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     };
     let cache = geolife_train::data::resolve_cache(&data, &tmp.join("cache"))?;
-    let mut cfg = TrainConfig::paper(&args.backbone);
-    cfg.transforms.mode = geolife_train::config::TransformMode::Seed;
+    let mut cfg = match &args.config {
+        Some(path) => TrainConfig::load(path)?,
+        None => TrainConfig::paper(&args.backbone),
+    };
     cfg.train.batch_size = args.batch_size;
     cfg.train.device = args.device.clone();
     cfg.validate(std::path::Path::new("<bench>"))?;
     let r = geolife_train::trainer::bench_steps(&cfg, &cache, args.steps)?;
     let epoch_s = args.epoch_surveys as f64 / r.samples_per_s;
     println!(
-        "seed network ({} Sentinel, 11,255 classes, {:.1} M parameters), batch {}, device {}, {} threads available",
-        args.backbone,
+        "{} ({} Sentinel, {:.1} M parameters), batch {}, device {}, {} threads available",
+        args.config
+            .as_ref()
+            .map_or("seed network".to_string(), |p| p.display().to_string()),
+        cfg.model.backbone,
         r.num_params as f64 / 1e6,
         r.batch_size,
         args.device,
@@ -76,6 +85,13 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
         "{:.2} samples/s over {} timed full training steps ({:.2} s/step, data loading and mixup included)",
         r.samples_per_s, r.steps, r.mean_step_s
     );
+    let fmt = |v: &[f32]| {
+        v.iter()
+            .map(|l| format!("{l:.4}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("losses (all finite): {}", fmt(&r.losses));
     println!(
         "one epoch of {} surveys: ~{:.1} min (extrapolated from the timed steps)",
         args.epoch_surveys,

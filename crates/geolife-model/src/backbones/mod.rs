@@ -68,6 +68,7 @@ pub enum SentinelInput {
     Native,
     /// Bilinear resize to 224x224 (PyTorch `F.interpolate`, `align_corners=False`) before the
     /// backbone: pretrained-compatible, about 3x the compute of 128x128.
+    #[serde(rename = "resize_224")]
     Resize224,
 }
 
