@@ -2,7 +2,51 @@
 //! per-sample stochastic depth and global average pooling.
 
 use burn::module::{Flag, Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Distribution, Tensor};
+
+/// Standard deviation of torchvision's transformer and ConvNeXt weight init
+/// (`trunc_normal_(std=0.02)`, whose +-2 cut-off is 100 standard deviations: a plain normal).
+pub const TV_STD: f64 = 0.02;
+
+/// A trainable zero bias of `n` values. (Mapping an initialised bias to `zeros_like` would
+/// give a tensor that does not require grad: that bias would silently never train.)
+pub fn zero_param(n: usize, device: &Device) -> Param<Tensor<1>> {
+    Param::from_tensor(Tensor::zeros([n], device))
+}
+
+/// A linear layer with torchvision's ConvNeXt / Swin / MaxViT init: normal weights (std 0.02),
+/// zero bias.
+pub fn tv_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+    let mut l = LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: TV_STD,
+        })
+        .init(device);
+    if l.bias.is_some() {
+        l.bias = Some(zero_param(d_out, device));
+    }
+    l
+}
+
+/// A convolution with torchvision's ConvNeXt / MaxViT init: normal weights (std 0.02), zero
+/// bias.
+pub fn tv_conv(config: Conv2dConfig, device: &Device) -> Conv2d {
+    let out = config.channels[1];
+    let mut c = config
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: TV_STD,
+        })
+        .init(device);
+    if c.bias.is_some() {
+        c.bias = Some(zero_param(out, device));
+    }
+    c
+}
 
 /// LayerNorm over the channel axis of a `[B, C, H, W]` map (torchvision `LayerNorm2d`).
 /// Fields are named `weight`/`bias` as in PyTorch.

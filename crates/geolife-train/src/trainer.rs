@@ -264,6 +264,21 @@ pub fn check_model_input(
         .map_err(|e| TrainError::Invalid(format!("model input: {e}")))
 }
 
+/// AdamW as the config says. burn's defaults differ from PyTorch's (eps 1e-5, weight decay
+/// 1e-4), so every field is set; as `torch.optim.AdamW`, the decoupled weight decay applies to
+/// every parameter, norms and biases included (the seed passes `model.parameters()`).
+pub fn adamw(o: &crate::config::OptimSection) -> AdamWConfig {
+    let c = AdamWConfig::new()
+        .with_beta_1(o.beta1 as f32)
+        .with_beta_2(o.beta2 as f32)
+        .with_epsilon(o.epsilon as f32)
+        .with_weight_decay(o.weight_decay as f32);
+    match o.grad_clip_norm {
+        Some(n) => c.with_grad_clipping(Some(GradientClippingConfig::Norm(n as f32))),
+        None => c,
+    }
+}
+
 /// Tensors of one batch on `device`. Disabled branches get a `[B, 1, 1, 1]` placeholder.
 pub fn batch_tensors(
     b: &ReadyBatch,
@@ -486,15 +501,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         check_model_input(&model, &fc, [ph, pw])?;
     }
     let o = &cfg.optim;
-    let mut adamw = AdamWConfig::new()
-        .with_beta_1(o.beta1 as f32)
-        .with_beta_2(o.beta2 as f32)
-        .with_epsilon(o.epsilon as f32)
-        .with_weight_decay(o.weight_decay as f32);
-    if let Some(c) = o.grad_clip_norm {
-        adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(c as f32)));
-    }
-    let mut optim = adamw.init();
+    let mut optim = adamw(o).init();
 
     let mut state = TrainState::start();
     if opts.resume {
@@ -890,9 +897,7 @@ pub fn bench_steps(
         .map_err(|e| TrainError::Invalid(format!("model: {e}")))?;
     check_model_input(&model, &fc, [m.patch_shape[1], m.patch_shape[2]])?;
     let num_params = model.num_params();
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.optim.weight_decay as f32)
-        .init();
+    let mut optim = adamw(&cfg.optim).init();
     let t = &cfg.train;
     let mut order: Vec<usize> = (0..data.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(t.seed));
@@ -962,4 +967,24 @@ pub fn bench_steps(
         mean_step_s: total / times.len().max(1) as f64,
         num_params,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AdamW the trainer builds from the default `[optim]` is `torch.optim.AdamW`'s:
+    /// betas (0.9, 0.999), eps 1e-8, weight decay 0.01, no AMSGrad (PyTorch documentation).
+    #[test]
+    fn default_adamw_has_pytorch_hyperparameters() {
+        let c = adamw(&crate::config::OptimSection::default());
+        let j = serde_json::to_value(&c).unwrap();
+        let f = |k: &str| j[k].as_f64().unwrap_or_else(|| panic!("{k} in {j}"));
+        assert!((f("beta_1") - 0.9).abs() < 1e-7, "{j}");
+        assert!((f("beta_2") - 0.999).abs() < 1e-7, "{j}");
+        assert!((f("epsilon") / 1e-8 - 1.0).abs() < 1e-6, "{j}");
+        assert!((f("weight_decay") - 0.01).abs() < 1e-9, "{j}");
+        assert_eq!(j["amsgrad"], false);
+        assert_eq!(j["cautious_weight_decay"], false);
+    }
 }

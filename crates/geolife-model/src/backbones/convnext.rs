@@ -4,10 +4,10 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
-use crate::layers::{LayerNorm2d, StochasticDepth};
+use crate::layers::{LayerNorm2d, StochasticDepth, tv_conv, tv_linear};
 
 const EPS: f64 = 1e-6;
 
@@ -83,13 +83,16 @@ impl ConvNextConfig {
             if s < 3 {
                 downsamples.push(DownsampleLayer {
                     norm: LayerNorm2d::new(dim, EPS, device),
-                    conv: Conv2dConfig::new([dim, self.dims[s + 1]], [2, 2])
-                        .with_stride([2, 2])
-                        .init(device),
+                    conv: tv_conv(
+                        Conv2dConfig::new([dim, self.dims[s + 1]], [2, 2]).with_stride([2, 2]),
+                        device,
+                    ),
                 });
             }
         }
         ConvNext {
+            // The stem is a new convolution in the seed (4 input channels), so it keeps
+            // PyTorch's default `nn.Conv2d` init (burn's default is the same bound).
             stem: Stem {
                 conv: Conv2dConfig::new([self.in_channels, self.dims[0]], [4, 4])
                     .with_stride([4, 4])
@@ -101,7 +104,7 @@ impl ConvNextConfig {
             norm: LayerNorm2d::new(self.dims[3], EPS, device),
             head: self
                 .num_classes
-                .map(|k| LinearConfig::new(self.dims[3], k).init(device)),
+                .map(|k| tv_linear(self.dims[3], k, true, device)),
         }
     }
 }
@@ -144,13 +147,15 @@ pub struct CnBlock {
 impl CnBlock {
     fn new(dim: usize, scale: f64, sd: f64, device: &Device) -> Self {
         Self {
-            dwconv: Conv2dConfig::new([dim, dim], [7, 7])
-                .with_groups(dim)
-                .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3))
-                .init(device),
+            dwconv: tv_conv(
+                Conv2dConfig::new([dim, dim], [7, 7])
+                    .with_groups(dim)
+                    .with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3)),
+                device,
+            ),
             norm: LayerNormConfig::new(dim).with_epsilon(EPS).init(device),
-            pwconv1: LinearConfig::new(dim, 4 * dim).init(device),
-            pwconv2: LinearConfig::new(4 * dim, dim).init(device),
+            pwconv1: tv_linear(dim, 4 * dim, true, device),
+            pwconv2: tv_linear(4 * dim, dim, true, device),
             layer_scale: Param::from_tensor(Tensor::ones([dim, 1, 1], device).mul_scalar(scale)),
             drop_path: StochasticDepth::new(sd),
         }

@@ -32,7 +32,7 @@ use burn::nn::{
 use burn::tensor::activation::{sigmoid, silu, softmax};
 use burn::tensor::{Device, Tensor};
 
-use super::swin_v2::{linear, relative_position_index, stochastic_depth, zero_param};
+use super::swin_v2::{linear, relative_position_index, stochastic_depth};
 
 /// Errors of an invalid MaxViT configuration or input.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +193,12 @@ impl MaxVitConfig {
             .collect();
         let stem = (
             (
-                conv(self.in_channels, self.stem_channels, 3, 2, 1, false, device),
+                // A new input stem in the seed (4 channels): PyTorch's default conv init.
+                Conv2dConfig::new([self.in_channels, self.stem_channels], [3, 3])
+                    .with_stride([2, 2])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .with_bias(false)
+                    .init(device),
                 bn(self.stem_channels, device),
                 Gelu::new(),
             ),
@@ -362,20 +367,14 @@ fn conv_groups(
     groups: usize,
     device: &Device,
 ) -> Conv2d {
-    let mut c = Conv2dConfig::new([cin, cout], [k, k])
-        .with_stride([s, s])
-        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
-        .with_groups(groups)
-        .with_bias(bias)
-        .with_initializer(Initializer::Normal {
-            mean: 0.0,
-            std: 0.02,
-        })
-        .init(device);
-    if c.bias.is_some() {
-        c.bias = Some(zero_param(cout, device));
-    }
-    c
+    crate::layers::tv_conv(
+        Conv2dConfig::new([cin, cout], [k, k])
+            .with_stride([s, s])
+            .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+            .with_groups(groups)
+            .with_bias(bias),
+        device,
+    )
 }
 
 /// The stem: Conv3x3/2 + BN + GELU, then Conv3x3 with bias (`stem.0.*`, `stem.1.0.*`).

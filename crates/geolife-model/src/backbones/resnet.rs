@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
 use crate::layers::global_avg_pool;
@@ -145,12 +145,22 @@ impl ResNetConfig {
     }
 }
 
+/// torchvision ResNet's init of every convolution but the stem:
+/// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, std `sqrt(2 / (out * k * k))`.
+fn kaiming_fan_out() -> Initializer {
+    Initializer::KaimingNormal {
+        gain: std::f64::consts::SQRT_2,
+        fan_out_only: true,
+    }
+}
+
 fn conv(cin: usize, cout: usize, k: usize, stride: usize, device: &Device) -> Conv2d {
     let p = k / 2;
     Conv2dConfig::new([cin, cout], [k, k])
         .with_stride([stride, stride])
         .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
         .with_bias(false)
+        .with_initializer(kaiming_fan_out())
         .init(device)
 }
 
@@ -195,6 +205,7 @@ impl Block {
             conv: Conv2dConfig::new([inplanes, out], [1, 1])
                 .with_stride([stride, stride])
                 .with_bias(false)
+                .with_initializer(kaiming_fan_out())
                 .init(device),
             bn: BatchNormConfig::new(out).init(device),
         });

@@ -20,9 +20,7 @@
 use burn::config::Config;
 use burn::module::{Flag, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{
-    Gelu, Identity, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig, Relu,
-};
+use burn::nn::{Gelu, Identity, LayerNorm, LayerNormConfig, Linear, Relu};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
@@ -251,23 +249,7 @@ impl SwinV2Config {
 
 /// A linear layer with torchvision's transformer init (normal, std 0.02; zero bias).
 pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
-    let mut l = LinearConfig::new(d_in, d_out)
-        .with_bias(bias)
-        .with_initializer(Initializer::Normal {
-            mean: 0.0,
-            std: 0.02,
-        })
-        .init(device);
-    if l.bias.is_some() {
-        l.bias = Some(zero_param(d_out, device));
-    }
-    l
-}
-
-/// A trainable zero bias of `n` values. (Mapping an initialised bias to `zeros_like` would
-/// give a tensor that does not require grad: that bias would silently never train.)
-pub(crate) fn zero_param(n: usize, device: &Device) -> Param<Tensor<1>> {
-    Param::from_tensor(Tensor::zeros([n], device))
+    crate::layers::tv_linear(d_in, d_out, bias, device)
 }
 
 /// `[1..1, 0..0, 1..1]` over the `3 * dim` qkv outputs: Swin V2 has no key bias.
