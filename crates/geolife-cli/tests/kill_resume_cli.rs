@@ -1,0 +1,149 @@
+//! `geolife train` killed with SIGKILL mid-epoch, then `--resume`d, ends exactly where an
+//! uninterrupted run ends: the same metrics.csv (wall-clock seconds aside) and the same tensors
+//! in best.safetensors. The kill is real (the process gets SIGKILL while it trains), not a
+//! simulated stop.
+#![cfg(all(feature = "dl", unix))]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn geolife() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_geolife"))
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("run geolife");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// metrics.csv without its last column (the epoch's wall-clock seconds).
+fn metrics_without_seconds(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(',').map_or(l, |(head, _)| head).to_string())
+        .collect()
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, t)| (k, t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn sigkill_mid_epoch_then_resume_equals_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    run_ok(
+        geolife()
+            .args([
+                "synth",
+                "--surveys",
+                "320",
+                "--test-surveys",
+                "16",
+                "--species",
+                "30",
+            ])
+            .arg("--out")
+            .arg(&data),
+    );
+    let cache = d.join("cache");
+    run_ok(geolife().arg("prepare").arg(&data).arg("--out").arg(&cache));
+    // The tiny recipe with mixup on, a checkpoint every 2 optimizer steps, 2 epochs.
+    let config = d.join("kill.toml");
+    let tiny = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny.toml"),
+    )
+    .unwrap()
+    .replace("epochs = 8", "epochs = 2\ncheckpoint_every_steps = 2")
+    .replace("mixup_prob = 0.0", "mixup_prob = 0.4");
+    assert!(
+        tiny.contains("checkpoint_every_steps = 2"),
+        "tiny.toml changed: {tiny}"
+    );
+    std::fs::write(&config, tiny).unwrap();
+    let train = |out: &Path| {
+        let mut c = geolife();
+        c.arg("train")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data")
+            .arg(&cache)
+            .arg("--out")
+            .arg(out);
+        c
+    };
+
+    let whole = d.join("whole");
+    run_ok(&mut train(&whole));
+
+    // Start the same run and SIGKILL it as soon as its first mid-epoch checkpoint exists.
+    let parts = d.join("parts");
+    let mut child = train(&parts)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !parts.join("last.ckpt").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its first checkpoint"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "killed by SIGKILL, not finished: {status:?}"
+    );
+    // Killed during epoch 1: no epoch had finished yet.
+    assert!(
+        !parts.join("metrics.csv").exists()
+            || metrics_without_seconds(&parts).len() < metrics_without_seconds(&whole).len(),
+        "the run was not interrupted"
+    );
+
+    run_ok(train(&parts).arg("--resume"));
+    assert_eq!(
+        metrics_without_seconds(&whole),
+        metrics_without_seconds(&parts)
+    );
+    assert_eq!(
+        metrics_without_seconds(&whole).len(),
+        4,
+        "header and 3 epochs"
+    );
+    let (a, b) = (
+        tensors(&whole.join("best.safetensors")),
+        tensors(&parts.join("best.safetensors")),
+    );
+    assert!(a.iter().any(|(k, _)| k.ends_with("running_var")));
+    assert_eq!(a.len(), b.len());
+    for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert!(va == vb, "tensor {ka} differs after kill + resume");
+    }
+}
