@@ -10,12 +10,11 @@ use geolife_data::cache::{NoProgress, PackedSplit, PrepareOptions, prepare};
 use geolife_data::dataset::DatasetOptions;
 use geolife_metrics::{ScoreFile, Scores};
 use geolife_model::backbones::BackboneKind;
-use geolife_model::checkpoint::save_safetensors;
 use geolife_model::formula::formula_dict;
 use geolife_model::fusion::FusionConfig;
 use geolife_model::import::read_safetensors;
 use geolife_model::state::{StateDict, load_state_dict};
-use geolife_train::config::TransformMode;
+use geolife_train::config::{TransformMode, TransformSection};
 use geolife_train::loader::{BatchPlan, build_batch};
 use geolife_train::predict::{PredictOptions, predict};
 use geolife_train::source::stats_from_manifest;
@@ -104,11 +103,16 @@ fn dataset_root(root: &Path) {
 /// The formula-weight fusion model (gen_cnn.py's `SeedEnsemble(50, 46, small_convnext(4))`) as a
 /// geolife checkpoint.
 fn write_checkpoint(path: &Path) {
+    write_checkpoint_with(path, None);
+}
+
+/// [`write_checkpoint`] recording `transforms` (JSON) in the metadata, as import-weights does.
+fn write_checkpoint_with(path: &Path, transforms: Option<&str>) {
     let fc = FusionConfig::new(CLASSES, BackboneKind::SmokeConvnext);
     let model = fc.init(&geolife_model::cpu_device());
     let (model, report) = load_state_dict(model.clone(), &formula_dict(&model));
     assert!(report.is_exact(), "{}", report.summary());
-    save_safetensors(&model, &fc, path).unwrap();
+    geolife_model::checkpoint::save_safetensors_with(&model, &fc, transforms, path).unwrap();
 }
 
 /// A predict config matching that model, with the given transform mode.
@@ -236,6 +240,35 @@ fn seed_mode_predict_reproduces_pytorch_reading_the_files_the_seeds_way() {
     assert!(
         off > 20.0 * SCORE_TOL,
         "geolife-mode scores are too close to PyTorch: {off}"
+    );
+    // 4. No --config: predict follows the transforms the checkpoint records, whatever the
+    //    built-in preset says (a seed import records the seed's; a geolife run its own).
+    let bare = |name: &str, t: TransformSection| {
+        let w = dir.path().join(name);
+        write_checkpoint_with(&w, Some(&t.to_json()));
+        predict(&PredictOptions {
+            run_dir: None,
+            weights: Some(w),
+            config: None,
+            cache: cache.clone(),
+            split: Split::Train,
+            batch_size: 4,
+            workers: 1,
+        })
+        .unwrap()
+    };
+    let recorded_seed = bare("seed_recorded.safetensors", TransformSection::seed());
+    let diff = max_score_diff(scores_of(&recorded_seed), &logits.data);
+    assert!(diff < SCORE_TOL, "recorded seed transforms: off by {diff}");
+    let geolife_section = TransformSection {
+        mode: TransformMode::Geolife,
+        ..TransformSection::default()
+    };
+    let recorded_geolife = bare("geolife_recorded.safetensors", geolife_section);
+    let off = max_score_diff(scores_of(&recorded_geolife), &logits.data);
+    assert!(
+        off > 20.0 * SCORE_TOL,
+        "recorded geolife transforms were not applied: {off}"
     );
     eprintln!("test time {:.1} s", t0.elapsed().as_secs_f64());
 }
