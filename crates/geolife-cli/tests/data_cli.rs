@@ -726,3 +726,277 @@ fn prepare_refuses_a_cache_whose_lock_a_running_process_holds() {
     let (o, _) = run_expect(&["prepare", s(&root), "--out", s(&cache)], 0);
     assert!(o.contains("train: packed"), "{o}");
 }
+
+/// The file of a survey's patch of `kind` (`RGB`/`NIR`) in a train split, found by name.
+fn train_patch(root: &Path, kind: &str, id: u64) -> PathBuf {
+    walkdir::WalkDir::new(root.join(format!("PA_Train_SatellitePatches_{kind}")))
+        .into_iter()
+        .map(Result::unwrap)
+        .find(|e| e.file_name().to_str() == Some(&format!("{id}.jpeg")))
+        .unwrap_or_else(|| panic!("no {kind} patch of survey {id}"))
+        .into_path()
+}
+
+/// The train manifest of a cache as JSON.
+fn train_manifest(cache: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(cache.join("train/manifest.json")).unwrap())
+        .unwrap()
+}
+
+/// Removes the data line of `id` from a CSV (first column `surveyId`, as synth writes env
+/// CSVs); returns the removed line.
+fn remove_row(path: &Path, id: u64) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let prefix = format!("{id},");
+    let removed = text
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no row of {id} in {}", path.display()))
+        .to_string();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with(&prefix)).collect();
+    std::fs::write(path, kept.join("\n") + "\n").unwrap();
+    removed
+}
+
+#[test]
+fn a_truncated_patch_fails_prepare_naming_file_and_survey_unless_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = synth(dir.path());
+    let (_, sites) = metadata(&root, "train");
+    let id = *sites.keys().nth(TRAIN / 3).unwrap();
+    let jpeg = train_patch(&root, "RGB", id);
+    // Cut to a third of its bytes: PIL refuses such a file ("image file is truncated").
+    let bytes = std::fs::read(&jpeg).unwrap();
+    std::fs::write(&jpeg, &bytes[..bytes.len() / 3]).unwrap();
+    let cache = dir.path().join("cache");
+
+    let (o, e) = run_expect(&["prepare", s(&root), "--out", s(&cache)], 1);
+    assert!(o.is_empty(), "{o}");
+    for part in [s(&jpeg), &format!("(survey {id})"), "truncated"] {
+        assert!(e.contains(part), "`{part}` not in: {e}");
+    }
+    assert_eq!(entries(&cache), BTreeSet::from([".prepare.lock".into()]));
+
+    // inspect lists it as a failed rgb file (exit 2).
+    let (o, _) = run_expect(&["inspect", s(&root)], 2);
+    let failed: Vec<&str> = o.lines().filter(|l| l.contains("FAILED")).collect();
+    assert_eq!(failed.len(), 1, "{o}");
+    assert!(
+        failed[0].contains("[truncated]") && failed[0].contains(s(&jpeg)),
+        "{o}"
+    );
+
+    let (o, _) = run_expect(&["prepare", s(&root), "--out", s(&cache), "--skip-bad"], 0);
+    assert!(
+        o.contains(&format!(
+            "train: packed {} surveys (1 skipped as bad)",
+            TRAIN - 1
+        )),
+        "{o}"
+    );
+    assert!(
+        o.contains(&format!("skipped survey {id} [truncated]: {}", s(&jpeg))),
+        "{o}"
+    );
+    let m = train_manifest(&cache);
+    assert_eq!(m["n"], TRAIN - 1);
+    let skipped = m["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0]["survey_id"], id);
+    assert_eq!(skipped[0]["kind"], "truncated");
+    assert!(skipped[0]["reason"].as_str().unwrap().contains(s(&jpeg)));
+}
+
+#[test]
+fn a_survey_without_an_env_row_is_reported_and_refused_under_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = synth(dir.path());
+    let (_, sites) = metadata(&root, "train");
+    let id = *sites.keys().nth(TRAIN / 2).unwrap();
+    let elevation = root.join(for_split(ENV_CSVS[1], "train"));
+    remove_row(&elevation, id);
+    let cache = dir.path().join("cache");
+
+    // Accepted (missing values are a fact of the real data), but said: which file, which
+    // survey, what happens to it.
+    let (o, _) = run_expect(&["prepare", s(&root), "--out", s(&cache)], 0);
+    assert!(
+        o.contains(&format!("train: packed {TRAIN} surveys (0 skipped as bad)")),
+        "{o}"
+    );
+    let line = format!(
+        "{}: 1 surveys of the train split have no row (survey {id}): kept with NaN features",
+        s(&elevation)
+    );
+    assert!(o.contains(&line), "`{line}` not in:\n{o}");
+    let m = train_manifest(&cache);
+    let cov = m["env_coverage"].as_array().unwrap();
+    let elev: Vec<&Value> = cov.iter().filter(|c| c["group"] == "elevation").collect();
+    assert_eq!(elev.len(), 1);
+    assert_eq!(elev[0]["missing_surveys"], serde_json::json!([id]));
+    assert_eq!(elev[0]["path"], s(&elevation));
+    for c in cov.iter().filter(|c| c["group"] != "elevation") {
+        assert_eq!(c["missing_surveys"], serde_json::json!([]), "{c}");
+    }
+    // The up-to-date re-run repeats the report from the manifest.
+    let (o, _) = run_expect(&["prepare", s(&root), "--out", s(&cache)], 0);
+    assert!(o.contains("train: up to date") && o.contains(&line), "{o}");
+    // inspect says it too, and --strict fails on it.
+    let (o, _) = run_expect(&["inspect", s(&root)], 0);
+    assert!(
+        o.contains(&format!(
+            "1 surveys without a row (survey {id}; their features are NaN)"
+        )),
+        "{o}"
+    );
+    let (_, e) = run_expect(&["inspect", s(&root), "--strict"], 1);
+    assert!(
+        e.contains(&format!("survey {id}")) && e.contains("elevation"),
+        "{e}"
+    );
+    let (o, _) = run_expect(
+        &[
+            "inspect",
+            s(&root),
+            "--split",
+            "train",
+            "--survey",
+            &id.to_string(),
+            "--json",
+        ],
+        0,
+    );
+    let j: Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(j["env_rows_missing"], serde_json::json!(["elevation"]));
+    assert_eq!(j["tabular"]["Elevation"], "NaN");
+
+    // prepare --strict refuses it, naming file and survey; with --skip-bad leaves it out.
+    let (o, e) = run_expect(&["prepare", s(&root), "--out", s(&cache), "--strict"], 1);
+    assert!(o.is_empty(), "{o}");
+    for part in [
+        s(&elevation),
+        &format!("(survey {id})"),
+        "no row for this survey",
+    ] {
+        assert!(e.contains(part), "`{part}` not in: {e}");
+    }
+    let (o, _) = run_expect(
+        &[
+            "prepare",
+            s(&root),
+            "--out",
+            s(&cache),
+            "--strict",
+            "--skip-bad",
+        ],
+        0,
+    );
+    assert!(
+        o.contains(&format!(
+            "train: packed {} surveys (1 skipped as bad)",
+            TRAIN - 1
+        )),
+        "{o}"
+    );
+    assert!(
+        o.contains(&format!("skipped survey {id} [missing-row]")),
+        "{o}"
+    );
+    let m = train_manifest(&cache);
+    assert_eq!(m["skipped"][0]["survey_id"], id);
+    assert_eq!(m["skipped"][0]["kind"], "missing-row");
+    assert_eq!(m["options"]["strict"], true);
+}
+
+#[test]
+fn conflicting_env_rows_fail_prepare_unless_skipped_and_exact_repeats_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = synth(dir.path());
+    let (_, sites) = metadata(&root, "train");
+    let ids: Vec<u64> = sites.keys().copied().collect();
+    let (conflict, repeated) = (ids[TRAIN / 4], ids[TRAIN / 4 + 1]);
+    let landcover = root.join(for_split(ENV_CSVS[3], "train"));
+    let (h, rows) = csv(&landcover);
+    assert_eq!(h, ["surveyId", "LandCover"]);
+    let row_of = |id: u64| {
+        rows.iter()
+            .find(|r| r[0] == id.to_string())
+            .unwrap()
+            .clone()
+    };
+    let (c_row, r_row) = (row_of(conflict), row_of(repeated));
+    let other: f64 = c_row[1].parse::<f64>().unwrap() + 2.0;
+    let mut text = std::fs::read_to_string(&landcover).unwrap();
+    text.push_str(&format!("{conflict},{other:.1}\n{}\n", r_row.join(",")));
+    std::fs::write(&landcover, text).unwrap();
+    // Lines by hand: header 1, the TRAIN rows, then the two appended rows.
+    let first_line = 2 + rows
+        .iter()
+        .position(|r| r[0] == conflict.to_string())
+        .unwrap();
+    let conflict_line = TRAIN + 2;
+    let cache = dir.path().join("cache");
+
+    let (o, e) = run_expect(&["prepare", s(&root), "--out", s(&cache)], 1);
+    assert!(o.is_empty(), "{o}");
+    for part in [
+        s(&landcover),
+        &format!("(survey {conflict})"),
+        "conflicting rows",
+        &format!("lines {first_line} and {conflict_line}"),
+        "`LandCover`",
+    ] {
+        assert!(e.contains(part), "`{part}` not in: {e}");
+    }
+    assert_eq!(entries(&cache), BTreeSet::from([".prepare.lock".into()]));
+
+    // inspect: the conflict is a failure (exit 2), the repeat a count.
+    let (o, _) = run_expect(&["inspect", s(&root)], 2);
+    let failed: Vec<&str> = o
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FAILED"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{o}");
+    assert!(
+        failed[0].contains("[conflicting-rows]") && failed[0].contains(&conflict.to_string()),
+        "{o}"
+    );
+    assert!(o.contains("1 exact duplicate rows"), "{o}");
+
+    let (o, _) = run_expect(&["prepare", s(&root), "--out", s(&cache), "--skip-bad"], 0);
+    assert!(
+        o.contains(&format!(
+            "train: packed {} surveys (1 skipped as bad)",
+            TRAIN - 1
+        )),
+        "{o}"
+    );
+    assert!(
+        o.contains(&format!("skipped survey {conflict} [conflicting-rows]")),
+        "{o}"
+    );
+    assert!(
+        o.contains(&format!(
+            "{}: 1 exact duplicate rows (same survey, same values) ignored",
+            s(&landcover)
+        )),
+        "{o}"
+    );
+    let m = train_manifest(&cache);
+    let skipped = m["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0]["survey_id"], conflict);
+    assert_eq!(skipped[0]["kind"], "conflicting-rows");
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(s(&landcover))
+    );
+    let train = PackedSplit::open(&cache, Split::Train).unwrap();
+    assert_eq!(train.index_of(conflict), None);
+    assert!(
+        train.index_of(repeated).is_some(),
+        "an exact repeat is harmless"
+    );
+}

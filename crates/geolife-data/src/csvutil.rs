@@ -70,7 +70,12 @@ impl CsvFile {
             .collect();
         let mut s = names.join(",");
         if s.len() > 300 {
-            s.truncate(300);
+            // Cut at a character boundary: a header may hold multi-byte UTF-8.
+            let cut = (0..=300)
+                .rev()
+                .find(|&i| s.is_char_boundary(i))
+                .unwrap_or(0);
+            s.truncate(cut);
             s.push_str("...");
         }
         s

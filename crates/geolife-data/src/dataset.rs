@@ -112,9 +112,19 @@ impl Dataset {
     }
 
     /// Tabular features of `split`: the option's groups merged on `surveyId`, raw values,
-    /// aligned with [`Dataset::surveys`]. A survey absent from a CSV gets NaN and is counted
-    /// in `missing_rows`; a missing CSV is an error.
+    /// aligned with [`Dataset::surveys`]. A survey absent from a CSV gets NaN and is listed in
+    /// `coverage` (and counted in `missing_rows`); a missing CSV is an error, and so is a
+    /// survey with two rows that disagree ([`DataError::ConflictingRows`]).
     pub fn tabular(&self, split: Split) -> Result<TabularTable> {
+        let t = self.tabular_report(split)?;
+        t.check_conflicts()?;
+        Ok(t)
+    }
+
+    /// [`Dataset::tabular`] that lists surveys with conflicting rows in `coverage` (their
+    /// first row's values in the table) instead of failing: for callers that report or skip
+    /// them per survey (`prepare --skip-bad`, `inspect`).
+    pub fn tabular_report(&self, split: Split) -> Result<TabularTable> {
         let ids: Vec<u64> = self.surveys(split)?.iter().map(|s| s.survey_id).collect();
         read_tabular(&self.opts.env_groups, &ids, |g| {
             self.layout.require_env(g, split)

@@ -1,11 +1,16 @@
 //! Environmental CSVs merged on `surveyId` by column name into the tabular feature vector:
 //! the seed's 46 features (Bio1..19, Elevation, 16 HumanFootprint, 9 SoilGrids, LandCover) by
 //! default, the 912 monthly climate columns as an option. Values are kept raw (NaN/inf kept).
+//! What a CSV holds beyond one row per survey (missing surveys, repeated or conflicting rows,
+//! rows of unknown surveys) is counted in [`EnvCoverage`], never dropped silently.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::csvutil::{CsvFile, Row, csv_err, survey_of};
+use crate::error::RowConflict;
 use crate::{DataError, Result};
 
 /// The 19 bioclimatic averages.
@@ -131,17 +136,55 @@ pub fn is_categorical(feature: &str) -> bool {
     feature == "LandCover"
 }
 
+/// How one environmental CSV covered a split's surveys: every row the merge did not use, and
+/// every survey it did not find, is counted here rather than dropped in silence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnvCoverage {
+    /// Group name (`elevation`, `landcover`, ...).
+    pub group: String,
+    /// The CSV read.
+    pub path: PathBuf,
+    /// Data rows in the file.
+    pub rows: usize,
+    /// Surveys of the split without a row, ascending: their features of this group are NaN.
+    pub missing_surveys: Vec<u64>,
+    /// Rows that repeat an earlier row of the same survey with the same values (ignored).
+    pub exact_duplicate_rows: usize,
+    /// Rows whose survey is not in the split's metadata (ignored).
+    pub unknown_survey_rows: usize,
+    /// The first [`MAX_EXAMPLES`] of those, as (survey id, line).
+    pub unknown_survey_examples: Vec<(u64, u64)>,
+    /// Surveys with two rows that disagree (the first row's values are in the table).
+    pub conflicts: Vec<RowConflict>,
+}
+
+/// Examples of unknown-survey rows kept per file.
+pub const MAX_EXAMPLES: usize = 10;
+
+impl EnvCoverage {
+    /// Whether the file matched the split exactly: one row per survey, nothing else.
+    pub fn is_clean(&self) -> bool {
+        self.missing_surveys.is_empty()
+            && self.exact_duplicate_rows == 0
+            && self.unknown_survey_rows == 0
+            && self.conflicts.is_empty()
+    }
+}
+
 /// Tabular features of one split, aligned with its surveys.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TabularTable {
     /// Feature names in column order.
     pub feature_names: Vec<String>,
-    /// Row-major `n x F` values as read (NaN/inf kept; a survey absent from a CSV -> NaN).
+    /// Row-major `n x F` values as read (NaN/inf kept; a survey absent from a CSV -> NaN; a
+    /// survey with conflicting rows -> its first row, listed in `coverage`).
     pub values: Vec<f32>,
     /// Per feature: categorical (LandCover) or not.
     pub categorical: Vec<bool>,
     /// Per group read: surveys that had no row in that group's CSV (filled with NaN).
     pub missing_rows: Vec<(EnvGroup, usize)>,
+    /// Per group read, in order: what the CSV held beyond one row per survey of the split.
+    pub coverage: Vec<EnvCoverage>,
 }
 
 impl TabularTable {
@@ -155,10 +198,22 @@ impl TabularTable {
         let f = self.n_features();
         &self.values[i * f..(i + 1) * f]
     }
+
+    /// The first survey with conflicting rows in any CSV, as an error naming file and survey.
+    pub fn check_conflicts(&self) -> Result<()> {
+        for c in &self.coverage {
+            if let Some(x) = c.conflicts.first() {
+                return Err(x.to_error(&c.path));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads `groups` for the surveys in `survey_ids` (sorted or not) and merges them on
 /// `surveyId`. `csv_of` gives each group's CSV path (checked to exist by the caller).
+/// Lenient: conflicting rows of a survey are listed in [`TabularTable::coverage`] (the first
+/// row is kept), not refused; see [`TabularTable::check_conflicts`].
 pub fn read_tabular(
     groups: &[EnvGroup],
     survey_ids: &[u64],
@@ -176,7 +231,7 @@ pub fn read_tabular(
     let mut parts = Vec::with_capacity(groups.len());
     for &g in groups {
         let path = csv_of(g)?;
-        parts.push((g, read_group(&path, g, &index, n)?));
+        parts.push((g, read_group(&path, g, &index, survey_ids)?));
     }
     let f: usize = parts.iter().map(|(_, p)| p.names.len()).sum();
     let mut table = TabularTable {
@@ -184,6 +239,7 @@ pub fn read_tabular(
         values: vec![f32::NAN; n * f],
         categorical: Vec::with_capacity(f),
         missing_rows: Vec::new(),
+        coverage: Vec::new(),
     };
     let mut col0 = 0;
     for (g, p) in parts {
@@ -196,7 +252,10 @@ pub fn read_tabular(
             .categorical
             .extend(p.names.iter().map(|c| is_categorical(c)));
         table.feature_names.extend(p.names);
-        table.missing_rows.push((g, p.missing));
+        table
+            .missing_rows
+            .push((g, p.coverage.missing_surveys.len()));
+        table.coverage.push(p.coverage);
         col0 += w;
     }
     Ok(table)
@@ -206,15 +265,21 @@ pub fn read_tabular(
 struct GroupPart {
     names: Vec<String>,
     values: Vec<f32>,
-    missing: usize,
+    coverage: EnvCoverage,
+}
+
+/// Same value as read: equal bits, or both NaN (an empty cell and `nan` are the same).
+fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
 }
 
 fn read_group(
     path: &Path,
     g: EnvGroup,
     index: &HashMap<u64, usize>,
-    n: usize,
+    survey_ids: &[u64],
 ) -> Result<GroupPart> {
+    let n = survey_ids.len();
     let mut csv = CsvFile::open(path, &format!("{} CSV", g.name()))?;
     let c_id = csv.column("surveyId")?;
     let (names, cols): (Vec<String>, Vec<usize>) = match g.columns() {
@@ -235,7 +300,15 @@ fn read_group(
     };
     let w = names.len();
     let mut values = vec![f32::NAN; n * w];
-    let mut seen = vec![false; n];
+    // Line of each survey's first row (0 = not seen yet).
+    let mut first_line = vec![0u64; n];
+    let mut conflicted = vec![false; n];
+    let mut coverage = EnvCoverage {
+        group: g.name().to_string(),
+        path: path.to_path_buf(),
+        ..EnvCoverage::default()
+    };
+    let mut again = vec![0f32; w];
     let mut rec = csv::ByteRecord::new();
     loop {
         match csv.reader.read_byte_record(&mut rec) {
@@ -243,24 +316,59 @@ fn read_group(
             Ok(false) => break,
             Err(e) => return Err(csv_err(&csv.path, 0, None, e)),
         }
+        coverage.rows += 1;
         let row = Row {
             path: &csv.path,
             line: rec.position().map(|p| p.line()).unwrap_or(0),
             survey: survey_of(&rec, c_id).into(),
         };
         let id = row.id(&rec, c_id, "surveyId", u64::MAX)?;
-        let Some(&i) = index.get(&id) else { continue };
-        if seen[i] {
+        let Some(&i) = index.get(&id) else {
+            coverage.unknown_survey_rows += 1;
+            if coverage.unknown_survey_examples.len() < MAX_EXAMPLES {
+                coverage.unknown_survey_examples.push((id, row.line));
+            }
+            continue;
+        };
+        if first_line[i] == 0 {
+            first_line[i] = row.line.max(1);
+            for (k, (&c, name)) in cols.iter().zip(&names).enumerate() {
+                values[i * w + k] = row.f32_raw(&rec, c, name)?;
+            }
             continue;
         }
-        seen[i] = true;
+        // A second row of the same survey: an exact repeat is counted, a different one is a
+        // conflict (the first row stays in the table; the caller decides).
         for (k, (&c, name)) in cols.iter().zip(&names).enumerate() {
-            values[i * w + k] = row.f32_raw(&rec, c, name)?;
+            again[k] = row.f32_raw(&rec, c, name)?;
+        }
+        let kept = &values[i * w..(i + 1) * w];
+        match (0..w).find(|&k| !same(kept[k], again[k])) {
+            None => coverage.exact_duplicate_rows += 1,
+            Some(k) if !conflicted[i] => {
+                conflicted[i] = true;
+                coverage.conflicts.push(RowConflict {
+                    survey_id: id,
+                    first_line: first_line[i],
+                    line: row.line,
+                    column: names[k].clone(),
+                    first: kept[k].to_string(),
+                    other: again[k].to_string(),
+                });
+            }
+            Some(_) => {}
         }
     }
+    let mut missing: Vec<u64> = (0..n)
+        .filter(|&i| first_line[i] == 0)
+        .map(|i| survey_ids[i])
+        .collect();
+    missing.sort_unstable();
+    coverage.missing_surveys = missing;
+    coverage.conflicts.sort_by_key(|c| c.survey_id);
     Ok(GroupPart {
         names,
         values,
-        missing: seen.iter().filter(|&&s| !s).count(),
+        coverage,
     })
 }

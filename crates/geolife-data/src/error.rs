@@ -130,6 +130,20 @@ pub enum DataError {
         survey: u64,
         what: String,
     },
+    /// A survey with two rows in one table that disagree: no row can be chosen.
+    #[error("{path}{survey}: conflicting rows: {reason}")]
+    ConflictingRows {
+        path: PathBuf,
+        survey: SurveyTag,
+        reason: String,
+    },
+    /// A survey of the metadata without a row in a table where one is required (`--strict`).
+    #[error("{path}{survey}: no row for this survey: {reason}")]
+    MissingRow {
+        path: PathBuf,
+        survey: SurveyTag,
+        reason: String,
+    },
     /// An argument or option that makes no sense (empty group list, ...).
     #[error("invalid option: {0}")]
     Invalid(String),
@@ -165,7 +179,38 @@ impl DataError {
             DataError::Csv { .. } => "csv",
             DataError::NonFinite { .. } => "non-finite",
             DataError::UnknownSurvey { .. } => "unknown-survey",
+            DataError::ConflictingRows { .. } => "conflicting-rows",
+            DataError::MissingRow { .. } => "missing-row",
             DataError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// Two rows of one survey in one CSV that disagree on `column` (the first differing one).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RowConflict {
+    pub survey_id: u64,
+    /// Line of the first row of the survey (the one whose values are kept).
+    pub first_line: u64,
+    /// Line of the row that disagrees with it.
+    pub line: u64,
+    pub column: String,
+    /// The two values as read (`` for an empty cell).
+    pub first: String,
+    pub other: String,
+}
+
+impl RowConflict {
+    /// The error naming `path` (the CSV), the survey, both lines and both values.
+    pub fn to_error(&self, path: &std::path::Path) -> DataError {
+        DataError::ConflictingRows {
+            path: path.to_path_buf(),
+            survey: self.survey_id.into(),
+            reason: format!(
+                "lines {} and {} give `{}` = `{}` and `{}`; one row per survey is expected \
+                 (fix or remove one row, or pass --skip-bad to leave the survey out)",
+                self.first_line, self.line, self.column, self.first, self.other
+            ),
         }
     }
 }

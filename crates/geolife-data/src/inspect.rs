@@ -1,5 +1,7 @@
 //! Dataset inspection behind `geolife inspect`: per-split counts, modality coverage, NaN/inf
-//! counts per tabular feature and every file that fails to parse; and one survey's full
+//! counts per tabular feature, what each environmental CSV holds beyond one row per survey
+//! (missing surveys, repeated rows, unknown surveys; conflicting rows are failures) and every
+//! file that fails to parse; and one survey's full
 //! record as JSON (non-finite numbers encoded as the strings "NaN", "inf", "-inf").
 
 use rayon::prelude::*;
@@ -7,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::cubes::{BIOCLIM_SHAPE, LANDSAT_SHAPE, read_cube};
-use crate::env::{EnvGroup, read_tabular};
+use crate::env::{EnvCoverage, EnvGroup, read_tabular};
 use crate::layout::{CubeKind, PatchKind, env_csv};
 use crate::patches::{PATCH_SIZE, channel_means, read_nir, read_rgb, stack_chw};
 use crate::{DataError, Dataset, Result, Split};
@@ -39,8 +41,18 @@ pub struct EnvReport {
     pub group: String,
     pub path: String,
     pub present: bool,
-    /// Surveys of the split without a row in this CSV.
+    /// Surveys of the split without a row in this CSV (their features are NaN).
     pub missing_rows: usize,
+    /// Those surveys, ascending.
+    pub missing_surveys: Vec<u64>,
+    /// Rows repeating an earlier row of the same survey with the same values (ignored).
+    pub exact_duplicate_rows: usize,
+    /// Rows of surveys the split's metadata does not hold (ignored).
+    pub unknown_survey_rows: usize,
+    /// The first of those as (survey id, line).
+    pub unknown_survey_examples: Vec<(u64, u64)>,
+    /// Surveys with rows that disagree (each also listed in `failures`).
+    pub conflicting_surveys: usize,
 }
 
 /// Files of one modality among the checked surveys.
@@ -72,6 +84,8 @@ pub struct SplitReport {
     pub surveys: usize,
     pub rows: usize,
     pub duplicate_rows: usize,
+    /// Surveys whose metadata rows disagree on a survey field (each also in `failures`).
+    pub conflicting_surveys: usize,
     /// Distinct species (train only).
     pub species: Option<usize>,
     /// Surveys whose files were checked (all, or `--sample`).
@@ -112,8 +126,27 @@ impl Report {
             }
             for e in s.env.iter().filter(|e| e.present && e.missing_rows > 0) {
                 out.push(format!(
-                    "{} split: {} surveys have no row in the {} CSV",
-                    s.split, e.missing_rows, e.group
+                    "{} split: {} surveys have no row in the {} CSV {} ({})",
+                    s.split,
+                    e.missing_rows,
+                    e.group,
+                    e.path,
+                    id_list(&e.missing_surveys)
+                ));
+            }
+            for e in s.env.iter().filter(|e| e.unknown_survey_rows > 0) {
+                out.push(format!(
+                    "{} split: {} rows of the {} CSV {} name surveys not in the metadata ({})",
+                    s.split,
+                    e.unknown_survey_rows,
+                    e.group,
+                    e.path,
+                    id_list(
+                        &e.unknown_survey_examples
+                            .iter()
+                            .map(|x| x.0)
+                            .collect::<Vec<_>>()
+                    )
                 ));
             }
             for m in &s.modalities {
@@ -130,6 +163,18 @@ impl Report {
         }
         out
     }
+}
+
+/// Up to 10 survey ids as text (`survey 1, 2, ... (+N more)`).
+pub fn id_list(ids: &[u64]) -> String {
+    let shown: Vec<String> = ids.iter().take(10).map(u64::to_string).collect();
+    let more = if ids.len() > 10 {
+        format!(" (+{} more)", ids.len() - 10)
+    } else {
+        String::new()
+    };
+    let s = if ids.len() == 1 { "" } else { "s" };
+    format!("survey{s} {}{more}", shown.join(", "))
 }
 
 /// Inspects `splits` of `ds`; `tick` is called once per checked survey (for a progress bar).
@@ -170,6 +215,7 @@ fn inspect_split(
             surveys: 0,
             rows: 0,
             duplicate_rows: 0,
+            conflicting_surveys: 0,
             species: None,
             checked: 0,
             modalities: Vec::new(),
@@ -180,6 +226,14 @@ fn inspect_split(
     };
     let ids: Vec<u64> = meta.surveys.iter().map(|s| s.survey_id).collect();
     let mut failures = Vec::new();
+    let meta_path = ds.root().join(crate::layout::metadata_csv(split));
+    for c in &meta.conflicts {
+        failures.push(failure(
+            Some(c.survey_id),
+            "metadata",
+            &c.to_error(&meta_path),
+        ));
+    }
 
     // Tabular: each group on its own, so one bad or absent CSV does not hide the others.
     let mut env = Vec::new();
@@ -188,11 +242,16 @@ fn inspect_split(
         let rel = env_csv(g, split);
         let path = ds.root().join(&rel);
         let present = path.is_file();
-        let mut missing_rows = 0;
+        let mut cov = EnvCoverage::default();
         if present {
             match read_tabular(&[g], &ids, |_| Ok(path.clone())) {
                 Ok(t) => {
-                    missing_rows = t.missing_rows.iter().map(|m| m.1).sum();
+                    if let Some(c) = t.coverage.first() {
+                        cov = c.clone();
+                    }
+                    for c in &cov.conflicts {
+                        failures.push(failure(Some(c.survey_id), g.name(), &c.to_error(&path)));
+                    }
                     let f = t.n_features();
                     for (j, name) in t.feature_names.iter().enumerate() {
                         let col = (0..ids.len()).map(|i| t.values[i * f + j]);
@@ -221,7 +280,12 @@ fn inspect_split(
             group: g.name().into(),
             path: rel.display().to_string(),
             present,
-            missing_rows,
+            missing_rows: cov.missing_surveys.len(),
+            missing_surveys: cov.missing_surveys,
+            exact_duplicate_rows: cov.exact_duplicate_rows,
+            unknown_survey_rows: cov.unknown_survey_rows,
+            unknown_survey_examples: cov.unknown_survey_examples,
+            conflicting_surveys: cov.conflicts.len(),
         });
     }
 
@@ -262,6 +326,7 @@ fn inspect_split(
         surveys: meta.surveys.len(),
         rows: meta.rows,
         duplicate_rows: meta.duplicate_rows,
+        conflicting_surveys: meta.conflicts.len(),
         species: meta.labels.as_ref().map(|_| meta.n_species()),
         checked: checked.len(),
         modalities,
@@ -373,21 +438,47 @@ pub fn survey_record(ds: &Dataset, split: Split, survey_id: u64) -> Result<Value
         "species".into(),
         meta.labels.as_ref().map_or(Value::Null, |l| json!(l[i])),
     );
-    let tabular = match ds.tabular(split) {
+    if let Some(c) = meta.conflicts.iter().find(|c| c.survey_id == survey_id) {
+        let p = ds.root().join(crate::layout::metadata_csv(split));
+        errors.insert("metadata".into(), json!(c.to_error(&p).to_string()));
+    }
+    let mut env_rows_missing = Vec::new();
+    let tabular = match ds.tabular_report(split) {
         Ok(t) => {
-            let m: Map<String, Value> = t
-                .feature_names
-                .iter()
-                .zip(t.row(i))
-                .map(|(n, &v)| (n.clone(), json_number(v as f64)))
-                .collect();
-            Value::Object(m)
+            let conflict = t.coverage.iter().find_map(|cov| {
+                cov.conflicts
+                    .iter()
+                    .find(|c| c.survey_id == survey_id)
+                    .map(|c| c.to_error(&cov.path))
+            });
+            for cov in &t.coverage {
+                if cov.missing_surveys.binary_search(&survey_id).is_ok() {
+                    env_rows_missing.push(json!(cov.group));
+                }
+            }
+            match conflict {
+                Some(e) => {
+                    errors.insert("tabular".into(), json!(e.to_string()));
+                    Value::Null
+                }
+                None => {
+                    let m: Map<String, Value> = t
+                        .feature_names
+                        .iter()
+                        .zip(t.row(i))
+                        .map(|(n, &v)| (n.clone(), json_number(v as f64)))
+                        .collect();
+                    Value::Object(m)
+                }
+            }
         }
         Err(e) => {
             errors.insert("tabular".into(), json!(e.to_string()));
             Value::Null
         }
     };
+    // Env groups whose CSV has no row for this survey (its features there are NaN).
+    rec.insert("env_rows_missing".into(), Value::Array(env_rows_missing));
     rec.insert("tabular".into(), tabular);
     let landsat = ds
         .read_landsat(split, survey_id)

@@ -17,8 +17,8 @@ pub mod torchfile;
 
 pub use cubes::NanPolicy;
 pub use dataset::{Dataset, DatasetOptions};
-pub use env::{EnvGroup, TabularTable};
-pub use error::{DataError, Result, SurveyTag};
+pub use env::{EnvCoverage, EnvGroup, TabularTable};
+pub use error::{DataError, Result, RowConflict, SurveyTag};
 pub use metadata::SurveyMeta;
 
 use std::fmt;

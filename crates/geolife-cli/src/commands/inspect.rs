@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use geolife_data::inspect::{InspectOptions, Report, inspect, parse_env_groups, survey_record};
+use geolife_data::inspect::{
+    InspectOptions, Report, id_list, inspect, parse_env_groups, survey_record,
+};
 use geolife_data::{Dataset, DatasetOptions, NanPolicy, Split};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -35,7 +37,8 @@ pub struct Args {
     #[arg(long, default_value = "zero")]
     pub cube_nan: String,
     /// Also fail (exit 1) when any part a full run needs is absent: the test split, an
-    /// environmental CSV, or a cube/patch file of a checked survey.
+    /// environmental CSV, a survey's row in one, or a cube/patch file of a checked survey;
+    /// or when an environmental CSV holds rows of surveys not in the metadata.
     #[arg(long)]
     pub strict: bool,
 }
@@ -121,7 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if report.n_failures() > 0 {
         eprintln!(
-            "error: {} file(s) failed to parse (listed above); fix or re-download them, or pass --skip-bad to `geolife prepare` to leave those surveys out",
+            "error: {} file(s) failed to parse or hold conflicting rows (listed above); fix or re-download them, or pass --skip-bad to `geolife prepare` to leave those surveys out",
             report.n_failures()
         );
         return Ok(ExitCode::from(EXIT_BAD_FILES));
@@ -152,12 +155,44 @@ fn print_report(r: &Report) {
             "[{}] {} surveys, {} rows ({} duplicate survey-species rows){species}",
             s.split, s.surveys, s.rows, s.duplicate_rows
         );
+        if s.conflicting_surveys > 0 {
+            println!(
+                "  metadata: {} surveys with rows that disagree (FAILED below)",
+                s.conflicting_surveys
+            );
+        }
         for e in &s.env {
             if e.present {
+                let missing = if e.missing_surveys.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({}; their features are NaN)", id_list(&e.missing_surveys))
+                };
                 println!(
-                    "  env {:<16} present, {} surveys without a row",
+                    "  env {:<16} present, {} surveys without a row{missing}",
                     e.group, e.missing_rows
                 );
+                if e.exact_duplicate_rows > 0 {
+                    println!(
+                        "      {} exact duplicate rows (same survey, same values) ignored",
+                        e.exact_duplicate_rows
+                    );
+                }
+                if e.unknown_survey_rows > 0 {
+                    let ids: Vec<u64> = e.unknown_survey_examples.iter().map(|x| x.0).collect();
+                    println!(
+                        "      {} rows of surveys not in the {} metadata ignored ({})",
+                        e.unknown_survey_rows,
+                        s.split,
+                        id_list(&ids)
+                    );
+                }
+                if e.conflicting_surveys > 0 {
+                    println!(
+                        "      {} surveys with rows that disagree (FAILED below)",
+                        e.conflicting_surveys
+                    );
+                }
             } else {
                 println!("  env {:<16} ABSENT (expected at {})", e.group, e.path);
             }

@@ -11,6 +11,7 @@ use anyhow::Context;
 use geolife_data::Split;
 use geolife_data::cache::{self, PrepareOptions, PrepareProgress, SplitOutcome, SplitReport};
 use geolife_data::dataset::DatasetOptions;
+use geolife_data::inspect::id_list;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]
@@ -24,9 +25,15 @@ pub struct Args {
     /// Splits to pack, comma-separated (test copies the train statistics).
     #[arg(long, value_delimiter = ',', default_value = "train,test")]
     pub splits: Vec<String>,
-    /// Drop surveys whose files are missing or corrupt (listed in the manifest) instead of failing.
+    /// Drop surveys whose files are missing, truncated or corrupt, or whose rows conflict
+    /// (listed in the summary and the manifest), instead of failing.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Refuse a survey without a row in an environmental CSV (by default kept with NaN
+    /// features and reported) and rows of surveys not in the metadata (by default ignored
+    /// and reported). With --skip-bad, surveys without a row are left out instead.
+    #[arg(long)]
+    pub strict: bool,
     /// Worker threads for reading and decoding (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -47,10 +54,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut opts = PrepareOptions::new(DatasetOptions::default());
     opts.splits = splits;
     opts.skip_bad = args.skip_bad;
+    opts.strict = args.strict;
     opts.force = args.force;
     let reports = run_prepare(&args.data, &args.out, &opts, args.threads, true)?;
     for r in &reports {
         println!("{}", summary_line(r));
+        for line in detail_lines(r, args.strict) {
+            println!("  {line}");
+        }
     }
     if let Some(peak) = peak_rss_bytes() {
         println!(
@@ -105,6 +116,66 @@ pub fn summary_line(r: &SplitReport) -> String {
             r.dir.display()
         ),
     }
+}
+
+/// Skipped surveys shown in the summary (all are in the manifest).
+const MAX_SKIPPED_LINES: usize = 20;
+
+/// What a split's summary says beyond its counts: each skipped survey with its reason, and
+/// per environmental CSV the surveys without a row, repeated rows and rows of unknown surveys.
+pub fn detail_lines(r: &SplitReport, strict: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in r.skipped_surveys.iter().take(MAX_SKIPPED_LINES) {
+        out.push(format!(
+            "skipped survey {} [{}]: {}",
+            s.survey_id, s.kind, s.reason
+        ));
+    }
+    if r.skipped_surveys.len() > MAX_SKIPPED_LINES {
+        out.push(format!(
+            "... and {} more skipped surveys (all listed in {})",
+            r.skipped_surveys.len() - MAX_SKIPPED_LINES,
+            r.dir.join("manifest.json").display()
+        ));
+    }
+    for c in &r.env_coverage {
+        let file = c.path.display();
+        if !c.missing_surveys.is_empty() {
+            let what = if strict {
+                "left out (--strict --skip-bad)"
+            } else {
+                "kept with NaN features (missing values accepted; --strict refuses them)"
+            };
+            out.push(format!(
+                "{file}: {} surveys of the {} split have no row ({}): {what}",
+                c.missing_surveys.len(),
+                r.split,
+                id_list(&c.missing_surveys)
+            ));
+        }
+        if c.exact_duplicate_rows > 0 {
+            out.push(format!(
+                "{file}: {} exact duplicate rows (same survey, same values) ignored",
+                c.exact_duplicate_rows
+            ));
+        }
+        if c.unknown_survey_rows > 0 {
+            let ids: Vec<u64> = c.unknown_survey_examples.iter().map(|x| x.0).collect();
+            out.push(format!(
+                "{file}: {} rows of surveys not in the {} metadata ignored ({})",
+                c.unknown_survey_rows,
+                r.split,
+                id_list(&ids)
+            ));
+        }
+    }
+    if r.metadata_duplicate_rows > 0 {
+        out.push(format!(
+            "metadata: {} rows repeat a (survey, species) pair (ignored)",
+            r.metadata_duplicate_rows
+        ));
+    }
+    out
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), if readable.

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::error::CacheError;
+use crate::EnvCoverage;
 
 /// Statistics of one tabular feature over the TRAIN rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,7 +38,7 @@ pub struct ChannelStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SkippedSurvey {
     pub survey_id: u64,
-    /// Short error kind (`image`, `missing`, `truncated`, ...).
+    /// Short error kind (`image`, `missing`, `truncated`, `conflicting-rows`, `missing-row`, ...).
     pub kind: String,
     pub reason: String,
 }
@@ -57,6 +58,9 @@ pub struct PackOptions {
     /// Cube NaN policy, as its debug name (`Zero` = the seed's `nan_to_num`).
     pub cube_nan: String,
     pub skip_bad: bool,
+    /// `--strict`: surveys without an env row and rows of unknown surveys refused.
+    #[serde(default)]
+    pub strict: bool,
 }
 
 /// Everything needed to interpret the binary files of one split.
@@ -90,6 +94,14 @@ pub struct Manifest {
     pub options: PackOptions,
     /// Surveys dropped by `--skip-bad`.
     pub skipped: Vec<SkippedSurvey>,
+    /// Per environmental CSV: surveys without a row (kept with NaN features unless
+    /// `--strict`), exact duplicate rows and rows of unknown surveys (ignored), surveys with
+    /// conflicting rows (refused or skipped).
+    #[serde(default)]
+    pub env_coverage: Vec<EnvCoverage>,
+    /// Rows of the split's metadata that repeat a (survey, species) pair (ignored).
+    #[serde(default)]
+    pub metadata_duplicate_rows: usize,
     /// Every data file with its exact length, checked on open.
     pub files: Vec<FileEntry>,
 }

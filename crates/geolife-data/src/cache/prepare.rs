@@ -2,6 +2,11 @@
 //! chunks written at their row offsets, into `<split>.tmp-<pid>/`, renamed only when complete.
 //! One run at a time per cache folder: a lock file (`<CACHE>/.prepare.lock`) keeps a second
 //! `prepare` from swapping splits under the first.
+//! Nothing is dropped in silence: a survey whose files are missing, truncated or corrupt, or
+//! whose rows conflict (metadata or an environmental CSV), fails the run naming the file and
+//! the survey, or is skipped and listed with `skip_bad`; a survey without an environmental row
+//! (kept with NaN features), repeated rows and rows of unknown surveys are counted per file in
+//! the manifest and the report, and refused with `strict`.
 
 use std::fs::{File, OpenOptions};
 use std::hash::Hasher;
@@ -19,8 +24,9 @@ use super::stats::{Moments, channel_moments_f32, channel_moments_u8, merge_all};
 use super::writer::{RowRef, SplitWriter, write_small};
 use super::{BIOCLIM_LEN, BIOCLIM_SHAPE, FORMAT_VERSION, LANDSAT_LEN};
 use super::{LANDSAT_SHAPE, PATCH_LEN, PATCH_SHAPE, files};
-use crate::Split;
 use crate::dataset::{Dataset, DatasetOptions};
+use crate::layout::metadata_csv;
+use crate::{DataError, EnvCoverage, Split};
 
 /// Surveys read in parallel and held in memory at once (about 72 MB of rows).
 pub const DEFAULT_CHUNK: usize = 1024;
@@ -35,8 +41,13 @@ pub struct PrepareOptions {
     pub dataset: DatasetOptions,
     /// Splits to pack; train is always packed before test.
     pub splits: Vec<Split>,
-    /// Drop surveys whose files are missing or corrupt (listed in the manifest) instead of failing.
+    /// Drop surveys whose files are missing or corrupt, or whose rows conflict (listed in the
+    /// manifest), instead of failing.
     pub skip_bad: bool,
+    /// Refuse what is otherwise accepted and reported: a survey without a row in an
+    /// environmental CSV (per survey: an error, or skipped with `skip_bad`) and rows of
+    /// surveys the split's metadata does not hold (an error).
+    pub strict: bool,
     /// Re-pack even when an up-to-date cache exists.
     pub force: bool,
     /// Surveys per parallel chunk (bounds memory).
@@ -50,6 +61,7 @@ impl PrepareOptions {
             dataset,
             splits: Split::ALL.to_vec(),
             skip_bad: false,
+            strict: false,
             force: false,
             chunk: DEFAULT_CHUNK,
         }
@@ -65,6 +77,7 @@ impl PrepareOptions {
                 .collect(),
             cube_nan: format!("{:?}", self.dataset.cube_nan),
             skip_bad: self.skip_bad,
+            strict: self.strict,
         }
     }
 }
@@ -100,6 +113,12 @@ pub struct SplitReport {
     pub n: usize,
     /// Surveys dropped by `--skip-bad`.
     pub skipped: usize,
+    /// The dropped surveys with their reasons (as in the manifest).
+    pub skipped_surveys: Vec<SkippedSurvey>,
+    /// What each environmental CSV held beyond one row per survey (as in the manifest).
+    pub env_coverage: Vec<EnvCoverage>,
+    /// Rows of the split's metadata that repeat a (survey, species) pair (ignored).
+    pub metadata_duplicate_rows: usize,
     /// Bytes of all data files.
     pub bytes: u64,
     pub seconds: f64,
@@ -145,6 +164,9 @@ pub fn prepare(
                     dir: existing.dir().to_path_buf(),
                     n: m.n,
                     skipped: m.skipped.len(),
+                    skipped_surveys: m.skipped.clone(),
+                    env_coverage: m.env_coverage.clone(),
+                    metadata_duplicate_rows: m.metadata_duplicate_rows,
                     bytes: m.files.iter().map(|f| f.bytes).sum(),
                     seconds: t0.elapsed().as_secs_f64(),
                 });
@@ -175,6 +197,9 @@ pub fn prepare(
             dir: out.join(split.as_str()),
             n: manifest.n,
             skipped: manifest.skipped.len(),
+            skipped_surveys: manifest.skipped.clone(),
+            env_coverage: manifest.env_coverage.clone(),
+            metadata_duplicate_rows: manifest.metadata_duplicate_rows,
             bytes: manifest.files.iter().map(|f| f.bytes).sum(),
             seconds: t0.elapsed().as_secs_f64(),
         });
@@ -321,9 +346,10 @@ fn pack_into(
     opts: &PrepareOptions,
     progress: &dyn PrepareProgress,
 ) -> Result<Manifest, CacheError> {
-    let metas = ds.surveys(split)?;
+    let metadata = ds.metadata(split)?;
+    let metas = &metadata.surveys;
     let labels = ds.labels(split);
-    let table = ds.tabular(split)?;
+    let table = ds.tabular_report(split)?;
     let n = metas.len();
     let nf = table.feature_names.len();
     if table.values.len() != n * nf {
@@ -340,6 +366,12 @@ fn pack_into(
             l.len()
         )));
     }
+    let mut bad = table_problems(ds, split, &table, opts.strict)?;
+    if !opts.skip_bad
+        && let Some((_, e)) = bad.pop_first()
+    {
+        return Err(e.into());
+    }
     let compute_stats = train.is_none();
     let writer = SplitWriter::create(dir, nf, n)?;
     let mut kept: Vec<usize> = Vec::with_capacity(n);
@@ -348,29 +380,31 @@ fn pack_into(
     progress.start(split, n);
     for start in (0..n).step_by(opts.chunk) {
         let end = (start + opts.chunk).min(n);
-        let rows: Vec<Result<Row, CacheError>> = (start..end)
+        // Surveys already refused by their table rows are not read.
+        let rows: Vec<Option<Result<Row, CacheError>>> = (start..end)
             .into_par_iter()
-            .map(|i| read_row(ds, split, metas[i].survey_id, compute_stats))
+            .map(|i| {
+                (!bad.contains_key(&i))
+                    .then(|| read_row(ds, split, metas[i].survey_id, compute_stats))
+            })
             .collect();
         for (i, row) in (start..end).zip(rows) {
             let id = metas[i].survey_id;
             let row = match row {
-                Ok(r) => r,
-                Err(e) if opts.skip_bad => {
-                    let kind = match &e {
-                        CacheError::Data(d) => d.kind().to_string(),
-                        CacheError::RowSize { .. } => "shape".to_string(),
-                        _ => "other".to_string(),
-                    };
-                    tracing::warn!("skipping survey {id}: {e}");
-                    skipped.push(SkippedSurvey {
-                        survey_id: id,
-                        kind,
-                        reason: e.to_string(),
+                Some(Ok(r)) => r,
+                None => {
+                    // Only with skip_bad (otherwise the first one failed above).
+                    let e = bad.remove(&i).map(CacheError::from).unwrap_or_else(|| {
+                        CacheError::Invalid(format!("survey {id}: no reason recorded"))
                     });
+                    skip(&mut skipped, id, &e);
                     continue;
                 }
-                Err(e) => return Err(e),
+                Some(Err(e)) if opts.skip_bad => {
+                    skip(&mut skipped, id, &e);
+                    continue;
+                }
+                Some(Err(e)) => return Err(e),
             };
             writer.write_row(
                 kept.len(),
@@ -491,12 +525,91 @@ fn pack_into(
         n_label_ids,
         options: pack.clone(),
         skipped,
+        env_coverage: table.coverage.clone(),
+        metadata_duplicate_rows: metadata.duplicate_rows,
         files: file_entries,
     };
     // The manifest goes last: its presence marks the folder complete.
     manifest.save(&dir.join(files::MANIFEST))?;
     progress.finish();
     Ok(manifest)
+}
+
+/// Records a survey dropped by `--skip-bad`.
+fn skip(skipped: &mut Vec<SkippedSurvey>, id: u64, e: &CacheError) {
+    let kind = match e {
+        CacheError::Data(d) => d.kind().to_string(),
+        CacheError::RowSize { .. } => "shape".to_string(),
+        _ => "other".to_string(),
+    };
+    tracing::warn!("skipping survey {id}: {e}");
+    skipped.push(SkippedSurvey {
+        survey_id: id,
+        kind,
+        reason: e.to_string(),
+    });
+}
+
+/// Per-survey problems of the tables, by row index (the first problem of each survey):
+/// metadata rows that disagree, env CSV rows that disagree, and (with `strict`) surveys
+/// without a row in an env CSV. With `strict`, rows of surveys the metadata does not hold
+/// fail the whole split.
+fn table_problems(
+    ds: &Dataset,
+    split: Split,
+    table: &crate::TabularTable,
+    strict: bool,
+) -> Result<std::collections::BTreeMap<usize, DataError>, CacheError> {
+    let meta = ds.metadata(split)?;
+    let mut bad = std::collections::BTreeMap::new();
+    let mut add = |survey: u64, e: DataError| {
+        if let Some(i) = meta.index_of(survey) {
+            bad.entry(i).or_insert(e);
+        }
+    };
+    let meta_path = ds.root().join(metadata_csv(split));
+    for c in &meta.conflicts {
+        add(c.survey_id, c.to_error(&meta_path));
+    }
+    for cov in &table.coverage {
+        for c in &cov.conflicts {
+            add(c.survey_id, c.to_error(&cov.path));
+        }
+    }
+    if strict {
+        for cov in &table.coverage {
+            if let Some(&(survey, line)) = cov.unknown_survey_examples.first() {
+                return Err(DataError::Csv {
+                    path: cov.path.clone(),
+                    line,
+                    survey: survey.into(),
+                    reason: format!(
+                        "survey not in the {split} metadata {} ({} such row(s) in this file; \
+                         --strict refuses rows of unknown surveys)",
+                        metadata_csv(split),
+                        cov.unknown_survey_rows
+                    ),
+                }
+                .into());
+            }
+            for &survey in &cov.missing_surveys {
+                add(
+                    survey,
+                    DataError::MissingRow {
+                        path: cov.path.clone(),
+                        survey: survey.into(),
+                        reason: format!(
+                            "its {} feature(s) would be NaN; --strict refuses surveys without \
+                             a row (drop --strict to keep them with NaN, or pass --skip-bad \
+                             to leave them out)",
+                            cov.group
+                        ),
+                    },
+                );
+            }
+        }
+    }
+    Ok(bad)
 }
 
 /// Per-feature statistics of the kept rows of a row-major `n x F` table.
