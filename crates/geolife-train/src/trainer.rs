@@ -123,6 +123,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     })
 }
 
+/// The wgpu device and its adapter, brought up once per process by [`make_device`].
+#[cfg(feature = "wgpu")]
+static WGPU: std::sync::OnceLock<Result<(Device, String), String>> = std::sync::OnceLock::new();
+
+/// What a device name runs on, for run logs: `CPU` for flex, the adapter for wgpu.
+pub fn device_description(name: &str) -> String {
+    #[cfg(feature = "wgpu")]
+    if name == "wgpu"
+        && let Some(Ok((_, adapter))) = WGPU.get()
+    {
+        return format!("adapter {adapter}");
+    }
+    match name {
+        "flex" => "CPU".into(),
+        other => other.into(),
+    }
+}
+
 /// The device named in the config.
 ///
 /// `wgpu` brings burn's wgpu runtime up on the default adapter (a GPU if there is one, else a
@@ -135,9 +153,6 @@ pub fn make_device(name: &str) -> Result<Device, TrainError> {
         #[cfg(feature = "wgpu")]
         "wgpu" => {
             use burn::tensor::wgpu::WgpuInitError;
-            // The runtime registers once per process; later calls reuse that device.
-            static WGPU: std::sync::OnceLock<Result<(Device, String), String>> =
-                std::sync::OnceLock::new();
             let (device, adapter) = WGPU
                 .get_or_init(|| match Device::wgpu_options().init_with_setup() {
                     Ok((device, setup)) => {
@@ -547,13 +562,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         ));
     } else {
         log.line(&format!(
-            "run {}: {} train / {} validation surveys ({:?} split), {} classes, backbone {}",
+            "run {}: {} train / {} validation surveys ({:?} split), {} classes, backbone {}, device {} ({})",
             run.display(),
             split.train.len(),
             split.val.len(),
             v.split,
             vocab.len(),
-            cfg.model.backbone
+            cfg.model.backbone,
+            cfg.train.device,
+            device_description(&cfg.train.device)
         ));
     }
 

@@ -1,0 +1,431 @@
+//! burn's `wgpu` backend really executes (on a GPU, or in CI on Mesa's software Vulkan device,
+//! llvmpipe) and computes what the `flex` CPU backend computes: the fusion forward with the
+//! same weights, a short training run from the same initial weights, and `predict`'s score
+//! files. `make_device("wgpu")` names the adapter it ran on.
+//!
+//! Run with `cargo test -p geolife-train --features wgpu --test wgpu_path`. Without a Vulkan
+//! (or other wgpu) adapter every test FAILS, saying so: CI installs `mesa-vulkan-drivers`.
+//!
+//! The two backends sum in different orders (tiled matmul and convolution kernels, tree
+//! reductions) and the shader `exp` is not bit-identical to Rust's, so float32 results agree
+//! to about 1e-6 relative, not bit for bit; the tolerances below are stated with what was
+//! measured.
+#![cfg(feature = "wgpu")]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use geolife_data::Split;
+use geolife_data::cache::PackedSplit;
+use geolife_data::synth::{SynthConfig, write_dataset};
+use geolife_metrics::{ScoreFile, Scores};
+use geolife_model::fusion::{FusionConfig, FusionInput};
+use geolife_train::config::SplitKind;
+use geolife_train::predict::{PredictOptions, predict};
+use geolife_train::trainer::{batch_shapes, files, fusion_config, make_device};
+use geolife_train::vocab::Vocabulary;
+use geolife_train::{Progress, TrainConfig, TrainOptions, TrainSummary, train};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+
+// Tolerances. Measured on llvmpipe (Mesa 22.3.6, Vulkan): forward 7.3e-7 relative,
+// losses 2e-8 (train) and 4e-8 (validation), scores 1.8e-7 (same checkpoint) and 3.6e-7
+// (wgpu- vs flex-trained checkpoints). The bounds leave two to three orders of magnitude for
+// GPUs, whose autotuned matmul / convolution kernels sum in yet other orders, while still
+// catching a wrong kernel or a misread weight.
+
+/// Fusion forward (inference) logits, wgpu vs flex, same weights and inputs: largest absolute
+/// difference over the largest absolute logit.
+const FORWARD_REL_TOL: f64 = 1e-4;
+/// Per-epoch train and validation BCE loss (about 0.65) of the same 3-step run on both devices.
+const LOSS_ABS_TOL: f64 = 1e-4;
+/// Sigmoid scores (probabilities) of one checkpoint predicted on both devices.
+const SCORE_ABS_TOL: f32 = 1e-4;
+/// Sigmoid scores of the two runs' (wgpu-trained vs flex-trained) best checkpoints: three
+/// AdamW steps can amplify a difference (a near-zero gradient whose sign differs moves a
+/// weight by the full learning rate), hence 10x the single-checkpoint bound.
+const TRAINED_SCORE_ABS_TOL: f32 = 1e-3;
+
+/// The flex backend keeps one process-wide RNG and llvmpipe is slow: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The wgpu device and the adapter line `make_device` logged for it, or a failure that says
+/// why there is none. On Linux the device must be a Vulkan one: without a Vulkan driver wgpu
+/// falls back to OpenGL (Mesa's GL llvmpipe), which is not the path CI means to test.
+fn wgpu_logged() -> (Device, String) {
+    let capture = Capture::default();
+    let device = tracing::subscriber::with_default(capture.clone(), || make_device("wgpu"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "the wgpu backend has no adapter on this machine: {e}\n\
+                 These tests must run on a GPU or a software Vulkan device; on Debian/Ubuntu \
+                 install one with `apt-get install mesa-vulkan-drivers` (llvmpipe)."
+            )
+        });
+    let lines = capture.0.lock().unwrap().clone();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("device wgpu: adapter"))
+        .unwrap_or_else(|| panic!("make_device(\"wgpu\") logged no adapter: {lines:?}"))
+        .clone();
+    if cfg!(target_os = "linux") {
+        assert!(
+            line.contains("(Vulkan,"),
+            "wgpu did not come up on Vulkan ({line}): this machine has no Vulkan device; on \
+             Debian/Ubuntu install one with `apt-get install mesa-vulkan-drivers` (llvmpipe)"
+        );
+    }
+    (device, line)
+}
+
+fn wgpu() -> Device {
+    wgpu_logged().0
+}
+
+/// Packed cache of a synthetic dataset, built once per test binary: tens of surveys.
+fn cache() -> &'static PathBuf {
+    static F: OnceLock<PathBuf> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let data = dir.join("data");
+        let cfg = SynthConfig {
+            train_surveys: 48,
+            test_surveys: 16,
+            species: 12,
+            seed: 5,
+            mean_species_per_survey: 3.0,
+            surveys_per_cluster: 8,
+            ..SynthConfig::default()
+        };
+        write_dataset(&data, &cfg).unwrap();
+        geolife_train::data::resolve_cache(&data, &dir.join("cache")).unwrap()
+    })
+}
+
+/// The tiny recipe, made deterministic across devices: no dropout (each backend draws its own
+/// masks) and no mixup; 1 epoch of 3 batches of 8, random validation split.
+fn config() -> TrainConfig {
+    let mut c = TrainConfig::tiny();
+    c.model.dropout = 0.0;
+    c.train.epochs = 1;
+    c.train.batch_size = 8;
+    c.train.max_batches_per_epoch = 3;
+    c.train.mixup_prob = 0.0;
+    c.train.workers = 1;
+    c.validation.split = SplitKind::Random;
+    c.validation.fraction = 0.25;
+    c
+}
+
+/// The fusion config of [`config`] on the fixture, and a checkpoint of weights initialised on
+/// flex: both devices start from these (each backend's RNG would initialise differently).
+fn initial() -> &'static (FusionConfig, PathBuf) {
+    static I: OnceLock<(FusionConfig, PathBuf)> = OnceLock::new();
+    I.get_or_init(|| {
+        let data = PackedSplit::open(cache(), Split::Train).unwrap();
+        let m = data.manifest();
+        let cfg = config();
+        let vocab = Vocabulary::new(cfg.data.vocabulary, &m.species, cfg.data.full_size);
+        let fc = fusion_config(&cfg, m, vocab.len()).unwrap();
+        let device = Device::flex();
+        device.seed(3);
+        let model = fc.try_init(&device).unwrap();
+        let path = cache()
+            .parent()
+            .unwrap()
+            .join("initial_weights.safetensors");
+        geolife_model::checkpoint::save_safetensors(&model, &fc, &path).unwrap();
+        (fc, path)
+    })
+}
+
+/// Largest absolute difference of two equally long slices.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn dense(s: &ScoreFile) -> &[f32] {
+    match &s.scores {
+        Scores::Dense { data } => data,
+        other => panic!("dense scores expected, got {other:?}"),
+    }
+}
+
+/// Records every `tracing` event of this crate (message and fields) while installed.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                let _ = write!(self.0, "{}={v:?} ", f.name());
+            }
+        }
+        if event.metadata().target().starts_with("geolife_train") {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn make_device_wgpu_logs_the_adapter_it_runs_on() {
+    let _guard = serial();
+    let (device, line) = wgpu_logged();
+    println!("wgpu adapter: {line}");
+    // The logged name is the one the runtime reports for the device it runs on.
+    let name = device
+        .identity()
+        .expect("a wgpu device reports its identity")
+        .name;
+    assert!(!name.is_empty());
+    assert!(line.contains(&name), "{line} does not name {name}");
+    // It really executes: a small computation reads back right.
+    let x = Tensor::<1>::from_floats([1.0, 2.0, 3.0], &device);
+    let y: Vec<f32> = (x.clone() * x)
+        .sum()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    assert_eq!(y, vec![14.0]);
+}
+
+#[test]
+fn fusion_forward_on_wgpu_equals_flex_with_the_same_weights() {
+    let _guard = serial();
+    let wgpu = wgpu();
+    let (fc, weights) = initial();
+    let m = PackedSplit::open(cache(), Split::Train)
+        .unwrap()
+        .manifest()
+        .clone();
+    let n = 6;
+    let (ts, ls, bs, ss) = batch_shapes(fc, [m.patch_shape[1], m.patch_shape[2]], n);
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut normal = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect::<Vec<f32>>()
+    };
+    let (t, l, b, s) = (
+        normal(ts.iter().product()),
+        normal(ls.iter().product()),
+        normal(bs.iter().product()),
+        normal(ss.iter().product()),
+    );
+    let logits = |device: &Device| -> Vec<f32> {
+        let (model, _) = geolife_model::checkpoint::load_safetensors(fc, weights, device).unwrap();
+        let input = FusionInput {
+            tabular: Tensor::<2>::from_data(TensorData::new(t.clone(), ts), device),
+            landsat: Tensor::<4>::from_data(TensorData::new(l.clone(), ls), device),
+            bioclim: Tensor::<4>::from_data(TensorData::new(b.clone(), bs), device),
+            sentinel: Tensor::<4>::from_data(TensorData::new(s.clone(), ss), device),
+        };
+        model
+            .forward(input)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let on_flex = logits(&Device::flex());
+    let on_wgpu = logits(&wgpu);
+    assert_eq!(on_flex.len(), n * fc.num_classes);
+    assert!(on_wgpu.iter().all(|v| v.is_finite()), "{on_wgpu:?}");
+    let scale = on_flex.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let diff = max_abs_diff(&on_flex, &on_wgpu);
+    let rel = f64::from(diff) / f64::from(scale.max(1e-12));
+    println!(
+        "forward: {} logits, max |flex| {scale:.4e}, max |wgpu - flex| {diff:.3e}, relative {rel:.3e}",
+        on_flex.len()
+    );
+    assert!(
+        rel <= FORWARD_REL_TOL,
+        "wgpu forward differs from flex: max abs diff {diff:e}, relative {rel:e} > {FORWARD_REL_TOL:e}"
+    );
+}
+
+/// One run of [`config`] from the shared initial weights on `device`.
+fn run_on(device: &str, run: &Path) -> TrainSummary {
+    let mut cfg = config();
+    cfg.train.device = device.into();
+    cfg.model.weights = Some(initial().1.clone());
+    let started = std::time::Instant::now();
+    let summary = train(&TrainOptions {
+        config: cfg,
+        cache: cache().clone(),
+        run_dir: run.to_path_buf(),
+        resume: false,
+        progress: Progress::Quiet,
+        stop_after_batches: None,
+    })
+    .unwrap_or_else(|e| panic!("training on {device} failed: {e}"));
+    println!(
+        "train on {device}: {:.1}s, {:?}",
+        started.elapsed().as_secs_f64(),
+        summary.history
+    );
+    assert!(summary.finished);
+    summary
+}
+
+/// The same short run on flex and on wgpu (run folders), trained once per test binary.
+fn runs() -> &'static (PathBuf, TrainSummary, PathBuf, TrainSummary) {
+    static R: OnceLock<(PathBuf, TrainSummary, PathBuf, TrainSummary)> = OnceLock::new();
+    R.get_or_init(|| {
+        let _ = wgpu();
+        let dir = tempfile::tempdir().unwrap().keep();
+        let (flex_run, wgpu_run) = (dir.join("flex"), dir.join("wgpu"));
+        let a = run_on("flex", &flex_run);
+        let b = run_on("wgpu", &wgpu_run);
+        (flex_run, a, wgpu_run, b)
+    })
+}
+
+/// `predict` over the test split of the fixture for `run`, on `device` (the run's config with
+/// `train.device` replaced, passed as `--config`).
+fn predict_on(run: &Path, device: &str) -> ScoreFile {
+    let mut cfg = TrainConfig::load(&run.join(files::CONFIG)).unwrap();
+    cfg.train.device = device.into();
+    let config = run.join(format!("predict-{device}.toml"));
+    std::fs::write(&config, cfg.to_toml_string().unwrap()).unwrap();
+    predict(&PredictOptions {
+        run_dir: Some(run.to_path_buf()),
+        weights: None,
+        config: Some(config),
+        cache: cache().clone(),
+        split: Split::Test,
+        batch_size: 8,
+        workers: 1,
+    })
+    .unwrap_or_else(|e| panic!("predict on {device} failed: {e}"))
+}
+
+#[test]
+fn training_on_wgpu_matches_flex_step_by_step() {
+    let _guard = serial();
+    let (flex_run, a, wgpu_run, b) = runs();
+    assert_eq!(a.history.len(), b.history.len());
+    for (x, y) in a.history.iter().zip(&b.history) {
+        let (dt, dv) = (
+            (x.train_loss - y.train_loss).abs(),
+            (x.val_loss - y.val_loss).abs(),
+        );
+        println!(
+            "epoch {}: train loss flex {:.7} wgpu {:.7} (diff {dt:.2e}), val loss flex {:.7} wgpu {:.7} (diff {dv:.2e}), best K {} / {}",
+            x.epoch, x.train_loss, y.train_loss, x.val_loss, y.val_loss, x.best_k, y.best_k
+        );
+        assert!(dt <= LOSS_ABS_TOL, "train loss: {x:?} vs {y:?}");
+        assert!(dv <= LOSS_ABS_TOL, "val loss: {x:?} vs {y:?}");
+        assert!((x.lr - y.lr).abs() < 1e-12, "{x:?} vs {y:?}");
+    }
+    // metrics.csv: same rows, every loss column within tolerance (the time column differs).
+    let rows = |run: &Path| -> Vec<Vec<String>> {
+        std::fs::read_to_string(run.join(files::METRICS))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect()
+    };
+    let (ra, rb) = (rows(flex_run), rows(wgpu_run));
+    assert_eq!(ra.len(), rb.len());
+    assert_eq!(ra[0], rb[0]);
+    for (x, y) in ra.iter().zip(&rb).skip(1) {
+        for col in [1, 2] {
+            let (p, q): (f64, f64) = (x[col].parse().unwrap(), y[col].parse().unwrap());
+            assert!(
+                (p - q).abs() <= LOSS_ABS_TOL,
+                "metrics.csv column {} differs: {x:?} vs {y:?}",
+                ra[0][col]
+            );
+        }
+    }
+    // The two trained checkpoints predict alike (their weights drifted apart by 3 steps).
+    let (sa, sb) = (predict_on(flex_run, "flex"), predict_on(wgpu_run, "flex"));
+    assert_eq!(sa.survey_ids, sb.survey_ids);
+    let d = max_abs_diff(dense(&sa), dense(&sb));
+    println!(
+        "test scores of the flex-trained vs the wgpu-trained checkpoint (both on flex): max abs diff {d:.3e}"
+    );
+    assert!(d <= TRAINED_SCORE_ABS_TOL, "{d:e}");
+}
+
+#[test]
+fn the_wgpu_runs_checkpoints_load_on_flex_and_predict_the_same_scores() {
+    let _guard = serial();
+    let (_, _, wgpu_run, _) = runs();
+    let on_wgpu = predict_on(wgpu_run, "wgpu");
+    let on_flex = predict_on(wgpu_run, "flex");
+    assert_eq!(on_wgpu.survey_ids, on_flex.survey_ids);
+    assert_eq!(on_wgpu.species, on_flex.species);
+    let d = max_abs_diff(dense(&on_wgpu), dense(&on_flex));
+    println!("wgpu-trained best checkpoint, test scores wgpu vs flex: max abs diff {d:.3e}");
+    assert!(
+        d <= SCORE_ABS_TOL,
+        "scores differ by {d:e} > {SCORE_ABS_TOL:e}"
+    );
+    // The resumable checkpoint written on wgpu reads back, and its weights load on flex.
+    let (state, _, _, weights) =
+        geolife_train::checkpoint::load(&wgpu_run.join(files::LAST)).unwrap();
+    assert_eq!(state.epoch, 1);
+    let tmp = wgpu_run.join("last-weights.safetensors");
+    std::fs::write(&tmp, weights).unwrap();
+    let fc = geolife_model::checkpoint::read_config(&tmp).unwrap();
+    geolife_model::checkpoint::load_safetensors(&fc, &tmp, &Device::flex()).unwrap();
+}
+
+#[test]
+fn predict_on_wgpu_writes_the_same_score_file_as_flex() {
+    let _guard = serial();
+    let (flex_run, _, _, _) = runs();
+    let out = flex_run.join("scores");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut files = Vec::new();
+    for device in ["flex", "wgpu"] {
+        let path = out.join(format!("test_{device}.safetensors"));
+        predict_on(flex_run, device).write(&path).unwrap();
+        files.push(ScoreFile::read(&path).unwrap());
+    }
+    let (f, w) = (&files[0], &files[1]);
+    assert_eq!(
+        (&f.model, &f.split, &f.survey_ids, &f.species),
+        (&w.model, &w.split, &w.survey_ids, &w.species)
+    );
+    assert_eq!(f.survey_ids.len(), fixture_test_len());
+    let d = max_abs_diff(dense(f), dense(w));
+    println!(
+        "predict score files, wgpu vs flex: {} scores, max abs diff {d:.3e}",
+        dense(f).len()
+    );
+    assert!(
+        d <= SCORE_ABS_TOL,
+        "score files differ by {d:e} > {SCORE_ABS_TOL:e}"
+    );
+}
+
+fn fixture_test_len() -> usize {
+    PackedSplit::open(cache(), Split::Test).unwrap().len()
+}
