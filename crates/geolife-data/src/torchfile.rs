@@ -177,10 +177,19 @@ pub fn load_tensor(path: &Path) -> Result<TorchTensor> {
 /// Like [`load_tensor`], with the survey id to name in errors.
 pub fn load_tensor_for(path: &Path, survey: Option<u64>) -> Result<TorchTensor> {
     let file = File::open(path).map_err(|e| io_or_missing(path, survey, e))?;
-    let ctx = Ctx::new(path, survey);
-    let (root, mut archive) = read_archive(file, &ctx)?;
+    tensor_from(file, &Ctx::new(path, survey))
+}
+
+/// [`load_tensor`] on the bytes of a torch file already in memory (`origin` only names them
+/// in errors).
+pub fn load_tensor_from_bytes(origin: &Path, bytes: &[u8]) -> Result<TorchTensor> {
+    tensor_from(std::io::Cursor::new(bytes), &Ctx::new(origin, None))
+}
+
+fn tensor_from<R: Read + Seek>(reader: R, ctx: &Ctx) -> Result<TorchTensor> {
+    let (root, mut archive) = read_archive(reader, ctx)?;
     match root {
-        Value::Tensor(t) => resolve_one(&t, &mut archive, &ctx, &mut Storages::default()),
+        Value::Tensor(t) => resolve_one(&t, &mut archive, ctx, &mut Storages::default()),
         other => Err(ctx.pickle(format!("expected one bare tensor, found {}", other.kind()))),
     }
 }
@@ -190,10 +199,22 @@ pub fn load_tensor_for(path: &Path, survey: Option<u64>) -> Result<TorchTensor> 
 /// entries (epoch counters, ...) are skipped. Order is the file's order.
 pub fn load_state_dict(path: &Path) -> Result<Vec<(String, TorchTensor)>> {
     let file = File::open(path).map_err(|e| io_or_missing(path, None, e))?;
-    let ctx = Ctx::new(path, None);
-    let (root, mut archive) = read_archive(file, &ctx)?;
+    state_dict_from(file, &Ctx::new(path, None))
+}
+
+/// [`load_state_dict`] on the bytes of a torch file already in memory (`origin` only names
+/// them in errors).
+pub fn load_state_dict_from_bytes(
+    origin: &Path,
+    bytes: &[u8],
+) -> Result<Vec<(String, TorchTensor)>> {
+    state_dict_from(std::io::Cursor::new(bytes), &Ctx::new(origin, None))
+}
+
+fn state_dict_from<R: Read + Seek>(reader: R, ctx: &Ctx) -> Result<Vec<(String, TorchTensor)>> {
+    let (root, mut archive) = read_archive(reader, ctx)?;
     let mut refs = Vec::new();
-    flatten(&root, "", 0, &mut refs, &ctx)?;
+    flatten(&root, "", 0, &mut refs, ctx)?;
     if refs.is_empty() {
         return Err(ctx.pickle(format!(
             "expected a state dict (name -> tensor), found {} without tensors",
@@ -202,7 +223,7 @@ pub fn load_state_dict(path: &Path) -> Result<Vec<(String, TorchTensor)>> {
     }
     let mut storages = Storages::default();
     refs.into_iter()
-        .map(|(k, t)| Ok((k, resolve_one(&t, &mut archive, &ctx, &mut storages)?)))
+        .map(|(k, t)| Ok((k, resolve_one(&t, &mut archive, ctx, &mut storages)?)))
         .collect()
 }
 
@@ -255,10 +276,11 @@ impl Ctx {
     }
 }
 
-/// The opened archive: entry-name prefix (`<stem>/`) and the zip itself.
+/// The opened archive: entry-name prefix (`<stem>/`), the zip itself and its length in bytes.
 struct Archive<R: Read + Seek> {
     zip: zip::ZipArchive<R>,
     prefix: String,
+    len: u64,
 }
 
 /// Storages read so far, by key (views share one storage).
@@ -269,10 +291,13 @@ struct Storages(HashMap<String, (DType, Arc<Vec<u8>>)>);
 const MAX_PICKLE_BYTES: u64 = 64 << 20;
 
 /// Opens the archive, checks the byte order and unpickles `data.pkl`.
-fn read_archive(mut file: File, ctx: &Ctx) -> Result<(Value, Archive<File>)> {
+fn read_archive<R: Read + Seek>(mut file: R, ctx: &Ctx) -> Result<(Value, Archive<R>)> {
     let mut magic = [0u8; 4];
     let n =
         read_up_to(&mut file, &mut magic).map_err(|e| DataError::io(&ctx.path, ctx.survey, e))?;
+    let len = file
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(|e| DataError::io(&ctx.path, ctx.survey, e))?;
     file.rewind()
         .map_err(|e| DataError::io(&ctx.path, ctx.survey, e))?;
     let looks_zip = n == 4 && magic == *b"PK\x03\x04";
@@ -303,7 +328,7 @@ fn read_archive(mut file: File, ctx: &Ctx) -> Result<(Value, Archive<File>)> {
             reason: "zip archive without a `*/data.pkl` entry".into(),
         })?;
     let prefix = pkl_name[..pkl_name.len() - "data.pkl".len()].to_string();
-    let mut archive = Archive { zip, prefix };
+    let mut archive = Archive { zip, prefix, len };
     if let Some(order) = archive.read_optional("byteorder", ctx, 64)? {
         let order = String::from_utf8_lossy(&order).trim().to_string();
         if order != "little" {
@@ -348,10 +373,21 @@ impl<R: Read + Seek> Archive<R> {
                 "entry {full} is {size} bytes, more than the {limit} accepted"
             )));
         }
-        let mut buf = Vec::with_capacity(size as usize);
+        // The declared size is a claim of the file: pre-allocate no more than the archive
+        // holds, and read no more than declared (a deflated entry may inflate further).
+        let mut buf = Vec::with_capacity(size.min(self.len) as usize);
         entry
+            .by_ref()
+            .take(size.saturating_add(1))
             .read_to_end(&mut buf)
             .map_err(|e| ctx.truncated(format!("entry {full}: {e}")))?;
+        if buf.len() as u64 > size {
+            return Err(DataError::NotZip {
+                path: ctx.path.clone(),
+                survey: ctx.survey,
+                reason: format!("entry {full} holds more than its declared {size} bytes"),
+            });
+        }
         if (buf.len() as u64) < size {
             return Err(ctx.truncated(format!(
                 "entry {full} holds {} of its {size} bytes",
@@ -376,7 +412,7 @@ fn resolve_one<R: Read + Seek>(
             let want = (t.storage.numel as u64)
                 .checked_mul(t.storage.dtype.size() as u64)
                 .ok_or_else(|| ctx.pickle("storage size overflows"))?;
-            let bytes = archive.read_optional(&name, ctx, want.max(1) << 1)?;
+            let bytes = archive.read_optional(&name, ctx, want.max(1).saturating_mul(2))?;
             let bytes = bytes.ok_or_else(|| {
                 ctx.truncated(format!(
                     "storage entry `{name}` is missing from the archive"
@@ -409,6 +445,22 @@ fn resolve_one<R: Read + Seek>(
         )));
     }
     let numel_storage = bytes.len() / dtype.size();
+    // `data_f32` allocates one f32 per logical element: a view may not have more elements than
+    // its storage (broadcast views with stride 0 are not read), so the output stays bounded by
+    // the bytes really in the file.
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &s| n.checked_mul(s))
+        .ok_or_else(|| ctx.pickle(format!("tensor size {:?} overflows", t.shape)))?;
+    if numel > numel_storage.min(t.storage.numel) {
+        return Err(ctx.pickle(format!(
+            "tensor of size {:?} has {numel} elements, more than the {} of storage `{}` (broadcast views are not read)",
+            t.shape,
+            numel_storage.min(t.storage.numel),
+            t.storage.key
+        )));
+    }
     if t.shape.iter().all(|&s| s > 0) {
         // Largest storage index the view touches, overflow-checked.
         let mut last = t.offset;
@@ -479,6 +531,12 @@ fn flatten(
 const MAX_DEPTH: usize = 64;
 /// Most values that may be materialised (memo copies included).
 const MAX_NODES: usize = 1 << 24;
+/// Most bytes of values the unpickler may materialise: every pushed value, every memo copy
+/// (memoised values are cloned, so `GET`s of a value built from `GET`s double it) and every
+/// mark. Real state dicts need well under 1 MiB.
+const MAX_VALUE_BYTES: usize = 32 << 20;
+/// Estimated bytes of one value node.
+const NODE_BYTES: usize = std::mem::size_of::<Value>();
 
 /// A whitelisted global.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -505,7 +563,7 @@ struct TensorRef {
 }
 
 /// Items of a tuple, list or dict (dicts store key, value, key, value, ...), with the
-/// nesting depth and node count cached so limits cost O(1) per operation.
+/// nesting depth and estimated bytes cached so limits cost O(1) per operation.
 #[derive(Debug, Clone, Default)]
 struct Seq {
     items: Vec<Value>,
@@ -548,11 +606,16 @@ impl Value {
             _ => 0,
         }
     }
+    /// Estimated heap bytes, strings and nested values included.
     fn size(&self) -> usize {
-        match self {
-            Value::Tuple(s) | Value::List(s) | Value::Dict(s) => 1 + s.size,
-            _ => 1,
-        }
+        NODE_BYTES
+            + match self {
+                Value::Tuple(s) | Value::List(s) | Value::Dict(s) => s.size,
+                Value::Str(s) => s.len(),
+                Value::Storage(r) => r.key.len(),
+                Value::Tensor(t) => t.storage.key.len() + 8 * (t.shape.len() + t.stride.len()),
+                _ => 0,
+            }
     }
     fn kind(&self) -> &'static str {
         match self {
@@ -576,7 +639,8 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
-    nodes: usize,
+    /// Estimated bytes materialised so far (see [`MAX_VALUE_BYTES`]).
+    bytes: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -586,7 +650,7 @@ impl<'a> Machine<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
-            nodes: 0,
+            bytes: 0,
         }
     }
 
@@ -613,11 +677,23 @@ impl<'a> Machine<'a> {
     }
 
     fn push(&mut self, pos: usize, v: Value) -> Result<()> {
-        self.nodes += v.size();
-        if self.nodes > MAX_NODES {
-            return Err(self.err(pos, "too many values"));
-        }
+        self.charge(pos, v.size())?;
         self.stack.push(v);
+        Ok(())
+    }
+
+    /// Counts `bytes` more materialised against [`MAX_VALUE_BYTES`].
+    fn charge(&mut self, pos: usize, bytes: usize) -> Result<()> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > MAX_VALUE_BYTES {
+            return Err(self.err(
+                pos,
+                format!(
+                    "the pickle builds more than {} MiB of values",
+                    MAX_VALUE_BYTES >> 20
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -664,7 +740,10 @@ impl<'a> Machine<'a> {
                     let v = self.pop(pos)?;
                     return Ok(v);
                 }
-                b'(' => self.marks.push(self.stack.len()),
+                b'(' => {
+                    self.charge(pos, std::mem::size_of::<usize>())?;
+                    self.marks.push(self.stack.len());
+                }
                 b'}' => self.push(pos, Value::Dict(Seq::default()))?,
                 b']' => self.push(pos, Value::List(Seq::default()))?,
                 b')' => self.push(pos, Value::Tuple(Seq::default()))?,
@@ -841,6 +920,7 @@ impl<'a> Machine<'a> {
         if self.memo.len() >= MAX_NODES {
             return Err(self.err(pos, "memo too large"));
         }
+        self.charge(pos, v.size())?;
         self.memo.insert(i, v);
         Ok(())
     }

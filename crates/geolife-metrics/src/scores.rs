@@ -335,12 +335,18 @@ impl ScoreFile {
     /// (`observation_id;...;predictions;probas`).
     pub fn read(path: &Path) -> Result<ScoreFile, MetricsError> {
         let bytes = std::fs::read(path).map_err(|e| MetricsError::io(path, e))?;
-        let sf = if looks_like_safetensors(&bytes) {
-            read_safetensors(path, &bytes)?
+        ScoreFile::from_bytes(path, &bytes)
+    }
+
+    /// [`ScoreFile::read`] on the bytes of a score file already in memory (`origin` only
+    /// names them in errors).
+    pub fn from_bytes(origin: &Path, bytes: &[u8]) -> Result<ScoreFile, MetricsError> {
+        let sf = if looks_like_safetensors(bytes) {
+            read_safetensors(origin, bytes)?
         } else {
-            crate::text::read_text_scores(path, &bytes)?
+            crate::text::read_text_scores(origin, bytes)?
         };
-        sf.validate(path)?;
+        sf.validate(origin)?;
         Ok(sf)
     }
 }
