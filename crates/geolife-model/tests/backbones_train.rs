@@ -133,7 +133,7 @@ fn assert_trains(kind: BackboneKind, input: SentinelInput) {
     );
     let targets: Vec<f32> = (0..BATCH * CLASSES)
         .map(|i| {
-            if (i * 7 + i / CLASSES) % 5 == 0 {
+            if (i * 7 + i / CLASSES).is_multiple_of(5) {
                 1.0
             } else {
                 0.0
