@@ -339,3 +339,88 @@ fn a_missing_file_error_names_the_file_and_reason_once() {
     assert!(err.contains("/nonexistent/scores.safetensors"), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+#[test]
+fn paper_ensemble_config_blends_four_runs_with_its_weights() {
+    // configs/ensemble-paper.toml on four copies of one real probability file: its weights
+    // (0.15, 0.1, 0.4, 0.35) sum to 1, so the weighted mean must equal that file's scores.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a = real("predictions/malpolon_mme_top25_probas.csv");
+    let config =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/ensemble-paper.toml");
+    let (four, one) = (d.join("four.safetensors"), d.join("one.safetensors"));
+    let out = geolife(&[
+        "ensemble",
+        s(&a),
+        s(&a),
+        s(&a),
+        s(&a),
+        "--weights",
+        s(&config),
+        "--out",
+        s(&four),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = geolife(&["ensemble", s(&a), "--weights", "1", "--out", s(&one)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (four, one) = (
+        geolife_metrics::ScoreFile::read(&four).unwrap(),
+        geolife_metrics::ScoreFile::read(&one).unwrap(),
+    );
+    assert_eq!(four.survey_ids, one.survey_ids);
+    assert_eq!(four.species, one.species);
+    assert_eq!(four.len(), 4716);
+    use geolife_metrics::Scores::{Dense, Sparse};
+    let max_diff = match (&four.scores, &one.scores) {
+        (Dense { data: x }, Dense { data: y }) => {
+            assert_eq!(x.len(), y.len());
+            x.iter()
+                .zip(y)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max)
+        }
+        (Sparse { rows: x }, Sparse { rows: y }) => {
+            assert_eq!(x.len(), y.len());
+            let mut m = 0.0f32;
+            for (rx, ry) in x.iter().zip(y) {
+                assert_eq!(
+                    rx.iter().map(|p| p.0).collect::<Vec<_>>(),
+                    ry.iter().map(|p| p.0).collect::<Vec<_>>()
+                );
+                for (p, q) in rx.iter().zip(ry) {
+                    m = m.max((p.1 - q.1).abs());
+                }
+            }
+            m
+        }
+        (x, y) => panic!("score kinds {} and {}", x.kind(), y.kind()),
+    };
+    assert!(
+        max_diff < 1e-6,
+        "weighted mean of copies differs by {max_diff}"
+    );
+    // Three weights only for four files is refused.
+    let bad = d.join("three.toml");
+    std::fs::write(&bad, "weights = [0.5, 0.25, 0.25]\n").unwrap();
+    let out = geolife(&[
+        "ensemble",
+        s(&a),
+        s(&a),
+        s(&a),
+        s(&a),
+        "--weights",
+        s(&bad),
+        "--out",
+        s(&d.join("x.safetensors")),
+    ]);
+    assert!(!out.status.success());
+}
