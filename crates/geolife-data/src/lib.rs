@@ -1,6 +1,7 @@
 //! geolife-data: GLC24 files -> typed, validated arrays (readers, safe torch-file reader),
 //! the packed training cache and the synthetic dataset writer. No tensor library.
 
+pub mod atomic;
 pub mod cache;
 mod csvutil;
 pub mod cubes;

@@ -47,22 +47,12 @@ pub fn plot_f1_at_k(path: &Path, curve: &[f64], title: &str) -> Result<(), Metri
             message: "empty F1@K curve".into(),
         });
     }
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}.png",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = draw(&tmp, curve, title)
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
-    result.map_err(|message| {
-        let _ = std::fs::remove_file(&tmp);
-        MetricsError::Plot {
+    geolife_data::atomic::write_via_path(path, ".png", |tmp| draw(tmp, curve, title)).map_err(
+        |message| MetricsError::Plot {
             path: path.to_path_buf(),
             message,
-        }
-    })
+        },
+    )
 }
 
 fn draw(path: &Path, curve: &[f64], title: &str) -> Result<(), String> {

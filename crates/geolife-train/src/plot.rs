@@ -26,13 +26,7 @@ pub fn plot_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), String> 
     if history.is_empty() {
         return Err("no epochs to plot".into());
     }
-    let tmp = path.with_file_name(format!(".curves.tmp-{}.png", std::process::id()));
-    let r =
-        draw(&tmp, history).and_then(|_| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    geolife_data::atomic::write_via_path(path, ".png", |tmp| draw(tmp, history))
 }
 
 #[allow(clippy::type_complexity)]

@@ -141,9 +141,7 @@ impl Manifest {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| CacheError::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| CacheError::io(path, e))
+        crate::atomic::write_bytes(path, text.as_bytes()).map_err(|e| CacheError::io(path, e))
     }
 
     /// Number of tabular features per row.

@@ -3,7 +3,6 @@
 //! Files are written atomically (temporary name in the same folder, then rename).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::Device;
@@ -68,27 +67,9 @@ pub fn write_state_dict(
     atomic_write(path, &buffer).map_err(io)
 }
 
-/// Write `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Write `bytes` to `path` atomically ([`geolife_data::atomic`]).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "checkpoint".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    geolife_data::atomic::write_bytes(path, bytes)
 }
 
 /// Save any torch-named module with the given metadata.
