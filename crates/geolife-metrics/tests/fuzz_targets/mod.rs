@@ -13,7 +13,8 @@ use rand::seq::IndexedRandom;
 use geolife_metrics::{ScoreFile, Scores, read_solution, read_survey_ids};
 
 use crate::fuzz_common::{
-    Case, Input, Target, Verdict, class, mutate, mutate_csv, mutate_safetensors,
+    Case, Input, Target, Verdict, class, mutate_csv, mutate_safetensors,
+    mutate_safetensors_or_bytes,
 };
 
 fn repo() -> PathBuf {
@@ -132,11 +133,7 @@ pub fn targets() -> Vec<Target> {
             Input::Bytes,
             move |rng| {
                 let s = st.choose(rng).cloned().unwrap_or_default();
-                if rng.random_bool(0.6) {
-                    mutate_safetensors(rng, &s, &st)
-                } else {
-                    mutate(rng, &s, &st, max_st)
-                }
+                mutate_safetensors_or_bytes(rng, &s, &st, max_st)
             },
             check_bytes,
         ),

@@ -23,7 +23,7 @@ use geolife_model::import::{
 use geolife_model::state::{NamedTensor, StateDict};
 
 use crate::fuzz_common::{
-    Case, Input, Target, Verdict, class, lie_in_zip, mutate, mutate_safetensors,
+    Case, Input, Target, Verdict, class, lie_in_zip, mutate, mutate_safetensors_or_bytes,
 };
 
 fn manifest() -> PathBuf {
@@ -163,11 +163,7 @@ pub fn targets() -> Vec<Target> {
             Input::File("safetensors"),
             move |rng| {
                 let s = st.choose(rng).cloned().unwrap_or_default();
-                if rng.random_bool(0.6) {
-                    mutate_safetensors(rng, &s, &st)
-                } else {
-                    mutate(rng, &s, &st, max_st)
-                }
+                mutate_safetensors_or_bytes(rng, &s, &st, max_st)
             },
             check_safetensors,
         ),
