@@ -3,9 +3,11 @@
 //! the real mini slice against its PyTorch/PIL golden values, and the exit codes and messages
 //! of missing parts, corrupt cubes, re-runs, interrupted runs and a held cache lock.
 
+mod common;
+use common::*;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::SystemTime;
 
 use geolife_data::synth::{SynthConfig, SynthPlan};
@@ -23,36 +25,6 @@ const ENV_CSVS: [&str; 5] = [
     "EnvironmentalRasters/EnvironmentalRasters/SoilGrids/GLC24-PA-{split}-soilgrids.csv",
 ];
 const MONTHLY_CSV: &str = "EnvironmentalRasters/EnvironmentalRasters/Climate/Monthly/GLC24-PA-{split}-bioclimatic_monthly.csv";
-
-fn geolife(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_geolife"))
-        .args(args)
-        .output()
-        .expect("run geolife")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs geolife, asserts exit code `code`, returns (stdout, stderr).
-fn run_expect(args: &[&str], code: i32) -> (String, String) {
-    let out = geolife(args);
-    let (o, e) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "geolife {args:?}\nstdout:\n{o}\nstderr:\n{e}"
-    );
-    (o, e)
-}
 
 fn mini() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/glc24-real/mini")

@@ -1,20 +1,15 @@
 //! End-to-end runs of `geolife evaluate / calibrate / ensemble / submit` on the real GLC24
 //! solution file and real model outputs (`tests/data/glc24-real` at the workspace root), plus bad-input exits.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::*;
+
+use std::path::PathBuf;
 
 fn real(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/data/glc24-real")
         .join(name)
-}
-
-fn geolife(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_geolife"))
-        .args(args)
-        .output()
-        .expect("run geolife")
 }
 
 fn ok_json(args: &[&str]) -> serde_json::Value {
@@ -25,10 +20,6 @@ fn ok_json(args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 #[test]

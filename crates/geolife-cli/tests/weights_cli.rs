@@ -3,8 +3,11 @@
 //! written by PyTorch does; keys the model does not have are refused unless allowed.
 #![cfg(feature = "dl")]
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -13,17 +16,6 @@ fn fixture(rel: &str) -> PathBuf {
 /// The smoke ConvNeXt state dict saved by PyTorch (`torch.save`), shared with the model tests.
 fn torch_weights() -> PathBuf {
     fixture("../geolife-model/tests/fixtures/cnn/convnext_smoke_weights.pth")
-}
-
-fn geolife(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_geolife"))
-        .args(args)
-        .output()
-        .expect("run geolife")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 fn import(input: &Path, output: &Path, extra: &[&str]) -> Output {
