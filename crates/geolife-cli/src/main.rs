@@ -42,6 +42,10 @@ enum Command {
     /// Predict scores (and optionally a submission) with a trained run or imported weights.
     #[cfg(feature = "dl")]
     Predict(commands::predict::Args),
+    /// The paper's system end to end, resumable: train every member, ensemble, fit the
+    /// selection policy, submit, report.
+    #[cfg(feature = "dl")]
+    Pipeline(commands::pipeline::Args),
     /// End-to-end demo on a small synthetic dataset. Exits 3 when the fusion model does not
     /// beat every single-modality model and the species-frequency baseline.
     #[cfg(feature = "dl")]
@@ -97,6 +101,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Train(a) => commands::train::run(a),
         #[cfg(feature = "dl")]
         Command::Predict(a) => commands::predict::run(a),
+        #[cfg(feature = "dl")]
+        Command::Pipeline(a) => commands::pipeline::run(a),
         #[cfg(feature = "dl")]
         Command::Demo(a) => commands::demo::run(a),
         #[cfg(feature = "dl")]

@@ -215,13 +215,12 @@ impl RankTable {
     /// Mean F1 of top-k for k = 1..=k_max.
     pub fn f1_at_k_curve(&self, k_max: usize) -> Vec<f64> {
         let n = self.rows.len().max(1) as f64;
-        let sums = self.rows.par_iter().map(|r| r.f1_curve(k_max)).reduce(
-            || vec![0.0; k_max],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+        // Curves computed in parallel, summed in row order: the same bits on every run.
+        let curves: Vec<Vec<f64>> = self.rows.par_iter().map(|r| r.f1_curve(k_max)).collect();
+        let sums = curves.iter().fold(vec![0.0; k_max], |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            a
+        });
         sums.into_iter().map(|s| s / n).collect()
     }
 
@@ -231,6 +230,8 @@ impl RankTable {
         self.rows
             .par_iter()
             .map(|r| r.f1_curve(k_max).into_iter().fold(0.0, f64::max))
+            .collect::<Vec<f64>>()
+            .iter()
             .sum::<f64>()
             / n
     }

@@ -18,7 +18,8 @@ pub use f1::{
     samples_f1, set_metrics,
 };
 pub use policy::{
-    FitInfo, FitOptions, Policy, PolicyFile, PolicyKind, cross_validate, fold_assignment,
+    Calibrated, FitInfo, FitOptions, Policy, PolicyFile, PolicyKind, best_calibrated,
+    calibrate_all, cross_validate, fold_assignment,
 };
 pub use scores::{ScoreFile, Scores};
 pub use text::{Alignment, Solution, read_solution, read_survey_ids, write_submission};

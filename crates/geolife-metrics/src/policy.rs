@@ -608,6 +608,8 @@ pub fn fit_per_survey(table: &RankTable, opts: &FitOptions) -> Result<(Policy, f
                 let k = best_k(sorted, scale * c, min_k, max_k).clamp(1, order.len());
                 r.f1_of_pick(&order[..k])
             })
+            .collect::<Vec<f64>>()
+            .iter()
             .sum::<f64>()
             / table.rows.len() as f64;
         if f > best.1 {
@@ -652,36 +654,41 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>, MetricsError
 fn logistic(xs: &[[f64; N_HIT]], ys: &[f64]) -> Result<Vec<f64>, MetricsError> {
     let mut w = vec![0.0; N_HIT];
     for _ in 0..25 {
-        let (g, h) = xs
-            .par_iter()
-            .zip(ys)
-            .fold(
-                || (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]),
-                |(mut g, mut h), (x, &y)| {
-                    let z: f64 = x.iter().zip(&w).map(|(a, b)| a * b).sum();
-                    let p = sigmoid(z);
-                    let wgt = (p * (1.0 - p)).max(1e-9);
-                    for a in 0..N_HIT {
-                        g[a] += (p - y) * x[a];
-                        for b in 0..N_HIT {
-                            h[a][b] += wgt * x[a] * x[b];
+        // Partial sums over fixed chunks, added in chunk order: the same bits whatever the
+        // thread count or work stealing (rayon's fold/reduce tree is not fixed).
+        let partials: Vec<(Vec<f64>, Vec<Vec<f64>>)> = xs
+            .par_chunks(1024)
+            .zip(ys.par_chunks(1024))
+            .map(|(xc, yc)| {
+                xc.iter().zip(yc).fold(
+                    (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]),
+                    |(mut g, mut h), (x, &y)| {
+                        let z: f64 = x.iter().zip(&w).map(|(a, b)| a * b).sum();
+                        let p = sigmoid(z);
+                        let wgt = (p * (1.0 - p)).max(1e-9);
+                        for a in 0..N_HIT {
+                            g[a] += (p - y) * x[a];
+                            for b in 0..N_HIT {
+                                h[a][b] += wgt * x[a] * x[b];
+                            }
                         }
+                        (g, h)
+                    },
+                )
+            })
+            .collect();
+        let (g, h) = partials.into_iter().fold(
+            (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]),
+            |(mut g1, mut h1), (g2, h2)| {
+                for a in 0..N_HIT {
+                    g1[a] += g2[a];
+                    for b in 0..N_HIT {
+                        h1[a][b] += h2[a][b];
                     }
-                    (g, h)
-                },
-            )
-            .reduce(
-                || (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]),
-                |(mut g1, mut h1), (g2, h2)| {
-                    for a in 0..N_HIT {
-                        g1[a] += g2[a];
-                        for b in 0..N_HIT {
-                            h1[a][b] += h2[a][b];
-                        }
-                    }
-                    (g1, h1)
-                },
-            );
+                }
+                (g1, h1)
+            },
+        );
         let mut h = h;
         for (a, row) in h.iter_mut().enumerate() {
             row[a] += 1e-6 * xs.len() as f64;
@@ -793,4 +800,51 @@ pub fn path_text(p: &Path) -> String {
         .unwrap_or_else(|_| PathBuf::from(p))
         .display()
         .to_string()
+}
+
+/// One policy kind fitted on a labelled rank table: its cross-validated F1, its training F1 and
+/// the policy fitted on every row.
+#[derive(Debug, Clone)]
+pub struct Calibrated {
+    pub kind: PolicyKind,
+    pub cv_f1: f64,
+    pub train_f1: f64,
+    pub policy: Policy,
+}
+
+/// The kinds [`calibrate_all`] fitted, and those it skipped with the reason.
+pub type Calibration = (Vec<Calibrated>, Vec<(PolicyKind, String)>);
+
+/// Fits every [`PolicyKind`] with `folds`-fold cross-validation. A kind that cannot be fitted
+/// on this table (e.g. too few surveys for the per-survey model) is returned with its reason
+/// in the second list; top-25 needs no fitting and is always first in the first list.
+pub fn calibrate_all(
+    table: &RankTable,
+    opts: &FitOptions,
+    folds: usize,
+    seed: u64,
+) -> Result<Calibration, MetricsError> {
+    let mut fitted = Vec::new();
+    let mut skipped = Vec::new();
+    for kind in PolicyKind::ALL {
+        let result = cross_validate(table, kind, opts, folds, seed)
+            .and_then(|cv| kind.fit(table, opts).map(|(p, tr)| (cv, tr, p)));
+        match result {
+            Ok((cv_f1, train_f1, policy)) => fitted.push(Calibrated {
+                kind,
+                cv_f1,
+                train_f1,
+                policy,
+            }),
+            Err(e) if kind != PolicyKind::Top25 => skipped.push((kind, e.to_string())),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((fitted, skipped))
+}
+
+/// The calibrated policy with the best cross-validated F1 (the later kind on ties, as
+/// `calibrate --policy auto` always chose).
+pub fn best_calibrated(fitted: &[Calibrated]) -> Option<&Calibrated> {
+    fitted.iter().max_by(|a, b| a.cv_f1.total_cmp(&b.cv_f1))
 }

@@ -10,7 +10,9 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use geolife_model::backbones::{Backbone, BackboneConfig, BackboneKind, SentinelInput};
+use geolife_model::backbones::{
+    Backbone, BackboneConfig, BackboneKind, IntoEnumIterator, SentinelInput, VariantNames,
+};
 use geolife_model::loss::bce_with_logits;
 
 const CLASSES: usize = 12;
@@ -188,7 +190,7 @@ fn assert_trains(kind: BackboneKind, input: SentinelInput) {
 /// kind is trained without editing this file.
 fn family(pick: fn(&BackboneConfig) -> bool) -> usize {
     let mut n = 0;
-    for kind in BackboneKind::ALL {
+    for kind in BackboneKind::iter() {
         if pick(&kind.config(4, Some(CLASSES))) {
             assert_trains(kind, SentinelInput::Auto);
             n += 1;
@@ -225,7 +227,7 @@ fn maxvit_trains_natively_at_128() {
 #[test]
 fn every_kind_is_covered() {
     // The families above add up to the whole registry.
-    assert_eq!(4 + 5 + 3 + 1, BackboneKind::ALL.len());
+    assert_eq!(4 + 5 + 3 + 1, BackboneKind::VARIANTS.len());
 }
 
 #[test]

@@ -8,13 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 
-/// Sentinel backbone names the model crate can build (its registry, torchvision naming).
-pub fn backbone_names() -> Vec<&'static str> {
-    geolife_model::backbones::BackboneKind::ALL
-        .iter()
-        .map(|k| k.name())
-        .collect()
-}
+pub use geolife_model::backbones::BackboneKind;
 
 /// A whole training run's configuration; saved resolved as `config.toml` in the run folder.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,7 +40,7 @@ pub struct DataSection {
     /// Raw dataset root or packed cache; `--data` overrides it.
     pub path: Option<PathBuf>,
     /// `full` (max id + 1 = 11,255 columns, like the seed) or `compact` (train species only).
-    pub vocabulary: Vocabulary,
+    pub vocabulary: VocabularyKind,
     /// Size of the full vocabulary (max species id + 1).
     pub full_size: usize,
 }
@@ -55,16 +49,16 @@ impl Default for DataSection {
     fn default() -> Self {
         Self {
             path: None,
-            vocabulary: Vocabulary::Compact,
+            vocabulary: VocabularyKind::Compact,
             full_size: 11_255,
         }
     }
 }
 
-/// Label vocabulary: output column -> real species id.
+/// Which label vocabulary (output column -> real species id) a run uses.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Vocabulary {
+pub enum VocabularyKind {
     Full,
     Compact,
 }
@@ -74,9 +68,9 @@ pub enum Vocabulary {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
     /// `paper` (seed widths) or `tiny` (small widths for CPU smoke runs).
-    pub size: String,
-    /// Sentinel backbone name (torchvision naming).
-    pub backbone: String,
+    pub size: ModelSize,
+    /// Sentinel backbone (torchvision naming, e.g. `convnext_base`).
+    pub backbone: BackboneKind,
     pub dropout: f64,
     pub hidden: usize,
     pub use_tabular: bool,
@@ -93,8 +87,8 @@ pub struct ModelSection {
 impl Default for ModelSection {
     fn default() -> Self {
         Self {
-            size: "paper".into(),
-            backbone: "convnext_base".into(),
+            size: ModelSize::Paper,
+            backbone: BackboneKind::ConvnextBase,
             dropout: 0.15,
             hidden: 1024,
             use_tabular: true,
@@ -105,6 +99,50 @@ impl Default for ModelSection {
             weights: None,
         }
     }
+}
+
+/// Widths of the fusion network.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum ModelSize {
+    /// The seed's widths (GLC24.md §4).
+    Paper,
+    /// Small widths for CPU smoke runs.
+    Tiny,
+}
+
+/// Where training and prediction run.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum DeviceKind {
+    /// burn's flex CPU backend.
+    Flex,
+    /// burn's wgpu backend (a GPU, or a software Vulkan device); needs the `wgpu` feature.
+    Wgpu,
 }
 
 /// AdamW and gradient handling.
@@ -186,7 +224,7 @@ pub struct TrainSection {
     /// Stop each epoch after this many batches (0: whole epoch); for benchmarks and smoke runs.
     pub max_batches_per_epoch: usize,
     /// `flex` (CPU) or `wgpu` (needs the `wgpu` feature).
-    pub device: String,
+    pub device: DeviceKind,
 }
 
 impl Default for TrainSection {
@@ -201,7 +239,7 @@ impl Default for TrainSection {
             prefetch: 2,
             checkpoint_every_steps: 0,
             max_batches_per_epoch: 0,
-            device: "flex".into(),
+            device: DeviceKind::Flex,
         }
     }
 }
@@ -307,15 +345,15 @@ pub enum TransformMode {
 
 impl TrainConfig {
     /// The seed's recipe (GLC24.md §4) with a given Sentinel backbone.
-    pub fn paper(backbone: &str) -> Self {
+    pub fn paper(backbone: BackboneKind) -> Self {
         Self {
             preset: Some("paper".into()),
             data: DataSection {
-                vocabulary: Vocabulary::Full,
+                vocabulary: VocabularyKind::Full,
                 ..DataSection::default()
             },
             model: ModelSection {
-                backbone: backbone.into(),
+                backbone,
                 ..ModelSection::default()
             },
             optim: OptimSection::default(),
@@ -332,8 +370,8 @@ impl TrainConfig {
             preset: Some("tiny".into()),
             data: DataSection::default(),
             model: ModelSection {
-                size: "tiny".into(),
-                backbone: "smoke_convnext".into(),
+                size: ModelSize::Tiny,
+                backbone: BackboneKind::SmokeConvnext,
                 dropout: 0.1,
                 hidden: 128,
                 ..ModelSection::default()
@@ -379,7 +417,7 @@ impl TrainConfig {
             .unwrap_or("paper")
             .to_string();
         let base = match preset.as_str() {
-            "paper" => Self::paper("convnext_base"),
+            "paper" => Self::paper(BackboneKind::ConvnextBase),
             "tiny" => Self::tiny(),
             other => {
                 return Err(TrainError::Config {
@@ -394,7 +432,8 @@ impl TrainConfig {
             key: String::new(),
             message: e.to_string(),
         })?;
-        merge(&mut merged, value);
+        merge_toml(&mut merged, value);
+        check_names(&merged, origin)?;
         let config: TrainConfig =
             merged
                 .try_into()
@@ -489,33 +528,7 @@ impl TrainConfig {
                 "workers and prefetch must be at least 1".into(),
             ));
         }
-        if t.device != "flex" && t.device != "wgpu" {
-            return Err(bad(
-                "train.device",
-                format!("unknown device `{}`: expected `flex` or `wgpu`", t.device),
-            ));
-        }
         let m = &self.model;
-        let known = backbone_names();
-        if !known.contains(&m.backbone.as_str()) {
-            let hint = did_you_mean(&m.backbone, &known)
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
-            return Err(bad(
-                "model.backbone",
-                format!(
-                    "unknown backbone `{}`{hint}; known: {}",
-                    m.backbone,
-                    known.join(", ")
-                ),
-            ));
-        }
-        if m.size != "paper" && m.size != "tiny" {
-            return Err(bad(
-                "model.size",
-                format!("unknown size `{}`: expected `paper` or `tiny`", m.size),
-            ));
-        }
         if !(0.0..1.0).contains(&m.dropout) {
             return Err(bad(
                 "model.dropout",
@@ -570,12 +583,12 @@ impl TrainConfig {
 }
 
 /// Deep-merge `over` into `base` (tables merge key by key; other values replace).
-fn merge(base: &mut toml::Value, over: toml::Value) {
+pub fn merge_toml(base: &mut toml::Value, over: toml::Value) {
     match (base, over) {
         (toml::Value::Table(b), toml::Value::Table(o)) => {
             for (k, v) in o {
                 match b.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
+                    Some(slot) => merge_toml(slot, v),
                     None => {
                         b.insert(k, v);
                     }
@@ -586,29 +599,48 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
     }
 }
 
+/// Keys whose values name a variant, and the variants: a wrong name is reported by key with
+/// every valid value and the nearest one, before serde's generic "unknown variant".
+fn named_keys() -> [(&'static str, &'static str, &'static [&'static str]); 3] {
+    use strum::VariantNames;
+    [
+        ("model", "backbone", BackboneKind::VARIANTS),
+        ("model", "size", ModelSize::VARIANTS),
+        ("train", "device", DeviceKind::VARIANTS),
+    ]
+}
+
+fn check_names(config: &toml::Value, origin: &Path) -> Result<(), TrainError> {
+    for (section, key, known) in named_keys() {
+        let Some(value) = config.get(section).and_then(|s| s.get(key)) else {
+            continue;
+        };
+        let name = value.as_str().unwrap_or_default();
+        if !known.contains(&name) {
+            let hint = did_you_mean(name, known)
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            return Err(TrainError::Config {
+                path: origin.to_path_buf(),
+                key: format!("{section}.{key}"),
+                message: format!(
+                    "unknown value {value}{hint}; expected one of: {}",
+                    known.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The closest known name within edit distance 3, for "did you mean" hints.
 pub fn did_you_mean<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
-        .map(|k| (levenshtein(name, k), *k))
+        .map(|k| (strsim::levenshtein(name, k), *k))
         .filter(|(d, _)| *d <= 3)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -636,7 +668,7 @@ mod tests {
         assert_eq!(c.train.mixup_prob, 0.4);
         assert_eq!(c.train.mixup_alpha, 0.4);
         assert_eq!(c.model.dropout, 0.15);
-        assert_eq!(c.data.vocabulary, Vocabulary::Full);
+        assert_eq!(c.data.vocabulary, VocabularyKind::Full);
     }
 
     #[test]
@@ -687,15 +719,25 @@ mod tests {
     }
 
     #[test]
+    fn unknown_device_and_size_are_named_with_the_valid_values() {
+        let e = key_of(parse("[train]\ndevice = \"cuda\"\n").unwrap_err());
+        assert!(e.starts_with("train.device:"), "{e}");
+        assert!(e.contains("flex, wgpu"), "{e}");
+        let e = key_of(parse("[model]\nsize = \"tinny\"\n").unwrap_err());
+        assert!(e.starts_with("model.size:"), "{e}");
+        assert!(e.contains("did you mean `tiny`"), "{e}");
+    }
+
+    #[test]
     fn shipped_configs_parse_and_validate() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         let tiny = TrainConfig::load(&dir.join("tiny.toml")).unwrap();
         assert_eq!(tiny, TrainConfig::tiny());
         for (file, backbone) in [
-            ("paper-convnext-base.toml", "convnext_base"),
-            ("paper-convnext-large.toml", "convnext_large"),
-            ("paper-maxvit-t.toml", "maxvit_t"),
-            ("paper-swinv2-base.toml", "swin_v2_b"),
+            ("paper-convnext-base.toml", BackboneKind::ConvnextBase),
+            ("paper-convnext-large.toml", BackboneKind::ConvnextLarge),
+            ("paper-maxvit-t.toml", BackboneKind::MaxvitT),
+            ("paper-swinv2-base.toml", BackboneKind::SwinV2B),
         ] {
             let c = TrainConfig::load(&dir.join(file)).unwrap();
             assert_eq!(c.model.backbone, backbone);
@@ -713,12 +755,5 @@ mod tests {
             maxvit.model.sentinel_input,
             geolife_model::backbones::SentinelInput::Resize224
         );
-    }
-
-    #[test]
-    fn levenshtein_matches_hand_computed_values() {
-        assert_eq!(levenshtein("kitten", "sitting"), 3);
-        assert_eq!(levenshtein("", "abc"), 3);
-        assert_eq!(levenshtein("maxvit_t", "maxvit_t"), 0);
     }
 }

@@ -19,9 +19,12 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
-    /// The packed cache is missing, incomplete, or from another version / dataset.
+    /// The raw dataset is missing files or holds bad values.
     #[error("data: {0}")]
     Data(#[from] geolife_data::DataError),
+    /// The packed cache is missing, incomplete, or from another version / dataset.
+    #[error("cache: {0}")]
+    Cache(#[from] geolife_data::cache::CacheError),
     /// Scoring or score-file failure.
     #[error("metrics: {0}")]
     Metrics(String),

@@ -2,6 +2,7 @@
 //! of the training step through bounded channels, and batches arrive in a fixed order, so a run
 //! is reproducible whatever the thread timing.
 
+use std::ops::ControlFlow;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use rand::rngs::StdRng;
@@ -176,9 +177,10 @@ pub fn build_batch<S: SampleSource + ?Sized>(
     }
 }
 
-/// Run `consume` on every batch of `batches[start..]`, in order (indices stay absolute), while `workers` threads prepare up to
-/// `prefetch` batches each ahead. `consume` returning `Err` stops the loop (workers exit when
-/// their channel closes) and the error is returned.
+/// Run `consume` on every batch of `batches[start..]`, in order (indices stay absolute), while
+/// `workers` threads prepare up to `prefetch` batches each ahead. `consume` returning
+/// `Ok(Break)` stops the loop early (the result is `Break`), returning `Err` stops it with the
+/// error; either way the workers exit when their channel closes.
 #[allow(clippy::too_many_arguments)]
 pub fn for_each_batch<S, E>(
     source: &S,
@@ -188,8 +190,8 @@ pub fn for_each_batch<S, E>(
     vocab: &Vocabulary,
     workers: usize,
     prefetch: usize,
-    mut consume: impl FnMut(ReadyBatch) -> Result<(), E>,
-) -> Result<(), E>
+    mut consume: impl FnMut(ReadyBatch) -> Result<ControlFlow<()>, E>,
+) -> Result<ControlFlow<()>, E>
 where
     S: SampleSource + ?Sized,
 {
@@ -214,12 +216,15 @@ where
             let Ok(batch) = receivers[b % workers].recv() else {
                 break;
             };
-            if let Err(e) = consume(batch) {
-                drop(receivers);
-                return Err(e);
+            match consume(batch) {
+                Ok(ControlFlow::Continue(())) => {}
+                stop => {
+                    drop(receivers);
+                    return stop;
+                }
             }
         }
-        Ok(())
+        Ok(ControlFlow::Continue(()))
     })
 }
 
@@ -311,13 +316,16 @@ pub(crate) mod tests {
         let batches = batches_of(&order, 7);
         let vocab = Vocabulary::from_species(vec![0, 1, 2]);
         let mut seen = Vec::new();
-        for_each_batch(&toy, &batches, 0, &plan(), &vocab, 3, 1, |b| {
-            seen.extend(b.survey_ids.iter().map(|&s| s as usize - 100));
-            assert_eq!(b.inputs.tabular.len(), b.inputs.n);
-            assert_eq!(b.targets.len(), 3 * b.inputs.n);
-            Ok::<_, ()>(())
-        })
-        .unwrap();
+        assert!(
+            for_each_batch(&toy, &batches, 0, &plan(), &vocab, 3, 1, |b| {
+                seen.extend(b.survey_ids.iter().map(|&s| s as usize - 100));
+                assert_eq!(b.inputs.tabular.len(), b.inputs.n);
+                assert_eq!(b.targets.len(), 3 * b.inputs.n);
+                Ok::<_, ()>(ControlFlow::Continue(()))
+            })
+            .unwrap()
+            .is_continue()
+        );
         assert_eq!(seen, order);
     }
 
@@ -329,17 +337,23 @@ pub(crate) mod tests {
         let mut p = plan();
         p.mixup_prob = 0.5;
         let mut all = Vec::new();
-        for_each_batch(&toy, &batches, 0, &p, &vocab, 2, 1, |b| {
-            all.push((b.index, b.targets));
-            Ok::<_, ()>(())
-        })
-        .unwrap();
+        assert!(
+            for_each_batch(&toy, &batches, 0, &p, &vocab, 2, 1, |b| {
+                all.push((b.index, b.targets));
+                Ok::<_, ()>(ControlFlow::Continue(()))
+            })
+            .unwrap()
+            .is_continue()
+        );
         let mut tail = Vec::new();
-        for_each_batch(&toy, &batches, 3, &p, &vocab, 3, 1, |b| {
-            tail.push((b.index, b.targets));
-            Ok::<_, ()>(())
-        })
-        .unwrap();
+        assert!(
+            for_each_batch(&toy, &batches, 3, &p, &vocab, 3, 1, |b| {
+                tail.push((b.index, b.targets));
+                Ok::<_, ()>(ControlFlow::Continue(()))
+            })
+            .unwrap()
+            .is_continue()
+        );
         assert_eq!(&all[3..], &tail[..]);
     }
 
@@ -351,10 +365,32 @@ pub(crate) mod tests {
         let mut count = 0;
         let r = for_each_batch(&toy, &batches, 0, &plan(), &vocab, 2, 2, |_| {
             count += 1;
-            if count == 3 { Err("stop") } else { Ok(()) }
+            if count == 3 {
+                Err("stop")
+            } else {
+                Ok(ControlFlow::Continue(()))
+            }
         });
         assert_eq!(r, Err("stop"));
         assert_eq!(count, 3);
+    }
+
+    #[test]
+    fn a_consumer_break_stops_the_loop_without_error() {
+        let toy = Toy::new(50);
+        let batches = batches_of(&(0..50).collect::<Vec<_>>(), 5);
+        let vocab = Vocabulary::from_species(vec![0, 1, 2]);
+        let mut seen = Vec::new();
+        let r = for_each_batch(&toy, &batches, 0, &plan(), &vocab, 2, 2, |b| {
+            seen.push(b.index);
+            Ok::<_, ()>(if b.index == 4 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        });
+        assert_eq!(r, Ok(ControlFlow::Break(())));
+        assert_eq!(seen, [0, 1, 2, 3, 4]);
     }
 
     #[test]

@@ -34,8 +34,7 @@ pub struct PredictOptions {
 
 /// Scores of every survey of the split, columns = real species ids.
 pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
-    let data = PackedSplit::open(&opts.cache, opts.split)
-        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let data = PackedSplit::open(&opts.cache, opts.split)?;
     let manifest = data.manifest().clone();
     let (cfg, info, weights) = match &opts.run_dir {
         Some(run) => {
@@ -73,7 +72,7 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
                 .ok_or_else(|| TrainError::Invalid("predict needs --run or --weights".into()))?;
             let mut cfg = match &opts.config {
                 Some(c) => TrainConfig::load(c)?,
-                None => TrainConfig::paper("convnext_base"),
+                None => TrainConfig::paper(crate::config::BackboneKind::ConvnextBase),
             };
             // The checkpoint's recorded transforms are what its weights were trained with.
             if w.is_file()
@@ -128,7 +127,7 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
             vocab.len()
         )));
     }
-    let device = make_device(&cfg.train.device)?;
+    let device = make_device(cfg.train.device)?;
     let (model, _) =
         geolife_model::checkpoint::load_safetensors(&fc, &weights, &device).map_err(|e| {
             TrainError::Checkpoint {
@@ -139,7 +138,7 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
     let model = model.valid();
     let plan = BatchPlan::inference(cfg.transforms.mode, stats);
     let all: Vec<usize> = (0..data.len()).collect();
-    let (probs, ids, _, _) = score_surveys(
+    let scored = score_surveys(
         &model,
         &fc,
         &data,
@@ -153,9 +152,9 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
     Ok(ScoreFile {
         model: model_name(opts.run_dir.as_deref(), &weights),
         split: opts.split.to_string(),
-        survey_ids: ids,
+        survey_ids: scored.survey_ids,
         species: vocab.species().to_vec(),
-        scores: Scores::Dense { data: probs },
+        scores: Scores::Dense { data: scored.probs },
     })
 }
 

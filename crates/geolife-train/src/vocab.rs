@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::Vocabulary as Kind;
+use crate::config::VocabularyKind as Kind;
 
 /// Column -> species id, and the reverse map.
 #[derive(Debug, Clone, PartialEq)]

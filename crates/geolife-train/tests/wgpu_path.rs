@@ -1,7 +1,7 @@
 //! burn's `wgpu` backend really executes (on a GPU, or in CI on Mesa's software Vulkan device,
 //! llvmpipe) and computes what the `flex` CPU backend computes: the fusion forward with the
 //! same weights, a short training run from the same initial weights, and `predict`'s score
-//! files. `make_device("wgpu")` names the adapter it ran on.
+//! files. `make_device(DeviceKind::Wgpu)` names the adapter it ran on.
 //!
 //! Run with `cargo test -p geolife-train --features wgpu --test wgpu_path`. Without a Vulkan
 //! (or other wgpu) adapter every test FAILS, saying so: CI installs `mesa-vulkan-drivers`.
@@ -22,6 +22,7 @@ use geolife_data::cache::PackedSplit;
 use geolife_data::synth::{SynthConfig, write_dataset};
 use geolife_metrics::{ScoreFile, Scores};
 use geolife_model::fusion::{FusionConfig, FusionInput};
+use geolife_train::config::DeviceKind;
 use geolife_train::config::SplitKind;
 use geolife_train::predict::{PredictOptions, predict};
 use geolife_train::trainer::{batch_shapes, files, fusion_config, make_device};
@@ -61,14 +62,15 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// falls back to OpenGL (Mesa's GL llvmpipe), which is not the path CI means to test.
 fn wgpu_logged() -> (Device, String) {
     let capture = Capture::default();
-    let device = tracing::subscriber::with_default(capture.clone(), || make_device("wgpu"))
-        .unwrap_or_else(|e| {
-            panic!(
-                "the wgpu backend has no adapter on this machine: {e}\n\
+    let device =
+        tracing::subscriber::with_default(capture.clone(), || make_device(DeviceKind::Wgpu))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the wgpu backend has no adapter on this machine: {e}\n\
                  These tests must run on a GPU or a software Vulkan device; on Debian/Ubuntu \
                  install one with `apt-get install mesa-vulkan-drivers` (llvmpipe)."
-            )
-        });
+                )
+            });
     let lines = capture.0.lock().unwrap().clone();
     let line = lines
         .iter()
@@ -271,7 +273,7 @@ fn fusion_forward_on_wgpu_equals_flex_with_the_same_weights() {
 /// One run of [`config`] from the shared initial weights on `device`.
 fn run_on(device: &str, run: &Path) -> TrainSummary {
     let mut cfg = config();
-    cfg.train.device = device.into();
+    cfg.train.device = device.parse().unwrap();
     cfg.model.weights = Some(initial().1.clone());
     let started = std::time::Instant::now();
     let summary = train(&TrainOptions {
@@ -309,7 +311,7 @@ fn runs() -> &'static (PathBuf, TrainSummary, PathBuf, TrainSummary) {
 /// `train.device` replaced, passed as `--config`).
 fn predict_on(run: &Path, device: &str) -> ScoreFile {
     let mut cfg = TrainConfig::load(&run.join(files::CONFIG)).unwrap();
-    cfg.train.device = device.into();
+    cfg.train.device = device.parse().unwrap();
     let config = run.join(format!("predict-{device}.toml"));
     std::fs::write(&config, cfg.to_toml_string().unwrap()).unwrap();
     predict(&PredictOptions {

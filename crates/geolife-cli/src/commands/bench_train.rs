@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use geolife_data::synth::{SynthConfig, write_dataset};
 use geolife_train::TrainConfig;
+use geolife_train::config::{BackboneKind, DeviceKind};
+use strum::VariantNames;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -17,8 +19,9 @@ pub struct Args {
     #[arg(long, default_value_t = 160)]
     pub surveys: usize,
     /// Sentinel backbone (of the paper preset; ignored with --config).
-    #[arg(long, default_value = "convnext_tiny")]
-    pub backbone: String,
+    #[arg(long, default_value = "convnext_tiny",
+          value_parser = crate::commands::named::<BackboneKind>(BackboneKind::VARIANTS))]
+    pub backbone: BackboneKind,
     /// A training config (e.g. configs/paper-maxvit-t.toml) to time instead of the paper
     /// preset; --batch-size and --device override its values.
     #[arg(long)]
@@ -29,8 +32,9 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// `flex` (CPU) or `wgpu`.
-    #[arg(long, default_value = "flex")]
-    pub device: String,
+    #[arg(long, default_value = "flex",
+          value_parser = crate::commands::named::<DeviceKind>(DeviceKind::VARIANTS))]
+    pub device: DeviceKind,
     /// Surveys of the epoch whose duration is extrapolated.
     #[arg(long, default_value_t = 20_000)]
     pub epoch_surveys: usize,
@@ -63,10 +67,10 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
     let cache = geolife_train::data::resolve_cache(&data, &tmp.join("cache"))?;
     let mut cfg = match &args.config {
         Some(path) => TrainConfig::load(path)?,
-        None => TrainConfig::paper(&args.backbone),
+        None => TrainConfig::paper(args.backbone),
     };
     cfg.train.batch_size = args.batch_size;
-    cfg.train.device = args.device.clone();
+    cfg.train.device = args.device;
     cfg.validate(std::path::Path::new("<bench>"))?;
     let r = geolife_train::trainer::bench_steps(&cfg, &cache, args.steps)?;
     let epoch_s = args.epoch_surveys as f64 / r.samples_per_s;
@@ -75,10 +79,10 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
         args.config
             .as_ref()
             .map_or("seed network".to_string(), |p| p.display().to_string()),
-        cfg.model.backbone,
+        cfg.model.backbone.name(),
         r.num_params as f64 / 1e6,
         r.batch_size,
-        args.device,
+        <&str>::from(args.device),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use geolife_model::backbones::BackboneKind;
+use geolife_model::backbones::{BackboneKind, VariantNames};
 use geolife_model::checkpoint;
 use geolife_model::fusion::{BranchOutput, FusionConfig};
 use geolife_model::import::{import_into, read_state_dict, unwrap_checkpoint};
@@ -40,8 +40,9 @@ pub struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Sentinel backbone (fusion, when inferring the config) or the backbone (backbone target).
-    #[arg(long, default_value = "convnext_large")]
-    backbone: String,
+    #[arg(long, default_value = "convnext_large",
+          value_parser = crate::commands::named::<BackboneKind>(BackboneKind::VARIANTS))]
+    backbone: BackboneKind,
     /// Input channels of a backbone target (a 3-channel stem is adapted to it).
     #[arg(long, default_value_t = 4)]
     in_channels: usize,
@@ -124,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             stripped.concat()
         );
     }
-    let backbone = BackboneKind::from_name(&args.backbone)?;
+    let backbone = args.backbone;
     let report = match args.target {
         Target::Fusion => {
             let config = match &args.config {

@@ -16,6 +16,20 @@ pub mod export_weights;
 #[cfg(feature = "dl")]
 pub mod import_weights;
 #[cfg(feature = "dl")]
+pub mod pipeline;
+#[cfg(feature = "dl")]
 pub mod predict;
 #[cfg(feature = "dl")]
 pub mod train;
+
+/// A clap value parser for a type with a fixed set of names (`FromStr`, e.g. strum's
+/// `EnumString`): the parser itself refuses a wrong name and lists the valid ones, and
+/// `--help` shows them.
+pub fn named<T>(names: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
+}

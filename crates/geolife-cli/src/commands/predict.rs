@@ -20,9 +20,9 @@ pub struct Args {
     /// Cache folder for a raw --data (default: <RUN>/../cache or ./cache).
     #[arg(long)]
     pub cache: Option<PathBuf>,
-    /// Split to score: `test` or `train`.
-    #[arg(long, default_value = "test")]
-    pub split: String,
+    /// Split to score.
+    #[arg(long, default_value = "test", value_parser = crate::commands::named::<Split>(&["test", "train"]))]
+    pub split: Split,
     /// Output score file (geolife safetensors).
     #[arg(long)]
     pub out: PathBuf,
@@ -50,7 +50,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
     anyhow::ensure!(args.top_k != Some(0), "--top-k must be at least 1");
-    let split: Split = args.split.parse()?;
+    let split = args.split;
     let cache_dir = args.cache.clone().unwrap_or_else(|| match &args.run {
         Some(r) => r
             .parent()

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use geolife_train::config::DeviceKind;
 use geolife_train::{Progress, TrainConfig, TrainOptions};
+use strum::VariantNames;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,8 +29,8 @@ pub struct Args {
     #[arg(long)]
     pub resume: bool,
     /// Override `train.device` (`flex` CPU, `wgpu` GPU with the wgpu feature).
-    #[arg(long)]
-    pub device: Option<String>,
+    #[arg(long, value_parser = crate::commands::named::<DeviceKind>(DeviceKind::VARIANTS))]
+    pub device: Option<DeviceKind>,
     /// Override `train.epochs`.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -50,8 +52,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, false) => anyhow::bail!("--config <TOML> is required for a new run"),
     };
     let mut config = TrainConfig::load(&config_path)?;
-    if let Some(d) = &args.device {
-        config.train.device = d.clone();
+    if let Some(d) = args.device {
+        config.train.device = d;
     }
     if let Some(e) = args.epochs {
         config.train.epochs = e;

@@ -9,6 +9,7 @@ pub mod swin_v2;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+pub use strum::{IntoEnumIterator, VariantNames};
 
 use crate::error::ModelError;
 use convnext::{ConvNext, ConvNextConfig};
@@ -21,9 +22,25 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet standard deviation (see [`IMAGENET_MEAN`]).
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Every backbone the Sentinel branch can use, by its serde/CLI name.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Every backbone the Sentinel branch can use, by its serde/CLI name (torchvision's builder
+/// name). `strum` gives the names (`name`, `FromStr`, [`VariantNames::VARIANTS`]) and the
+/// variant list (`BackboneKind::iter()`); serde uses the same names.
+#[derive(
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumIter,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum BackboneKind {
     /// torchvision `resnet18`.
     Resnet18,
@@ -40,10 +57,13 @@ pub enum BackboneKind {
     /// torchvision `convnext_large`.
     ConvnextLarge,
     /// torchvision `swin_v2_t`.
+    #[strum(serialize = "swin_v2_t")]
     SwinV2T,
     /// torchvision `swin_v2_s`.
+    #[strum(serialize = "swin_v2_s")]
     SwinV2S,
     /// torchvision `swin_v2_b`.
+    #[strum(serialize = "swin_v2_b")]
     SwinV2B,
     /// torchvision `maxvit_t`; how 128x128 patches reach it is [`SentinelInput`].
     MaxvitT,
@@ -118,55 +138,17 @@ pub struct PretrainedMeta {
 }
 
 impl BackboneKind {
-    /// All variants, in registry order.
-    pub const ALL: [BackboneKind; 13] = [
-        Self::Resnet18,
-        Self::Resnet34,
-        Self::Resnet50,
-        Self::ConvnextTiny,
-        Self::ConvnextSmall,
-        Self::ConvnextBase,
-        Self::ConvnextLarge,
-        Self::SwinV2T,
-        Self::SwinV2S,
-        Self::SwinV2B,
-        Self::MaxvitT,
-        Self::SmokeConvnext,
-        Self::SmokeResnet,
-    ];
-
     /// The serde/CLI name (`"convnext_tiny"`).
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Resnet18 => "resnet18",
-            Self::Resnet34 => "resnet34",
-            Self::Resnet50 => "resnet50",
-            Self::ConvnextTiny => "convnext_tiny",
-            Self::ConvnextSmall => "convnext_small",
-            Self::ConvnextBase => "convnext_base",
-            Self::ConvnextLarge => "convnext_large",
-            Self::SwinV2T => "swin_v2_t",
-            Self::SwinV2S => "swin_v2_s",
-            Self::SwinV2B => "swin_v2_b",
-            Self::MaxvitT => "maxvit_t",
-            Self::SmokeConvnext => "smoke_convnext",
-            Self::SmokeResnet => "smoke_resnet",
-        }
+        self.into()
     }
 
-    /// Parse a registry name.
+    /// Parse a registry name; the error lists every known name.
     pub fn from_name(name: &str) -> Result<Self, ModelError> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == name)
-            .ok_or_else(|| ModelError::UnknownBackbone {
-                name: name.to_string(),
-                known: Self::ALL
-                    .iter()
-                    .map(|k| k.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        name.parse().map_err(|_| ModelError::UnknownBackbone {
+            name: name.to_string(),
+            known: Self::VARIANTS.join(", "),
+        })
     }
 
     /// Pretrained metadata of the variant.
@@ -435,5 +417,42 @@ impl Backbone {
             Some(("SwinV2" | "MaxVit", rest)) => rest.to_string(),
             _ => path.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::*;
+
+    /// The registry names are torchvision's builder names (torchvision.models docs), parse
+    /// back, and serde writes the same names into configs and checkpoints.
+    #[test]
+    fn names_are_torchvision_builders_and_serde_agrees() {
+        let expected = [
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "convnext_tiny",
+            "convnext_small",
+            "convnext_base",
+            "convnext_large",
+            "swin_v2_t",
+            "swin_v2_s",
+            "swin_v2_b",
+            "maxvit_t",
+            "smoke_convnext",
+            "smoke_resnet",
+        ];
+        assert_eq!(BackboneKind::VARIANTS, expected);
+        for kind in BackboneKind::iter() {
+            assert_eq!(BackboneKind::from_name(kind.name()).unwrap(), kind);
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.name()));
+            if !kind.name().starts_with("smoke") {
+                assert_eq!(kind.meta().torchvision_name, kind.name());
+            }
+        }
+        let e = BackboneKind::from_name("swinv2_b").unwrap_err().to_string();
+        assert!(e.contains("swin_v2_b") && e.contains("maxvit_t"), "{e}");
     }
 }

@@ -29,10 +29,20 @@ pub fn write_state_dict(
     metadata: HashMap<String, String>,
     path: &Path,
 ) -> Result<(), ModelError> {
-    let io = |source| ModelError::Io {
+    let buffer = serialize_state_dict(dict, metadata, path)?;
+    atomic_write(path, &buffer).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
-    };
+    })
+}
+
+/// The safetensors bytes [`write_state_dict`] writes, in memory (for training checkpoints,
+/// which bundle them with the optimiser state). `path` only names the file in errors.
+pub fn serialize_state_dict(
+    dict: &StateDict,
+    metadata: HashMap<String, String>,
+    path: &Path,
+) -> Result<Vec<u8>, ModelError> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = dict
         .iter()
         .map(|(k, t)| {
@@ -59,12 +69,10 @@ pub fn write_state_dict(
     }
     let mut meta = metadata;
     meta.entry("format".into()).or_insert_with(|| "pt".into());
-    let buffer =
-        safetensors::serialize(views, &Some(meta)).map_err(|e| ModelError::BadWeightFile {
-            path: path.to_path_buf(),
-            reason: format!("serialisation failed: {e}"),
-        })?;
-    atomic_write(path, &buffer).map_err(io)
+    safetensors::serialize(views, &Some(meta)).map_err(|e| ModelError::BadWeightFile {
+        path: path.to_path_buf(),
+        reason: format!("serialisation failed: {e}"),
+    })
 }
 
 /// Write `bytes` to `path` atomically ([`geolife_data::atomic`]).
@@ -97,6 +105,27 @@ pub fn save_safetensors_with(
     transforms_json: Option<&str>,
     path: &Path,
 ) -> Result<(), ModelError> {
+    let meta = fusion_metadata(config, transforms_json, path)?;
+    save_module(model, meta, path)
+}
+
+/// The bytes of the checkpoint [`save_safetensors_with`] writes, in memory.
+pub fn fusion_to_bytes(
+    model: &FusionModel,
+    config: &FusionConfig,
+    transforms_json: Option<&str>,
+    path: &Path,
+) -> Result<Vec<u8>, ModelError> {
+    let meta = fusion_metadata(config, transforms_json, path)?;
+    serialize_state_dict(&state_dict(model), meta, path)
+}
+
+/// Checkpoint metadata of a fusion model: its config, kind and (optionally) transforms.
+fn fusion_metadata(
+    config: &FusionConfig,
+    transforms_json: Option<&str>,
+    path: &Path,
+) -> Result<HashMap<String, String>, ModelError> {
     let json = serde_json::to_string(config).map_err(|e| ModelError::BadCheckpointConfig {
         path: path.to_path_buf(),
         reason: format!("cannot serialise the config: {e}"),
@@ -108,7 +137,7 @@ pub fn save_safetensors_with(
     if let Some(t) = transforms_json {
         meta.insert(TRANSFORMS_KEY.to_string(), t.to_string());
     }
-    save_module(model, meta, path)
+    Ok(meta)
 }
 
 /// The metadata of a safetensors file (empty when it has none).
@@ -156,7 +185,17 @@ pub fn load_safetensors(
         path: path.to_path_buf(),
         source,
     })?;
-    let dict = parse_safetensors(path, &bytes)?;
+    load_safetensors_bytes(config, &bytes, path, device)
+}
+
+/// [`load_safetensors`] from bytes in memory; `path` only names the source in errors.
+pub fn load_safetensors_bytes(
+    config: &FusionConfig,
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> Result<(FusionModel, LoadReport), ModelError> {
+    let dict = parse_safetensors(path, bytes)?;
     let model = config.try_init(device)?;
     let (model, report) = load_state_dict(model, &dict);
     if let Some((key, found, expected)) = report.mismatched.first() {

@@ -1,0 +1,258 @@
+//! `geolife pipeline` end to end: configs/pipeline-tiny.toml on a small synthetic dataset
+//! writes a submission of every test survey and a report of both members and their ensemble;
+//! a run SIGKILLed at seeded random moments (mid-member, between stages) and started again
+//! gives byte-identical submission, report, weights and policy; configs/pipeline-paper.toml
+//! runs its four paper-size members at batch 2 for one step each.
+#![cfg(all(feature = "dl", unix))]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{run_expect, s};
+
+fn configs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+/// A small synthetic dataset (official layout) and its test solution.
+fn dataset(d: &Path, train: &str, test: &str) -> (PathBuf, PathBuf) {
+    let data = d.join("data");
+    run_expect(
+        &[
+            "synth",
+            "--surveys",
+            train,
+            "--test-surveys",
+            test,
+            "--species",
+            "25",
+            "--out",
+            s(&data),
+        ],
+        0,
+    );
+    let solution = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("solution"))
+        .expect("synth writes the test solution");
+    (data, solution)
+}
+
+/// `geolife pipeline` with the tiny preset at 2 epochs.
+fn pipeline(data: &Path, out: &Path, solution: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_geolife"));
+    c.args(["pipeline", "--config"])
+        .arg(configs().join("pipeline-tiny.toml"))
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(["--set", "train.epochs=2", "--test-solution"])
+        .arg(solution);
+    c
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run geolife");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// The files a finished pipeline must reproduce byte for byte.
+const RESULTS: [&str; 8] = [
+    "submission.csv",
+    "report.md",
+    "report.json",
+    "ensemble.toml",
+    "policy.toml",
+    "val_scores.safetensors",
+    "test_scores.safetensors",
+    "pipeline.toml",
+];
+
+#[test]
+fn tiny_pipeline_runs_end_to_end_and_resumes_byte_identically_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (data, solution) = dataset(d, "300", "40");
+    // A shared cache, so every run below trains on the same packed data.
+    let cache = d.join("cache");
+    run_expect(&["prepare", s(&data), "--out", s(&cache)], 0);
+
+    let whole = d.join("whole");
+    let log = run_ok(&mut pipeline(&cache, &whole, &solution));
+    assert!(log.contains("member 2/2 `tiny-resnet`"), "{log}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("report.json")).unwrap()).unwrap();
+    let members = report["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    assert_eq!(members[0]["model"], "smoke_convnext");
+    assert_eq!(members[1]["model"], "smoke_resnet");
+    let weights: f64 = members.iter().map(|m| m["weight"].as_f64().unwrap()).sum();
+    assert!((weights - 1.0).abs() < 1e-9, "weights sum to {weights}");
+    for row in members.iter().chain([&report["ensemble"]]) {
+        for key in ["val_f1_best_k", "val_f1_policy_cv", "test_f1"] {
+            let v = row[key].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v) && v > 0.0, "{key} = {v} in {row}");
+        }
+    }
+    // The submission lists every test survey of the solution, with at least one species.
+    let sub = std::fs::read_to_string(whole.join("submission.csv")).unwrap();
+    let sol = std::fs::read_to_string(&solution).unwrap();
+    let ids = |t: &str| {
+        let mut v: Vec<String> = t
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&sub), ids(&sol));
+    assert!(sub.lines().skip(1).all(|l| !l.ends_with(',')), "{sub}");
+    assert!(whole.join("report.png").is_file());
+    assert!(whole.join("members/tiny-convnext/val_labels.csv").is_file());
+    // A second run of a finished pipeline skips both members and writes the same bytes.
+    let again = run_ok(&mut pipeline(&cache, &whole, &solution));
+    assert!(
+        again.contains("member 1/2 `tiny-convnext`: done"),
+        "{again}"
+    );
+    assert!(again.contains("member 2/2 `tiny-resnet`: done"), "{again}");
+
+    // SIGKILL at seeded random moments, each run continuing the last, until one finishes.
+    let parts = d.join("parts");
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut kills = 0;
+    let started = Instant::now();
+    loop {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let delay = Duration::from_millis(1500 + rng % 6000);
+        let mut child = pipeline(&cache, &parts, &solution)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "pipeline failed: {status:?}");
+                break true;
+            }
+            if t.elapsed() >= delay {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if finished {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "no finish after {kills} kills"
+        );
+    }
+    assert!(kills >= 1, "the pipeline was never interrupted");
+    for f in RESULTS {
+        let (a, b) = (
+            std::fs::read(whole.join(f)).unwrap(),
+            std::fs::read(parts.join(f)).unwrap(),
+        );
+        assert!(a == b, "{f} differs after {kills} SIGKILLs and restarts");
+    }
+}
+
+#[test]
+fn a_pipeline_folder_refuses_another_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (data, solution) = dataset(d, "160", "16");
+    let out = d.join("p");
+    run_ok(pipeline(&data, &out, &solution).args(["--set", "train.max_batches_per_epoch=1"]));
+    let o = pipeline(&data, &out, &solution)
+        .args(["--set", "train.max_batches_per_epoch=2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("another configuration"), "{err}");
+    // A typo in an override is refused by key, before any work.
+    let o = pipeline(&data, &d.join("q"), &solution)
+        .args(["--set", "model.backbone=convnxt_tiny"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("model.backbone") && err.contains("did you mean `convnext_tiny`"),
+        "{err}"
+    );
+    assert!(!d.join("q").join("members").exists());
+}
+
+#[test]
+fn paper_pipeline_trains_all_four_paper_members_at_batch_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (data, solution) = dataset(d, "160", "8");
+    let out = d.join("paper");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_geolife"));
+    c.args(["pipeline", "--config"])
+        .arg(configs().join("pipeline-paper.toml"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--set",
+            "train.batch_size=2",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.max_batches_per_epoch=1",
+            "--set",
+            // A coarse block grid so that 160 synthetic surveys leave a validation part.
+            "validation.block_arcmin=60.0",
+            "--set",
+            "validation.fraction=0.15",
+            "--test-solution",
+        ])
+        .arg(&solution);
+    let log = run_ok(&mut c);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let models: Vec<&str> = report["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        models,
+        ["convnext_base", "convnext_large", "maxvit_t", "swin_v2_b"],
+        "{log}"
+    );
+    // Every member validated on the same surveys and predicted the 11,255-column vocabulary.
+    let sub = std::fs::read_to_string(out.join("submission.csv")).unwrap();
+    assert_eq!(sub.lines().count(), 1 + 8, "{sub}");
+    for m in ["convnext-base", "convnext-large", "maxvit-t", "swinv2-base"] {
+        let run = out.join("members").join(m);
+        assert!(run.join("member.json").is_file(), "{m}");
+        let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(cfg.contains("full_size = 11255"), "{m}: {cfg}");
+    }
+}

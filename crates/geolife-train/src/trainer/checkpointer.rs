@@ -1,0 +1,104 @@
+//! Checkpoints of a run: `last.ckpt` (position, model record, optimiser record and the full
+//! state dict, one checksummed file) to resume from, and `best.safetensors` (the weights of the
+//! best validation epoch, with their config and transforms) to predict with. Everything is
+//! serialised in memory and written once, atomically.
+
+use std::path::PathBuf;
+
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::tensor::{Bytes, Device};
+use geolife_model::fusion::{FusionConfig, FusionModel};
+
+use crate::checkpoint::{self, TrainState};
+use crate::error::TrainError;
+
+/// Writes and reads a run's checkpoints.
+pub struct Checkpointer {
+    last: PathBuf,
+    best: PathBuf,
+    /// The run's `[transforms]` as JSON, recorded in `best.safetensors`.
+    transforms_json: String,
+}
+
+impl Checkpointer {
+    pub fn new(last: PathBuf, best: PathBuf, transforms_json: String) -> Self {
+        Self {
+            last,
+            best,
+            transforms_json,
+        }
+    }
+
+    fn err(&self, message: String) -> TrainError {
+        TrainError::Checkpoint {
+            path: self.last.clone(),
+            message,
+        }
+    }
+
+    /// Writes `last.ckpt`: where training stands, and the model and optimiser to continue.
+    pub fn save_last(
+        &self,
+        state: &TrainState,
+        model: &FusionModel,
+        fc: &FusionConfig,
+        optim: &ModuleOptimizer,
+    ) -> Result<(), TrainError> {
+        // burn's `RunningState` (BatchNorm running mean/var) keeps the newest update pending per
+        // thread and exposes the value one update behind; records read that stale value.
+        // `valid()` folds pending updates into the shared value (no change to the maths: the
+        // next forward would fold them the same way), so the checkpoint holds the statistics as
+        // of this step and a resumed run validates exactly like an uninterrupted one.
+        drop(model.valid());
+        let model_bytes = model
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| self.err(format!("model record: {e}")))?;
+        let optim_bytes = optim
+            .into_bytes()
+            .map_err(|e| self.err(format!("optimizer record: {e}")))?;
+        let weights = geolife_model::checkpoint::fusion_to_bytes(model, fc, None, &self.last)
+            .map_err(|e| self.err(format!("weights: {e}")))?;
+        checkpoint::save(&self.last, state, &model_bytes, &optim_bytes, &weights)
+    }
+
+    /// Reads `last.ckpt` into a model built from `fc` on `device` and into `optim`.
+    pub fn load_last(
+        &self,
+        fc: &FusionConfig,
+        device: &Device,
+        optim: ModuleOptimizer,
+    ) -> Result<(TrainState, FusionModel, ModuleOptimizer), TrainError> {
+        let (state, model_bytes, optim_bytes, weights) = checkpoint::load(&self.last)?;
+        // Full state dict first (BatchNorm running statistics), then the burn record on top
+        // (same values, plus the parameter ids the optimiser state is keyed by).
+        let (model, _) =
+            geolife_model::checkpoint::load_safetensors_bytes(fc, &weights, &self.last, device)
+                .map_err(|e| self.err(format!("weights: {e}")))?;
+        let record = burn::store::ModuleRecord::from_bytes(Bytes::from_bytes_vec(model_bytes))
+            .map_err(|e| self.err(format!("model record: {e}")))?;
+        let model = model
+            .try_load_record(record)
+            .map_err(|e| self.err(format!("model record does not fit the config: {e}")))?;
+        let optim = optim
+            .from_bytes(Bytes::from_bytes_vec(optim_bytes))
+            .map_err(|e| self.err(format!("optimizer record: {e}")))?;
+        Ok((state, model, optim))
+    }
+
+    /// Writes `best.safetensors` (inference model, config and transforms in its metadata).
+    pub fn save_best(&self, model: &FusionModel, fc: &FusionConfig) -> Result<(), TrainError> {
+        geolife_model::checkpoint::save_safetensors_with(
+            model,
+            fc,
+            Some(&self.transforms_json),
+            &self.best,
+        )
+        .map_err(|e| TrainError::Checkpoint {
+            path: self.best.clone(),
+            message: e.to_string(),
+        })
+    }
+}

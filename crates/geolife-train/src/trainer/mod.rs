@@ -1,0 +1,507 @@
+//! The trainer: AdamW on BCE-with-logits over soft (mixup) targets, a validation pass with
+//! F1@K and the best global threshold every epoch, a run folder with the resolved config,
+//! metrics, log, checkpoints and validation outputs, and exact resume. Each concern has its
+//! module: [`run_dir`] (the folder and everything written to it), [`checkpointer`]
+//! (`last.ckpt`, `best.safetensors`), [`step`] (one training step, shared with `bench train`
+//! and the pipeline), [`validate`] (the validation pass), [`inputs`] (model config, batch
+//! tensors, optimiser, scoring) and [`device`]; [`train`] is the loop that calls them.
+
+pub mod checkpointer;
+pub mod device;
+pub mod inputs;
+pub mod run_dir;
+pub mod step;
+pub mod validate;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use geolife_data::Split;
+use geolife_data::cache::PackedSplit;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::checkpoint::{EpochMetrics, TrainState};
+use crate::config::{SplitKind, TrainConfig};
+use crate::error::TrainError;
+use crate::loader::{self, BatchPlan};
+use crate::schedule::lr_at;
+use crate::source::stats_from_manifest;
+use crate::split::{random_split, spatial_split};
+use crate::vocab::Vocabulary;
+
+pub use checkpointer::Checkpointer;
+pub use device::{device_description, make_device};
+pub use inputs::{
+    Scored, adamw, batch_shapes, batch_targets, batch_tensors, check_model_input, fusion_config,
+    score_surveys,
+};
+pub use run_dir::{Progress, RunDir, RunInfo, files, write_atomic, write_labels};
+pub use step::{StepOutcome, TrainStep};
+pub use validate::{Validation, Validator};
+
+/// Everything `train` needs.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub config: TrainConfig,
+    /// A packed cache folder (with `train/`).
+    pub cache: PathBuf,
+    pub run_dir: PathBuf,
+    pub resume: bool,
+    pub progress: Progress,
+    /// Checkpoint and return (`finished: false`) after this many training batches in this
+    /// process, at the first optimiser-step boundary: a time-boxed run that `resume`
+    /// continues exactly (the in-process kill of the resume tests).
+    pub stop_after_batches: Option<usize>,
+}
+
+/// The result of a finished (or deliberately stopped) run.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub history: Vec<EpochMetrics>,
+    pub best_epoch: Option<usize>,
+    pub best_f1: f64,
+    /// False when `stop_after_batches` interrupted the run.
+    pub finished: bool,
+}
+
+impl TrainSummary {
+    fn of(run_dir: &Path, state: &TrainState, finished: bool) -> Self {
+        Self {
+            run_dir: run_dir.to_path_buf(),
+            history: state.history.clone(),
+            best_epoch: state.best_epoch,
+            best_f1: state.best_f1,
+            finished,
+        }
+    }
+}
+
+fn open_split(cache: &Path, split: Split) -> Result<PackedSplit, TrainError> {
+    Ok(PackedSplit::open(cache, split)?)
+}
+
+/// The surveys of `data` (indices) that train and validate, by the config's split.
+pub fn train_val_split(
+    cfg: &TrainConfig,
+    data: &PackedSplit,
+) -> Result<crate::split::TrainValSplit, TrainError> {
+    let v = &cfg.validation;
+    let split = match v.split {
+        SplitKind::Spatial => {
+            let coords: Vec<(f64, f64)> = (0..data.len()).map(|i| data.lon_lat(i)).collect();
+            spatial_split(&coords, v.fraction, v.block_arcmin, v.seed)
+        }
+        SplitKind::Random => random_split(data.len(), v.fraction, v.seed),
+    };
+    if split.train.is_empty() || split.val.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "validation split left {} train and {} validation surveys: use more data or change validation.fraction",
+            split.train.len(),
+            split.val.len()
+        )));
+    }
+    Ok(split)
+}
+
+/// Train (or resume) a run. The resolved config is written first; then `run.json`; every epoch
+/// appends to `metrics.csv`, and writes `last.ckpt` (and `best.safetensors` + validation scores
+/// and labels when validation F1 improves).
+pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
+    let cfg = &opts.config;
+    cfg.validate(Path::new("<resolved config>"))?;
+    let mut run = RunDir::open(&opts.run_dir, cfg, opts.resume, opts.progress)?;
+
+    let data = open_split(&opts.cache, Split::Train)?;
+    if !data.has_labels() {
+        return Err(TrainError::Invalid(format!(
+            "{}: the train split has no labels",
+            opts.cache.display()
+        )));
+    }
+    let manifest = data.manifest().clone();
+    let vocab = Vocabulary::new(cfg.data.vocabulary, &manifest.species, cfg.data.full_size);
+    let stats = stats_from_manifest(&manifest);
+    let fc = fusion_config(cfg, &manifest, vocab.len())?;
+    let split = train_val_split(cfg, &data)?;
+    run.record_info(
+        &RunInfo {
+            geolife_version: env!("CARGO_PKG_VERSION").into(),
+            dataset_fingerprint: manifest.dataset_fingerprint.clone(),
+            feature_names: manifest.feature_names.clone(),
+            species: vocab.species().to_vec(),
+            stats: stats.clone(),
+            fusion: fc.clone(),
+            val_survey_ids: split.val.iter().map(|&i| data.survey_ids()[i]).collect(),
+        },
+        opts.resume,
+        &opts.cache,
+    )?;
+
+    let t = &cfg.train;
+    let o = &cfg.optim;
+    let device = make_device(t.device)?.autodiff();
+    device.seed(t.seed);
+    let mut model = fc
+        .try_init(&device)
+        .map_err(|e| TrainError::Invalid(format!("model: {e}")))?;
+    if let Some(w) = &cfg.model.weights {
+        let (m, _) = geolife_model::checkpoint::load_safetensors(&fc, w, &device).map_err(|e| {
+            TrainError::Checkpoint {
+                path: w.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        model = m;
+    }
+    let [_, ph, pw] = manifest.patch_shape;
+    check_model_input(&model, &fc, [ph, pw])?;
+    let checkpoints = Checkpointer::new(
+        run.path(files::LAST),
+        run.path(files::BEST),
+        cfg.transforms.to_json(),
+    );
+    let mut optim = adamw(o).init();
+    let mut state = TrainState::start();
+    if opts.resume {
+        (state, model, optim) = checkpoints.load_last(&fc, &device, optim)?;
+        run.log(&format!(
+            "resumed from {} at epoch {}, batch {}",
+            run.path(files::LAST).display(),
+            state.epoch + 1,
+            state.batch
+        ));
+    } else {
+        run.log(&format!(
+            "run {}: {} train / {} validation surveys ({:?} split), {} classes, backbone {}, device {} ({})",
+            run.root().display(),
+            split.train.len(),
+            split.val.len(),
+            cfg.validation.split,
+            vocab.len(),
+            cfg.model.backbone.name(),
+            <&str>::from(t.device),
+            device_description(t.device)
+        ));
+    }
+    let mut trainee = TrainStep::new(model, optim, o.accumulate, t.seed);
+
+    let batches_per_epoch = {
+        let full = split.train.len().div_ceil(t.batch_size);
+        if t.max_batches_per_epoch > 0 {
+            full.min(t.max_batches_per_epoch)
+        } else {
+            full
+        }
+    };
+    let total_steps = batches_per_epoch.div_ceil(o.accumulate) * t.epochs;
+    let validator = Validator {
+        data: &data,
+        indices: &split.val,
+        plan: BatchPlan::inference(cfg.transforms.mode, stats.clone()),
+        vocab: &vocab,
+        batch_size: t.batch_size,
+        workers: t.workers,
+        k_max: cfg.validation.k_max,
+        model_name: format!("geolife-fusion-{}", cfg.model.backbone.name()),
+    };
+    let mut batches_this_process = 0usize;
+
+    for epoch in state.epoch..t.epochs {
+        let started = Instant::now();
+        let mut order = split.train.clone();
+        order.shuffle(&mut StdRng::seed_from_u64(loader::derive_seed(
+            t.seed,
+            epoch,
+            usize::MAX,
+        )));
+        let mut batches = loader::batches_of(&order, t.batch_size);
+        batches.truncate(batches_per_epoch);
+        let plan = BatchPlan::training(cfg, stats.clone(), epoch);
+        let bar = run
+            .bar
+            .then(|| epoch_bar(epoch, t.epochs, batches_per_epoch, state.batch));
+        let mut lr = lr_at(&cfg.schedule, o.lr, state.optimizer_steps, total_steps);
+        let flow = loader::for_each_batch(
+            &data,
+            &batches,
+            state.batch,
+            &plan,
+            &vocab,
+            t.workers,
+            t.prefetch,
+            |b| {
+                let index = b.index;
+                let last_of_epoch = index + 1 == batches_per_epoch;
+                lr = lr_at(&cfg.schedule, o.lr, state.optimizer_steps, total_steps);
+                let out = trainee
+                    .run(
+                        &b,
+                        epoch,
+                        &fc,
+                        [ph, pw],
+                        vocab.len(),
+                        &device,
+                        lr,
+                        last_of_epoch,
+                    )
+                    .map_err(|value| TrainError::NonFiniteLoss {
+                        value,
+                        epoch: epoch + 1,
+                        step: index,
+                        run: run.root().to_path_buf(),
+                    })?;
+                state.loss_sum += f64::from(out.loss);
+                state.loss_count += 1;
+                if out.stepped {
+                    state.optimizer_steps += 1;
+                    state.batch = index + 1;
+                    if t.checkpoint_every_steps > 0
+                        && state
+                            .optimizer_steps
+                            .is_multiple_of(t.checkpoint_every_steps)
+                        && !last_of_epoch
+                    {
+                        checkpoints.save_last(&state, &trainee.model, &fc, &trainee.optim)?;
+                    }
+                }
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                } else if opts.progress == Progress::Auto
+                    && (index + 1) % (batches_per_epoch / 5).max(1) == 0
+                {
+                    run.log(&format!(
+                        "epoch {}/{} batch {}/{} loss {:.5} lr {:.2e}",
+                        epoch + 1,
+                        t.epochs,
+                        index + 1,
+                        batches_per_epoch,
+                        state.loss_sum / state.loss_count.max(1) as f64,
+                        lr
+                    ));
+                }
+                batches_this_process += 1;
+                let stop = opts
+                    .stop_after_batches
+                    .is_some_and(|s| batches_this_process >= s)
+                    && trainee.pending() == 0;
+                Ok(if stop {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            },
+        );
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        match flow {
+            Ok(ControlFlow::Continue(())) => {}
+            Ok(ControlFlow::Break(())) => {
+                checkpoints.save_last(&state, &trainee.model, &fc, &trainee.optim)?;
+                return Ok(TrainSummary::of(run.root(), &state, false));
+            }
+            Err(e) => {
+                run.log(&format!("error: {e}"));
+                return Err(e);
+            }
+        }
+
+        let valid = trainee.model.valid();
+        let v = validator
+            .run(&valid, &fc, &device.clone().inner(), |loss| {
+                TrainError::NonFiniteLoss {
+                    value: loss as f32,
+                    epoch: epoch + 1,
+                    step: batches_per_epoch,
+                    run: run.root().to_path_buf(),
+                }
+            })
+            .inspect_err(|e| run.log(&format!("error: {e} (validation)")))?;
+        let row = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: state.loss_sum / state.loss_count.max(1) as f64,
+            val_loss: v.loss,
+            best_k: v.best_k,
+            val_f1: v.f1,
+            threshold: v.threshold,
+            threshold_f1: v.threshold_f1,
+            lr,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        run.log(&format!(
+            "epoch {}/{}: train loss {:.5}, val loss {:.5}, val F1 {:.4} @K={}, threshold {:.3} -> F1 {:.4} ({:.1}s)",
+            row.epoch, t.epochs, row.train_loss, row.val_loss, row.val_f1, row.best_k, row.threshold,
+            row.threshold_f1, row.seconds
+        ));
+        if v.f1 > state.best_f1 {
+            state.best_f1 = v.f1;
+            state.best_epoch = Some(epoch + 1);
+            checkpoints.save_best(&valid, &fc)?;
+            run.write_validation(&v.scores, &v.labels, &v.curve, epoch + 1)?;
+        }
+        state.history.push(row);
+        state.epoch = epoch + 1;
+        state.batch = 0;
+        state.loss_sum = 0.0;
+        state.loss_count = 0;
+        run.write_metrics(&state.history)?;
+        checkpoints.save_last(&state, &trainee.model, &fc, &trainee.optim)?;
+    }
+    run.plot_curves(&state.history);
+    run.log(&format!(
+        "done: best validation F1 {:.4} at epoch {}",
+        state.best_f1,
+        state.best_epoch.unwrap_or(0)
+    ));
+    Ok(TrainSummary::of(run.root(), &state, true))
+}
+
+/// The progress bar of one epoch, starting at batch `first`.
+fn epoch_bar(epoch: usize, epochs: usize, batches: usize, first: usize) -> ProgressBar {
+    let b = ProgressBar::new(batches as u64);
+    b.set_style(
+        ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b.set_message(format!("{}/{epochs}", epoch + 1));
+    b.set_position(first as u64);
+    b
+}
+
+/// Throughput of full training steps (loader, forward, backward, AdamW step).
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    /// Timed steps (the first step is excluded as warm-up).
+    pub steps: usize,
+    pub batch_size: usize,
+    pub samples_per_s: f64,
+    pub mean_step_s: f64,
+    pub num_params: usize,
+    /// Training loss of every step, warm-up included (all finite: a non-finite one is an error).
+    pub losses: Vec<f32>,
+}
+
+/// Run `steps + 1` training steps on the train split of `cache` with the model and recipe of
+/// `cfg` (optimiser, schedule, accumulation and mixup included: the [`TrainStep`] of `train`)
+/// and time all but the first.
+pub fn bench_steps(
+    cfg: &TrainConfig,
+    cache: &Path,
+    steps: usize,
+) -> Result<BenchResult, TrainError> {
+    cfg.validate(Path::new("<bench config>"))?;
+    let data = open_split(cache, Split::Train)?;
+    let m = data.manifest().clone();
+    let vocab = Vocabulary::new(cfg.data.vocabulary, &m.species, cfg.data.full_size);
+    let fc = fusion_config(cfg, &m, vocab.len())?;
+    let t = &cfg.train;
+    let device = make_device(t.device)?.autodiff();
+    device.seed(t.seed);
+    let model = fc
+        .try_init(&device)
+        .map_err(|e| TrainError::Invalid(format!("model: {e}")))?;
+    let [_, ph, pw] = m.patch_shape;
+    check_model_input(&model, &fc, [ph, pw])?;
+    let num_params = model.num_params();
+    let mut trainee = TrainStep::new(
+        model,
+        adamw(&cfg.optim).init(),
+        cfg.optim.accumulate,
+        t.seed,
+    );
+    if t.batch_size > data.len() {
+        return Err(TrainError::Invalid(format!(
+            "{} train surveys cannot fill a batch of {}",
+            data.len(),
+            t.batch_size
+        )));
+    }
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(t.seed));
+    let batches: Vec<Vec<usize>> = order
+        .chunks_exact(t.batch_size)
+        .cycle()
+        .take(steps + 1)
+        .map(<[usize]>::to_vec)
+        .collect();
+    let plan = BatchPlan::training(cfg, stats_from_manifest(&m), 0);
+    let total_steps = (steps + 1).div_ceil(cfg.optim.accumulate);
+    let mut optimizer_steps = 0;
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    let mut last = Instant::now();
+    // Never stops early: the flow is always `Continue`.
+    let _ = loader::for_each_batch(
+        &data,
+        &batches,
+        0,
+        &plan,
+        &vocab,
+        t.workers,
+        t.prefetch,
+        |b| {
+            let lr = lr_at(&cfg.schedule, cfg.optim.lr, optimizer_steps, total_steps);
+            let out = trainee
+                .run(
+                    &b,
+                    0,
+                    &fc,
+                    [ph, pw],
+                    vocab.len(),
+                    &device,
+                    lr,
+                    b.index == steps,
+                )
+                .map_err(|value| {
+                    TrainError::Invalid(format!(
+                        "bench: loss is {value} at step {} ({} Sentinel backbone)",
+                        b.index + 1,
+                        cfg.model.backbone.name()
+                    ))
+                })?;
+            optimizer_steps += usize::from(out.stepped);
+            losses.push(out.loss);
+            let now = Instant::now();
+            if b.index > 0 {
+                times.push(now.duration_since(last).as_secs_f64());
+            }
+            last = now;
+            Ok::<_, TrainError>(ControlFlow::Continue(()))
+        },
+    )?;
+    let total: f64 = times.iter().sum();
+    Ok(BenchResult {
+        losses,
+        steps: times.len(),
+        batch_size: t.batch_size,
+        samples_per_s: (times.len() * t.batch_size) as f64 / total.max(1e-9),
+        mean_step_s: total / times.len().max(1) as f64,
+        num_params,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AdamW the trainer builds from the default `[optim]` is `torch.optim.AdamW`'s:
+    /// betas (0.9, 0.999), eps 1e-8, weight decay 0.01, no AMSGrad (PyTorch documentation).
+    #[test]
+    fn default_adamw_has_pytorch_hyperparameters() {
+        let c = adamw(&crate::config::OptimSection::default());
+        let j = serde_json::to_value(&c).unwrap();
+        let f = |k: &str| j[k].as_f64().unwrap_or_else(|| panic!("{k} in {j}"));
+        assert!((f("beta_1") - 0.9).abs() < 1e-7, "{j}");
+        assert!((f("beta_2") - 0.999).abs() < 1e-7, "{j}");
+        assert!((f("epsilon") / 1e-8 - 1.0).abs() < 1e-6, "{j}");
+        assert!((f("weight_decay") - 0.01).abs() < 1e-9, "{j}");
+        assert_eq!(j["amsgrad"], false);
+        assert_eq!(j["cautious_weight_decay"], false);
+    }
+}
