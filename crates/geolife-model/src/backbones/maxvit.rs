@@ -32,7 +32,9 @@ use burn::nn::{
 use burn::tensor::activation::{sigmoid, silu, softmax};
 use burn::tensor::{Device, Tensor};
 
-use super::swin_v2::{linear, relative_position_index, stochastic_depth};
+use crate::layers::{
+    relative_position_index, stochastic_depth, stochastic_depth_rates, tv_conv, tv_linear as linear,
+};
 
 /// Errors of an invalid MaxViT configuration or input.
 #[derive(Debug, thiserror::Error)]
@@ -181,16 +183,7 @@ impl MaxVitConfig {
     pub fn init(&self, device: &Device) -> Result<MaxVit, MaxVitError> {
         self.validate()?;
         let total: usize = self.block_layers.iter().sum();
-        // np.linspace(0, p, total)
-        let probs: Vec<f64> = (0..total)
-            .map(|i| {
-                if total > 1 {
-                    self.stochastic_depth_prob * i as f64 / (total - 1) as f64
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let probs = stochastic_depth_rates(self.stochastic_depth_prob, total);
         let stem = (
             (
                 // A new input stem in the seed (4 channels): PyTorch's default conv init.
@@ -367,7 +360,7 @@ fn conv_groups(
     groups: usize,
     device: &Device,
 ) -> Conv2d {
-    crate::layers::tv_conv(
+    tv_conv(
         Conv2dConfig::new([cin, cout], [k, k])
             .with_stride([s, s])
             .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
