@@ -439,15 +439,22 @@ impl MaxVit {
         x.reshape([b, c, h * w]).mean_dim(2).reshape([b, c])
     }
 
-    /// Head on pooled features: LayerNorm, Linear, Tanh, Linear: `[B, C]` -> `[B, num_classes]`.
-    pub fn forward_head(&self, features: Tensor<2>) -> Tensor<2> {
+    /// Head on pooled features (LayerNorm, Linear, Tanh, Linear), or the features themselves
+    /// when `pre_logits`.
+    ///
+    /// # Shapes
+    /// - input `[B, num_features]` -> output `[B, num_classes]` or `[B, num_features]`
+    pub fn forward_head(&self, features: Tensor<2>, pre_logits: bool) -> Tensor<2> {
+        if pre_logits {
+            return features;
+        }
         let (_, _, norm, pre, act, fc) = &self.classifier;
         fc.forward(act.forward(pre.forward(norm.forward(features))))
     }
 
-    /// Logits: `[B, in_channels, H, W]` -> `[B, num_classes]`.
+    /// `forward_head(forward_features(x), false)`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(x))
+        self.forward_head(self.forward_features(x), false)
     }
 }
 

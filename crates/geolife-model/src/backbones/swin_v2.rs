@@ -321,14 +321,21 @@ impl SwinV2 {
         x.reshape([b, h * w, c]).mean_dim(1).reshape([b, c])
     }
 
-    /// Classifier on pooled features: `[B, num_features]` -> `[B, num_classes]`.
-    pub fn forward_head(&self, features: Tensor<2>) -> Tensor<2> {
-        self.head.forward(features)
+    /// Classifier on pooled features, or the features themselves when `pre_logits`.
+    ///
+    /// # Shapes
+    /// - input `[B, num_features]` -> output `[B, num_classes]` or `[B, num_features]`
+    pub fn forward_head(&self, features: Tensor<2>, pre_logits: bool) -> Tensor<2> {
+        if pre_logits {
+            features
+        } else {
+            self.head.forward(features)
+        }
     }
 
-    /// Logits: `[B, in_channels, H, W]` -> `[B, num_classes]`.
+    /// `forward_head(forward_features(x), false)`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(x))
+        self.forward_head(self.forward_features(x), false)
     }
 }
 
