@@ -1,10 +1,11 @@
-//! Small layers shared by the backbones: channels-first LayerNorm (torchvision `LayerNorm2d`),
-//! per-sample stochastic depth and global average pooling.
+//! Small layers shared by the backbones: torchvision weight init, channels-first LayerNorm
+//! (torchvision `LayerNorm2d`), per-sample stochastic depth and its linear schedule, global
+//! average pooling and the relative-position index of windowed attention.
 
 use burn::module::{Flag, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 /// Standard deviation of torchvision's transformer and ConvNeXt weight init
 /// (`trunc_normal_(std=0.02)`, whose +-2 cut-off is 100 standard deviations: a plain normal).
@@ -106,22 +107,55 @@ impl StochasticDepth {
     /// # Shapes
     /// - input/output: `[B, ...]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if self.prob <= 0.0 || !self.training.is_enabled() || !x.device().is_autodiff() {
-            return x;
-        }
-        let keep = 1.0 - self.prob;
-        let mut shape = [1usize; D];
-        shape[0] = x.dims()[0];
-        let mask: Tensor<D> = Tensor::random(shape, Distribution::Bernoulli(keep), &x.device());
-        if keep > 0.0 {
-            x * mask.div_scalar(keep)
-        } else {
-            x * mask
-        }
+        stochastic_depth(x, self.prob, &self.training)
     }
+}
+
+/// Stochastic depth in torchvision's "row" mode: drops whole samples of a residual branch with
+/// probability `p` and rescales survivors by `1 / (1 - p)`; identity unless `training` is on
+/// and `x` lives on an autodiff device.
+///
+/// # Shapes
+/// - input/output: `[B, ...]`
+pub fn stochastic_depth<const D: usize>(x: Tensor<D>, p: f64, training: &Param<Flag>) -> Tensor<D> {
+    if p <= 0.0 || !training.is_enabled() || !x.device().is_autodiff() {
+        return x;
+    }
+    let keep = 1.0 - p;
+    let mut shape = [1usize; D];
+    shape[0] = x.dims()[0];
+    let mask: Tensor<D> = Tensor::random(shape, Distribution::Bernoulli(keep), &x.device());
+    if keep > 0.0 {
+        x * mask.div_scalar(keep)
+    } else {
+        x * mask
+    }
+}
+
+/// Per-block drop rates rising linearly from 0 to `max_prob` over `blocks` blocks
+/// (`np.linspace(0, max_prob, blocks)`, torchvision's schedule; a single block gets 0).
+pub fn stochastic_depth_rates(max_prob: f64, blocks: usize) -> Vec<f64> {
+    let denom = (blocks as f64 - 1.0).max(1.0);
+    (0..blocks).map(|i| max_prob * i as f64 / denom).collect()
 }
 
 /// Global average pooling `[B, C, H, W] -> [B, C]`.
 pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
     x.mean_dim(3).mean_dim(2).flatten(1, 3)
+}
+
+/// Index into the `(2ws-1)^2` relative-offset table for each token pair of a `ws x ws` window
+/// (row-major tokens): `(dy + ws - 1) * (2ws - 1) + (dx + ws - 1)`. Shared by Swin V2's
+/// continuous position bias and MaxViT's learned bias table.
+pub fn relative_position_index(ws: usize, device: &Device) -> Tensor<1, Int> {
+    let n = ws * ws;
+    let mut idx = Vec::with_capacity(n * n);
+    for a in 0..n {
+        for b in 0..n {
+            let dy = (a / ws) as i64 - (b / ws) as i64 + ws as i64 - 1;
+            let dx = (a % ws) as i64 - (b % ws) as i64 + ws as i64 - 1;
+            idx.push(dy * (2 * ws as i64 - 1) + dx);
+        }
+    }
+    Tensor::from_data(TensorData::new(idx, [n * n]), device)
 }

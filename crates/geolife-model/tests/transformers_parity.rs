@@ -179,7 +179,7 @@ fn swin_v2_matches_torchvision_with_padding_shift_and_small_maps() {
     let x = tensor::<4>(&io, "input", &device); // [2, 4, 72, 104]
     model.check_input(x.dims()).expect("valid input");
     let feats = model.forward_features(x);
-    let logits = model.forward_head(feats.clone());
+    let logits = model.forward_head(feats.clone(), false);
     assert_features_and_logits_match(feats, logits, &io);
 }
 
@@ -203,7 +203,7 @@ fn maxvit_matches_torchvision_block_and_grid_attention() {
     let x = tensor::<4>(&io, "input", &device); // [2, 4, 64, 64]
     model.check_input(x.dims()).expect("valid input");
     let feats = model.forward_features(x);
-    let logits = model.forward_head(feats.clone());
+    let logits = model.forward_head(feats.clone(), false);
     assert_features_and_logits_match(feats, logits, &io);
 }
 

@@ -77,8 +77,14 @@ fn swin_v2_presets_forward_on_4x128x128() {
         let t = Instant::now();
         let f = m.forward_features(x);
         assert_eq!(f.dims(), [1, width]);
-        let y = m.forward_head(f.clone());
+        let y = m.forward_head(f.clone(), false);
         assert_eq!(y.dims(), [1, 1000]);
+        let pre = m.forward_head(f.clone(), true);
+        assert_eq!(
+            pre.into_data(),
+            f.clone().into_data(),
+            "pre_logits = pooled features"
+        );
         assert!(finite(&f) && finite(&y));
         eprintln!("{name} 1x4x128x128 forward: {:?}", t.elapsed());
     }
@@ -101,8 +107,14 @@ fn maxvit_t_forward_on_4x128x128_native_and_resized() {
         let t = Instant::now();
         let f = m.forward_features(x);
         assert_eq!(f.dims(), [1, 512]);
-        let y = m.forward_head(f.clone());
+        let y = m.forward_head(f.clone(), false);
         assert_eq!(y.dims(), [1, 1000]);
+        let pre = m.forward_head(f.clone(), true);
+        assert_eq!(
+            pre.into_data(),
+            f.clone().into_data(),
+            "pre_logits = pooled features"
+        );
         assert!(finite(&f) && finite(&y));
         eprintln!(
             "maxvit_t (input {}) 1x4x128x128 forward: {:?}",

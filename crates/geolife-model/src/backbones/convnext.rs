@@ -7,7 +7,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
-use crate::layers::{LayerNorm2d, StochasticDepth, tv_conv, tv_linear};
+use crate::layers::{LayerNorm2d, StochasticDepth, stochastic_depth_rates, tv_conv, tv_linear};
 
 const EPS: f64 = 1e-6;
 
@@ -68,16 +68,14 @@ impl ConvNextConfig {
     /// Build the network with freshly initialised weights.
     pub fn init(&self, device: &Device) -> ConvNext {
         let total: usize = self.depths.iter().sum();
-        let mut block_id = 0usize;
+        let mut rates = stochastic_depth_rates(self.stochastic_depth_prob, total).into_iter();
         let mut stages = Vec::with_capacity(4);
         let mut downsamples = Vec::with_capacity(3);
         for (s, (&dim, &depth)) in self.dims.iter().zip(&self.depths).enumerate() {
             let mut stage = Vec::with_capacity(depth);
             for _ in 0..depth {
-                let denom = (total as f64 - 1.0).max(1.0);
-                let sd = self.stochastic_depth_prob * block_id as f64 / denom;
+                let sd = rates.next().unwrap_or(0.0);
                 stage.push(CnBlock::new(dim, self.layer_scale, sd, device));
-                block_id += 1;
             }
             stages.push(stage);
             if s < 3 {

@@ -32,7 +32,9 @@ use burn::nn::{
 use burn::tensor::activation::{sigmoid, silu, softmax};
 use burn::tensor::{Device, Tensor};
 
-use super::swin_v2::{linear, relative_position_index, stochastic_depth};
+use crate::layers::{
+    relative_position_index, stochastic_depth, stochastic_depth_rates, tv_conv, tv_linear as linear,
+};
 
 /// Errors of an invalid MaxViT configuration or input.
 #[derive(Debug, thiserror::Error)]
@@ -181,16 +183,7 @@ impl MaxVitConfig {
     pub fn init(&self, device: &Device) -> Result<MaxVit, MaxVitError> {
         self.validate()?;
         let total: usize = self.block_layers.iter().sum();
-        // np.linspace(0, p, total)
-        let probs: Vec<f64> = (0..total)
-            .map(|i| {
-                if total > 1 {
-                    self.stochastic_depth_prob * i as f64 / (total - 1) as f64
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let probs = stochastic_depth_rates(self.stochastic_depth_prob, total);
         let stem = (
             (
                 // A new input stem in the seed (4 channels): PyTorch's default conv init.
@@ -367,7 +360,7 @@ fn conv_groups(
     groups: usize,
     device: &Device,
 ) -> Conv2d {
-    crate::layers::tv_conv(
+    tv_conv(
         Conv2dConfig::new([cin, cout], [k, k])
             .with_stride([s, s])
             .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
@@ -446,15 +439,22 @@ impl MaxVit {
         x.reshape([b, c, h * w]).mean_dim(2).reshape([b, c])
     }
 
-    /// Head on pooled features: LayerNorm, Linear, Tanh, Linear: `[B, C]` -> `[B, num_classes]`.
-    pub fn forward_head(&self, features: Tensor<2>) -> Tensor<2> {
+    /// Head on pooled features (LayerNorm, Linear, Tanh, Linear), or the features themselves
+    /// when `pre_logits`.
+    ///
+    /// # Shapes
+    /// - input `[B, num_features]` -> output `[B, num_classes]` or `[B, num_features]`
+    pub fn forward_head(&self, features: Tensor<2>, pre_logits: bool) -> Tensor<2> {
+        if pre_logits {
+            return features;
+        }
         let (_, _, norm, pre, act, fc) = &self.classifier;
         fc.forward(act.forward(pre.forward(norm.forward(features))))
     }
 
-    /// Logits: `[B, in_channels, H, W]` -> `[B, num_classes]`.
+    /// `forward_head(forward_features(x), false)`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(x))
+        self.forward_head(self.forward_features(x), false)
     }
 }
 

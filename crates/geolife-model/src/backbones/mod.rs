@@ -365,14 +365,8 @@ impl Backbone {
         match self {
             Self::ResNet(m) => m.forward_head(m.forward_features(x), pre_logits),
             Self::ConvNext(m) => m.forward_head(m.forward_features(x), pre_logits),
-            Self::SwinV2(m) => {
-                let f = m.forward_features(x);
-                if pre_logits { f } else { m.forward_head(f) }
-            }
-            Self::MaxVit(m) => {
-                let f = m.forward_features(x);
-                if pre_logits { f } else { m.forward_head(f) }
-            }
+            Self::SwinV2(m) => m.forward_head(m.forward_features(x), pre_logits),
+            Self::MaxVit(m) => m.forward_head(m.forward_features(x), pre_logits),
         }
     }
 

@@ -23,7 +23,11 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Gelu, Identity, LayerNorm, LayerNormConfig, Linear, Relu};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::ops::PadMode;
-use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+use crate::layers::{
+    relative_position_index, stochastic_depth, stochastic_depth_rates, tv_linear as linear,
+};
 
 /// Errors of an invalid Swin V2 configuration or input.
 #[derive(Debug, thiserror::Error)]
@@ -142,18 +146,13 @@ impl SwinV2Config {
     pub fn init(&self, device: &Device) -> Result<SwinV2, SwinV2Error> {
         self.validate()?;
         let total: usize = self.depths.iter().sum();
-        let mut block_id = 0;
+        let mut rates = stochastic_depth_rates(self.stochastic_depth_prob, total).into_iter();
         let mut stages = Vec::with_capacity(4);
         for (i, (&depth, &heads)) in self.depths.iter().zip(&self.num_heads).enumerate() {
             let dim = self.embed_dim << i;
             let blocks = (0..depth)
                 .map(|j| {
-                    let sd = if total > 1 {
-                        self.stochastic_depth_prob * block_id as f64 / (total - 1) as f64
-                    } else {
-                        0.0
-                    };
-                    block_id += 1;
+                    let sd = rates.next().unwrap_or(0.0);
                     let shift = if j % 2 == 0 { 0 } else { self.window_size / 2 };
                     self.block(dim, heads, shift, sd, device)
                 })
@@ -247,35 +246,11 @@ impl SwinV2Config {
     }
 }
 
-/// A linear layer with torchvision's transformer init (normal, std 0.02; zero bias).
-pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
-    crate::layers::tv_linear(d_in, d_out, bias, device)
-}
-
 /// `[1..1, 0..0, 1..1]` over the `3 * dim` qkv outputs: Swin V2 has no key bias.
 fn qkv_bias_mask(dim: usize, device: &Device) -> Tensor<1> {
     let mut m = vec![1f32; 3 * dim];
     m[dim..2 * dim].fill(0.0);
     Tensor::from_data(TensorData::new(m, [3 * dim]), device)
-}
-
-/// Stochastic depth in torchvision's "row" mode: drops whole samples of a residual branch with
-/// probability `p` and rescales survivors by `1 / (1 - p)`; identity unless training on an
-/// autodiff device.
-pub(crate) fn stochastic_depth<const D: usize>(
-    x: Tensor<D>,
-    p: f64,
-    training: &Param<Flag>,
-) -> Tensor<D> {
-    if p <= 0.0 || !training.is_enabled() || !x.device().is_autodiff() {
-        return x;
-    }
-    let keep = 1.0 - p;
-    let mut shape = [1usize; D];
-    shape[0] = x.dims()[0];
-    let noise =
-        Tensor::<D>::random(shape, Distribution::Bernoulli(keep), &x.device()).div_scalar(keep);
-    x * noise
 }
 
 /// The patch embedding `features.0`: conv (stride = patch), permute to NHWC, LayerNorm.
@@ -346,14 +321,21 @@ impl SwinV2 {
         x.reshape([b, h * w, c]).mean_dim(1).reshape([b, c])
     }
 
-    /// Classifier on pooled features: `[B, num_features]` -> `[B, num_classes]`.
-    pub fn forward_head(&self, features: Tensor<2>) -> Tensor<2> {
-        self.head.forward(features)
+    /// Classifier on pooled features, or the features themselves when `pre_logits`.
+    ///
+    /// # Shapes
+    /// - input `[B, num_features]` -> output `[B, num_classes]` or `[B, num_features]`
+    pub fn forward_head(&self, features: Tensor<2>, pre_logits: bool) -> Tensor<2> {
+        if pre_logits {
+            features
+        } else {
+            self.head.forward(features)
+        }
     }
 
-    /// Logits: `[B, in_channels, H, W]` -> `[B, num_classes]`.
+    /// `forward_head(forward_features(x), false)`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(x))
+        self.forward_head(self.forward_features(x), false)
     }
 }
 
@@ -534,7 +516,7 @@ impl ShiftedWindowAttentionV2 {
 /// the root multiplies the clamp's zero gradient by the root's infinite one (`0 * inf = NaN`)
 /// for every all-zero vector, which the zero-padded tokens of a padded window are: their key
 /// vectors are exactly zero because Swin V2 has no key bias.
-pub(crate) fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
+fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
     let norm = x
         .clone()
         .powf_scalar(2.0)
@@ -542,21 +524,6 @@ pub(crate) fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
         .clamp_min(1e-24)
         .sqrt();
     x / norm
-}
-
-/// Index into the `(2ws-1)^2` relative-offset table for each token pair of a `ws x ws` window
-/// (row-major tokens): `(dy + ws - 1) * (2ws - 1) + (dx + ws - 1)`.
-pub(crate) fn relative_position_index(ws: usize, device: &Device) -> Tensor<1, Int> {
-    let n = ws * ws;
-    let mut idx = Vec::with_capacity(n * n);
-    for a in 0..n {
-        for b in 0..n {
-            let dy = (a / ws) as i64 - (b / ws) as i64 + ws as i64 - 1;
-            let dx = (a % ws) as i64 - (b % ws) as i64 + ws as i64 - 1;
-            idx.push(dy * (2 * ws as i64 - 1) + dx);
-        }
-    }
-    Tensor::from_data(TensorData::new(idx, [n * n]), device)
 }
 
 /// Attention mask of shifted windows: -100 between tokens from different pre-shift regions.
