@@ -2,7 +2,8 @@
 //! writes a submission of every test survey and a report of both members and their ensemble;
 //! a run SIGKILLed at seeded random moments (mid-member, between stages) and started again
 //! gives byte-identical submission, report, weights and policy; configs/pipeline-paper.toml
-//! runs its four paper-size members at batch 2 for one step each.
+//! runs its four paper-size members at batch 2 for one step each; `geolife demo` runs through
+//! the pipeline.
 #![cfg(all(feature = "dl", unix))]
 
 mod common;
@@ -34,11 +35,9 @@ fn dataset(d: &Path, train: &str, test: &str) -> (PathBuf, PathBuf) {
         ],
         0,
     );
-    let solution = std::fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().contains("solution"))
-        .expect("synth writes the test solution");
+    // synth writes the test labels beside the official files.
+    let solution = data.join("GLC24_SOLUTION_FILE.csv");
+    assert!(solution.is_file(), "no {}", solution.display());
     (data, solution)
 }
 
@@ -255,4 +254,60 @@ fn paper_pipeline_trains_all_four_paper_members_at_batch_2() {
         let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
         assert!(cfg.contains("full_size = 11255"), "{m}: {cfg}");
     }
+}
+
+/// `geolife demo` (a pipeline of the fusion model and the four single-modality models) at a
+/// reduced size: fusion wins on the synthetic test set (exit 0), every row is reported, and a
+/// second run in the same folder reuses the finished members.
+#[test]
+fn demo_runs_through_the_pipeline_and_fusion_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let args = [
+        "demo",
+        "--out",
+        s(&out),
+        "--train-surveys",
+        "400",
+        "--test-surveys",
+        "80",
+        "--species",
+        "30",
+        "--epochs",
+        "3",
+    ];
+    let (stdout, _) = run_expect(&args, 0);
+    for row in [
+        "fusion",
+        "tabular-only",
+        "landsat-only",
+        "bioclim-only",
+        "sentinel-only",
+        "frequency",
+        "ensemble",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(row) && l.contains("test 0.")),
+            "no {row} row in {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("fusion beats every single modality"),
+        "{stdout}"
+    );
+    assert!(out.join("pipeline/submission.csv").is_file());
+    let (again, _) = run_expect(&args, 0);
+    assert!(again.contains("member 1/5 `fusion`: done"), "{again}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.contains(" test 0."))
+            .collect::<Vec<_>>(),
+        again
+            .lines()
+            .filter(|l| l.contains(" test 0."))
+            .collect::<Vec<_>>()
+    );
 }

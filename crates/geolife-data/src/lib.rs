@@ -13,6 +13,7 @@ pub mod layout;
 pub mod metadata;
 pub mod patches;
 pub mod po;
+pub mod reproducible;
 pub mod synth;
 pub mod torchfile;
 

@@ -325,8 +325,9 @@ impl ScoreFile {
                 .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
             views.push((name.clone(), view));
         }
-        let buffer = safetensors::serialize(views, &Some(meta))
+        let mut buffer = safetensors::serialize(views, &Some(meta))
             .map_err(|e| bad(path, format!("serialising: {e}")))?;
+        geolife_data::reproducible::sort_safetensors_header(&mut buffer);
         write_atomic(path, |w| w.write_all(&buffer))
     }
 

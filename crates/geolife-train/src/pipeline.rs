@@ -697,9 +697,10 @@ fn best_k_f1(scores: &ScoreFile, labels: &Solution, max_k: usize) -> (usize, f64
         )
 }
 
-/// A report row for one score file pair, and the policy chosen for it (with its kind).
+/// A report row for one score file pair (validation, test), and the policy chosen for it on
+/// validation (with its kind); `test_f1` when the test labels are given.
 #[allow(clippy::too_many_arguments)]
-fn evaluate_row(
+pub fn evaluate_row(
     name: &str,
     model: &str,
     val: &ScoreFile,

@@ -1,6 +1,8 @@
-//! `geolife demo`: the whole pipeline on a small synthetic dataset: synth -> prepare -> train
-//! the tiny fusion model and each single-modality model -> predict test -> fit the per-survey
-//! policy on validation -> evaluate against the synthetic solution file -> a short report.
+//! `geolife demo`: the whole system on a small synthetic dataset, through `geolife pipeline`:
+//! synth -> prepare -> one pipeline whose members are the tiny fusion model and each
+//! single-modality model (same validation split, same recipe) -> predict test -> per-member
+//! selection policy fitted on validation -> test F1 against the synthetic solution, plus the
+//! species-frequency baseline -> a short report. Rerunning it continues where it stopped.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,19 +12,19 @@ use anyhow::Context;
 use geolife_data::Split;
 use geolife_data::cache::PackedSplit;
 use geolife_data::synth::{SynthConfig, write_dataset};
-use geolife_metrics::{
-    FitOptions, PolicyKind, RankTable, ScoreFile, Scores, read_solution, samples_f1,
-    write_submission,
+use geolife_metrics::{ScoreFile, Scores, Solution, read_solution};
+use geolife_train::pipeline::{
+    PipelineOptions, PolicySpec, ReportRow, ResolvedMember, ResolvedPipeline, evaluate_row,
+    outputs, run_pipeline,
 };
-use geolife_train::predict::{PredictOptions, predict};
-use geolife_train::{Progress, TrainConfig, TrainOptions};
+use geolife_train::{Progress, TrainConfig};
 
 /// Exit code when the fusion model does not beat every single-modality model and the baseline.
 const EXIT_FUSION_LOST: u8 = 3;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Work folder (dataset, cache, runs, report).
+    /// Work folder (dataset, cache, pipeline, report).
     #[arg(long, default_value = "geolife-demo")]
     pub out: PathBuf,
     /// Seed of the synthetic dataset and of training.
@@ -45,31 +47,44 @@ pub struct Args {
     pub fusion_only: bool,
 }
 
-/// One line of the report.
-struct Row {
-    name: String,
-    val_f1: f64,
-    test_f1: f64,
-    policy: String,
-}
+/// The pipeline folder inside the demo's work folder.
+const PIPELINE_DIR: &str = "pipeline";
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let data = args.out.join("data");
-    let cache = args.out.join("cache");
+    let synth = SynthConfig {
+        train_surveys: args.train_surveys,
+        test_surveys: args.test_surveys,
+        species: args.species,
+        seed: args.seed,
+        mean_species_per_survey: (args.species as f64 * 0.15).clamp(1.0, 17.0),
+        ..SynthConfig::default()
+    };
+    synth.validate()?;
+    // A dataset from other settings (an earlier demo with other flags) is replaced, with the
+    // cache and pipeline built from it.
+    let stamp = args.out.join("demo-dataset.json");
+    let wanted = serde_json::to_string(&(
+        args.train_surveys,
+        args.test_surveys,
+        args.species,
+        args.seed,
+    ))?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        for d in ["data", "cache", PIPELINE_DIR] {
+            let p = args.out.join(d);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
+            }
+        }
+    }
     if !data.join(geolife_data::synth::MANIFEST_FILE).is_file() {
-        let synth = SynthConfig {
-            train_surveys: args.train_surveys,
-            test_surveys: args.test_surveys,
-            species: args.species,
-            seed: args.seed,
-            mean_species_per_survey: (args.species as f64 * 0.15).clamp(1.0, 17.0),
-            ..SynthConfig::default()
-        };
-        synth.validate()?;
         let s = write_dataset(&data, &synth)?;
+        geolife_data::atomic::write_bytes(&stamp, wanted.as_bytes())
+            .with_context(|| format!("writing {}", stamp.display()))?;
         println!(
             "synth: {} train / {} test surveys, {} species -> {} ({:.1}s)",
             s.train_surveys,
@@ -79,77 +94,65 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             s.seconds
         );
     }
-    let cache = geolife_train::data::resolve_cache(&data, &cache)?;
+    let cache = geolife_train::data::resolve_cache(&data, &args.out.join("cache"))?;
     println!(
         "prepare: cache {} ({:.1}s)",
         cache.display(),
         t0.elapsed().as_secs_f64()
     );
     let solution = read_solution(&data.join(geolife_data::synth::layout::SOLUTION_CSV))?;
-    let train = PackedSplit::open(&cache, Split::Train)?;
 
     let mut variants: Vec<(&str, [bool; 4])> = vec![("fusion", [true; 4])];
     if !args.fusion_only {
         variants.extend([
-            ("tabular only", [true, false, false, false]),
-            ("landsat only", [false, true, false, false]),
-            ("bioclim only", [false, false, true, false]),
-            ("sentinel only", [false, false, false, true]),
+            ("tabular-only", [true, false, false, false]),
+            ("landsat-only", [false, true, false, false]),
+            ("bioclim-only", [false, false, true, false]),
+            ("sentinel-only", [false, false, false, true]),
         ]);
     }
-    let mut rows = Vec::new();
-    let mut fusion_run = PathBuf::new();
-    for (name, [tab, ls, bc, s2]) in variants {
-        let mut config = TrainConfig::tiny();
-        config.train.epochs = args.epochs;
-        config.train.seed = args.seed;
-        config.model.use_tabular = tab;
-        config.model.use_landsat = ls;
-        config.model.use_bioclim = bc;
-        config.model.use_sentinel = s2;
-        let run = args.out.join("runs").join(name.replace(' ', "-"));
-        if run.exists() {
-            std::fs::remove_dir_all(&run).with_context(|| format!("clearing {}", run.display()))?;
-        }
-        let t = Instant::now();
-        let summary = geolife_train::train(&TrainOptions {
-            config,
-            cache: cache.clone(),
-            run_dir: run.clone(),
-            resume: false,
-            progress: Progress::Quiet,
-            stop_after_batches: None,
-        })?;
-        let test = predict(&PredictOptions {
-            run_dir: Some(run.clone()),
-            weights: None,
-            config: None,
-            cache: cache.clone(),
-            split: Split::Test,
-            batch_size: 64,
-            workers: 2,
-        })?;
-        test.write(&run.join("test_scores.safetensors"))?;
-        let val = ScoreFile::read(&run.join(geolife_train::trainer::files::VAL_SCORES))?;
-        let row = evaluate(name, &val, &test, &train, &solution, &run)?;
-        println!(
-            "{name:>14}: val F1 {:.4} (train best epoch {}), test F1 {:.4} [{}] ({:.1}s)",
-            row.val_f1,
-            summary.best_epoch.unwrap_or(0),
-            row.test_f1,
-            row.policy,
-            t.elapsed().as_secs_f64()
-        );
-        if name == "fusion" {
-            fusion_run = run;
-        }
-        rows.push(row);
+    let members = variants
+        .into_iter()
+        .map(|(name, [tab, ls, bc, s2])| {
+            let mut config = TrainConfig::tiny();
+            config.train.epochs = args.epochs;
+            config.train.seed = args.seed;
+            config.model.use_tabular = tab;
+            config.model.use_landsat = ls;
+            config.model.use_bioclim = bc;
+            config.model.use_sentinel = s2;
+            ResolvedMember {
+                name: name.into(),
+                config,
+            }
+        })
+        .collect();
+    let pipeline = ResolvedPipeline {
+        ensemble: Default::default(),
+        // The per-survey K model of GLC24 winners, else the best fixed K (top-25 always fits).
+        policy: PolicySpec::default(),
+        predict: Default::default(),
+        members,
+    };
+    let dir = args.out.join(PIPELINE_DIR);
+    // Other --epochs or --fusion-only than the pipeline there: start it again.
+    if let Ok(old) = std::fs::read_to_string(dir.join(outputs::RESOLVED))
+        && toml::from_str::<ResolvedPipeline>(&old).ok().as_ref() != Some(&pipeline)
+    {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
+    let report = run_pipeline(&PipelineOptions {
+        pipeline: pipeline.clone(),
+        cache: cache.clone(),
+        out: dir.clone(),
+        test_solution: Some(solution.clone()),
+        progress: Progress::Quiet,
+    })?;
 
     // Species-frequency baseline: every survey gets the train prevalences as scores.
+    let train = PackedSplit::open(&cache, Split::Train)?;
     let freq = frequency_scores(&train, &solution_ids(&cache)?)?;
-    let val_ids: Vec<u64> =
-        ScoreFile::read(&fusion_run.join(geolife_train::trainer::files::VAL_SCORES))?.survey_ids;
+    let val_ids = ScoreFile::read(&dir.join(outputs::VAL_SCORES))?.survey_ids;
     let freq_val = ScoreFile {
         survey_ids: val_ids.clone(),
         split: "val".into(),
@@ -158,26 +161,55 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         ..freq.clone()
     };
-    rows.push(evaluate(
+    let val_labels = Solution::new(
+        val_ids.clone(),
+        val_ids
+            .iter()
+            .map(|&id| {
+                train
+                    .index_of(id)
+                    .map(|i| train.labels(i).to_vec())
+                    .context("validation survey missing from the train cache")
+            })
+            .collect::<anyhow::Result<_>>()?,
+    )?;
+    let (freq_row, _) = evaluate_row(
         "frequency",
+        "species-frequency",
         &freq_val,
         &freq,
-        &train,
-        &solution,
-        &args.out,
-    )?);
+        &val_labels,
+        Some(&solution),
+        &pipeline.policy,
+        &geolife_metrics::FitOptions::default(),
+    )?;
 
+    let mut rows: Vec<&ReportRow> = report.members.iter().collect();
+    rows.push(&freq_row);
     println!(
         "\nsamples-F1 on the synthetic test set (policy fitted on the spatial validation split):"
     );
     for r in &rows {
         println!(
-            "  {:<14} test {:.4}   val {:.4}   {}",
-            r.name, r.test_f1, r.val_f1, r.policy
+            "  {:<14} test {:.4}   val {:.4}   {} ({})",
+            r.name,
+            r.test_f1.unwrap_or(f64::NAN),
+            r.val_f1_policy_cv,
+            r.policy,
+            r.policy_fitted
+        );
+    }
+    if report.members.len() > 1 {
+        println!(
+            "  {:<14} test {:.4}   val {:.4}   (blend of the {} models above, weights fitted on validation)",
+            "ensemble",
+            report.ensemble.test_f1.unwrap_or(f64::NAN),
+            report.ensemble.val_f1_policy_cv,
+            report.members.len()
         );
     }
     let (fusion, best_other) = fusion_vs_best_other(&rows);
-    println!("run folder: {}", fusion_run.display());
+    println!("report: {}", dir.join(outputs::REPORT_MD).display());
     println!("total {:.1}s", t0.elapsed().as_secs_f64());
     if fusion > best_other {
         println!(
@@ -196,62 +228,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Test F1 of the fusion row and the best test F1 of every other row (0 and -inf when absent).
-fn fusion_vs_best_other(rows: &[Row]) -> (f64, f64) {
+fn fusion_vs_best_other(rows: &[&ReportRow]) -> (f64, f64) {
+    let f1 = |r: &ReportRow| r.test_f1.unwrap_or(0.0);
     let fusion = rows
         .iter()
         .find(|r| r.name == "fusion")
-        .map_or(0.0, |r| r.test_f1);
+        .map_or(0.0, |r| f1(r));
     let best_other = rows
         .iter()
         .filter(|r| r.name != "fusion")
-        .map(|r| r.test_f1)
+        .map(|r| f1(r))
         .fold(f64::NEG_INFINITY, f64::max);
     (fusion, best_other)
-}
-
-/// Fit the per-survey K policy on validation scores, apply it to test, score against the
-/// solution; writes `<dir>/policy.toml` and `<dir>/submission.csv`.
-fn evaluate(
-    name: &str,
-    val: &ScoreFile,
-    test: &ScoreFile,
-    train: &PackedSplit,
-    solution: &geolife_metrics::Solution,
-    dir: &Path,
-) -> anyhow::Result<Row> {
-    let val_truth: Vec<Vec<u32>> = val
-        .survey_ids
-        .iter()
-        .map(|&id| {
-            train
-                .index_of(id)
-                .map(|i| train.labels(i).to_vec())
-                .context("validation survey missing from the train cache")
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let opts = FitOptions::default();
-    let table = RankTable::new(val, &val_truth, opts.max_k);
-    let (policy, val_f1) = PolicyKind::PerSurveyK
-        .fit(&table, &opts)
-        .or_else(|_| PolicyKind::FixedK.fit(&table, &opts))?;
-    let pred = policy.try_select(test)?;
-    let truth = solution.align(&test.survey_ids).truth;
-    let test_f1 = samples_f1(&pred, &truth);
-    if name == "fusion" || name == "frequency" {
-        let stem = if name == "fusion" { "" } else { "frequency_" };
-        policy.save(&dir.join(format!("{stem}policy.toml")))?;
-        write_submission(
-            &dir.join(format!("{stem}submission.csv")),
-            &test.survey_ids,
-            &pred,
-        )?;
-    }
-    Ok(Row {
-        name: name.into(),
-        val_f1,
-        test_f1,
-        policy: policy.describe(),
-    })
 }
 
 fn solution_ids(cache: &Path) -> anyhow::Result<Vec<u64>> {
@@ -300,32 +288,40 @@ impl FirstRow for ScoreFile {
 mod tests {
     use super::*;
 
-    fn row(name: &str, test_f1: f64) -> Row {
-        Row {
+    fn row(name: &str, test_f1: f64) -> ReportRow {
+        ReportRow {
             name: name.into(),
-            val_f1: 0.0,
-            test_f1,
+            model: String::new(),
+            weight: None,
+            best_epoch: None,
+            val_f1_best_k: 0.0,
+            best_k: 1,
             policy: String::new(),
+            policy_fitted: String::new(),
+            val_f1_policy_cv: 0.0,
+            val_f1_top25_cv: 0.0,
+            test_f1: Some(test_f1),
         }
     }
 
     #[test]
     fn fusion_is_compared_with_the_best_other_row() {
         let rows = [
-            row("tabular only", 0.4),
+            row("tabular-only", 0.4),
             row("fusion", 0.5),
             row("frequency", 0.45),
         ];
-        assert_eq!(fusion_vs_best_other(&rows), (0.5, 0.45));
-        let rows = [row("fusion", 0.5), row("bioclim only", 0.52)];
-        let (f, o) = fusion_vs_best_other(&rows);
+        let refs: Vec<&ReportRow> = rows.iter().collect();
+        assert_eq!(fusion_vs_best_other(&refs), (0.5, 0.45));
+        let rows = [row("fusion", 0.5), row("bioclim-only", 0.52)];
+        let refs: Vec<&ReportRow> = rows.iter().collect();
+        let (f, o) = fusion_vs_best_other(&refs);
         assert!(
             f <= o,
             "a single modality above fusion must count as a loss"
         );
-        assert_eq!(
-            fusion_vs_best_other(&[row("sentinel only", 0.3)]),
-            (0.0, 0.3)
-        );
+        let rows = [row("sentinel-only", 0.3)];
+        let refs: Vec<&ReportRow> = rows.iter().collect();
+        assert_eq!(fusion_vs_best_other(&refs), (0.0, 0.3));
     }
 }

@@ -69,10 +69,13 @@ pub fn serialize_state_dict(
     }
     let mut meta = metadata;
     meta.entry("format".into()).or_insert_with(|| "pt".into());
-    safetensors::serialize(views, &Some(meta)).map_err(|e| ModelError::BadWeightFile {
-        path: path.to_path_buf(),
-        reason: format!("serialisation failed: {e}"),
-    })
+    let mut buffer =
+        safetensors::serialize(views, &Some(meta)).map_err(|e| ModelError::BadWeightFile {
+            path: path.to_path_buf(),
+            reason: format!("serialisation failed: {e}"),
+        })?;
+    geolife_data::reproducible::sort_safetensors_header(&mut buffer);
+    Ok(buffer)
 }
 
 /// Write `bytes` to `path` atomically ([`geolife_data::atomic`]).
