@@ -103,15 +103,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let wpath = weights_path(&args.out);
         fitted.save(&wpath)?;
         println!(
-            "fitted weights {:?}: samples-F1 {:.4} after {} (equal weights {:.4}); saved {}",
+            "fitted weights {:?}: {}; saved {}",
             fitted
                 .weights
                 .iter()
                 .map(|w| (w * 1000.0).round() / 1000.0)
                 .collect::<Vec<_>>(),
-            fitted.f1,
-            fitted.target,
-            fitted.f1_equal,
+            fitted.describe(),
             wpath.display()
         );
         fitted.weights
