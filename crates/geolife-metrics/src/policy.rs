@@ -63,7 +63,7 @@ pub struct PerSurveyModel {
 pub struct FitInfo {
     /// Score file used for fitting.
     pub scores: String,
-    /// Solution (labels) file used for fitting.
+    /// Where the labels came from: a solution CSV, a run folder or a packed cache.
     pub solution: String,
     pub model: String,
     pub split: String,

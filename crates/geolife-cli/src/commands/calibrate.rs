@@ -1,6 +1,6 @@
-//! `geolife calibrate`: fits species-selection policies on validation scores and labels,
-//! prints the cross-validated F1 of each policy type next to top-25, saves the chosen policy
-//! (with a record of what it was fitted on) as TOML.
+//! `geolife calibrate`: fits species-selection policies on validation scores and labels (a
+//! solution file, a run folder or a cache), prints the cross-validated F1 of each policy type
+//! next to top-25, saves the chosen policy (with a record of what it was fitted on) as TOML.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,15 +9,17 @@ use geolife_metrics::policy::path_text;
 use geolife_metrics::{FitInfo, FitOptions, PolicyFile, PolicyKind, RankTable, cross_validate};
 
 use super::evaluate::{HalfArgs, load};
+use super::labels::LabelArgs;
 
 #[derive(clap::Args)]
+#[command(group = super::labels::group().required(true))]
 pub struct Args {
     /// Validation scores (geolife score file or malpolon `;` CSV with probabilities).
     #[arg(long)]
     pub scores: PathBuf,
-    /// Labels of the same surveys (`surveyId,predictions`).
-    #[arg(long)]
-    pub solution: PathBuf,
+    /// Labels of the same surveys: --solution CSV or --labels-from RUN|CACHE (one is required).
+    #[command(flatten)]
+    pub labels: LabelArgs,
     /// Where to write the fitted policy (TOML).
     #[arg(long)]
     pub out: PathBuf,
@@ -50,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "need 1 <= --min-k <= --max-k"
     );
     anyhow::ensure!(args.folds >= 2, "--folds must be at least 2");
-    let (sf, sol) = load(&args.scores, &args.solution)?;
+    let (sf, sol) = load(&args.scores, &args.labels)?;
     let (sol, sf) = args.half.apply(sol, sf)?;
     anyhow::ensure!(
         sf.has_scores(),
@@ -64,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "{}: only {} surveys are labelled in {}: too few to calibrate with {} folds",
         args.scores.display(),
         known.len(),
-        args.solution.display(),
+        args.labels.path()?.display(),
         args.folds
     );
     if !al.unknown_ids.is_empty() {
@@ -122,7 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         policy,
         fitted_on: Some(FitInfo {
             scores: path_text(&args.scores),
-            solution: path_text(&args.solution),
+            solution: path_text(args.labels.path()?),
             model: sf.model.clone(),
             split: sf.split.clone(),
             n_surveys: known.len(),

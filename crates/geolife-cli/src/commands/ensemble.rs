@@ -8,10 +8,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use geolife_metrics::ensemble::FitTarget;
 use geolife_metrics::{
-    BlendMethod, FitOptions, FittedWeights, Policy, ScoreFile, blend, fit_weights, read_solution,
+    BlendMethod, FitOptions, FittedWeights, Policy, ScoreFile, blend, fit_weights,
 };
 
+use super::labels::LabelArgs;
+
 #[derive(clap::Args)]
+#[command(group = super::labels::group().requires("fit"))]
 pub struct Args {
     /// Score files to blend (geolife safetensors, malpolon CSV; Kaggle CSVs with --method rank).
     #[arg(required = true)]
@@ -26,12 +29,12 @@ pub struct Args {
     /// How to combine: mean (of probabilities) or rank (weighted mean of 1/(rank+1)).
     #[arg(long, default_value = "mean", value_parser = ["mean", "rank"])]
     pub method: String,
-    /// Search weights maximising samples-F1 on --solution after the selection (--fit-target).
-    #[arg(long, requires = "solution")]
+    /// Search weights maximising samples-F1 on the labels after the selection (--fit-target).
+    #[arg(long, requires = "labels")]
     pub fit: bool,
-    /// Labels used by --fit.
-    #[arg(long)]
-    pub solution: Option<PathBuf>,
+    /// Labels used by --fit: --solution CSV or --labels-from RUN|CACHE.
+    #[command(flatten)]
+    pub labels: LabelArgs,
     /// Selection the fit optimises: `top-k` (best fixed K), `threshold` (best global
     /// threshold) or a policy TOML file.
     #[arg(long, default_value = "top-k")]
@@ -87,8 +90,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|p| ScoreFile::read(p).with_context(|| format!("reading {}", p.display())))
         .collect::<anyhow::Result<_>>()?;
     let weights = if args.fit {
-        let sol_path = args.solution.as_ref().context("--fit needs --solution")?;
-        let sol = read_solution(sol_path)?;
+        // Every file's surveys: a cache gives the labels of their union.
+        let scored: Vec<u64> = files.iter().flat_map(|f| f.survey_ids.clone()).collect();
+        let sol = args.labels.load(&scored)?;
         let target = match args.fit_target.as_str() {
             "top-k" => FitTarget::BestTopK { max_k: 50 },
             "threshold" => FitTarget::BestThreshold(FitOptions::default()),
