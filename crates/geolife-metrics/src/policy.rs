@@ -4,6 +4,7 @@
 // Index loops read clearer than iterator chains in the small linear algebra below.
 #![allow(clippy::needless_range_loop)]
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
@@ -11,7 +12,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::f1::{RankTable, RankedRow};
+use crate::f1::{RankTable, RankedRow, ordered_sum};
 use crate::scores::ScoreFile;
 use crate::{MetricsError, atomic::write_atomic};
 
@@ -597,19 +598,16 @@ pub fn fit_per_survey(table: &RankTable, opts: &FitOptions) -> Result<(Policy, f
     let mut best = (1.0, f64::NEG_INFINITY);
     for step in 0..=40 {
         let scale = 0.4 + 0.04 * step as f64;
-        let f: f64 = table
-            .rows
-            .par_iter()
-            .zip(&cache)
-            .map(|(r, (c, order, sorted))| {
-                if order.is_empty() {
-                    return 0.0;
-                }
-                let k = best_k(sorted, scale * c, min_k, max_k).clamp(1, order.len());
-                r.f1_of_pick(&order[..k])
-            })
-            .sum::<f64>()
-            / table.rows.len() as f64;
+        let f1 = |i: usize| {
+            let (c, order, sorted) = &cache[i];
+            if order.is_empty() {
+                return 0.0;
+            }
+            let k = best_k(sorted, scale * c, min_k, max_k).clamp(1, order.len());
+            table.rows[i].f1_of_pick(&order[..k])
+        };
+        let part = |range: Range<usize>| range.map(f1).sum::<f64>();
+        let f = ordered_sum(table.rows.len(), 0.0, part, |a, b| *a += b) / table.rows.len() as f64;
         if f > best.1 {
             best = (scale, f);
         }
@@ -652,36 +650,30 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>, MetricsError
 fn logistic(xs: &[[f64; N_HIT]], ys: &[f64]) -> Result<Vec<f64>, MetricsError> {
     let mut w = vec![0.0; N_HIT];
     for _ in 0..25 {
-        let (g, h) = xs
-            .par_iter()
-            .zip(ys)
-            .fold(
-                || (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]),
-                |(mut g, mut h), (x, &y)| {
-                    let z: f64 = x.iter().zip(&w).map(|(a, b)| a * b).sum();
-                    let p = sigmoid(z);
-                    let wgt = (p * (1.0 - p)).max(1e-9);
-                    for a in 0..N_HIT {
-                        g[a] += (p - y) * x[a];
-                        for b in 0..N_HIT {
-                            h[a][b] += wgt * x[a] * x[b];
-                        }
+        let part = |range: Range<usize>| {
+            let (mut g, mut h) = (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]);
+            for (x, &y) in xs[range.clone()].iter().zip(&ys[range]) {
+                let z: f64 = x.iter().zip(&w).map(|(a, b)| a * b).sum();
+                let p = sigmoid(z);
+                let wgt = (p * (1.0 - p)).max(1e-9);
+                for a in 0..N_HIT {
+                    g[a] += (p - y) * x[a];
+                    for b in 0..N_HIT {
+                        h[a][b] += wgt * x[a] * x[b];
                     }
-                    (g, h)
-                },
-            )
-            .reduce(
-                || (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]),
-                |(mut g1, mut h1), (g2, h2)| {
-                    for a in 0..N_HIT {
-                        g1[a] += g2[a];
-                        for b in 0..N_HIT {
-                            h1[a][b] += h2[a][b];
-                        }
-                    }
-                    (g1, h1)
-                },
-            );
+                }
+            }
+            (g, h)
+        };
+        let zero = (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]);
+        let (g, h) = ordered_sum(xs.len(), zero, part, |(g1, h1), (g2, h2)| {
+            for a in 0..N_HIT {
+                g1[a] += g2[a];
+                for b in 0..N_HIT {
+                    h1[a][b] += h2[a][b];
+                }
+            }
+        });
         let mut h = h;
         for (a, row) in h.iter_mut().enumerate() {
             row[a] += 1e-6 * xs.len() as f64;
