@@ -156,6 +156,18 @@ fn evaluate(f: &Fixture, labels: [&str; 2]) -> Value {
     )
 }
 
+/// The error of `evaluate --labels-from FROM` (exit 1).
+fn evaluate_fails(f: &Fixture, from: &Path) -> String {
+    let args = [
+        "evaluate",
+        "--predictions",
+        s(&f.scores),
+        "--labels-from",
+        s(from),
+    ];
+    run_expect(&args, 1).1
+}
+
 /// `calibrate --json` and the policy it saved (without the record of its label source).
 fn calibrate(f: &Fixture, labels: [&str; 2], out: &Path) -> (Value, PolicyFile) {
     let v = json_without(
@@ -276,16 +288,7 @@ fn a_scored_survey_the_cache_lacks_is_an_error_naming_it() {
     let old = f.root.join("old-run");
     std::fs::create_dir(&old).unwrap();
     std::fs::write(old.join("run.json"), "{}").unwrap();
-    let (_, e) = run_expect(
-        &[
-            "evaluate",
-            "--predictions",
-            s(&f.scores),
-            "--labels-from",
-            s(&old),
-        ],
-        1,
-    );
+    let e = evaluate_fails(&f, &old);
     assert!(e.contains("no val_labels.csv"), "{e}");
     assert!(e.contains("config.toml"), "{e}");
     assert!(e.contains("--labels-from <CACHE>"), "{e}");
@@ -297,40 +300,13 @@ fn a_folder_that_is_neither_run_nor_cache_is_refused() {
     let plain = f.root.join("plain");
     std::fs::create_dir(&plain).unwrap();
     std::fs::write(plain.join("notes.txt"), "hello").unwrap();
-    let (_, e) = run_expect(
-        &[
-            "evaluate",
-            "--predictions",
-            s(&f.scores),
-            "--labels-from",
-            s(&plain),
-        ],
-        1,
-    );
+    let e = evaluate_fails(&f, &plain);
     assert!(e.contains(s(&plain)), "{e}");
     assert!(e.contains("neither a run folder nor a packed cache"), "{e}");
     // The raw dataset root is no cache either; a CSV belongs to --solution.
-    let (_, e) = run_expect(
-        &[
-            "evaluate",
-            "--predictions",
-            s(&f.scores),
-            "--labels-from",
-            s(&f.root.join("data")),
-        ],
-        1,
-    );
+    let e = evaluate_fails(&f, &f.root.join("data"));
     assert!(e.contains("neither a run folder nor a packed cache"), "{e}");
-    let (_, e) = run_expect(
-        &[
-            "evaluate",
-            "--predictions",
-            s(&f.scores),
-            "--labels-from",
-            s(&f.solution),
-        ],
-        1,
-    );
+    let e = evaluate_fails(&f, &f.solution);
     assert!(
         e.contains("not a folder") && e.contains("--solution"),
         "{e}"
