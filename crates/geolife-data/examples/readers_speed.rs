@@ -2,7 +2,6 @@
 //! size, and per-file cube/patch reads on the real mini files.
 //! Run: cargo run -p geolife-data --example readers_speed [--release] [PO_ROWS]
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,24 +17,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_or(Ok(1_000_000), |s| s.parse())?;
     let dir = tempfile::tempdir()?;
 
-    let mut s = String::from(
-        "publisher,year,month,day,lat,lon,geoUncertaintyInM,taxonRank,date,dayOfYear,surveyId,speciesId\n",
-    );
-    for i in 0..po_rows {
-        writeln!(
-            s,
-            "iNaturalist,2019,{},{},{:.5},{:.5},{}.0,SPECIES,2019-06-12,163,{},{}.0",
-            1 + i % 12,
-            1 + i % 28,
-            40.0 + (i % 1000) as f64 * 0.01,
-            5.0 + (i % 777) as f64 * 0.01,
-            i % 50,
-            3_000_000 + i,
-            i % 9709
-        )?;
-    }
     let po = dir.path().join("po.csv");
-    std::fs::write(&po, &s)?;
+    let mut w = csv::Writer::from_path(&po)?;
+    w.write_record(
+        "publisher,year,month,day,lat,lon,geoUncertaintyInM,taxonRank,date,dayOfYear,surveyId,speciesId"
+            .split(','),
+    )?;
+    for i in 0..po_rows {
+        w.write_record([
+            "iNaturalist".into(),
+            "2019".into(),
+            (1 + i % 12).to_string(),
+            (1 + i % 28).to_string(),
+            format!("{:.5}", 40.0 + (i % 1000) as f64 * 0.01),
+            format!("{:.5}", 5.0 + (i % 777) as f64 * 0.01),
+            format!("{}.0", i % 50),
+            "SPECIES".into(),
+            "2019-06-12".into(),
+            "163".into(),
+            (3_000_000 + i).to_string(),
+            format!("{}.0", i % 9709),
+        ])?;
+    }
+    w.flush()?;
+    drop(w);
+    let po_bytes = std::fs::metadata(&po)?.len();
     let t = Instant::now();
     let mut n = 0usize;
     for r in PoReader::open(&po, false)? {
@@ -45,31 +51,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dt = t.elapsed().as_secs_f64();
     println!(
         "PO reader: {n} rows ({:.0} MB) in {dt:.2} s = {:.2} M rows/s",
-        s.len() as f64 / 1e6,
+        po_bytes as f64 / 1e6,
         n as f64 / dt / 1e6
     );
 
     let rows = 1_483_637usize;
-    let mut s =
-        String::from("lon,lat,year,geoUncertaintyInM,areaInM2,region,country,speciesId,surveyId\n");
+    let pa = dir.path().join("pa.csv");
+    let mut w = csv::Writer::from_path(&pa)?;
+    w.write_record(
+        "lon,lat,year,geoUncertaintyInM,areaInM2,region,country,speciesId,surveyId".split(','),
+    )?;
     for i in 0..rows {
         let survey = i / 17;
-        writeln!(
-            s,
-            "{:.6},{:.6},2017,11.0,{},ATLANTIC,France,{}.0,{}",
-            5.0 + (survey % 991) as f64 * 0.001,
-            45.0 + (survey % 883) as f64 * 0.001,
-            if i % 29 == 0 {
-                "inf".to_string()
-            } else {
-                "150.0".into()
-            },
-            (i * 7919) % 11255,
-            survey
-        )?;
+        w.write_record([
+            format!("{:.6}", 5.0 + (survey % 991) as f64 * 0.001),
+            format!("{:.6}", 45.0 + (survey % 883) as f64 * 0.001),
+            "2017".into(),
+            "11.0".into(),
+            if i % 29 == 0 { "inf" } else { "150.0" }.into(),
+            "ATLANTIC".into(),
+            "France".into(),
+            format!("{}.0", (i * 7919) % 11255),
+            survey.to_string(),
+        ])?;
     }
-    let pa = dir.path().join("pa.csv");
-    std::fs::write(&pa, &s)?;
+    w.flush()?;
+    drop(w);
     let t = Instant::now();
     let m = read_pa_metadata(&pa, Split::Train)?;
     let dt = t.elapsed().as_secs_f64();

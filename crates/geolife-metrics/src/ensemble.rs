@@ -13,8 +13,21 @@ use crate::scores::{ScoreFile, Scores, cmp_entry};
 use crate::{MetricsError, Solution};
 
 /// How scores are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Default,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum BlendMethod {
     /// Weighted mean of probabilities (absent species score 0).
     #[default]
@@ -223,17 +236,24 @@ pub enum FitTarget {
     BestThreshold(FitOptions),
 }
 
-/// Result of a weight search.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Ensemble weights: the result of a weight search (`ensemble --fit`), or weights from
+/// elsewhere (such as the paper's, `configs/ensemble-paper.toml`). The F1 fields are absent
+/// when geolife did not measure them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedWeights {
     /// Normalised weights, one per input file in order.
     pub weights: Vec<f64>,
     pub method: BlendMethod,
-    /// Validation samples-F1 reached (labelled surveys only).
-    pub f1: f64,
-    /// Samples-F1 of equal weights, for comparison.
-    pub f1_equal: f64,
-    /// What the F1 was measured after (e.g. "best top-K").
+    /// Validation samples-F1 geolife measured with these weights (labelled surveys only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1: Option<f64>,
+    /// Samples-F1 geolife measured with equal weights on the same data, for comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1_equal: Option<f64>,
+    /// Samples-F1 a publication reports for these weights (not measured by geolife).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paper_f1: Option<f64>,
+    /// What the F1 was measured after (e.g. "best top-K"), and where for a paper's figure.
     pub target: String,
     /// The score files the weights were fitted on, in order.
     pub files: Vec<String>,
@@ -320,8 +340,9 @@ pub fn fit_weights(
     Ok(FittedWeights {
         weights: best.0,
         method,
-        f1: best.1,
-        f1_equal,
+        f1: Some(best.1),
+        f1_equal: Some(f1_equal),
+        paper_f1: None,
         target: match target {
             FitTarget::Policy(p) => p.describe(),
             FitTarget::BestTopK { max_k } => format!("best top-K (K <= {max_k})"),
@@ -332,6 +353,27 @@ pub fn fit_weights(
 }
 
 impl FittedWeights {
+    /// The F1 figures the file holds, in words: "samples-F1 0.4123 after best top-K (K <= 50)
+    /// (equal weights 0.4010)", "paper's samples-F1 0.4258 (...)", or that none is recorded.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(f1) = self.f1 {
+            let equal = self
+                .f1_equal
+                .map(|e| format!(" (equal weights {e:.4})"))
+                .unwrap_or_default();
+            parts.push(format!("samples-F1 {f1:.4} after {}{equal}", self.target));
+        }
+        if let Some(p) = self.paper_f1 {
+            parts.push(format!("paper's samples-F1 {p} ({})", self.target));
+        }
+        if parts.is_empty() {
+            "no samples-F1 recorded".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
     /// Writes the weights as TOML, atomically.
     pub fn save(&self, path: &std::path::Path) -> Result<(), MetricsError> {
         let text = toml::to_string_pretty(self).map_err(|e| MetricsError::Policy {

@@ -1,9 +1,39 @@
 //! Samples-averaged F1 on species sets (the GeoLifeCLEF 2024 metric) and the fast, ranked
 //! view of a score file that F1@K curves, thresholds, oracle bounds and policy fitting share.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::scores::ScoreFile;
+
+/// Terms per task of [`ordered_sum`]: a fixed split, where rayon's adaptive one varies.
+const SUM_CHUNK: usize = 256;
+
+/// The sum over `0..n` of `part(range)` for fixed consecutive ranges, computed in parallel and
+/// added in order with `add` from `zero`: the same float result on every run and thread count.
+/// (rayon's `sum` and `reduce` group terms by how work was stolen, so their last bits vary.)
+pub(crate) fn ordered_sum<A: Send>(
+    n: usize,
+    zero: A,
+    part: impl Fn(Range<usize>) -> A + Sync + Send,
+    mut add: impl FnMut(&mut A, A),
+) -> A {
+    let parts: Vec<A> = (0..n.div_ceil(SUM_CHUNK))
+        .into_par_iter()
+        .map(|c| part(c * SUM_CHUNK..((c + 1) * SUM_CHUNK).min(n)))
+        .collect();
+    let mut total = zero;
+    for p in parts {
+        add(&mut total, p);
+    }
+    total
+}
+
+/// Adds `b` into `a` element by element.
+fn add_into(a: &mut [f64], b: Vec<f64>) {
+    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+}
 
 /// Largest K considered by [`best_global_threshold`] (a threshold never keeps more species).
 pub const THRESHOLD_MAX_K: usize = 200;
@@ -215,25 +245,24 @@ impl RankTable {
     /// Mean F1 of top-k for k = 1..=k_max.
     pub fn f1_at_k_curve(&self, k_max: usize) -> Vec<f64> {
         let n = self.rows.len().max(1) as f64;
-        // Curves computed in parallel, summed in row order: the same bits on every run.
-        let curves: Vec<Vec<f64>> = self.rows.par_iter().map(|r| r.f1_curve(k_max)).collect();
-        let sums = curves.iter().fold(vec![0.0; k_max], |mut a, b| {
-            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-            a
-        });
+        let rows = &self.rows;
+        let part = |range: Range<usize>| {
+            let mut sums = vec![0.0; k_max];
+            for r in &rows[range] {
+                add_into(&mut sums, r.f1_curve(k_max));
+            }
+            sums
+        };
+        let sums = ordered_sum(rows.len(), vec![0.0; k_max], part, |a, b| add_into(a, b));
         sums.into_iter().map(|s| s / n).collect()
     }
 
     /// Mean over surveys of the best F1 over k = 1..=k_max (perfect per-survey K).
     pub fn oracle_f1(&self, k_max: usize) -> f64 {
         let n = self.rows.len().max(1) as f64;
-        self.rows
-            .par_iter()
-            .map(|r| r.f1_curve(k_max).into_iter().fold(0.0, f64::max))
-            .collect::<Vec<f64>>()
-            .iter()
-            .sum::<f64>()
-            / n
+        let best = |r: &RankedRow| r.f1_curve(k_max).into_iter().fold(0.0, f64::max);
+        let part = |range: Range<usize>| self.rows[range].iter().map(best).sum::<f64>();
+        ordered_sum(self.rows.len(), 0.0, part, |a, b| *a += b) / n
     }
 
     /// The global threshold `t` maximising mean F1 when each survey keeps the species scoring

@@ -18,7 +18,7 @@ pub use f1::{
     samples_f1, set_metrics,
 };
 pub use policy::{
-    Calibrated, FitInfo, FitOptions, Policy, PolicyFile, PolicyKind, best_calibrated,
+    Calibrated, FitInfo, FitOptions, Policy, PolicyChoice, PolicyFile, PolicyKind, best_calibrated,
     calibrate_all, cross_validate, fold_assignment,
 };
 pub use scores::{ScoreFile, Scores};

@@ -9,8 +9,9 @@ use plotters::prelude::*;
 
 use crate::MetricsError;
 
-/// Font family name registered with plotters.
-const FAMILY: &str = "geolife-sans";
+/// Font family name registered with plotters by [`font_available`]; every geolife plot draws
+/// its text in it.
+pub const FAMILY: &str = "geolife-sans";
 
 /// Candidate font files (first found wins).
 const FONT_PATHS: &[&str] = &[
@@ -22,8 +23,9 @@ const FONT_PATHS: &[&str] = &[
     "C:\\Windows\\Fonts\\arial.ttf",
 ];
 
-/// Registers a system font once; true when text can be drawn.
-fn font_available() -> bool {
+/// Registers a system font as [`FAMILY`] once (the first of the usual DejaVu/Liberation/Arial
+/// files found); true when text can be drawn.
+pub fn font_available() -> bool {
     static READY: OnceLock<bool> = OnceLock::new();
     *READY.get_or_init(|| {
         for p in FONT_PATHS {

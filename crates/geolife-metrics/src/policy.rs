@@ -4,6 +4,7 @@
 // Index loops read clearer than iterator chains in the small linear algebra below.
 #![allow(clippy::needless_range_loop)]
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
@@ -11,7 +12,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::f1::{RankTable, RankedRow};
+use crate::f1::{RankTable, RankedRow, ordered_sum};
 use crate::scores::ScoreFile;
 use crate::{MetricsError, atomic::write_atomic};
 
@@ -63,7 +64,7 @@ pub struct PerSurveyModel {
 pub struct FitInfo {
     /// Score file used for fitting.
     pub scores: String,
-    /// Solution (labels) file used for fitting.
+    /// Where the labels came from: a solution CSV, a run folder or a packed cache.
     pub solution: String,
     pub model: String,
     pub split: String,
@@ -597,21 +598,16 @@ pub fn fit_per_survey(table: &RankTable, opts: &FitOptions) -> Result<(Policy, f
     let mut best = (1.0, f64::NEG_INFINITY);
     for step in 0..=40 {
         let scale = 0.4 + 0.04 * step as f64;
-        let f: f64 = table
-            .rows
-            .par_iter()
-            .zip(&cache)
-            .map(|(r, (c, order, sorted))| {
-                if order.is_empty() {
-                    return 0.0;
-                }
-                let k = best_k(sorted, scale * c, min_k, max_k).clamp(1, order.len());
-                r.f1_of_pick(&order[..k])
-            })
-            .collect::<Vec<f64>>()
-            .iter()
-            .sum::<f64>()
-            / table.rows.len() as f64;
+        let f1 = |i: usize| {
+            let (c, order, sorted) = &cache[i];
+            if order.is_empty() {
+                return 0.0;
+            }
+            let k = best_k(sorted, scale * c, min_k, max_k).clamp(1, order.len());
+            table.rows[i].f1_of_pick(&order[..k])
+        };
+        let part = |range: Range<usize>| range.map(f1).sum::<f64>();
+        let f = ordered_sum(table.rows.len(), 0.0, part, |a, b| *a += b) / table.rows.len() as f64;
         if f > best.1 {
             best = (scale, f);
         }
@@ -654,41 +650,30 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>, MetricsError
 fn logistic(xs: &[[f64; N_HIT]], ys: &[f64]) -> Result<Vec<f64>, MetricsError> {
     let mut w = vec![0.0; N_HIT];
     for _ in 0..25 {
-        // Partial sums over fixed chunks, added in chunk order: the same bits whatever the
-        // thread count or work stealing (rayon's fold/reduce tree is not fixed).
-        let partials: Vec<(Vec<f64>, Vec<Vec<f64>>)> = xs
-            .par_chunks(1024)
-            .zip(ys.par_chunks(1024))
-            .map(|(xc, yc)| {
-                xc.iter().zip(yc).fold(
-                    (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]),
-                    |(mut g, mut h), (x, &y)| {
-                        let z: f64 = x.iter().zip(&w).map(|(a, b)| a * b).sum();
-                        let p = sigmoid(z);
-                        let wgt = (p * (1.0 - p)).max(1e-9);
-                        for a in 0..N_HIT {
-                            g[a] += (p - y) * x[a];
-                            for b in 0..N_HIT {
-                                h[a][b] += wgt * x[a] * x[b];
-                            }
-                        }
-                        (g, h)
-                    },
-                )
-            })
-            .collect();
-        let (g, h) = partials.into_iter().fold(
-            (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]),
-            |(mut g1, mut h1), (g2, h2)| {
+        let part = |range: Range<usize>| {
+            let (mut g, mut h) = (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]);
+            for (x, &y) in xs[range.clone()].iter().zip(&ys[range]) {
+                let z: f64 = x.iter().zip(&w).map(|(a, b)| a * b).sum();
+                let p = sigmoid(z);
+                let wgt = (p * (1.0 - p)).max(1e-9);
                 for a in 0..N_HIT {
-                    g1[a] += g2[a];
+                    g[a] += (p - y) * x[a];
                     for b in 0..N_HIT {
-                        h1[a][b] += h2[a][b];
+                        h[a][b] += wgt * x[a] * x[b];
                     }
                 }
-                (g1, h1)
-            },
-        );
+            }
+            (g, h)
+        };
+        let zero = (vec![0.0; N_HIT], vec![vec![0.0; N_HIT]; N_HIT]);
+        let (g, h) = ordered_sum(xs.len(), zero, part, |(g1, h1), (g2, h2)| {
+            for a in 0..N_HIT {
+                g1[a] += g2[a];
+                for b in 0..N_HIT {
+                    h1[a][b] += h2[a][b];
+                }
+            }
+        });
         let mut h = h;
         for (a, row) in h.iter_mut().enumerate() {
             row[a] += 1e-6 * xs.len() as f64;
@@ -715,7 +700,10 @@ fn mean(x: &[f64]) -> f64 {
 }
 
 /// Kind of policy fitted by [`cross_validate`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr, strum::VariantNames,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum PolicyKind {
     /// Fixed top-25 (no fitting: the competition default).
     Top25,
@@ -737,12 +725,7 @@ impl PolicyKind {
 
     /// Name used in reports and on the command line.
     pub fn name(&self) -> &'static str {
-        match self {
-            PolicyKind::Top25 => "top25",
-            PolicyKind::FixedK => "fixed_k",
-            PolicyKind::Threshold => "threshold",
-            PolicyKind::PerSurveyK => "per_survey_k",
-        }
+        self.into()
     }
 
     /// Fits this kind on a labelled rank table; returns the policy and its training F1.
@@ -847,4 +830,69 @@ pub fn calibrate_all(
 /// `calibrate --policy auto` always chose).
 pub fn best_calibrated(fitted: &[Calibrated]) -> Option<&Calibrated> {
     fitted.iter().max_by(|a, b| a.cv_f1.total_cmp(&b.cv_f1))
+}
+
+/// Which policy to keep after [`calibrate_all`]: the best cross-validated (`auto`) or a kind.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum PolicyChoice {
+    #[default]
+    Auto,
+    Top25,
+    FixedK,
+    Threshold,
+    PerSurveyK,
+}
+
+impl PolicyChoice {
+    /// The chosen calibrated policy; `None` when that kind could not be fitted.
+    pub fn pick(self, fitted: &[Calibrated]) -> Option<&Calibrated> {
+        let kind = match self {
+            Self::Auto => return best_calibrated(fitted),
+            Self::Top25 => PolicyKind::Top25,
+            Self::FixedK => PolicyKind::FixedK,
+            Self::Threshold => PolicyKind::Threshold,
+            Self::PerSurveyK => PolicyKind::PerSurveyK,
+        };
+        fitted.iter().find(|c| c.kind == kind)
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::*;
+    use strum::VariantNames;
+
+    /// The names on the command line and in reports (and the same order as `ALL`).
+    #[test]
+    fn policy_names_are_the_documented_ones() {
+        assert_eq!(
+            PolicyKind::VARIANTS,
+            ["top25", "fixed_k", "threshold", "per_survey_k"]
+        );
+        let names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names, PolicyKind::VARIANTS);
+        assert_eq!(
+            PolicyChoice::VARIANTS,
+            ["auto", "top25", "fixed_k", "threshold", "per_survey_k"]
+        );
+        for (i, k) in PolicyKind::ALL.iter().enumerate() {
+            let c: PolicyChoice = k.name().parse().unwrap();
+            assert_eq!(<&str>::from(c), PolicyChoice::VARIANTS[i + 1]);
+        }
+        assert_eq!(crate::BlendMethod::VARIANTS, ["mean", "rank"]);
+    }
 }

@@ -156,7 +156,7 @@ pub fn write_submission(
         )));
     }
     let mut seen = HashSet::with_capacity(survey_ids.len());
-    let mut text = String::from("surveyId,predictions\n");
+    let mut rows = Vec::with_capacity(survey_ids.len());
     for (&id, pred) in survey_ids.iter().zip(predictions) {
         if !seen.insert(id) {
             return Err(MetricsError::DuplicateSurvey {
@@ -170,22 +170,22 @@ pub fn write_submission(
                 path.display()
             )));
         }
-        text.push_str(&id.to_string());
-        text.push(',');
         let mut row_seen = HashSet::with_capacity(pred.len());
-        let mut first = true;
-        for &s in pred {
-            if row_seen.insert(s) {
-                if !first {
-                    text.push(' ');
-                }
-                text.push_str(&s.to_string());
-                first = false;
-            }
-        }
-        text.push('\n');
+        let species: Vec<String> = pred
+            .iter()
+            .filter(|s| row_seen.insert(**s))
+            .map(u32::to_string)
+            .collect();
+        rows.push([id.to_string(), species.join(" ")]);
     }
-    write_atomic(path, |w| w.write_all(text.as_bytes()))
+    write_atomic(path, |w| {
+        let mut csv = csv::Writer::from_writer(w);
+        csv.write_record(["surveyId", "predictions"])?;
+        for row in &rows {
+            csv.write_record(row)?;
+        }
+        csv.flush()
+    })
 }
 
 /// Reads a Kaggle submission (ranked, no scores) or a malpolon `;` file (with probabilities).

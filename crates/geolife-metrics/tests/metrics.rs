@@ -5,9 +5,10 @@ use std::path::Path;
 
 use geolife_metrics::ensemble::FitTarget;
 use geolife_metrics::{
-    BlendMethod, MetricsError, Policy, PolicyFile, RankTable, ScoreFile, Scores, Solution,
-    best_global_threshold, blend, f1_at_k_curve, fit_weights, oracle_f1, read_solution,
-    read_survey_ids, samples_f1, set_metrics, write_submission,
+    BlendMethod, FitOptions, FittedWeights, MetricsError, Policy, PolicyFile, PolicyKind,
+    RankTable, ScoreFile, Scores, Solution, best_global_threshold, blend, f1_at_k_curve,
+    fit_weights, oracle_f1, read_solution, read_survey_ids, samples_f1, set_metrics,
+    write_submission,
 };
 
 fn v(x: &[u32]) -> Vec<u32> {
@@ -379,9 +380,54 @@ fn ensemble_mean_and_rank_with_gaps_by_hand() {
         &FitTarget::BestTopK { max_k: 2 },
     )
     .unwrap();
-    assert!(fw.f1 >= fw.f1_equal);
-    assert!((fw.f1 - 2.0 / 3.0).abs() < 1e-12, "{fw:?}");
+    let (f1, f1_equal) = (fw.f1.unwrap(), fw.f1_equal.unwrap());
+    assert!(f1 >= f1_equal);
+    assert!((f1 - 2.0 / 3.0).abs() < 1e-12, "{fw:?}");
+    assert_eq!(fw.paper_f1, None);
     assert!((fw.weights.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn weights_files_keep_measured_and_paper_figures_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    // As `ensemble --fit` has always written it: both measured figures, no paper figure.
+    let fitted = write(
+        dir.path(),
+        "fit.weights.toml",
+        "weights = [0.25, 0.75]\nmethod = \"mean\"\nf1 = 0.5\nf1_equal = 0.4\n\
+         target = \"best top-K (K <= 50)\"\nfiles = [\"a\", \"b\"]\n",
+    );
+    let fw = FittedWeights::load(&fitted).unwrap();
+    assert_eq!(
+        (fw.f1, fw.f1_equal, fw.paper_f1),
+        (Some(0.5), Some(0.4), None)
+    );
+    assert_eq!(
+        fw.describe(),
+        "samples-F1 0.5000 after best top-K (K <= 50) (equal weights 0.4000)"
+    );
+    let again = dir.path().join("again.toml");
+    fw.save(&again).unwrap();
+    assert_eq!(FittedWeights::load(&again).unwrap(), fw);
+    // The paper's weights: a published figure only; nothing geolife measured is written.
+    let paper = FittedWeights::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/ensemble-paper.toml"),
+    )
+    .unwrap();
+    assert_eq!((paper.f1, paper.f1_equal), (None, None));
+    assert_eq!(paper.paper_f1, Some(0.42581));
+    assert_eq!(paper.weights, vec![0.15, 0.1, 0.4, 0.35]);
+    assert!(paper.describe().starts_with("paper's samples-F1 0.42581 ("));
+    paper.save(&again).unwrap();
+    let text = std::fs::read_to_string(&again).unwrap();
+    assert!(text.contains("paper_f1 = 0.42581"), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("f1 ") || l.starts_with("f1_equal")),
+        "{text}"
+    );
+    assert_eq!(FittedWeights::load(&again).unwrap(), paper);
 }
 
 #[test]
@@ -457,4 +503,57 @@ fn sparse_and_ranked_rows_are_validated() {
         ),
         "{e}"
     );
+}
+
+/// F1@K curves, the oracle bound and the per-survey K fit add thousands of float terms in
+/// parallel; their results must not depend on the thread count or on how work was stolen
+/// (evaluate and calibrate reports are compared byte for byte across runs).
+#[test]
+fn parallel_sums_are_the_same_on_every_run_and_thread_count() {
+    let (n, v) = (3000usize, 40usize);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let species: Vec<u32> = (0..v as u32).map(|s| 100 + s).collect();
+    let mut data = Vec::with_capacity(n * v);
+    let mut truth = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut t = Vec::new();
+        for &sp in &species {
+            let present = next() < 0.15;
+            if present {
+                t.push(sp);
+            }
+            data.push((next() * 0.6 + if present { 0.35 } else { 0.0 }) as f32);
+        }
+        truth.push(t);
+    }
+    let sf = ScoreFile {
+        model: "m".into(),
+        split: "val".into(),
+        survey_ids: (0..n as u64).collect(),
+        species,
+        scores: Scores::Dense { data },
+    };
+    let table = RankTable::new(&sf, &truth, 50);
+    let results = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let fit = PolicyKind::PerSurveyK
+                .fit(&table, &FitOptions::default())
+                .unwrap();
+            (table.f1_at_k_curve(50), table.oracle_f1(50), fit)
+        })
+    };
+    let first = results(1);
+    for threads in [2, 3, 8, 8] {
+        assert!(results(threads) == first, "{threads} threads");
+    }
 }

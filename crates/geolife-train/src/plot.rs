@@ -1,24 +1,13 @@
 //! PNG of the training curves (train / validation loss and validation F1 per epoch), drawn with
-//! plotters; axis text appears when a system DejaVu font is found, otherwise lines only.
+//! plotters; axis text appears when a system font is found (`geolife_metrics::plot`), otherwise
+//! lines only.
 
 use std::path::Path;
 
+use geolife_metrics::plot::{FAMILY, font_available};
 use plotters::prelude::*;
 
 use crate::checkpoint::EpochMetrics;
-
-const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-
-fn font() -> bool {
-    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OK.get_or_init(|| match std::fs::read(FONT) {
-        Ok(bytes) => {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
-        }
-        Err(_) => false,
-    })
-}
 
 /// Two panels: losses (train blue, validation red) and validation F1@best-K (green), by epoch.
 /// Written to a temporary name and renamed.
@@ -31,7 +20,7 @@ pub fn plot_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), String> 
 
 #[allow(clippy::type_complexity)]
 fn draw(path: &Path, h: &[EpochMetrics]) -> Result<(), String> {
-    let text = font();
+    let text = font_available();
     let root = BitMapBackend::new(path, (1000, 400)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(500);
@@ -65,7 +54,7 @@ fn draw(path: &Path, h: &[EpochMetrics]) -> Result<(), String> {
         let mut b = ChartBuilder::on(area);
         b.margin(15);
         if text {
-            b.caption(title, ("sans-serif", 18))
+            b.caption(title, (FAMILY, 18))
                 .x_label_area_size(30)
                 .y_label_area_size(50);
         }
@@ -74,7 +63,7 @@ fn draw(path: &Path, h: &[EpochMetrics]) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let mut mesh = chart.configure_mesh();
         if text {
-            mesh.x_desc("epoch").label_style(("sans-serif", 12));
+            mesh.x_desc("epoch").label_style((FAMILY, 12));
         } else {
             mesh.x_labels(0).y_labels(0);
         }
@@ -116,7 +105,7 @@ fn draw_bars(
     labels: &[String],
     series: &[(&str, RGBColor, Vec<Option<f64>>)],
 ) -> Result<(), String> {
-    let text = font();
+    let text = font_available();
     let width = (160 * labels.len() as u32).clamp(480, 1600);
     let root = BitMapBackend::new(path, (width, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
@@ -129,7 +118,7 @@ fn draw_bars(
     let mut b = ChartBuilder::on(&root);
     b.margin(15);
     if text {
-        b.caption(title, ("sans-serif", 18))
+        b.caption(title, (FAMILY, 18))
             .x_label_area_size(40)
             .y_label_area_size(50);
     }
@@ -151,7 +140,7 @@ fn draw_bars(
     if text {
         mesh.x_labels(2 * labels.len() + 1)
             .x_label_formatter(&label_at)
-            .label_style(("sans-serif", 12));
+            .label_style((FAMILY, 12));
     } else {
         mesh.x_labels(0).y_labels(0);
     }
@@ -177,7 +166,7 @@ fn draw_bars(
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
-            .label_font(("sans-serif", 12))
+            .label_font((FAMILY, 12))
             .draw()
             .map_err(|e| e.to_string())?;
     }

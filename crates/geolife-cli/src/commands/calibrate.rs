@@ -1,30 +1,33 @@
-//! `geolife calibrate`: fits species-selection policies on validation scores and labels,
-//! prints the cross-validated F1 of each policy type next to top-25, saves the chosen policy
-//! (with a record of what it was fitted on) as TOML.
+//! `geolife calibrate`: fits species-selection policies on validation scores and labels (a
+//! solution file, a run folder or a cache), prints the cross-validated F1 of each policy type
+//! next to top-25, saves the chosen policy (with a record of what it was fitted on) as TOML.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use geolife_metrics::policy::path_text;
-use geolife_metrics::{FitInfo, FitOptions, PolicyFile, PolicyKind, RankTable, cross_validate};
+use geolife_metrics::{FitInfo, FitOptions, PolicyChoice, PolicyFile, RankTable, calibrate_all};
+use strum::VariantNames;
 
 use super::evaluate::{HalfArgs, load};
+use super::labels::LabelArgs;
 
 #[derive(clap::Args)]
+#[command(group = super::labels::group().required(true))]
 pub struct Args {
     /// Validation scores (geolife score file or malpolon `;` CSV with probabilities).
     #[arg(long)]
     pub scores: PathBuf,
-    /// Labels of the same surveys (`surveyId,predictions`).
-    #[arg(long)]
-    pub solution: PathBuf,
+    /// Labels of the same surveys: --solution CSV or --labels-from RUN|CACHE (one is required).
+    #[command(flatten)]
+    pub labels: LabelArgs,
     /// Where to write the fitted policy (TOML).
     #[arg(long)]
     pub out: PathBuf,
-    /// Policy type to save: `auto` (best cross-validated), top25, fixed_k, threshold, per_survey_k.
+    /// Policy type to save: `auto` (best cross-validated) or one kind.
     #[arg(long, default_value = "auto",
-          value_parser = ["auto", "top25", "fixed_k", "threshold", "per_survey_k"])]
-    pub policy: String,
+          value_parser = crate::commands::named::<PolicyChoice>(PolicyChoice::VARIANTS))]
+    pub policy: PolicyChoice,
     /// Cross-validation folds.
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
@@ -50,7 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "need 1 <= --min-k <= --max-k"
     );
     anyhow::ensure!(args.folds >= 2, "--folds must be at least 2");
-    let (sf, sol) = load(&args.scores, &args.solution)?;
+    let (sf, sol) = load(&args.scores, &args.labels)?;
     let (sol, sf) = args.half.apply(sol, sf)?;
     anyhow::ensure!(
         sf.has_scores(),
@@ -64,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "{}: only {} surveys are labelled in {}: too few to calibrate with {} folds",
         args.scores.display(),
         known.len(),
-        args.solution.display(),
+        args.labels.path()?.display(),
         args.folds
     );
     if !al.unknown_ids.is_empty() {
@@ -87,42 +90,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..FitOptions::default()
     };
     let table = RankTable::new(&sub, &truth, args.max_k.max(25));
-    let mut results = Vec::new();
-    for kind in PolicyKind::ALL {
-        // A policy that cannot be fitted here (e.g. too few surveys) is skipped, not fatal.
-        let fitted = cross_validate(&table, kind, &opts, args.folds, args.seed)
-            .and_then(|cv| kind.fit(&table, &opts).map(|(p, tr)| (cv, tr, p)));
-        match fitted {
-            Ok((cv, train_f1, policy)) => results.push((kind, cv, train_f1, policy)),
-            Err(e) if kind != PolicyKind::Top25 => {
-                eprintln!("warning: policy {} skipped: {e}", kind.name());
-            }
-            Err(e) => return Err(e.into()),
-        }
+    // A policy that cannot be fitted here (e.g. too few surveys) is skipped, not fatal.
+    let (results, skipped) = calibrate_all(&table, &opts, args.folds, args.seed)?;
+    for (kind, e) in &skipped {
+        eprintln!("warning: policy {} skipped: {e}", kind.name());
     }
-    let cv_top25 = results[0].1;
-    let chosen = match args.policy.as_str() {
-        "auto" => results
-            .iter()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|r| r.0)
-            .unwrap_or(PolicyKind::Top25),
-        name => PolicyKind::ALL
-            .into_iter()
-            .find(|k| k.name() == name)
-            .unwrap_or(PolicyKind::Top25),
-    };
-    let Some((_, cv, _, policy)) = results.iter().find(|r| r.0 == chosen).cloned() else {
+    let cv_top25 = results[0].cv_f1;
+    let Some(chosen) = args.policy.pick(&results) else {
         anyhow::bail!(
             "policy {} could not be fitted on these scores",
-            chosen.name()
+            <&str>::from(args.policy)
         );
     };
+    let (cv, policy) = (chosen.cv_f1, chosen.policy.clone());
+    let chosen = chosen.kind;
     let file = PolicyFile {
         policy,
         fitted_on: Some(FitInfo {
             scores: path_text(&args.scores),
-            solution: path_text(&args.solution),
+            solution: path_text(args.labels.path()?),
             model: sf.model.clone(),
             split: sf.split.clone(),
             n_surveys: known.len(),
@@ -136,8 +122,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         let rows: Vec<_> = results
             .iter()
-            .map(|(k, cv, tr, p)| {
-                serde_json::json!({"policy": k.name(), "cv_f1": cv, "train_f1": tr, "fitted": p.describe()})
+            .map(|c| {
+                serde_json::json!({"policy": c.kind.name(), "cv_f1": c.cv_f1, "train_f1": c.train_f1, "fitted": c.policy.describe()})
             })
             .collect();
         let out = serde_json::json!({
@@ -159,14 +145,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "{:<14} {:>8} {:>9} {:>9}  fitted on all",
             "policy", "CV F1", "vs top25", "train F1"
         );
-        for (k, cv, tr, p) in &results {
+        for c in &results {
             println!(
                 "{:<14} {:>8.4} {:>+9.4} {:>9.4}  {}",
-                k.name(),
-                cv,
-                cv - cv_top25,
-                tr,
-                p.describe()
+                c.kind.name(),
+                c.cv_f1,
+                c.cv_f1 - cv_top25,
+                c.train_f1,
+                c.policy.describe()
             );
         }
         println!("saved {} policy to {}", chosen.name(), args.out.display());

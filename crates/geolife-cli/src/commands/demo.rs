@@ -12,10 +12,10 @@ use anyhow::Context;
 use geolife_data::Split;
 use geolife_data::cache::PackedSplit;
 use geolife_data::synth::{SynthConfig, write_dataset};
-use geolife_metrics::{ScoreFile, Scores, Solution, read_solution};
+use geolife_metrics::{ScoreFile, Scores, read_solution};
 use geolife_train::pipeline::{
     PipelineOptions, PolicySpec, ReportRow, ResolvedMember, ResolvedPipeline, evaluate_row,
-    outputs, run_pipeline,
+    outputs, run_pipeline, val_labels,
 };
 use geolife_train::{Progress, TrainConfig};
 
@@ -161,18 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         ..freq.clone()
     };
-    let val_labels = Solution::new(
-        val_ids.clone(),
-        val_ids
-            .iter()
-            .map(|&id| {
-                train
-                    .index_of(id)
-                    .map(|i| train.labels(i).to_vec())
-                    .context("validation survey missing from the train cache")
-            })
-            .collect::<anyhow::Result<_>>()?,
-    )?;
+    let val_labels = val_labels(&cache, &val_ids)?;
     let (freq_row, _) = evaluate_row(
         "frequency",
         "species-frequency",

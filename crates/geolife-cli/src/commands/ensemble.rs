@@ -4,14 +4,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use strum::VariantNames;
 
 use anyhow::Context;
 use geolife_metrics::ensemble::FitTarget;
 use geolife_metrics::{
-    BlendMethod, FitOptions, FittedWeights, Policy, ScoreFile, blend, fit_weights, read_solution,
+    BlendMethod, FitOptions, FittedWeights, Policy, ScoreFile, blend, fit_weights,
 };
 
+use super::labels::LabelArgs;
+
 #[derive(clap::Args)]
+#[command(group = super::labels::group().requires("fit"))]
 pub struct Args {
     /// Score files to blend (geolife safetensors, malpolon CSV; Kaggle CSVs with --method rank).
     #[arg(required = true)]
@@ -24,14 +28,15 @@ pub struct Args {
     #[arg(long, conflicts_with = "fit")]
     pub weights: Option<String>,
     /// How to combine: mean (of probabilities) or rank (weighted mean of 1/(rank+1)).
-    #[arg(long, default_value = "mean", value_parser = ["mean", "rank"])]
-    pub method: String,
-    /// Search weights maximising samples-F1 on --solution after the selection (--fit-target).
-    #[arg(long, requires = "solution")]
+    #[arg(long, default_value = "mean",
+          value_parser = crate::commands::named::<BlendMethod>(BlendMethod::VARIANTS))]
+    pub method: BlendMethod,
+    /// Search weights maximising samples-F1 on the labels after the selection (--fit-target).
+    #[arg(long, requires = "labels")]
     pub fit: bool,
-    /// Labels used by --fit.
-    #[arg(long)]
-    pub solution: Option<PathBuf>,
+    /// Labels used by --fit: --solution CSV or --labels-from RUN|CACHE.
+    #[command(flatten)]
+    pub labels: LabelArgs,
     /// Selection the fit optimises: `top-k` (best fixed K), `threshold` (best global
     /// threshold) or a policy TOML file.
     #[arg(long, default_value = "top-k")]
@@ -76,19 +81,16 @@ fn parse_weights(text: &str, n: usize) -> anyhow::Result<(Vec<f64>, Option<Blend
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut method = if args.method == "rank" {
-        BlendMethod::Rank
-    } else {
-        BlendMethod::Mean
-    };
+    let mut method = args.method;
     let files: Vec<ScoreFile> = args
         .files
         .iter()
         .map(|p| ScoreFile::read(p).with_context(|| format!("reading {}", p.display())))
         .collect::<anyhow::Result<_>>()?;
     let weights = if args.fit {
-        let sol_path = args.solution.as_ref().context("--fit needs --solution")?;
-        let sol = read_solution(sol_path)?;
+        // Every file's surveys: a cache gives the labels of their union.
+        let scored: Vec<u64> = files.iter().flat_map(|f| f.survey_ids.clone()).collect();
+        let sol = args.labels.load(&scored)?;
         let target = match args.fit_target.as_str() {
             "top-k" => FitTarget::BestTopK { max_k: 50 },
             "threshold" => FitTarget::BestThreshold(FitOptions::default()),
@@ -103,15 +105,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let wpath = weights_path(&args.out);
         fitted.save(&wpath)?;
         println!(
-            "fitted weights {:?}: samples-F1 {:.4} after {} (equal weights {:.4}); saved {}",
+            "fitted weights {:?}: {}; saved {}",
             fitted
                 .weights
                 .iter()
                 .map(|w| (w * 1000.0).round() / 1000.0)
                 .collect::<Vec<_>>(),
-            fitted.f1,
-            fitted.target,
-            fitted.f1_equal,
+            fitted.describe(),
             wpath.display()
         );
         fitted.weights

@@ -1,20 +1,22 @@
-//! `geolife evaluate`: samples-F1 (precision, recall, micro-F1) of predictions against a
-//! solution file; with scores also F1@K, best K, best global threshold and the oracle K bound.
+//! `geolife evaluate`: samples-F1 (precision, recall, micro-F1) of predictions against labels
+//! (a solution file, a run folder or a cache); with scores also F1@K, best K, best global
+//! threshold and the oracle K bound.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use geolife_metrics::{
-    Policy, RankTable, ScoreFile, Scores, Solution, THRESHOLD_MAX_K, read_solution,
-};
+use geolife_metrics::{Policy, RankTable, ScoreFile, Scores, Solution, THRESHOLD_MAX_K};
+
+use super::labels::LabelArgs;
 
 #[derive(clap::Args)]
+#[command(group = super::labels::group().required(true))]
 pub struct Args {
-    /// Ground truth CSV (`surveyId,predictions`).
-    #[arg(long)]
-    pub solution: PathBuf,
+    /// Ground truth: --solution CSV or --labels-from RUN|CACHE (one is required).
+    #[command(flatten)]
+    pub labels: LabelArgs,
     /// Predictions: geolife score file, Kaggle submission CSV or malpolon `;` top-N CSV.
     #[arg(long)]
     pub predictions: PathBuf,
@@ -77,12 +79,11 @@ impl HalfArgs {
     }
 }
 
-/// Reads a score file and a solution, with context naming the files.
-pub fn load(scores: &Path, solution: &Path) -> anyhow::Result<(ScoreFile, Solution)> {
+/// Reads a score file and the labels of its surveys, with context naming the files.
+pub fn load(scores: &Path, labels: &LabelArgs) -> anyhow::Result<(ScoreFile, Solution)> {
     let sf = ScoreFile::read(scores)
         .with_context(|| format!("reading predictions {}", scores.display()))?;
-    let sol = read_solution(solution)
-        .with_context(|| format!("reading solution {}", solution.display()))?;
+    let sol = labels.load(&sf.survey_ids)?;
     Ok((sf, sol))
 }
 
@@ -91,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.top_k == Some(0) {
         anyhow::bail!("--top-k must be at least 1");
     }
-    let (sf, sol) = load(&args.predictions, &args.solution)?;
+    let (sf, sol) = load(&args.predictions, &args.labels)?;
     let (sol, sf) = args.half.apply(sol, sf)?;
     let al = sol.align(&sf.survey_ids);
     if !al.unknown_ids.is_empty() {
@@ -149,7 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let mut out = serde_json::json!({
         "predictions": args.predictions.display().to_string(),
-        "solution": args.solution.display().to_string(),
+        "solution": args.labels.path()?.display().to_string(),
         "selection": selection,
         "samples_f1": m.samples_f1,
         "samples_precision": m.samples_precision,

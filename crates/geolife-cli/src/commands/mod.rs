@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod ensemble;
 pub mod evaluate;
 pub mod inspect;
+pub mod labels;
 pub mod prepare;
 pub mod submit;
 pub mod synth;

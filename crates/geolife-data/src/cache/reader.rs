@@ -243,6 +243,15 @@ impl PackedSplit {
         self.survey_ids().binary_search(&survey_id).ok()
     }
 
+    /// The label sets of `survey_ids`, in that order; `Err(id)` is the first survey this split
+    /// does not hold.
+    pub fn labels_of(&self, survey_ids: &[u64]) -> Result<Vec<Vec<u32>>, u64> {
+        survey_ids
+            .iter()
+            .map(|&id| self.index_of(id).map(|i| self.labels(i).to_vec()).ok_or(id))
+            .collect()
+    }
+
     /// (lon, lat) of row `i`. Panics if `i >= len()`, like slice indexing.
     pub fn lon_lat(&self, i: usize) -> (f64, f64) {
         let v: &[f64] = bytemuck::cast_slice(&self.lon_lat);
