@@ -79,12 +79,49 @@ fn tiny_end_to_end_learns_and_writes_every_file() {
         files::LAST,
         files::BEST,
         files::VAL_SCORES,
+        files::VAL_LABELS,
         files::CURVES,
+        files::PROFILE,
     ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     let csv = std::fs::read_to_string(run.join(files::METRICS)).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
+    // The validation labels are the validation surveys' label sets, in the scores' order.
+    let labels = read_solution(&run.join(files::VAL_LABELS)).unwrap();
+    let val = ScoreFile::read(&run.join(files::VAL_SCORES)).unwrap();
+    assert_eq!(labels.survey_ids, val.survey_ids);
+    let train_split = PackedSplit::open(cache, Split::Train).unwrap();
+    for (id, l) in labels.survey_ids.iter().zip(&labels.labels) {
+        let mut want = train_split
+            .labels(train_split.index_of(*id).unwrap())
+            .to_vec();
+        want.sort_unstable();
+        assert_eq!(l, &want, "labels of survey {id}");
+    }
+    // The time profile covers the 3 epochs and its parts fit in the measured total.
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join(files::PROFILE)).unwrap()).unwrap();
+    assert_eq!(p["epochs"], 3, "{p}");
+    let total = p["total_s"].as_f64().unwrap();
+    let parts: f64 = [
+        &p["step"]["forward_s"],
+        &p["step"]["backward_s"],
+        &p["step"]["optimizer_s"],
+        &p["loader_wait_s"],
+        &p["validation_s"],
+        &p["checkpoints_s"],
+    ]
+    .iter()
+    .map(|v| v.as_f64().unwrap())
+    .sum();
+    assert!(
+        parts > 0.0 && parts <= total * 1.01,
+        "{parts} of {total}: {p}"
+    );
+    assert!(p["step"]["forward_s"].as_f64().unwrap() > 0.0, "{p}");
+    let log = std::fs::read_to_string(run.join(files::LOG)).unwrap();
+    assert!(log.contains("time over 3 epoch(s)"), "{log}");
     let h = &summary.history;
     assert!(
         h[2].train_loss < h[0].train_loss,

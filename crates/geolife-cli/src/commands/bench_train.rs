@@ -96,6 +96,20 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
             .join(" ")
     };
     println!("losses (all finite): {}", fmt(&r.losses));
+    let st = r.step_times;
+    let total = r.mean_step_s * r.steps as f64;
+    let share = |v: f64| 100.0 * v / total.max(1e-9);
+    println!(
+        "per step: forward {:.2}s ({:.0}%), backward {:.2}s ({:.0}%), optimizer {:.2}s ({:.0}%), loader wait and other {:.2}s ({:.0}%)",
+        st.forward_s / r.steps as f64,
+        share(st.forward_s),
+        st.backward_s / r.steps as f64,
+        share(st.backward_s),
+        st.optimizer_s / r.steps as f64,
+        share(st.optimizer_s),
+        (total - st.forward_s - st.backward_s - st.optimizer_s).max(0.0) / r.steps as f64,
+        share((total - st.forward_s - st.backward_s - st.optimizer_s).max(0.0)),
+    );
     println!(
         "one epoch of {} surveys: ~{:.1} min (extrapolated from the timed steps)",
         args.epoch_surveys,

@@ -41,7 +41,7 @@ pub use inputs::{
     score_surveys,
 };
 pub use run_dir::{Progress, RunDir, RunInfo, files, write_atomic, write_labels};
-pub use step::{StepOutcome, TrainStep};
+pub use step::{StepOutcome, StepTimes, TrainStep};
 pub use validate::{Validation, Validator};
 
 /// Everything `train` needs.
@@ -211,6 +211,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         model_name: format!("geolife-fusion-{}", cfg.model.backbone.name()),
     };
     let mut batches_this_process = 0usize;
+    let mut times = RunTimes::default();
 
     for epoch in state.epoch..t.epochs {
         let started = Instant::now();
@@ -227,6 +228,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             .bar
             .then(|| epoch_bar(epoch, t.epochs, batches_per_epoch, state.batch));
         let mut lr = lr_at(&cfg.schedule, o.lr, state.optimizer_steps, total_steps);
+        let mut batch_done = Instant::now();
         let flow = loader::for_each_batch(
             &data,
             &batches,
@@ -236,6 +238,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             t.workers,
             t.prefetch,
             |b| {
+                // Time the step waited for the loader to deliver this batch.
+                times.loader_wait_s += batch_done.elapsed().as_secs_f64();
                 let index = b.index;
                 let last_of_epoch = index + 1 == batches_per_epoch;
                 lr = lr_at(&cfg.schedule, o.lr, state.optimizer_steps, total_steps);
@@ -267,7 +271,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                             .is_multiple_of(t.checkpoint_every_steps)
                         && !last_of_epoch
                     {
+                        let t = Instant::now();
                         checkpoints.save_last(&state, &trainee.model, &fc, &trainee.optim)?;
+                        times.checkpoints_s += t.elapsed().as_secs_f64();
                     }
                 }
                 if let Some(bar) = &bar {
@@ -290,6 +296,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                     .stop_after_batches
                     .is_some_and(|s| batches_this_process >= s)
                     && trainee.pending() == 0;
+                batch_done = Instant::now();
                 Ok(if stop {
                     ControlFlow::Break(())
                 } else {
@@ -312,6 +319,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             }
         }
 
+        let t_val = Instant::now();
         let valid = trainee.model.valid();
         let v = validator
             .run(&valid, &fc, &device.clone().inner(), |loss| {
@@ -323,6 +331,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                 }
             })
             .inspect_err(|e| run.log(&format!("error: {e} (validation)")))?;
+        times.validation_s += t_val.elapsed().as_secs_f64();
         let row = EpochMetrics {
             epoch: epoch + 1,
             train_loss: state.loss_sum / state.loss_count.max(1) as f64,
@@ -342,24 +351,79 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         if v.f1 > state.best_f1 {
             state.best_f1 = v.f1;
             state.best_epoch = Some(epoch + 1);
+            let t = Instant::now();
             checkpoints.save_best(&valid, &fc)?;
+            times.checkpoints_s += t.elapsed().as_secs_f64();
+            let t = Instant::now();
             run.write_validation(&v.scores, &v.labels, &v.curve, epoch + 1)?;
+            times.outputs_s += t.elapsed().as_secs_f64();
         }
         state.history.push(row);
         state.epoch = epoch + 1;
         state.batch = 0;
         state.loss_sum = 0.0;
         state.loss_count = 0;
+        let t = Instant::now();
         run.write_metrics(&state.history)?;
+        times.outputs_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
         checkpoints.save_last(&state, &trainee.model, &fc, &trainee.optim)?;
+        times.checkpoints_s += t.elapsed().as_secs_f64();
+        times.epochs += 1;
+        times.step = trainee.times;
+        times.total_s += started.elapsed().as_secs_f64();
+        run.log(&times.line());
+        run.write_profile(&times)?;
     }
+    let t = Instant::now();
     run.plot_curves(&state.history);
+    times.outputs_s += t.elapsed().as_secs_f64();
+    if times.epochs > 0 {
+        run.write_profile(&times)?;
+    }
     run.log(&format!(
         "done: best validation F1 {:.4} at epoch {}",
         state.best_f1,
         state.best_epoch.unwrap_or(0)
     ));
     Ok(TrainSummary::of(run.root(), &state, true))
+}
+
+/// Where the epochs of this process spent their time (`profile.json` in the run folder, and one
+/// log line per epoch): the training step's parts, the wait for the loader, validation,
+/// checkpoints and the other outputs (metrics, validation files, plots).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RunTimes {
+    pub epochs: usize,
+    pub total_s: f64,
+    pub step: StepTimes,
+    pub loader_wait_s: f64,
+    pub validation_s: f64,
+    pub checkpoints_s: f64,
+    pub outputs_s: f64,
+}
+
+impl RunTimes {
+    /// `time: forward 12.0s (40%), ...` over the epochs so far.
+    pub fn line(&self) -> String {
+        let total = self.total_s.max(1e-9);
+        let parts = [
+            ("forward", self.step.forward_s),
+            ("backward", self.step.backward_s),
+            ("optimizer", self.step.optimizer_s),
+            ("loader wait", self.loader_wait_s),
+            ("validation", self.validation_s),
+            ("checkpoints", self.checkpoints_s),
+            ("outputs", self.outputs_s),
+        ];
+        let known: f64 = parts.iter().map(|p| p.1).sum();
+        let mut s = format!("time over {} epoch(s), {:.1}s:", self.epochs, self.total_s);
+        for (name, v) in parts.iter().chain([&("other", (total - known).max(0.0))]) {
+            s.push_str(&format!(" {name} {v:.1}s ({:.0}%),", 100.0 * v / total));
+        }
+        s.pop();
+        s
+    }
 }
 
 /// The progress bar of one epoch, starting at batch `first`.
@@ -385,6 +449,8 @@ pub struct BenchResult {
     pub num_params: usize,
     /// Training loss of every step, warm-up included (all finite: a non-finite one is an error).
     pub losses: Vec<f32>,
+    /// Forward, backward and optimizer seconds of the timed steps.
+    pub step_times: StepTimes,
 }
 
 /// Run `steps + 1` training steps on the train split of `cache` with the model and recipe of
@@ -470,6 +536,9 @@ pub fn bench_steps(
             let now = Instant::now();
             if b.index > 0 {
                 times.push(now.duration_since(last).as_secs_f64());
+            } else {
+                // The warm-up step is not timed.
+                trainee.times = StepTimes::default();
             }
             last = now;
             Ok::<_, TrainError>(ControlFlow::Continue(()))
@@ -483,6 +552,7 @@ pub fn bench_steps(
         samples_per_s: (times.len() * t.batch_size) as f64 / total.max(1e-9),
         mean_step_s: total / times.len().max(1) as f64,
         num_params,
+        step_times: trainee.times,
     })
 }
 

@@ -28,6 +28,8 @@ pub mod files {
     /// `calibrate`, `ensemble --fit` and `evaluate --labels-from RUN`.
     pub const VAL_LABELS: &str = "val_labels.csv";
     pub const CURVES: &str = "curves.png";
+    /// Where this process's epochs spent their time (see `trainer::RunTimes`).
+    pub const PROFILE: &str = "profile.json";
     pub const F1_AT_K: &str = "val_f1_at_k.png";
 }
 
@@ -255,6 +257,15 @@ impl RunDir {
             &format!("validation F1@K, epoch {epoch}"),
         );
         Ok(())
+    }
+
+    /// `profile.json`: the time breakdown of this process's epochs.
+    pub fn write_profile(&self, times: &super::RunTimes) -> Result<(), TrainError> {
+        let path = self.path(files::PROFILE);
+        let mut text = serde_json::to_vec_pretty(times)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        text.push(b'\n');
+        write_atomic(&path, &text)
     }
 
     /// `curves.png` of the history; a failure is logged, not fatal.
