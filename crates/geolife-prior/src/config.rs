@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::PriorError;
+use crate::sphere::Search;
 
 /// Weight of a neighbour or record at great-circle distance `d` with bandwidth `h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,10 @@ pub struct PriorConfig {
     pub top: usize,
     pub pa: PaConfig,
     pub po: PoConfig,
+    /// Nearest-neighbour search (not a file setting): the k-d tree, or brute force for
+    /// comparisons (`geolife prior --brute-force`).
+    #[serde(skip)]
+    pub search: Search,
 }
 
 /// PA neighbours: distance-weighted label frequencies of the k nearest PA train surveys.
@@ -107,6 +112,7 @@ impl Default for PriorConfig {
             top: 200,
             pa: PaConfig::default(),
             po: PoConfig::default(),
+            search: Search::Tree,
         }
     }
 }

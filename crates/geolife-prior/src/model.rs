@@ -6,7 +6,7 @@ use geolife_data::SurveyMeta;
 
 use crate::config::{Kernel, PaConfig, PoConfig, PriorConfig};
 use crate::po::PoRecords;
-use crate::sphere::{Hit, Point, SphereIndex, unit_vector};
+use crate::sphere::{Hit, Point, Search, SphereIndex, unit_vector};
 
 /// Real species ids of the score columns, ascending.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +69,12 @@ pub struct PaSource {
 
 impl PaSource {
     /// `pool[i]` = (survey, its species ids); tree items are pool positions.
-    pub fn new(cfg: &PaConfig, pool: &[(&SurveyMeta, &[u32])], vocab: &Vocabulary) -> PaSource {
+    pub fn new(
+        cfg: &PaConfig,
+        pool: &[(&SurveyMeta, &[u32])],
+        vocab: &Vocabulary,
+        search: Search,
+    ) -> PaSource {
         let mut entries: HashMap<GroupKey, Vec<(u32, Point)>> = HashMap::new();
         let mut offsets = Vec::with_capacity(pool.len() + 1);
         let mut columns = Vec::new();
@@ -94,7 +99,7 @@ impl PaSource {
             cfg: cfg.clone(),
             groups: entries
                 .into_iter()
-                .map(|(k, e)| (k, SphereIndex::new(&e)))
+                .map(|(k, e)| (k, SphereIndex::with_search(&e, search)))
                 .collect(),
             mean_labels: columns.len() as f64 / n,
             offsets,
@@ -177,6 +182,7 @@ impl PoSource {
         records: PoRecords,
         vocab: &Vocabulary,
         pa_global: &[f64],
+        search: Search,
     ) -> PoSource {
         let mut entries = records.entries;
         entries.retain_mut(|(sp, _)| match vocab.column(*sp) {
@@ -192,7 +198,7 @@ impl PoSource {
         }
         let n = entries.len().max(1) as f64;
         global.iter_mut().for_each(|g| *g /= n);
-        let index = SphereIndex::new(&entries);
+        let index = SphereIndex::with_search(&entries, search);
         PoSource {
             cfg: cfg.clone(),
             index,
@@ -271,10 +277,10 @@ impl Prior {
         vocab: Vocabulary,
     ) -> Prior {
         // The pool's statistics set the PO scale even when the PA source is off.
-        let pa = PaSource::new(&cfg.pa, pool, &vocab);
+        let pa = PaSource::new(&cfg.pa, pool, &vocab, cfg.search);
         let po = po
             .filter(|_| cfg.po.enabled)
-            .map(|r| PoSource::new(&cfg.po, r, &vocab, &pa.global));
+            .map(|r| PoSource::new(&cfg.po, r, &vocab, &pa.global, cfg.search));
         // Debiased PO scores are already PA frequencies.
         let scale = if pa.mean_labels > 0.0 && !cfg.po.debias {
             pa.mean_labels

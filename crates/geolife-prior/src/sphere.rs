@@ -57,25 +57,45 @@ pub struct Hit {
     pub km: f64,
 }
 
+/// How an index answers queries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Search {
+    /// A k-d tree (the default).
+    #[default]
+    Tree,
+    /// A scan of every point per query: the reference for tests and timings.
+    BruteForce,
+}
+
 /// An immutable k-d tree of unit vectors, each with a `u32` item (an index or a species
-/// column): 16 bytes a point plus the tree's small stem arrays.
+/// column): 16 bytes a point plus the tree's small stem arrays. (Or, for comparisons, the
+/// plain list scanned by brute force.)
 pub struct SphereIndex {
     tree: Option<ImmutableKdTree<f32, 3>>,
+    brute: Vec<(u32, Point)>,
     len: usize,
 }
 
 impl SphereIndex {
-    /// Builds the index over `(item, point)` entries (any number, duplicates allowed).
+    /// Builds the k-d tree over `(item, point)` entries (any number, duplicates allowed).
     pub fn new(entries: &[(u32, Point)]) -> SphereIndex {
-        let tree = if entries.is_empty() {
-            None
-        } else {
-            // Construction only fails for item indices that overflow `u32`, and these are
-            // the caller's own items.
-            ImmutableKdTree::new_from_entries(entries).ok()
+        SphereIndex::with_search(entries, Search::Tree)
+    }
+
+    /// Builds an index that answers by `search`.
+    pub fn with_search(entries: &[(u32, Point)], search: Search) -> SphereIndex {
+        let (tree, brute) = match search {
+            Search::Tree if !entries.is_empty() => {
+                // Construction only fails for item indices that overflow `u32`, and these are
+                // the caller's own items.
+                (ImmutableKdTree::new_from_entries(entries).ok(), Vec::new())
+            }
+            Search::Tree => (None, Vec::new()),
+            Search::BruteForce => (None, entries.to_vec()),
         };
         SphereIndex {
             tree,
+            brute,
             len: entries.len(),
         }
     }
@@ -93,7 +113,7 @@ impl SphereIndex {
     /// The `k` nearest points to `q`, nearest first (ties in any order).
     pub fn nearest(&self, q: &Point, k: usize) -> Vec<Hit> {
         let (Some(tree), Some(k)) = (&self.tree, NonZeroUsize::new(k.min(self.len))) else {
-            return Vec::new();
+            return brute_nearest(&self.brute, q, k);
         };
         tree.query(q)
             .nearest_n::<SquaredEuclidean<f32>>(k)
@@ -109,7 +129,7 @@ impl SphereIndex {
     /// Every point within `km` of `q` (inclusive), in no particular order.
     pub fn within(&self, q: &Point, km: f64) -> Vec<Hit> {
         let Some(tree) = &self.tree else {
-            return Vec::new();
+            return brute_within(&self.brute, q, km);
         };
         tree.query(q)
             .within::<SquaredEuclidean<f32>>(km_to_chord2(km) as f32)

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use geolife_data::metadata::read_pa_metadata;
 use geolife_data::{Split, layout};
+use geolife_prior::sphere::Search;
 use geolife_prior::{Kernel, PaTrain, PoRecords, PriorConfig, Target, score_split};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -92,6 +93,13 @@ pub struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Benchmarking: search neighbours by scanning every point instead of the k-d tree
+    /// (same scores, O(surveys x points)).
+    #[arg(long)]
+    brute_force: bool,
+    /// Benchmarking: score only the first N surveys (by id) of `test` or `val`.
+    #[arg(long)]
+    max_surveys: Option<usize>,
 }
 
 impl Args {
@@ -126,6 +134,9 @@ impl Args {
         cfg.po.debias = self.po_debias.unwrap_or(cfg.po.debias);
         set(&mut cfg.po_weight, self.po_weight);
         cfg.top = self.top.unwrap_or(cfg.top);
+        if self.brute_force {
+            cfg.search = Search::BruteForce;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -164,6 +175,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.run.is_some() && args.split != "val" {
         bail!("--run names validation surveys: use it with --split val");
     }
+    if args.max_surveys.is_some() && args.split == "train" {
+        bail!("--max-surveys applies to --split test or val");
+    }
+    let limit = args.max_surveys.unwrap_or(usize::MAX);
     let train_path = args.data.join(layout::PA_METADATA_TRAIN);
     let train = read_pa_metadata(&train_path, Split::Train)
         .with_context(|| format!("cannot read {}", train_path.display()))?;
@@ -172,7 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_deref()
         .with_context(|| format!("{} has no speciesId column", train_path.display()))?;
     let test;
-    let val_ids;
+    let mut val_ids;
     let target = match args.split.as_str() {
         "train" => Target::Train,
         "val" => {
@@ -185,13 +200,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     args.split_seed,
                 ),
             };
+            val_ids.sort_unstable();
+            val_ids.truncate(limit);
             Target::Val(&val_ids)
         }
         _ => {
             let path = args.data.join(layout::PA_METADATA_TEST);
             test = read_pa_metadata(&path, Split::Test)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            Target::Test(&test.surveys)
+            Target::Test(&test.surveys[..limit.min(test.surveys.len())])
         }
     };
 
