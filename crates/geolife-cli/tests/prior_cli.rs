@@ -27,6 +27,26 @@ fn best_f1(data: &Path, predictions: &Path) -> (f64, Vec<f64>) {
     (j["best_k_f1"].as_f64().unwrap(), curve)
 }
 
+/// `geolife prior` arguments for `split`, writing `out`, plus `extra`.
+fn prior_args<'a>(
+    data: &'a Path,
+    split: &'a str,
+    out: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "prior",
+        "--data",
+        s(data),
+        "--split",
+        split,
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Train survey ids (ascending, distinct) and the species ranked by PA train frequency.
 fn train_ids_and_frequency_ranking(data: &Path) -> (Vec<u64>, Vec<u32>) {
     let text = std::fs::read_to_string(data.join("GLC24_PA_metadata_train.csv")).unwrap();
@@ -91,16 +111,7 @@ fn prior_beats_the_frequency_baseline_on_synthetic_test_data() {
 
     let prior = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        let mut args = vec![
-            "prior",
-            "--data",
-            s(&data),
-            "--split",
-            "test",
-            "--out",
-            s(&out),
-            "--json",
-        ];
+        let mut args = prior_args(&data, "test", &out, &["--json"]);
         args.extend_from_slice(extra);
         let j = ok_json(&args);
         assert_eq!(j["surveys"], 200);
@@ -139,18 +150,9 @@ fn prior_beats_the_frequency_baseline_on_synthetic_test_data() {
 
     // Validation surveys: the spatial split, or a run's.
     let val = dir.path().join("val.safetensors");
-    let j = ok_json(&[
-        "prior",
-        "--data",
-        s(&data),
-        "--split",
-        "val",
-        "--out",
-        s(&val),
-        "--json",
-    ]);
+    let j = ok_json(&prior_args(&data, "val", &val, &["--json"]));
     let n_val = j["surveys"].as_u64().unwrap();
-    assert!(n_val >= 150 && n_val < 600, "{n_val}");
+    assert!((150..600).contains(&n_val), "{n_val}");
     let run = dir.path().join("run");
     std::fs::create_dir(&run).unwrap();
     std::fs::write(
@@ -158,48 +160,18 @@ fn prior_beats_the_frequency_baseline_on_synthetic_test_data() {
         serde_json::json!({ "val_survey_ids": &train_ids[..25], "other": 1 }).to_string(),
     )
     .unwrap();
-    let j = ok_json(&[
-        "prior",
-        "--data",
-        s(&data),
-        "--split",
+    let j = ok_json(&prior_args(
+        &data,
         "val",
-        "--run",
-        s(&run),
-        "--out",
-        s(&val),
-        "--json",
-    ]);
+        &val,
+        &["--run", s(&run), "--json"],
+    ));
     assert_eq!(j["surveys"], 25);
-    let j = ok_json(&[
-        "prior",
-        "--data",
-        s(&data),
-        "--split",
-        "train",
-        "--out",
-        s(&val),
-        "--top",
-        "0",
-        "--json",
-    ]);
+    let j = ok_json(&prior_args(&data, "train", &val, &["--top", "0", "--json"]));
     assert_eq!(j["surveys"].as_u64().unwrap() as usize, train_ids.len());
     assert_eq!(j["layout"], "dense");
 
     // Bad settings are refused with the key's name.
-    let (_, e) = run_expect(
-        &[
-            "prior",
-            "--data",
-            s(&data),
-            "--split",
-            "test",
-            "--out",
-            s(&val),
-            "--po-weight",
-            "2",
-        ],
-        1,
-    );
+    let (_, e) = run_expect(&prior_args(&data, "test", &val, &["--po-weight", "2"]), 1);
     assert!(e.contains("po_weight"), "{e}");
 }

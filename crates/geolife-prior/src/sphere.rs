@@ -4,7 +4,7 @@
 
 use std::num::NonZeroUsize;
 
-use kiddo::{ImmutableKdTree, SquaredEuclidean};
+use kiddo::{ImmutableKdTree, QueryResultItem, SquaredEuclidean};
 
 /// Mean Earth radius in km (great-circle distances).
 pub const EARTH_RADIUS_KM: f64 = 6371.0088;
@@ -119,10 +119,7 @@ impl SphereIndex {
             .nearest_n::<SquaredEuclidean<f32>>(k)
             .execute()
             .into_iter()
-            .map(|r| Hit {
-                item: r.item,
-                km: chord2_to_km(f64::from(r.distance)),
-            })
+            .map(hit)
             .collect()
     }
 
@@ -136,11 +133,15 @@ impl SphereIndex {
             .unsorted()
             .execute()
             .into_iter()
-            .map(|r| Hit {
-                item: r.item,
-                km: chord2_to_km(f64::from(r.distance)),
-            })
+            .map(hit)
             .collect()
+    }
+}
+
+fn hit<P>(r: QueryResultItem<P, u32, f32>) -> Hit {
+    Hit {
+        item: r.item,
+        km: chord2_to_km(f64::from(r.distance)),
     }
 }
 

@@ -231,7 +231,7 @@ fn validation_surveys_only_see_the_training_part() {
     // Every survey holds one species of its own: any of them in a validation row is a leak.
     let labels: Vec<Vec<u32>> = (1..=400).map(|i| vec![1, 1000 + i as u32]).collect();
     let val = spatial_val_ids(&train, 0.2, 30.0, 3);
-    assert!(val.len() >= 80 && val.len() < 200, "{}", val.len());
+    assert!((80..200).contains(&val.len()), "{}", val.len());
     // The training rule: whole blocks; no block has surveys on both sides.
     let block = |s: &SurveyMeta| geolife_data::split::block_of(s.lon, s.lat, 30.0);
     let val_blocks: std::collections::HashSet<_> = train

@@ -235,6 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Target::Val(ids) => ids.len(),
         Target::Test(t) => t.len(),
     };
+    let read_seconds = start.elapsed().as_secs_f64();
     let progress = bar(
         n_queries as u64,
         "prior {bar:40} {pos}/{len} surveys ({per_sec}, eta {eta})",
@@ -250,6 +251,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &|| progress.inc(1),
     )?;
     progress.finish_and_clear();
+    // Index construction and scoring.
+    let score_seconds = start.elapsed().as_secs_f64() - read_seconds;
     scores
         .write(&args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
@@ -264,6 +267,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "po_records": po_rows,
         "po_rows_without_coordinates": po_skipped,
         "seconds": start.elapsed().as_secs_f64(),
+        "seconds_reading": read_seconds,
+        "seconds_scoring": score_seconds,
         "config": cfg,
     });
     if args.json {
