@@ -34,6 +34,9 @@ enum Command {
     Ensemble(commands::ensemble::Args),
     /// Write a Kaggle submission CSV from a score file.
     Submit(commands::submit::Args),
+    /// Per-species scores of a split's surveys from their location: PA neighbours and
+    /// presence-only density (honest on validation).
+    Prior(commands::prior::Args),
     /// Throughput benchmarks.
     Bench(commands::bench::Args),
     /// Train the fusion network.
@@ -96,6 +99,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Calibrate(a) => commands::calibrate::run(a),
         Command::Ensemble(a) => commands::ensemble::run(a),
         Command::Submit(a) => commands::submit::run(a),
+        Command::Prior(a) => commands::prior::run(a),
         Command::Bench(a) => commands::bench::run(a),
         #[cfg(feature = "dl")]
         Command::Train(a) => commands::train::run(a),

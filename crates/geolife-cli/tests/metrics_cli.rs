@@ -12,16 +12,6 @@ fn real(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let out = geolife(args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
-}
-
 #[test]
 fn evaluate_reproduces_reference_scores_and_plots() {
     let dir = tempfile::tempdir().unwrap();

@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod patches;
 pub mod po;
 pub mod reproducible;
+pub mod split;
 pub mod synth;
 pub mod torchfile;
 

@@ -7,6 +7,7 @@ pub mod evaluate;
 pub mod inspect;
 pub mod labels;
 pub mod prepare;
+pub mod prior;
 pub mod submit;
 pub mod synth;
 

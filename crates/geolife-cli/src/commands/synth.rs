@@ -33,6 +33,10 @@ pub struct Args {
     /// Standard deviation of the planted logit signal (higher = easier to learn).
     #[arg(long, default_value_t = SynthConfig::default().signal_strength)]
     signal: f64,
+    /// Presence-only records (`GLC24_P0_metadata_train.csv`); 0 writes none
+    /// [default: 10 per train survey].
+    #[arg(long)]
+    po_records: Option<usize>,
     /// TOML file with any `SynthConfig` fields; flags given explicitly still apply on top.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -75,6 +79,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.config.is_none() || args.signal != defaults.signal_strength {
         cfg.signal_strength = args.signal;
     }
+    if args.po_records.is_some() {
+        cfg.po_records = args.po_records;
+    }
     cfg.progress = !args.json;
     let summary = write_dataset(&args.out, &cfg).with_context(|| {
         format!(
@@ -86,12 +93,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "wrote {} ({} train + {} test surveys, {} species, {:.1} species/train survey, {} files, {:.1} MB) in {:.1} s",
+            "wrote {} ({} train + {} test surveys, {} species, {:.1} species/train survey, {} presence-only records, {} files, {:.1} MB) in {:.1} s",
             summary.root.display(),
             summary.train_surveys,
             summary.test_surveys,
             summary.species,
             summary.mean_species_per_train_survey,
+            summary.po_records,
             summary.files,
             summary.bytes as f64 / 1e6,
             summary.seconds

@@ -37,3 +37,14 @@ pub fn run_expect(args: &[&str], code: i32) -> (String, String) {
     );
     (o, e)
 }
+
+/// Runs geolife, asserts success, parses its stdout as JSON.
+pub fn ok_json(args: &[&str]) -> serde_json::Value {
+    let out = geolife(args);
+    assert!(
+        out.status.success(),
+        "geolife {args:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}

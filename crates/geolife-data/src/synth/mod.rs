@@ -19,11 +19,16 @@
 //!    `w_s ~ N(0, signal_strength^2 / 8)` spreads each species' response over all modalities
 //!    (each alone helps, fusion helps most), and the hidden per-cluster effect `u` (sd
 //!    `cluster_effect`) is visible only through location, so spatial validation matters.
+//! 5. Presence-only records (`GLC24_P0_metadata_train.csv`, 10 per train survey unless
+//!    `po_records` says otherwise): observer hotspots, over-reported common and showy species,
+//!    a few hundred metres of coordinate jitter, species drawn from the model of step 4 at the
+//!    record's place; see [`po`] for the exact process.
 //!
 //! Every survey draws from its own seeded generator, so output is byte-identical for a seed
 //! whatever the thread count. The dataset is written under `<out>.tmp-<pid>` and renamed.
 
 pub mod layout;
+pub mod po;
 pub mod torch_pt;
 pub mod world;
 
@@ -74,6 +79,9 @@ pub struct SynthConfig {
     pub missing_rate: f64,
     /// Fraction of metadata rows written twice (the real data repeats rows).
     pub duplicate_row_rate: f64,
+    /// Presence-only records written to `GLC24_P0_metadata_train.csv` (see [`po`]); unset:
+    /// [`po::PER_TRAIN_SURVEY`] per train survey; 0: no PO file.
+    pub po_records: Option<usize>,
     /// Show a progress bar on stderr (not part of the saved config).
     #[serde(skip)]
     pub progress: bool,
@@ -93,12 +101,19 @@ impl Default for SynthConfig {
             jpeg_quality: 90,
             missing_rate: 0.02,
             duplicate_row_rate: 0.01,
+            po_records: None,
             progress: false,
         }
     }
 }
 
 impl SynthConfig {
+    /// Number of presence-only records to write (`po_records`, or its default).
+    pub fn po_record_count(&self) -> usize {
+        self.po_records
+            .unwrap_or(po::PER_TRAIN_SURVEY.saturating_mul(self.train_surveys))
+    }
+
     /// Rejects impossible values with a message naming the option.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(DataError::Invalid(m));
@@ -137,6 +152,12 @@ impl SynthConfig {
                 return bad(format!("{name} = {v}: expected a fraction in 0..=1"));
             }
         }
+        if self.po_record_count() > 50_000_000 {
+            return bad(format!(
+                "po_records = {}: expected at most 50,000,000",
+                self.po_record_count()
+            ));
+        }
         if self.surveys_per_cluster == 0 {
             return bad("surveys_per_cluster must be at least 1".into());
         }
@@ -166,6 +187,9 @@ pub struct SynthSummary {
     pub mean_species_per_train_survey: f64,
     /// Mean distinct species per test survey (from the solution file).
     pub mean_species_per_test_survey: f64,
+    /// Rows of `GLC24_P0_metadata_train.csv` (0: not written).
+    #[serde(default)]
+    pub po_records: usize,
     /// Files written, and their total size in bytes.
     pub files: usize,
     pub bytes: u64,
@@ -266,6 +290,7 @@ fn write_into(root: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
         train_rows: 0,
         mean_species_per_train_survey: 0.0,
         mean_species_per_test_survey: 0.0,
+        po_records: 0,
         files: 0,
         bytes: 0,
         seconds: 0.0,
@@ -291,6 +316,12 @@ fn write_into(root: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
     latents
         .flush()
         .map_err(|e| DataError::io(&latents_path, None, e))?;
+    summary.po_records = cfg.po_record_count();
+    if summary.po_records > 0 {
+        bar.set_message("presence-only records");
+        summary.bytes += po::write_po(root, cfg, world, summary.po_records)?;
+        summary.files += 1;
+    }
     bar.finish_and_clear();
     Ok(summary)
 }
@@ -349,7 +380,7 @@ fn progress_bar(cfg: &SynthConfig, n: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(n);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "synth {bar:40} {pos}/{len} surveys [{elapsed_precise} < {eta}]",
+        "synth {bar:40} {pos}/{len} surveys [{elapsed_precise} < {eta}] {msg}",
     ) {
         bar.set_style(style);
     }
@@ -590,11 +621,9 @@ fn cell_value(text: &str) -> f64 {
 /// Generates every value of one survey (no I/O).
 fn generate(cfg: &SynthConfig, world: &World, split: Split, site: &Site) -> Generated {
     let mut rng = world::rng_for(cfg.seed, Stream::Survey, site.index);
-    let cluster = &world.clusters[site.cluster];
     let z = world.factors(site.cluster, &mut rng);
     let species_idx = world.sample_species(site.cluster, &z, &mut rng);
-    let lon = (cluster.lon + 0.3 * world::normal(&mut rng)).clamp(-10.0, 30.0);
-    let lat = (cluster.lat + 0.2 * world::normal(&mut rng)).clamp(36.0, 70.0);
+    let (lon, lat) = world.site_position(site.cluster, &mut rng);
 
     // Metadata rows.
     let year = rng.random_range(2017..=2021);

@@ -40,6 +40,9 @@ pub enum Stream {
     World = 1,
     Ids = 2,
     Survey = 3,
+    /// Presence-only records (`super::po`): their own stream, so that every other file is
+    /// the same with or without them.
+    Po = 4,
 }
 
 /// A reproducible generator for (seed, stream, index), independent of thread scheduling.
@@ -161,17 +164,9 @@ impl World {
     /// Species indices present at a survey: Bernoulli(sigmoid(intercept + w.z + cluster effect)),
     /// at least one (the most probable) so that every survey has a label.
     pub fn sample_species(&self, cluster: usize, z: &[f64; FACTORS], rng: &mut StdRng) -> Vec<u32> {
-        let s = self.species_ids.len();
-        let effect = &self.cluster_effect[cluster * s..(cluster + 1) * s];
         let mut present = Vec::new();
         let mut best = (f64::NEG_INFINITY, 0u32);
-        for (i, (w, (&b, &u))) in self
-            .weights
-            .iter()
-            .zip(self.intercept.iter().zip(effect))
-            .enumerate()
-        {
-            let logit = b + u as f64 + w.iter().zip(z).map(|(w, z)| w * z).sum::<f64>();
+        for (i, logit) in self.logits(cluster, z).enumerate() {
             if logit > best.0 {
                 best = (logit, i as u32);
             }
@@ -184,6 +179,32 @@ impl World {
             present.push(best.1);
         }
         present
+    }
+
+    /// Presence logit `b_s + u_{cluster,s} + w_s . z` of every species, in species order: the
+    /// occurrence model that PA labels and PO records are both drawn from.
+    pub fn logits<'a>(
+        &'a self,
+        cluster: usize,
+        z: &'a [f64; FACTORS],
+    ) -> impl Iterator<Item = f64> + 'a {
+        let s = self.species_ids.len();
+        let effect = &self.cluster_effect[cluster * s..(cluster + 1) * s];
+        self.weights
+            .iter()
+            .zip(self.intercept.iter().zip(effect))
+            .map(move |(w, (&b, &u))| {
+                b + u as f64 + w.iter().zip(z).map(|(w, z)| w * z).sum::<f64>()
+            })
+    }
+
+    /// A survey site of `cluster`: its centre plus N(0, 0.3 degrees) in longitude and
+    /// N(0, 0.2 degrees) in latitude, clamped to the map.
+    pub fn site_position(&self, cluster: usize, rng: &mut StdRng) -> (f64, f64) {
+        let c = &self.clusters[cluster];
+        let lon = (c.lon + 0.3 * normal(rng)).clamp(-10.0, 30.0);
+        let lat = (c.lat + 0.2 * normal(rng)).clamp(36.0, 70.0);
+        (lon, lat)
     }
 }
 

@@ -1,0 +1,118 @@
+//! Train/validation splits of the PA train surveys: spatial blocks (honest: neighbouring sites
+//! share species, so a random split overstates F1) or the seed's random 90/10.
+
+use std::collections::BTreeMap;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+/// Indices (into the train split) of the two parts, each sorted ascending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainValSplit {
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+}
+
+/// The block of a site: integer cell of side `block_arcmin` arc-minutes in lon and lat.
+pub fn block_of(lon: f64, lat: f64, block_arcmin: f64) -> (i64, i64) {
+    let side = block_arcmin / 60.0;
+    ((lon / side).floor() as i64, (lat / side).floor() as i64)
+}
+
+/// Whole blocks go to validation, in a seeded random order, until at least `fraction` of the
+/// surveys are there. Surveys with non-finite coordinates stay in train.
+pub fn spatial_split(
+    coords: &[(f64, f64)],
+    fraction: f64,
+    block_arcmin: f64,
+    seed: u64,
+) -> TrainValSplit {
+    let mut blocks: BTreeMap<(i64, i64), Vec<usize>> = BTreeMap::new();
+    for (i, &(lon, lat)) in coords.iter().enumerate() {
+        if lon.is_finite() && lat.is_finite() {
+            blocks
+                .entry(block_of(lon, lat, block_arcmin))
+                .or_default()
+                .push(i);
+        }
+    }
+    let mut keys: Vec<(i64, i64)> = blocks.keys().copied().collect();
+    keys.shuffle(&mut StdRng::seed_from_u64(seed));
+    let target = (fraction * coords.len() as f64).round() as usize;
+    let mut in_val = vec![false; coords.len()];
+    let mut count = 0;
+    for key in keys {
+        if count >= target {
+            break;
+        }
+        for &i in &blocks[&key] {
+            in_val[i] = true;
+            count += 1;
+        }
+    }
+    partition(&in_val)
+}
+
+/// A seeded random permutation; the first `round(fraction * n)` surveys are validation.
+/// (Same proportions and seed as the seed's split; the permutation is geolife's own RNG, not
+/// torch's.)
+pub fn random_split(n: usize, fraction: f64, seed: u64) -> TrainValSplit {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed));
+    let n_val = (fraction * n as f64).round() as usize;
+    let mut in_val = vec![false; n];
+    for &i in &order[..n_val.min(n)] {
+        in_val[i] = true;
+    }
+    partition(&in_val)
+}
+
+fn partition(in_val: &[bool]) -> TrainValSplit {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, &v) in in_val.iter().enumerate() {
+        if v { val.push(i) } else { train.push(i) }
+    }
+    TrainValSplit { train, val }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_follow_hand_computed_cells() {
+        // 10' = 1/6 degree: lon 2.05 -> 12.3 -> 12; lat 48.99 -> 293.94 -> 293.
+        assert_eq!(block_of(2.05, 48.99, 10.0), (12, 293));
+        // Negative longitudes floor downwards: -0.01 * 6 = -0.06 -> -1.
+        assert_eq!(block_of(-0.01, 0.0, 10.0), (-1, 0));
+    }
+
+    #[test]
+    fn spatial_split_never_cuts_a_block() {
+        let coords: Vec<(f64, f64)> = (0..400)
+            .map(|i| (f64::from(i % 20) * 0.05, f64::from(i / 20) * 0.05))
+            .collect();
+        let s = spatial_split(&coords, 0.2, 10.0, 3);
+        assert_eq!(s.train.len() + s.val.len(), 400);
+        assert!(s.val.len() >= 80 && s.val.len() < 160, "{}", s.val.len());
+        let val_blocks: std::collections::HashSet<_> = s
+            .val
+            .iter()
+            .map(|&i| block_of(coords[i].0, coords[i].1, 10.0))
+            .collect();
+        for &i in &s.train {
+            assert!(!val_blocks.contains(&block_of(coords[i].0, coords[i].1, 10.0)));
+        }
+        assert_eq!(s, spatial_split(&coords, 0.2, 10.0, 3), "seeded");
+        assert_ne!(s, spatial_split(&coords, 0.2, 10.0, 4), "seed matters");
+    }
+
+    #[test]
+    fn random_split_is_ninety_ten() {
+        let s = random_split(1000, 0.1, 666);
+        assert_eq!(s.val.len(), 100);
+        assert_eq!(s.train.len(), 900);
+        assert_eq!(s, random_split(1000, 0.1, 666));
+    }
+}
