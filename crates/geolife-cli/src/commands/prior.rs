@@ -142,19 +142,15 @@ impl Args {
     }
 }
 
-/// The part of a run's `run.json` that names its validation surveys.
-#[derive(serde::Deserialize)]
-struct RunVal {
-    val_survey_ids: Vec<u64>,
-}
-
+/// The validation surveys a run names in its `run.json` (`val_survey_ids`).
 fn run_val_ids(run: &Path) -> anyhow::Result<Vec<u64>> {
-    let path = run.join("run.json");
+    let path = run.join(super::labels::RUN_JSON);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {} (is --run a run folder?)", path.display()))?;
-    let info: RunVal = serde_json::from_str(&text)
-        .with_context(|| format!("{}: no readable val_survey_ids", path.display()))?;
-    Ok(info.val_survey_ids)
+    let info: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    serde_json::from_value(info["val_survey_ids"].clone())
+        .with_context(|| format!("{}: no readable val_survey_ids", path.display()))
 }
 
 fn bar(len: u64, template: &str) -> ProgressBar {
