@@ -257,10 +257,13 @@ fn paper_pipeline_trains_all_four_paper_members_at_batch_2() {
 }
 
 /// `geolife demo` (a pipeline of the fusion model and the four single-modality models) at a
-/// reduced size: fusion wins on the synthetic test set (exit 0), every row is reported, and a
-/// second run in the same folder reuses the finished members.
+/// reduced size: every row is reported, the exit code is the one its own table calls for (0 when
+/// the fusion row's test F1 beats every other model row and the baseline, 3 otherwise; on this
+/// machine fusion wins, 0.4300 against 0.4184, but the margin at this size is too small to pin
+/// across CPUs whose matrix kernels round differently), and a second run in the same folder
+/// reuses the finished members and prints the same table.
 #[test]
-fn demo_runs_through_the_pipeline_and_fusion_wins() {
+fn demo_runs_through_the_pipeline_and_exits_as_its_table_says() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
     let args = [
@@ -276,29 +279,44 @@ fn demo_runs_through_the_pipeline_and_fusion_wins() {
         "--epochs",
         "3",
     ];
-    let (stdout, _) = run_expect(&args, 0);
-    for row in [
-        "fusion",
+    let first = common::geolife(&args);
+    let (stdout, stderr) = common::text(&first);
+    let test_f1 = |row: &str| -> f64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{row} ")) && l.contains("test 0."))
+            .unwrap_or_else(|| panic!("no {row} row in {stdout}{stderr}"));
+        let after = line.split("test ").nth(1).unwrap();
+        after.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let fusion = test_f1("fusion");
+    let best_other = [
         "tabular-only",
         "landsat-only",
         "bioclim-only",
         "sentinel-only",
         "frequency",
-        "ensemble",
-    ] {
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.trim_start().starts_with(row) && l.contains("test 0.")),
-            "no {row} row in {stdout}"
-        );
-    }
-    assert!(
-        stdout.contains("fusion beats every single modality"),
-        "{stdout}"
+    ]
+    .iter()
+    .map(|r| test_f1(r))
+    .fold(f64::NEG_INFINITY, f64::max);
+    assert!(test_f1("ensemble") > 0.0);
+    let expected = if fusion > best_other { 0 } else { 3 };
+    assert_eq!(
+        first.status.code(),
+        Some(expected),
+        "fusion {fusion} vs best other {best_other}: {stdout}{stderr}"
     );
+    if expected == 0 {
+        assert!(
+            stdout.contains("fusion beats every single modality"),
+            "{stdout}"
+        );
+    } else {
+        assert!(stderr.contains("does NOT beat"), "{stderr}");
+    }
     assert!(out.join("pipeline/submission.csv").is_file());
-    let (again, _) = run_expect(&args, 0);
+    let (again, _) = run_expect(&args, expected);
     assert!(again.contains("member 1/5 `fusion`: done"), "{again}");
     assert_eq!(
         stdout
