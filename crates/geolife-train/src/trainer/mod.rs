@@ -109,6 +109,48 @@ pub fn train_val_split(
     Ok(split)
 }
 
+/// The model a run starts from: initialised from the seed (the device's), then the config's
+/// `model.weights` when given; its inputs are checked against the cache's patch size.
+fn initial_model(
+    cfg: &TrainConfig,
+    fc: &geolife_model::fusion::FusionConfig,
+    device: &burn::tensor::Device,
+    patch_hw: [usize; 2],
+) -> Result<geolife_model::fusion::FusionModel, TrainError> {
+    let mut model = fc
+        .try_init(device)
+        .map_err(|e| TrainError::Invalid(format!("model: {e}")))?;
+    if let Some(w) = &cfg.model.weights {
+        model = geolife_model::checkpoint::load_safetensors(fc, w, device)
+            .map_err(|e| TrainError::Checkpoint {
+                path: w.clone(),
+                message: e.to_string(),
+            })?
+            .0;
+    }
+    check_model_input(&model, fc, patch_hw)?;
+    Ok(model)
+}
+
+/// The batches of `epoch`: the train surveys shuffled by (seed, epoch), cut into batches, the
+/// first `count` kept.
+fn epoch_batches(
+    train: &[usize],
+    t: &crate::config::TrainSection,
+    epoch: usize,
+    count: usize,
+) -> Vec<Vec<usize>> {
+    let mut order = train.to_vec();
+    order.shuffle(&mut StdRng::seed_from_u64(loader::derive_seed(
+        t.seed,
+        epoch,
+        usize::MAX,
+    )));
+    let mut batches = loader::batches_of(&order, t.batch_size);
+    batches.truncate(count);
+    batches
+}
+
 /// Train (or resume) a run. The resolved config is written first; then `run.json`; every epoch
 /// appends to `metrics.csv`, and writes `last.ckpt` (and `best.safetensors` + validation scores
 /// and labels when validation F1 improves).
@@ -129,38 +171,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let stats = stats_from_manifest(&manifest);
     let fc = fusion_config(cfg, &manifest, vocab.len())?;
     let split = train_val_split(cfg, &data)?;
-    run.record_info(
-        &RunInfo {
-            geolife_version: env!("CARGO_PKG_VERSION").into(),
-            dataset_fingerprint: manifest.dataset_fingerprint.clone(),
-            feature_names: manifest.feature_names.clone(),
-            species: vocab.species().to_vec(),
-            stats: stats.clone(),
-            fusion: fc.clone(),
-            val_survey_ids: split.val.iter().map(|&i| data.survey_ids()[i]).collect(),
-        },
-        opts.resume,
-        &opts.cache,
-    )?;
+    let val_ids = split.val.iter().map(|&i| data.survey_ids()[i]).collect();
+    let info = RunInfo::new(&manifest, &vocab, &stats, &fc, val_ids);
+    run.record_info(&info, opts.resume, &opts.cache)?;
 
     let t = &cfg.train;
     let o = &cfg.optim;
     let device = make_device(t.device)?.autodiff();
     device.seed(t.seed);
-    let mut model = fc
-        .try_init(&device)
-        .map_err(|e| TrainError::Invalid(format!("model: {e}")))?;
-    if let Some(w) = &cfg.model.weights {
-        let (m, _) = geolife_model::checkpoint::load_safetensors(&fc, w, &device).map_err(|e| {
-            TrainError::Checkpoint {
-                path: w.clone(),
-                message: e.to_string(),
-            }
-        })?;
-        model = m;
-    }
     let [_, ph, pw] = manifest.patch_shape;
-    check_model_input(&model, &fc, [ph, pw])?;
+    let mut model = initial_model(cfg, &fc, &device, [ph, pw])?;
     let checkpoints = Checkpointer::new(
         run.path(files::LAST),
         run.path(files::BEST),
@@ -191,13 +211,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     }
     let mut trainee = TrainStep::new(model, optim, o.accumulate, t.seed);
 
-    let batches_per_epoch = {
-        let full = split.train.len().div_ceil(t.batch_size);
-        if t.max_batches_per_epoch > 0 {
-            full.min(t.max_batches_per_epoch)
-        } else {
-            full
-        }
+    let batches_per_epoch = match split.train.len().div_ceil(t.batch_size) {
+        full if t.max_batches_per_epoch > 0 => full.min(t.max_batches_per_epoch),
+        full => full,
     };
     let total_steps = batches_per_epoch.div_ceil(o.accumulate) * t.epochs;
     let validator = Validator {
@@ -215,14 +231,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
 
     for epoch in state.epoch..t.epochs {
         let started = Instant::now();
-        let mut order = split.train.clone();
-        order.shuffle(&mut StdRng::seed_from_u64(loader::derive_seed(
-            t.seed,
-            epoch,
-            usize::MAX,
-        )));
-        let mut batches = loader::batches_of(&order, t.batch_size);
-        batches.truncate(batches_per_epoch);
+        let batches = epoch_batches(&split.train, t, epoch, batches_per_epoch);
         let plan = BatchPlan::training(cfg, stats.clone(), epoch);
         let bar = run
             .bar

@@ -49,6 +49,26 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
+    /// The description of a run on `manifest`'s data with these outputs, normalisation, model
+    /// and validation surveys.
+    pub fn new(
+        manifest: &geolife_data::cache::Manifest,
+        vocab: &crate::vocab::Vocabulary,
+        stats: &InputStats,
+        fusion: &FusionConfig,
+        val_survey_ids: Vec<u64>,
+    ) -> Self {
+        Self {
+            geolife_version: env!("CARGO_PKG_VERSION").into(),
+            dataset_fingerprint: manifest.dataset_fingerprint.clone(),
+            feature_names: manifest.feature_names.clone(),
+            species: vocab.species().to_vec(),
+            stats: stats.clone(),
+            fusion: fusion.clone(),
+            val_survey_ids,
+        }
+    }
+
     pub fn load(run_dir: &Path) -> Result<Self, TrainError> {
         let path = run_dir.join(files::RUN);
         let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
