@@ -537,14 +537,7 @@ fn a_truncated_cube_is_exit_2_for_inspect_and_fails_prepare_unless_skipped() {
     );
 
     // --skip-bad drops that survey and counts it.
-    let (o, _) = run_expect(&["prepare", s(&root), "--out", s(&cache), "--skip-bad"], 0);
-    assert!(
-        o.contains(&format!(
-            "train: packed {} surveys (1 skipped as bad)",
-            TRAIN - 1
-        )),
-        "{o}"
-    );
+    let o = prepare_skipping_one_train_survey(&root, &cache);
     assert!(
         o.contains(&format!("test: packed {TEST} surveys (0 skipped as bad)")),
         "{o}"
@@ -758,14 +751,7 @@ fn a_truncated_patch_fails_prepare_naming_file_and_survey_unless_skipped() {
         "{o}"
     );
 
-    let (o, _) = run_expect(&["prepare", s(&root), "--out", s(&cache), "--skip-bad"], 0);
-    assert!(
-        o.contains(&format!(
-            "train: packed {} surveys (1 skipped as bad)",
-            TRAIN - 1
-        )),
-        "{o}"
-    );
+    let o = prepare_skipping_one_train_survey(&root, &cache);
     assert!(
         o.contains(&format!("skipped survey {id} [truncated]: {}", s(&jpeg))),
         "{o}"
@@ -863,13 +849,7 @@ fn a_survey_without_an_env_row_is_reported_and_refused_under_strict() {
         ],
         0,
     );
-    assert!(
-        o.contains(&format!(
-            "train: packed {} surveys (1 skipped as bad)",
-            TRAIN - 1
-        )),
-        "{o}"
-    );
+    assert_one_train_survey_skipped(&o);
     assert!(
         o.contains(&format!("skipped survey {id} [missing-row]")),
         "{o}"
@@ -935,14 +915,7 @@ fn conflicting_env_rows_fail_prepare_unless_skipped_and_exact_repeats_are_counte
     );
     assert!(o.contains("1 exact duplicate rows"), "{o}");
 
-    let (o, _) = run_expect(&["prepare", s(&root), "--out", s(&cache), "--skip-bad"], 0);
-    assert!(
-        o.contains(&format!(
-            "train: packed {} surveys (1 skipped as bad)",
-            TRAIN - 1
-        )),
-        "{o}"
-    );
+    let o = prepare_skipping_one_train_survey(&root, &cache);
     assert!(
         o.contains(&format!("skipped survey {conflict} [conflicting-rows]")),
         "{o}"
@@ -970,5 +943,24 @@ fn conflicting_env_rows_fail_prepare_unless_skipped_and_exact_repeats_are_counte
     assert!(
         train.index_of(repeated).is_some(),
         "an exact repeat is harmless"
+    );
+}
+
+/// `prepare --skip-bad` of `root` into `cache`: exits 0, packs all train surveys but one and
+/// says so; returns its stdout.
+fn prepare_skipping_one_train_survey(root: &Path, cache: &Path) -> String {
+    let (o, _) = run_expect(&["prepare", s(root), "--out", s(cache), "--skip-bad"], 0);
+    assert_one_train_survey_skipped(&o);
+    o
+}
+
+/// The prepare summary says one train survey was skipped as bad.
+fn assert_one_train_survey_skipped(o: &str) {
+    assert!(
+        o.contains(&format!(
+            "train: packed {} surveys (1 skipped as bad)",
+            TRAIN - 1
+        )),
+        "{o}"
     );
 }

@@ -117,26 +117,24 @@ fn calibrate_submit_evaluate_round_trip() {
     let probs = real("predictions/malpolon_mme_top25_probas.csv");
     let sol = real("GLC24_SOLUTION_FILE.csv");
     let policy = d.join("policy.toml");
-    let out = geolife(&[
-        "calibrate",
-        "--scores",
-        s(&probs),
-        "--solution",
-        s(&sol),
-        "--half",
-        "a",
-        "--folds",
-        "3",
-        "--out",
-        s(&policy),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (stdout, _) = run_expect(
+        &[
+            "calibrate",
+            "--scores",
+            s(&probs),
+            "--solution",
+            s(&sol),
+            "--half",
+            "a",
+            "--folds",
+            "3",
+            "--out",
+            s(&policy),
+            "--json",
+        ],
+        0,
     );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(j["n_surveys"], 2358);
     assert_eq!(j["results"].as_array().unwrap().len(), 4);
     let toml_text = std::fs::read_to_string(&policy).unwrap();
@@ -157,21 +155,19 @@ fn calibrate_submit_evaluate_round_trip() {
     let meta_path = d.join("meta.csv");
     std::fs::write(&meta_path, meta).unwrap();
     let sub = d.join("sub.csv");
-    let out = geolife(&[
-        "submit",
-        "--scores",
-        s(&probs),
-        "--policy",
-        s(&policy),
-        "--metadata",
-        s(&meta_path),
-        "--out",
-        s(&sub),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_expect(
+        &[
+            "submit",
+            "--scores",
+            s(&probs),
+            "--policy",
+            s(&policy),
+            "--metadata",
+            s(&meta_path),
+            "--out",
+            s(&sub),
+        ],
+        0,
     );
     let sub_text = std::fs::read_to_string(&sub).unwrap();
     let rows: Vec<&str> = sub_text.lines().collect();
@@ -231,39 +227,35 @@ fn ensemble_fit_writes_weights_that_reproduce_the_blend() {
     let b = real("predictions/official_multimodal_baseline_top25.csv");
     let sol = real("GLC24_SOLUTION_FILE.csv");
     let out1 = d.join("ens.safetensors");
-    let out = geolife(&[
-        "ensemble",
-        s(&a),
-        s(&b),
-        "--method",
-        "rank",
-        "--fit",
-        "--solution",
-        s(&sol),
-        "--out",
-        s(&out1),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_expect(
+        &[
+            "ensemble",
+            s(&a),
+            s(&b),
+            "--method",
+            "rank",
+            "--fit",
+            "--solution",
+            s(&sol),
+            "--out",
+            s(&out1),
+        ],
+        0,
     );
     let wfile = d.join("ens.weights.toml");
     assert!(wfile.exists());
     let out2 = d.join("ens2.safetensors");
-    let out = geolife(&[
-        "ensemble",
-        s(&a),
-        s(&b),
-        "--weights",
-        s(&wfile),
-        "--out",
-        s(&out2),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_expect(
+        &[
+            "ensemble",
+            s(&a),
+            s(&b),
+            "--weights",
+            s(&wfile),
+            "--out",
+            s(&out2),
+        ],
+        0,
     );
     // Same blend (the metadata header's key order may differ between runs, so compare content).
     let e1 = geolife_metrics::ScoreFile::read(&out1).unwrap();
@@ -331,28 +323,21 @@ fn paper_ensemble_config_blends_four_runs_with_its_weights() {
     let config =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/ensemble-paper.toml");
     let (four, one) = (d.join("four.safetensors"), d.join("one.safetensors"));
-    let out = geolife(&[
-        "ensemble",
-        s(&a),
-        s(&a),
-        s(&a),
-        s(&a),
-        "--weights",
-        s(&config),
-        "--out",
-        s(&four),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_expect(
+        &[
+            "ensemble",
+            s(&a),
+            s(&a),
+            s(&a),
+            s(&a),
+            "--weights",
+            s(&config),
+            "--out",
+            s(&four),
+        ],
+        0,
     );
-    let out = geolife(&["ensemble", s(&a), "--weights", "1", "--out", s(&one)]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_expect(&["ensemble", s(&a), "--weights", "1", "--out", s(&one)], 0);
     let (four, one) = (
         geolife_metrics::ScoreFile::read(&four).unwrap(),
         geolife_metrics::ScoreFile::read(&one).unwrap(),

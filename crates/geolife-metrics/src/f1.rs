@@ -315,6 +315,15 @@ impl RankTable {
     }
 }
 
+/// The best K of an F1@K curve (entry `k-1` is the F1 of keeping `k`) and its F1; the smallest
+/// K on ties, `(1, -inf)` for an empty curve.
+pub fn best_k(curve: &[f64]) -> (usize, f64) {
+    curve.iter().enumerate().fold(
+        (1, f64::NEG_INFINITY),
+        |b, (j, &f)| if f > b.1 { (j + 1, f) } else { b },
+    )
+}
+
 /// Samples-F1 of the top-k, for k = 1..=k_max: entry `k-1` is the F1 of keeping `k` species.
 /// `truth` is aligned to the score rows (real species ids).
 pub fn f1_at_k_curve(scores: &ScoreFile, truth: &[Vec<u32>], k_max: usize) -> Vec<f64> {
@@ -330,4 +339,15 @@ pub fn best_global_threshold(scores: &ScoreFile, truth: &[Vec<u32>]) -> (f32, f6
 /// Upper bound of any per-survey K: mean over surveys of the best F1 over K = 1..=k_max.
 pub fn oracle_f1(scores: &ScoreFile, truth: &[Vec<u32>], k_max: usize) -> f64 {
     RankTable::new(scores, truth, k_max).oracle_f1(k_max)
+}
+
+#[cfg(test)]
+mod best_k_tests {
+    /// Hand values: the first maximum wins; an empty curve has no best K.
+    #[test]
+    fn best_k_is_the_first_maximum() {
+        assert_eq!(super::best_k(&[0.1, 0.3, 0.3, 0.2]), (2, 0.3));
+        assert_eq!(super::best_k(&[0.5]), (1, 0.5));
+        assert_eq!(super::best_k(&[]), (1, f64::NEG_INFINITY));
+    }
 }

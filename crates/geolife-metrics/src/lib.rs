@@ -14,8 +14,8 @@ pub use atomic::write_atomic;
 pub use ensemble::{BlendMethod, EnsembleReport, FitTarget, FittedWeights, blend, fit_weights};
 pub use error::MetricsError;
 pub use f1::{
-    RankTable, SetMetrics, THRESHOLD_MAX_K, best_global_threshold, f1_at_k_curve, oracle_f1,
-    samples_f1, set_metrics,
+    RankTable, SetMetrics, THRESHOLD_MAX_K, best_global_threshold, best_k, f1_at_k_curve,
+    oracle_f1, samples_f1, set_metrics,
 };
 pub use policy::{
     Calibrated, FitInfo, FitOptions, Policy, PolicyChoice, PolicyFile, PolicyKind, best_calibrated,

@@ -63,13 +63,7 @@ fn draw(path: &Path, curve: &[f64], title: &str) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let k_max = curve.len() as f64;
     let y_max = curve.iter().cloned().fold(0.0f64, f64::max).max(1e-3) * 1.1;
-    let (best_k, best_f) =
-        curve
-            .iter()
-            .enumerate()
-            .fold((1usize, f64::NEG_INFINITY), |b, (j, &f)| {
-                if f > b.1 { (j + 1, f) } else { b }
-            });
+    let (best_k, best_f) = crate::f1::best_k(curve);
     let mut builder = ChartBuilder::on(&root);
     builder.margin(20);
     if text {

@@ -431,12 +431,7 @@ impl Default for FitOptions {
 
 /// The K in 1..=max_k with the best mean F1.
 pub fn fit_top_k(table: &RankTable, max_k: usize) -> (Policy, f64) {
-    let curve = table.f1_at_k_curve(max_k.max(1));
-    let (k, f1) =
-        curve.iter().enumerate().fold(
-            (1, f64::NEG_INFINITY),
-            |b, (j, &f)| if f > b.1 { (j + 1, f) } else { b },
-        );
+    let (k, f1) = crate::f1::best_k(&table.f1_at_k_curve(max_k.max(1)));
     (Policy::TopK { k }, f1)
 }
 

@@ -16,14 +16,15 @@ use geolife_data::Split;
 use geolife_data::cache::PackedSplit;
 use geolife_metrics::{
     BlendMethod, FitInfo, FitOptions, FitTarget, FittedWeights, PolicyChoice, PolicyFile,
-    PolicyKind, RankTable, ScoreFile, Solution, blend, calibrate_all, fit_weights, samples_f1,
-    write_submission,
+    PolicyKind, RankTable, ScoreFile, Solution, best_k, blend, calibrate_all, fit_weights,
+    samples_f1, write_submission,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::config::{TrainConfig, ValidationSection, merge_toml};
 use crate::error::TrainError;
 use crate::predict::{PredictOptions, predict};
+use crate::trainer::run_dir::{read_json, write_json};
 use crate::trainer::{Progress, RunInfo, TrainOptions, files, train, write_atomic};
 
 /// File names inside a pipeline folder.
@@ -666,16 +667,7 @@ fn table_of(scores: &ScoreFile, labels: &Solution, depth: usize) -> RankTable {
 
 /// (best K, its F1) on validation.
 fn best_k_f1(scores: &ScoreFile, labels: &Solution, max_k: usize) -> (usize, f64) {
-    table_of(scores, labels, max_k)
-        .f1_at_k_curve(max_k)
-        .iter()
-        .enumerate()
-        .fold(
-            (1, f64::NEG_INFINITY),
-            |b, (j, &f)| {
-                if f > b.1 { (j + 1, f) } else { b }
-            },
-        )
+    best_k(&table_of(scores, labels, max_k).f1_at_k_curve(max_k))
 }
 
 /// A report row for one score file pair (validation, test), and the policy chosen for it on
@@ -692,8 +684,9 @@ pub fn evaluate_row(
     opts: &FitOptions,
 ) -> Result<(ReportRow, (geolife_metrics::Policy, PolicyKind)), TrainError> {
     let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
-    let (best_k, val_f1_best_k) = best_k_f1(val, labels, spec.max_k);
+    // One rank table for the F1@K curve and every policy fit.
     let table = table_of(val, labels, spec.max_k.max(25));
+    let (best_k, val_f1_best_k) = best_k(&table.f1_at_k_curve(spec.max_k));
     let (fitted, _skipped) = calibrate_all(&table, opts, spec.folds, spec.seed).map_err(metrics)?;
     let chosen = spec.kind.pick(&fitted).ok_or_else(|| {
         TrainError::Invalid(format!(
@@ -791,21 +784,6 @@ fn plot_report(path: &Path, r: &Report) -> Result<(), String> {
         &labels,
         &series,
     )
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
-    let mut text = serde_json::to_vec_pretty(value)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-    text.push(b'\n');
-    write_atomic(path, &text)
 }
 
 #[cfg(test)]

@@ -171,10 +171,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(|f| f * frac)
         .collect();
-    let (best_k, best_k_f1) = curve.iter().enumerate().fold(
-        (1, f64::NEG_INFINITY),
-        |b, (j, &f)| if f > b.1 { (j + 1, f) } else { b },
-    );
+    let (best_k, best_k_f1) = geolife_metrics::best_k(&curve);
     let oracle = table.oracle_f1(args.k_max) * frac;
     out["f1_at_k"] = serde_json::json!(curve);
     out["best_k"] = serde_json::json!(best_k);

@@ -143,18 +143,41 @@ fn fusion_metadata(
     Ok(meta)
 }
 
-/// The metadata of a safetensors file (empty when it has none).
+/// The metadata of a safetensors file (empty when it has none). Reads only the 8-byte length
+/// and the JSON header, not the tensors: `predict --weights` asks for the config and the
+/// transforms of checkpoints of hundreds of MB before loading them once.
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+    use std::io::Read;
+    /// safetensors' own bound on the header.
+    const MAX_HEADER: u64 = 100_000_000;
+    let io = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::BadWeightFile {
-            path: path.to_path_buf(),
-            reason: format!("{e}"),
-        })?;
-    Ok(meta.metadata().clone().unwrap_or_default())
+    };
+    let bad = |reason: String| ModelError::BadWeightFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n)
+        .map_err(|_| bad(format!("{len} bytes: too short for a safetensors header")))?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER || n > len - 8 {
+        return Err(bad(format!(
+            "header length {n} does not fit the file ({len} bytes, at most {MAX_HEADER})"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
+    match header.get("__metadata__") {
+        None | Some(serde_json::Value::Null) => Ok(HashMap::new()),
+        Some(m) => serde_json::from_value(m.clone())
+            .map_err(|e| bad(format!("`__metadata__` is not a map of strings: {e}"))),
+    }
 }
 
 /// The fusion config stored in a geolife checkpoint.
@@ -216,4 +239,40 @@ pub fn load_safetensors_bytes(
         });
     }
     Ok((model, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::NamedTensor;
+
+    /// The header-only reader gives what safetensors' own parser of the whole file gives, and
+    /// a header length that does not fit the file is an error, not a huge allocation.
+    #[test]
+    fn metadata_from_the_header_equals_the_full_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let dict = StateDict::from([(
+            "fc.weight".to_string(),
+            NamedTensor {
+                shape: vec![2, 3],
+                data: vec![0.5; 6],
+            },
+        )]);
+        let meta = HashMap::from([("a".to_string(), "1".to_string())]);
+        write_state_dict(&dict, meta, &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, full) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let got = read_metadata(&path).unwrap();
+        assert_eq!(Some(&got), full.metadata().as_ref());
+        assert_eq!(got["a"], "1");
+
+        let mut lie = bytes.clone();
+        lie[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        std::fs::write(&path, &lie).unwrap();
+        let e = read_metadata(&path).unwrap_err().to_string();
+        assert!(e.contains("does not fit the file"), "{e}");
+        std::fs::write(&path, &bytes[..5]).unwrap();
+        assert!(read_metadata(&path).is_err());
+    }
 }

@@ -70,25 +70,30 @@ impl RunInfo {
     }
 
     pub fn load(run_dir: &Path) -> Result<Self, TrainError> {
-        let path = run_dir.join(files::RUN);
-        let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-            path,
-            message: format!("unreadable run description: {e}"),
-        })
+        read_json(&run_dir.join(files::RUN))
     }
 
     fn save(&self, run_dir: &Path) -> Result<(), TrainError> {
-        let path = run_dir.join(files::RUN);
-        let text = serde_json::to_vec_pretty(self).map_err(|e| TrainError::Checkpoint {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&path, &text)
+        write_json(&run_dir.join(files::RUN), self)
     }
+}
+
+/// Reads a JSON file of the run (or pipeline) folder; the error names the file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::Invalid(format!("{}: unreadable: {e}", path.display())))
+}
+
+/// Writes `value` as pretty JSON with a final newline, atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+    let mut text = serde_json::to_vec_pretty(value)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    text.push(b'\n');
+    write_atomic(path, &text)
 }
 
 /// Atomic write through a temporary file in the same folder.
@@ -281,11 +286,7 @@ impl RunDir {
 
     /// `profile.json`: the time breakdown of this process's epochs.
     pub fn write_profile(&self, times: &super::RunTimes) -> Result<(), TrainError> {
-        let path = self.path(files::PROFILE);
-        let mut text = serde_json::to_vec_pretty(times)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-        text.push(b'\n');
-        write_atomic(&path, &text)
+        write_json(&self.path(files::PROFILE), times)
     }
 
     /// `curves.png` of the history; a failure is logged, not fatal.

@@ -75,15 +75,7 @@ impl<S: SampleSource + ?Sized> Validator<'_, S> {
         };
         let table = RankTable::new(&scores, &s.labels, self.k_max.max(THRESHOLD_MAX_K));
         let curve = table.f1_at_k_curve(self.k_max);
-        let (best_k, f1) = curve
-            .iter()
-            .enumerate()
-            .fold(
-                (1, f64::NEG_INFINITY),
-                |b, (j, &f)| {
-                    if f > b.1 { (j + 1, f) } else { b }
-                },
-            );
+        let (best_k, f1) = geolife_metrics::best_k(&curve);
         let (threshold, threshold_f1) = table.best_threshold(1, THRESHOLD_MAX_K);
         Ok(Validation {
             scores,
