@@ -10,7 +10,7 @@ use crate::error::RowConflict;
 use crate::{DataError, Result, Split};
 
 /// One PA survey as described by its first metadata row.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SurveyMeta {
     pub survey_id: u64,
     pub lon: f64,

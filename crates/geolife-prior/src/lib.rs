@@ -40,6 +40,7 @@
 //! them. The vocabulary (score columns) is every species of the PA train labels plus every PO
 //! species; a species seen only in validation surveys gets a column but no evidence.
 
+pub mod cached;
 pub mod config;
 pub mod model;
 pub mod po;
@@ -51,6 +52,7 @@ use geolife_data::SurveyMeta;
 use geolife_metrics::{ScoreFile, Scores};
 use rayon::prelude::*;
 
+pub use cached::{CachedSurveys, check_cache_config};
 pub use config::{Kernel, PaConfig, PoConfig, PriorConfig};
 pub use model::{PaSource, PoSource, Prior, Query, Vocabulary};
 pub use po::PoRecords;
