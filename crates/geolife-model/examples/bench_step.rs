@@ -64,6 +64,7 @@ fn main() {
             landsat: normal([b, 6, 4, 21], &d),
             bioclim: normal([b, 4, 19, 12], &d),
             sentinel: normal([b, 4, 128, 128], &d),
+            prior: None,
         };
         let y = Tensor::<2>::zeros([b, 11255], &d).add_scalar(0.001);
         // Per-phase wall time (forward incl. loss, backward, AdamW), to see where a step goes.

@@ -3,7 +3,7 @@
 //! Every hard-coded value of the seed is a config field; disabled branches have no parameters.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,27 @@ impl CubeBackbone {
         })
     }
 }
+
+/// How a location prior (per-species scores in [0, 1] from where the survey is, such as
+/// `geolife prior`'s) enters the network; off by default.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PriorInput {
+    /// No prior input (the paper's network).
+    #[default]
+    Off,
+    /// A per-species learned scale on `ln(p + PRIOR_EPS)` added to the logits. The scale
+    /// starts at 1, so the untrained head already ranks by the prior and the branches learn
+    /// what the location does not say.
+    Logit,
+    /// A learned low-rank projection (`prior_rank`) of `ln(1 + p / PRIOR_EPS)` normalised to
+    /// [0, 1], after LayerNorm and dropout concatenated with the branch features before `fc1`.
+    Features,
+}
+
+/// Floor added to prior scores before the log: a species with no evidence gets
+/// `ln(PRIOR_EPS)` instead of minus infinity.
+pub const PRIOR_EPS: f64 = 1e-3;
 
 /// Configuration of [`FusionModel`]; serialisable, saved into run folders and checkpoints.
 #[derive(Config, Debug)]
@@ -98,6 +119,12 @@ pub struct FusionConfig {
     /// How patches reach the backbone: as stored, or resized to 224 (see [`SentinelInput`]).
     #[config(default = "SentinelInput::Auto")]
     pub sentinel_input: SentinelInput,
+    /// Location prior input (see [`PriorInput`]).
+    #[config(default = "PriorInput::Off")]
+    pub prior_input: PriorInput,
+    /// Width of the prior projection with [`PriorInput::Features`].
+    #[config(default = 32)]
+    pub prior_rank: usize,
 }
 
 /// Width of the tabular branch output.
@@ -132,6 +159,9 @@ impl FusionConfig {
         }
         if !(self.use_tabular || self.use_landsat || self.use_bioclim || self.use_sentinel) {
             return bad("at least one branch must be enabled".into());
+        }
+        if self.prior_input == PriorInput::Features && self.prior_rank == 0 {
+            return bad("prior_rank must be > 0 with prior_input = features".into());
         }
         if self.use_tabular && self.num_features == 0 {
             return bad("num_features must be > 0 with the tabular branch".into());
@@ -195,6 +225,9 @@ impl FusionConfig {
                 .config(self.sentinel_channels, self.sentinel_classes())
                 .out_dim();
         }
+        if self.prior_input == PriorInput::Features {
+            w += self.prior_rank;
+        }
         w
     }
 
@@ -232,6 +265,11 @@ impl FusionConfig {
                 Some(c) => Some(c.try_init(device)?),
                 None => None,
             },
+            prior_scale: (self.prior_input == PriorInput::Logit)
+                .then(|| Param::from_tensor(Tensor::<1>::ones([self.num_classes], device))),
+            prior_proj: (self.prior_input == PriorInput::Features)
+                .then(|| LinearConfig::new(self.num_classes, self.prior_rank).init(device)),
+            ln4: (self.prior_input == PriorInput::Features).then(|| ln(self.prior_rank)),
             fc1: LinearConfig::new(self.fusion_width(), self.hidden).init(device),
             fc2: LinearConfig::new(self.hidden, self.num_classes).init(device),
             dropout: DropoutConfig::new(self.dropout).init(),
@@ -288,6 +326,9 @@ pub struct FusionInput {
     pub bioclim: Tensor<4>,
     /// Sentinel patches `[B, 4, H, W]`, scaled to [-1, 1].
     pub sentinel: Tensor<4>,
+    /// Location prior `[B, num_classes]`, scores in [0, 1]; required when the model was built
+    /// with a prior input, ignored otherwise.
+    pub prior: Option<Tensor<2>>,
 }
 
 /// The fusion network; field names are the seed's `MultimodalEnsemble` state-dict keys.
@@ -315,6 +356,12 @@ pub struct FusionModel {
     pub sentinel_model: Option<Backbone>,
     /// LayerNorm after the Sentinel backbone.
     pub ln3: Option<LayerNorm>,
+    /// Per-species scale of the log prior added to the logits ([`PriorInput::Logit`]).
+    pub prior_scale: Option<Param<Tensor<1>>>,
+    /// Low-rank projection of the prior ([`PriorInput::Features`]).
+    pub prior_proj: Option<Linear>,
+    /// LayerNorm after the prior projection.
+    pub ln4: Option<LayerNorm>,
     /// Fusion hidden layer.
     pub fc1: Linear,
     /// Classifier.
@@ -348,7 +395,29 @@ impl FusionModel {
             input.landsat.dims(),
             input.bioclim.dims(),
             input.sentinel.dims(),
-        )
+        )?;
+        self.check_prior(input.tabular.dims()[0], input.prior.as_ref().map(|p| p.dims()))
+    }
+
+    /// Whether the model takes a location prior input.
+    pub fn takes_prior(&self) -> bool {
+        self.prior_scale.is_some() || self.prior_proj.is_some()
+    }
+
+    /// Checks the prior input's presence and shape `[batch, num_classes]`.
+    pub fn check_prior(&self, batch: usize, prior: Option<[usize; 2]>) -> Result<(), ModelError> {
+        if !self.takes_prior() {
+            return Ok(());
+        }
+        let classes = self.fc2.weight.dims()[1];
+        match prior {
+            Some(d) if d == [batch, classes] => Ok(()),
+            got => Err(ModelError::BadInput {
+                branch: "prior",
+                expected: format!("[{batch}, {classes}] location prior scores"),
+                got: got.map(|d| d.to_vec()).unwrap_or_default(),
+            }),
+        }
     }
 
     /// [`FusionModel::check_input`] on shapes alone, e.g. a cache's shapes before training.
@@ -440,9 +509,22 @@ impl FusionModel {
             let z = net.forward_out(x, self.sentinel_pre_logits); // [b, 1000]
             parts.push(self.dropout.forward(ln.forward(z)));
         }
+        if let (Some(proj), Some(ln), Some(p)) = (&self.prior_proj, &self.ln4, &input.prior) {
+            // ln(1 + p / eps) / ln(1 + 1 / eps): 0 without evidence, 1 at p = 1.
+            let scale = (1.0 / PRIOR_EPS).ln_1p();
+            let z = (p.clone() / PRIOR_EPS).log1p() / scale;
+            parts.push(self.dropout.forward(ln.forward(proj.forward(z))));
+        }
         let x = Tensor::cat(parts, 1); // [b, fusion_width]
         let x = burn::tensor::activation::relu(self.fc1.forward(x));
-        self.fc2.forward(self.dropout.forward(x))
+        let logits = self.fc2.forward(self.dropout.forward(x));
+        match (&self.prior_scale, input.prior) {
+            (Some(scale), Some(p)) => {
+                let log_p = (p + PRIOR_EPS).log(); // [b, classes]
+                logits + log_p * scale.val().unsqueeze_dim::<2>(0)
+            }
+            _ => logits,
+        }
     }
 }
 

@@ -106,6 +106,7 @@ fn seed_ensemble_names_and_outputs_match_pytorch() {
         landsat: tensor(&io["landsat"], &d),
         bioclim: tensor(&io["bioclim"], &d),
         sentinel: tensor(&io["sentinel"], &d),
+        prior: None,
     };
     let err = rel_err(model.forward(input), &io["output"]);
     assert!(err < TOL, "relative error {err}");
@@ -250,6 +251,7 @@ fn tiny_input(b: usize, d: &Device) -> FusionInput {
         landsat: r([b, 6, 4, 21]),
         bioclim: r([b, 4, 19, 12]),
         sentinel: r([b, 4, 64, 64]),
+        prior: None,
     }
 }
 
@@ -366,4 +368,82 @@ fn pth_and_safetensors_state_dicts_are_identical() {
     let pth = read_state_dict(&fixtures().join("convnext_smoke_weights.pth")).unwrap();
     let st = read_state_dict(&fixtures().join("convnext_smoke_weights.safetensors")).unwrap();
     assert_eq!(pth, st);
+}
+
+fn with_prior(x: &FusionInput, p: Vec<f32>, d: &Device) -> FusionInput {
+    let b = x.tabular.dims()[0];
+    let c = p.len() / b;
+    FusionInput {
+        prior: Some(Tensor::<2>::from_data(TensorData::new(p, [b, c]), d)),
+        ..x.clone()
+    }
+}
+
+#[test]
+fn logit_prior_input_adds_the_log_prior_to_the_logits() {
+    use geolife_model::fusion::{PRIOR_EPS, PriorInput};
+    let d = dev();
+    let model = FusionConfig::tiny(3)
+        .with_prior_input(PriorInput::Logit)
+        .init(&d)
+        .valid();
+    let x = tiny_input(2, &d);
+    let p = vec![0.5, 0.0, 1.0, 0.1, 0.2, 0.0];
+    let zero = model
+        .forward(with_prior(&x, vec![0.0; 6], &d))
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let out = model
+        .forward(with_prior(&x, p.clone(), &d))
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    // Hand computation: the untrained scale is 1, so the logits move by
+    // ln(p + eps) - ln(0 + eps) = ln(1 + p / eps).
+    for i in 0..6 {
+        let want = (1.0 + f64::from(p[i]) / PRIOR_EPS).ln() as f32;
+        assert!(
+            (out[i] - zero[i] - want).abs() < 1e-4,
+            "column {i}: {} vs {want}",
+            out[i] - zero[i]
+        );
+    }
+    // The scale is a parameter with the seed-free name `prior_scale`.
+    let keys: Vec<String> = state_dict(&model).into_keys().collect();
+    assert!(keys.contains(&"prior_scale".to_string()), "{keys:?}");
+    // A model with a prior input refuses a batch without one, naming the branch.
+    let err = model.check_input(&x).unwrap_err().to_string();
+    assert!(err.contains("prior"), "{err}");
+    let wrong = with_prior(&x, vec![0.0; 4], &d);
+    assert!(model.check_input(&wrong).is_err());
+}
+
+#[test]
+fn features_prior_input_widens_fc1_and_gets_gradients() {
+    use geolife_model::fusion::PriorInput;
+    let d = dev().autodiff();
+    let config = FusionConfig::tiny(4)
+        .with_dropout(0.0)
+        .with_prior_input(PriorInput::Features)
+        .with_prior_rank(5);
+    assert_eq!(
+        config.fusion_width(),
+        FusionConfig::tiny(4).fusion_width() + 5
+    );
+    assert!(config.clone().with_prior_rank(0).validate().is_err());
+    let model = config.init(&d);
+    let x = with_prior(&tiny_input(3, &d), vec![0.3; 12], &d);
+    let grads = bce_with_logits(model.forward(x), Tensor::<2>::ones([3, 4], &d)).backward();
+    let mut check = GradCheck {
+        grads: &grads,
+        path: Vec::new(),
+        zero: Vec::new(),
+        checked: 0,
+    };
+    model.visit(&mut check);
+    assert!(check.zero.is_empty(), "no gradient: {:?}", check.zero);
+    let keys: Vec<String> = state_dict(&model).into_keys().collect();
+    assert!(keys.iter().any(|k| k.starts_with("prior_proj.")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("ln4.")), "{keys:?}");
 }

@@ -31,6 +31,52 @@ pub struct TrainConfig {
     pub validation: ValidationSection,
     #[serde(default)]
     pub transforms: TransformSection,
+    /// Location evidence as a model input (off by default).
+    #[serde(default)]
+    pub location: LocationSection,
+}
+
+/// The location prior as a model input: `geolife prior`'s per-species scores of each survey,
+/// computed at the start of a run (training part: leave-one-out over the training part;
+/// validation: pooled from the training part only; `predict`: pooled from every train survey)
+/// and fed to the network as `model`'s `prior_input` says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocationSection {
+    /// `off` (the paper's network), `logit` (a learned per-species scale on the log prior
+    /// added to the logits) or `features` (a learned low-rank projection before `fc1`).
+    pub input: geolife_model::fusion::PriorInput,
+    /// Width of the projection with `input = "features"`.
+    pub rank: usize,
+    /// The presence-only file (`GLC24_P0_metadata_train.csv`) of the PO source; default: the
+    /// one in `--data` when that is a dataset root. Resolved into the saved config.
+    pub po_file: Option<PathBuf>,
+    /// The prior itself: the `[prior]` table of `geolife prior --config` (PA neighbours, PO
+    /// density, blend, species kept per survey).
+    pub prior: geolife_prior::PriorConfig,
+}
+
+impl Default for LocationSection {
+    fn default() -> Self {
+        Self {
+            input: geolife_model::fusion::PriorInput::Off,
+            rank: 32,
+            po_file: None,
+            prior: geolife_prior::PriorConfig::default(),
+        }
+    }
+}
+
+impl LocationSection {
+    /// Whether the model takes the prior.
+    pub fn on(&self) -> bool {
+        self.input != geolife_model::fusion::PriorInput::Off
+    }
+
+    /// Whether the run needs the presence-only file.
+    pub fn needs_po(&self) -> bool {
+        self.on() && self.prior.po.enabled
+    }
 }
 
 /// Where the data comes from and how labels map to output columns.
@@ -361,6 +407,7 @@ impl TrainConfig {
             train: TrainSection::default(),
             validation: ValidationSection::default(),
             transforms: TransformSection::seed(),
+            location: LocationSection::default(),
         }
     }
 
@@ -400,6 +447,7 @@ impl TrainConfig {
                 ..ValidationSection::default()
             },
             transforms: TransformSection::default(),
+            location: LocationSection::default(),
         }
     }
 
@@ -578,6 +626,16 @@ impl TrainConfig {
         if self.data.full_size == 0 {
             return Err(bad("data.full_size", "must be at least 1, got 0".into()));
         }
+        let l = &self.location;
+        if l.on() {
+            if l.input == geolife_model::fusion::PriorInput::Features && l.rank == 0 {
+                return Err(bad("location.rank", "must be at least 1, got 0".into()));
+            }
+            l.prior
+                .validate()
+                .and_then(|()| geolife_prior::check_cache_config(&l.prior))
+                .map_err(|e| bad("location.prior", e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -601,12 +659,13 @@ pub fn merge_toml(base: &mut toml::Value, over: toml::Value) {
 
 /// Keys whose values name a variant, and the variants: a wrong name is reported by key with
 /// every valid value and the nearest one, before serde's generic "unknown variant".
-fn named_keys() -> [(&'static str, &'static str, &'static [&'static str]); 3] {
+fn named_keys() -> [(&'static str, &'static str, &'static [&'static str]); 4] {
     use strum::VariantNames;
     [
         ("model", "backbone", BackboneKind::VARIANTS),
         ("model", "size", ModelSize::VARIANTS),
         ("train", "device", DeviceKind::VARIANTS),
+        ("location", "input", &["off", "logit", "features"]),
     ]
 }
 

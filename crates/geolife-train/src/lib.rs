@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod loader;
+pub mod location;
 pub mod pipeline;
 pub mod plot;
 pub mod predict;

@@ -43,6 +43,9 @@ pub struct BatchPlan {
     /// Base seed; batch `b` of epoch `e` uses an RNG derived from (seed, e, b).
     pub seed: u64,
     pub epoch: usize,
+    /// Location prior rows of the source's surveys, when the model takes them (mixed with
+    /// the other inputs under mixup).
+    pub prior: Option<std::sync::Arc<crate::location::PriorRows>>,
 }
 
 impl BatchPlan {
@@ -57,6 +60,7 @@ impl BatchPlan {
             mixup_alpha: cfg.train.mixup_alpha,
             seed: cfg.train.seed,
             epoch,
+            prior: None,
         }
     }
 
@@ -72,6 +76,7 @@ impl BatchPlan {
             mixup_alpha: 1.0,
             seed: 0,
             epoch: 0,
+            prior: None,
         }
     }
 }
@@ -160,6 +165,9 @@ pub fn build_batch<S: SampleSource + ?Sized>(
         &px,
         &mut inputs.sentinel,
     );
+    if let Some(prior) = &plan.prior {
+        prior.fill(indices, &mut inputs.prior);
+    }
     let mut targets = Vec::new();
     vocab.multi_hot(&labels, &mut targets);
     let mut mixed = false;
@@ -306,6 +314,7 @@ pub(crate) mod tests {
             mixup_alpha: 0.4,
             seed: 1,
             epoch: 0,
+            prior: None,
         }
     }
 

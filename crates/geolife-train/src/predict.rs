@@ -136,7 +136,31 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
             }
         })?;
     let model = model.valid();
-    let plan = BatchPlan::inference(cfg.transforms.mode, stats);
+    let prior = match fc.prior_input {
+        geolife_model::fusion::PriorInput::Off => None,
+        input => {
+            if cfg.location.input != input {
+                return Err(TrainError::Invalid(format!(
+                    "{}: the model takes a location prior ({input:?}) but the config's \
+                     location.input is {:?}: pass the run folder (--run) or a --config with the \
+                     run's [location] section",
+                    weights.display(),
+                    cfg.location.input
+                )));
+            }
+            let train = PackedSplit::open(&opts.cache, Split::Train)?;
+            Some(crate::location::for_split(
+                &cfg.location,
+                &train,
+                &data,
+                &vocab,
+            )?)
+        }
+    };
+    let plan = BatchPlan {
+        prior,
+        ..BatchPlan::inference(cfg.transforms.mode, stats)
+    };
     let all: Vec<usize> = (0..data.len()).collect();
     let scored = score_surveys(
         &model,

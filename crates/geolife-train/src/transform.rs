@@ -36,6 +36,8 @@ pub struct Inputs {
     pub landsat: Vec<f32>,
     pub bioclim: Vec<f32>,
     pub sentinel: Vec<f32>,
+    /// Location prior rows `[n, classes]` when the model takes them, else empty.
+    pub prior: Vec<f32>,
 }
 
 /// Divide safely: a zero or non-finite std becomes 1 so constant features map to 0.
@@ -179,6 +181,7 @@ pub fn mixup<R: Rng>(inputs: &mut Inputs, targets: &mut [f32], alpha: f64, rng: 
         &mut inputs.landsat,
         &mut inputs.bioclim,
         &mut inputs.sentinel,
+        &mut inputs.prior,
     ] {
         mix_rows(buf, n, &perm, lambda);
     }

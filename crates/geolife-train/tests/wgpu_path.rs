@@ -246,6 +246,7 @@ fn fusion_forward_on_wgpu_equals_flex_with_the_same_weights() {
             landsat: Tensor::<4>::from_data(TensorData::new(l.clone(), ls), device),
             bioclim: Tensor::<4>::from_data(TensorData::new(b.clone(), bs), device),
             sentinel: Tensor::<4>::from_data(TensorData::new(s.clone(), ss), device),
+            prior: None,
         };
         model
             .forward(input)

@@ -71,6 +71,7 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
     };
     cfg.train.batch_size = args.batch_size;
     cfg.train.device = args.device;
+    geolife_train::location::resolve_po_file(&mut cfg, &data);
     cfg.validate(std::path::Path::new("<bench>"))?;
     let r = geolife_train::trainer::bench_steps(&cfg, &cache, args.steps)?;
     let epoch_s = args.epoch_surveys as f64 / r.samples_per_s;

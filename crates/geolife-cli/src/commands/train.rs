@@ -67,6 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .path
         .clone()
         .context("no data: give --data <DIR or CACHE> or set data.path in the config")?;
+    geolife_train::location::resolve_po_file(&mut config, &data);
     let cache_dir = args.cache.clone().unwrap_or_else(|| {
         out.parent()
             .map(|p| p.join("cache"))

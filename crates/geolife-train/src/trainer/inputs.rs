@@ -7,7 +7,7 @@ use burn::optim::AdamWConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::tensor::{Device, Tensor, TensorData};
 use geolife_data::cache::Manifest;
-use geolife_model::fusion::{FusionConfig, FusionInput, FusionModel};
+use geolife_model::fusion::{FusionConfig, FusionInput, FusionModel, PriorInput};
 
 use crate::config::{ModelSize, OptimSection, TrainConfig};
 use crate::error::TrainError;
@@ -40,7 +40,9 @@ pub fn fusion_config(
         .with_landsat_shape(manifest.landsat_shape)
         .with_bioclim_shape(manifest.bioclim_shape)
         .with_sentinel_channels(manifest.patch_shape[0])
-        .with_sentinel_input(m.sentinel_input);
+        .with_sentinel_input(m.sentinel_input)
+        .with_prior_input(cfg.location.input)
+        .with_prior_rank(cfg.location.rank);
     let fc = match manifest.patch_shape {
         [_, h, w] if h == w => fc.with_sentinel_size(h),
         [_, h, w] if m.use_sentinel => {
@@ -132,6 +134,12 @@ pub fn batch_tensors(
         landsat: t4(fc.use_landsat, &b.inputs.landsat, ls),
         bioclim: t4(fc.use_bioclim, &b.inputs.bioclim, bs),
         sentinel: t4(fc.use_sentinel, &b.inputs.sentinel, ss),
+        prior: (fc.prior_input != PriorInput::Off).then(|| {
+            Tensor::<2>::from_data(
+                TensorData::new(b.inputs.prior.clone(), [b.inputs.n, fc.num_classes]),
+                device,
+            )
+        }),
     }
 }
 

@@ -174,6 +174,20 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let val_ids = split.val.iter().map(|&i| data.survey_ids()[i]).collect();
     let info = RunInfo::new(&manifest, &vocab, &stats, &fc, val_ids);
     run.record_info(&info, opts.resume, &opts.cache)?;
+    let prior = match cfg.location.on() {
+        true => {
+            let t = Instant::now();
+            let rows = crate::location::for_training(cfg, &data, &split.train, &split.val, &vocab)?;
+            run.log(&format!(
+                "location prior ({:?} input) of {} surveys in {:.1} s",
+                cfg.location.input,
+                split.train.len() + split.val.len(),
+                t.elapsed().as_secs_f64()
+            ));
+            Some(rows)
+        }
+        false => None,
+    };
 
     let t = &cfg.train;
     let o = &cfg.optim;
@@ -219,7 +233,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let validator = Validator {
         data: &data,
         indices: &split.val,
-        plan: BatchPlan::inference(cfg.transforms.mode, stats.clone()),
+        plan: BatchPlan {
+            prior: prior.clone(),
+            ..BatchPlan::inference(cfg.transforms.mode, stats.clone())
+        },
         vocab: &vocab,
         batch_size: t.batch_size,
         workers: t.workers,
@@ -232,7 +249,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     for epoch in state.epoch..t.epochs {
         let started = Instant::now();
         let batches = epoch_batches(&split.train, t, epoch, batches_per_epoch);
-        let plan = BatchPlan::training(cfg, stats.clone(), epoch);
+        let plan = BatchPlan {
+            prior: prior.clone(),
+            ..BatchPlan::training(cfg, stats.clone(), epoch)
+        };
         let bar = run
             .bar
             .then(|| epoch_bar(epoch, t.epochs, batches_per_epoch, state.batch));
@@ -505,7 +525,19 @@ pub fn bench_steps(
         .take(steps + 1)
         .map(<[usize]>::to_vec)
         .collect();
-    let plan = BatchPlan::training(cfg, stats_from_manifest(&m), 0);
+    let prior = match cfg.location.on() {
+        true => Some(crate::location::for_split(
+            &cfg.location,
+            &data,
+            &data,
+            &vocab,
+        )?),
+        false => None,
+    };
+    let plan = BatchPlan {
+        prior,
+        ..BatchPlan::training(cfg, stats_from_manifest(&m), 0)
+    };
     let total_steps = (steps + 1).div_ceil(cfg.optim.accumulate);
     let mut optimizer_steps = 0;
     let mut times = Vec::new();
