@@ -396,7 +396,10 @@ impl FusionModel {
             input.bioclim.dims(),
             input.sentinel.dims(),
         )?;
-        self.check_prior(input.tabular.dims()[0], input.prior.as_ref().map(|p| p.dims()))
+        self.check_prior(
+            input.tabular.dims()[0],
+            input.prior.as_ref().map(|p| p.dims()),
+        )
     }
 
     /// Whether the model takes a location prior input.

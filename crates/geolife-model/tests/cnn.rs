@@ -444,6 +444,9 @@ fn features_prior_input_widens_fc1_and_gets_gradients() {
     model.visit(&mut check);
     assert!(check.zero.is_empty(), "no gradient: {:?}", check.zero);
     let keys: Vec<String> = state_dict(&model).into_keys().collect();
-    assert!(keys.iter().any(|k| k.starts_with("prior_proj.")), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.starts_with("prior_proj.")),
+        "{keys:?}"
+    );
     assert!(keys.iter().any(|k| k.starts_with("ln4.")), "{keys:?}");
 }

@@ -631,6 +631,12 @@ impl TrainConfig {
             if l.input == geolife_model::fusion::PriorInput::Features && l.rank == 0 {
                 return Err(bad("location.rank", "must be at least 1, got 0".into()));
             }
+            if l.prior.top == 0 {
+                return Err(bad(
+                    "location.prior.top",
+                    "must be at least 1 for a model input (the species kept per survey)".into(),
+                ));
+            }
             l.prior
                 .validate()
                 .and_then(|()| geolife_prior::check_cache_config(&l.prior))

@@ -95,9 +95,10 @@ pub fn resolve_po_file(cfg: &mut TrainConfig, data: &Path) {
     }
 }
 
-/// The presence-only records of the PO source, or `None` when the source is off.
-fn po_records(loc: &LocationSection) -> Result<Option<PoRecords>, TrainError> {
-    if !loc.prior.po.enabled {
+/// The presence-only file of a run that needs one: an error naming what is missing when it
+/// is not given or not a file (checked before a run folder is created).
+pub fn check_po_file(loc: &LocationSection) -> Result<Option<&PathBuf>, TrainError> {
+    if !loc.needs_po() {
         return Ok(None);
     }
     let path: &PathBuf = loc.po_file.as_ref().ok_or_else(|| {
@@ -108,6 +109,20 @@ fn po_records(loc: &LocationSection) -> Result<Option<PoRecords>, TrainError> {
             geolife_data::layout::PO_METADATA_TRAIN
         ))
     })?;
+    if !path.is_file() {
+        return Err(TrainError::Invalid(format!(
+            "location.po_file {}: no such presence-only file",
+            path.display()
+        )));
+    }
+    Ok(Some(path))
+}
+
+/// The presence-only records of the PO source, or `None` when the source is off.
+fn po_records(loc: &LocationSection) -> Result<Option<PoRecords>, TrainError> {
+    let Some(path) = check_po_file(loc)? else {
+        return Ok(None);
+    };
     PoRecords::read(path, |_| {})
         .map(Some)
         .map_err(|e| TrainError::Invalid(format!("location: {}: {e}", path.display())))
@@ -165,8 +180,7 @@ pub fn for_split(
         "train" => Target::Train,
         _ => Target::Test(&queries.surveys),
     };
-    let scores =
-        score_split(&loc.prior, pool.as_train(), target, po, &|| {}).map_err(prior_err)?;
+    let scores = score_split(&loc.prior, pool.as_train(), target, po, &|| {}).map_err(prior_err)?;
     let mut out = PriorRows {
         width: vocab.len(),
         rows: vec![Vec::new(); split.len()],

@@ -157,6 +157,7 @@ fn epoch_batches(
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let cfg = &opts.config;
     cfg.validate(Path::new("<resolved config>"))?;
+    crate::location::check_po_file(&cfg.location)?;
     let mut run = RunDir::open(&opts.run_dir, cfg, opts.resume, opts.progress)?;
 
     let data = open_split(&opts.cache, Split::Train)?;
