@@ -311,6 +311,7 @@ mod tests {
             landsat: vec![1.0, 1.0],
             bioclim: vec![],
             sentinel: vec![2.0, 4.0],
+            prior: vec![1.0, 0.0, 0.0, 1.0],
         };
         let mut targets = vec![1.0, 0.0, 0.0, 1.0];
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -319,6 +320,8 @@ mod tests {
         // Rows stay in the convex hull and the sums of each target row stay 1.
         assert!((targets[0] + targets[1] - 1.0).abs() < 1e-6);
         assert!((targets[2] + targets[3] - 1.0).abs() < 1e-6);
+        // The prior rows are mixed with the same pairs and weight as the targets.
+        assert_eq!(inputs.prior, targets);
         assert_eq!(inputs.landsat, vec![1.0, 1.0]);
         let t0 = inputs.tabular[0];
         assert!((t0 - 0.0).abs() < 1e-5 || (t0 - 10.0 * (1.0 - lambda)).abs() < 1e-4);
