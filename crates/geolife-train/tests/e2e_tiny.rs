@@ -1,12 +1,14 @@
 //! End to end on a tiny synthetic dataset: synth -> prepare -> train -> predict -> submission ->
 //! evaluation, plus resume-equals-uninterrupted and the run folder's contents.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use geolife_data::Split;
 use geolife_data::cache::PackedSplit;
-use geolife_data::synth::{SynthConfig, layout::SOLUTION_CSV, write_dataset};
+use geolife_data::synth::layout::SOLUTION_CSV;
 use geolife_metrics::{Policy, ScoreFile, Scores, read_solution, samples_f1, write_submission};
 use geolife_train::predict::{PredictOptions, predict};
 use geolife_train::trainer::files;
@@ -23,22 +25,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// Dataset root and packed cache, built once per test binary.
 fn fixture() -> &'static (PathBuf, PathBuf) {
     static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    F.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let data = dir.join("data");
-        let cfg = SynthConfig {
-            train_surveys: 360,
-            test_surveys: 80,
-            species: 30,
-            seed: 11,
-            mean_species_per_survey: 5.0,
-            surveys_per_cluster: 20,
-            ..SynthConfig::default()
-        };
-        write_dataset(&data, &cfg).unwrap();
-        let cache = geolife_train::data::resolve_cache(&data, &dir.join("cache")).unwrap();
-        (data, cache)
-    })
+    F.get_or_init(|| common::synth_dataset(360, 80, 30, 11))
 }
 
 fn tiny(epochs: usize) -> TrainConfig {

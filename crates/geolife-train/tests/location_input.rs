@@ -3,12 +3,14 @@
 //! and a run without the presence-only file, or a checkpoint without its config, is refused
 //! with an error naming what is missing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use geolife_data::Split;
 use geolife_data::cache::PackedSplit;
-use geolife_data::synth::{SynthConfig, layout::SOLUTION_CSV, write_dataset};
+use geolife_data::synth::layout::SOLUTION_CSV;
 use geolife_metrics::{Policy, Scores, read_solution, samples_f1, write_submission};
 use geolife_prior::{CachedSurveys, Target, score_split};
 use geolife_train::predict::{PredictOptions, predict};
@@ -19,23 +21,11 @@ use geolife_train::{Progress, TrainConfig, TrainOptions, location, train};
 fn fixture() -> &'static (PathBuf, PathBuf) {
     static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let data = dir.join("data");
-        let cfg = SynthConfig {
-            train_surveys: 360,
-            test_surveys: 80,
-            species: 30,
-            seed: 12,
-            mean_species_per_survey: 5.0,
-            surveys_per_cluster: 20,
-            ..SynthConfig::default()
-        };
-        write_dataset(&data, &cfg).unwrap();
+        let (data, cache) = common::synth_dataset(360, 80, 30, 12);
         assert!(
             data.join(geolife_data::layout::PO_METADATA_TRAIN).is_file(),
             "synth writes presence-only records"
         );
-        let cache = geolife_train::data::resolve_cache(&data, &dir.join("cache")).unwrap();
         (data, cache)
     })
 }

@@ -1,0 +1,24 @@
+//! Shared fixture of the training tests: a small synthetic dataset and its packed cache.
+
+use std::path::PathBuf;
+
+use geolife_data::synth::{SynthConfig, write_dataset};
+
+/// Dataset root and packed cache of a synthetic dataset (with presence-only records) of
+/// `train` / `test` surveys and `species` species, written into a kept temporary folder.
+pub fn synth_dataset(train: usize, test: usize, species: usize, seed: u64) -> (PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let data = dir.join("data");
+    let cfg = SynthConfig {
+        train_surveys: train,
+        test_surveys: test,
+        species,
+        seed,
+        mean_species_per_survey: (species as f64 / 6.0).max(3.0),
+        surveys_per_cluster: (train / 18).max(8),
+        ..SynthConfig::default()
+    };
+    write_dataset(&data, &cfg).unwrap();
+    let cache = geolife_train::data::resolve_cache(&data, &dir.join("cache")).unwrap();
+    (data, cache)
+}
