@@ -1,27 +1,32 @@
 //! The paper's whole system as one resumable job: prepare (or reuse) the cache, train every
 //! member on one shared validation split, predict test, blend the members with weights fitted
 //! on validation (or fixed ones), fit the species-selection policy on the blend's validation
-//! scores, and write the submission and a report.
+//! scores, and write the submission and a report. With a `[prior]` table the location prior
+//! (`geolife_prior`: PA-neighbour label frequencies and presence-only density) is one more blend
+//! member, named `prior`, scored on the members' validation surveys from the other train surveys
+//! only (no validation label reaches its validation scores) and on test from every train survey.
 //!
 //! Resumable at every level: a member with `member.json` is done and skipped; a member with a
 //! `last.ckpt` resumes from it (mid-epoch when `train.checkpoint_every_steps` is set); the
 //! ensemble, policy, submission and report are recomputed from the members' files on every run
 //! (seconds), so a run killed at any moment and started again writes the same bytes as an
-//! uninterrupted one. Wall times, which differ between runs, go to `timings.json` only.
+//! uninterrupted one. The prior's score files are written once (atomically, then `prior.json`)
+//! and reused. Wall times, which differ between runs, go to `timings.json` only.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use geolife_data::Split;
 use geolife_data::cache::PackedSplit;
+use geolife_data::{Split, SurveyMeta};
 use geolife_metrics::{
     BlendMethod, FitInfo, FitOptions, FitTarget, FittedWeights, PolicyChoice, PolicyFile,
     PolicyKind, RankTable, ScoreFile, Solution, best_k, blend, calibrate_all, fit_weights,
     samples_f1, write_submission,
 };
+use geolife_prior::{CachedSurveys, PoRecords, PriorConfig, Target};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{TrainConfig, ValidationSection, merge_toml};
+use crate::config::{TrainConfig, ValidationSection, did_you_mean, merge_toml};
 use crate::error::TrainError;
 use crate::predict::{PredictOptions, predict};
 use crate::trainer::run_dir::{read_json, write_json};
@@ -44,6 +49,12 @@ pub mod outputs {
     pub const REPORT_JSON: &str = "report.json";
     pub const REPORT_PNG: &str = "report.png";
     pub const TIMINGS: &str = "timings.json";
+    /// The location prior's folder (`[prior]`): its `val_scores.safetensors`,
+    /// `test_scores.safetensors` and, once both exist, `prior.json`.
+    pub const PRIOR: &str = "prior";
+    pub const PRIOR_DONE: &str = "prior.json";
+    /// The prior's name as a blend member (report row, ensemble files).
+    pub const PRIOR_MEMBER: &str = "prior";
 }
 
 /// A pipeline file (`configs/pipeline-*.toml`).
@@ -63,6 +74,161 @@ pub struct PipelineConfig {
     pub policy: PolicySpec,
     #[serde(default)]
     pub predict: PredictSpec,
+    /// The location prior as one more blend member (absent: no prior).
+    #[serde(default)]
+    pub prior: Option<PriorSpec>,
+}
+
+/// `[prior]`: the location prior as a blend member named `prior`. Its keys are those of
+/// `geolife prior --config` ([`PriorConfig`]: `po_weight`, `top`, `[prior.pa]`, `[prior.po]`),
+/// plus `po_file`. Years and regions are not in a packed cache, so `pa.same_year` and
+/// `pa.same_region` are refused here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "toml::Table", into = "toml::Table")]
+pub struct PriorSpec {
+    pub config: PriorConfig,
+    /// The presence-only CSV (`GLC24_P0_metadata_train.csv` layout), relative to the pipeline
+    /// file. Absent: the file of that name in the dataset root given as `--data` (a packed
+    /// cache does not keep presence-only records). Not read when `po.enabled = false`.
+    pub po_file: Option<PathBuf>,
+}
+
+/// Keys of `[prior]` beside those of [`PriorConfig`].
+const PRIOR_PO_FILE: &str = "po_file";
+
+impl PriorSpec {
+    /// The default prior (both sources; PO from the dataset root).
+    pub fn new(config: PriorConfig) -> Self {
+        Self {
+            config,
+            po_file: None,
+        }
+    }
+
+    /// Refuses what cannot work, by key (`prior.pa.k`, ...): the prior's own checks, and the
+    /// same-year / same-region restrictions that a packed cache cannot serve.
+    pub fn validate(&self, path: &Path) -> Result<(), TrainError> {
+        let by_key = |e: geolife_prior::PriorError| {
+            let text = e.to_string();
+            match text.split_once(": ") {
+                Some((key, message)) if key.starts_with("prior.") => {
+                    config_err(path, key.split(' ').next().unwrap_or(key), message.into())
+                }
+                _ => config_err(path, "prior", text),
+            }
+        };
+        self.config.validate().map_err(by_key)?;
+        geolife_prior::check_cache_config(&self.config).map_err(|e| {
+            let key = if self.config.pa.same_year {
+                "prior.pa.same_year"
+            } else {
+                "prior.pa.same_region"
+            };
+            config_err(path, key, e.to_string())
+        })
+    }
+
+    /// A short name of the sources in use (`pa+po`, `pa`, `po`).
+    pub fn sources(&self) -> &'static str {
+        match (self.config.pa.enabled, self.config.po.enabled) {
+            (true, true) => "pa+po",
+            (true, false) => "pa",
+            _ => "po",
+        }
+    }
+}
+
+impl TryFrom<toml::Table> for PriorSpec {
+    type Error = String;
+
+    fn try_from(mut table: toml::Table) -> Result<Self, String> {
+        check_prior_table(&table).map_err(|(key, message)| format!("{key}: {message}"))?;
+        let po_file = match table.remove(PRIOR_PO_FILE) {
+            None => None,
+            Some(toml::Value::String(p)) => Some(PathBuf::from(p)),
+            Some(v) => return Err(format!("prior.po_file: expected a path, got {v}")),
+        };
+        let config = PriorConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| format!("prior: {e}"))?;
+        Ok(Self { config, po_file })
+    }
+}
+
+impl From<PriorSpec> for toml::Table {
+    fn from(spec: PriorSpec) -> toml::Table {
+        let mut table = match toml::Value::try_from(&spec.config) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        if let Some(p) = spec.po_file {
+            table.insert(
+                PRIOR_PO_FILE.into(),
+                toml::Value::String(p.to_string_lossy().into_owned()),
+            );
+        }
+        table
+    }
+}
+
+/// The keys of a `[prior]` table and of its `pa` / `po` tables (from the defaults, so they
+/// follow [`PriorConfig`]).
+fn prior_keys() -> [(String, Vec<String>); 3] {
+    let keys = |v: &toml::Value| -> Vec<String> {
+        v.as_table()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let d = toml::Value::try_from(PriorConfig::default()).unwrap_or(toml::Value::Boolean(false));
+    let mut top = keys(&d);
+    top.push(PRIOR_PO_FILE.into());
+    [
+        ("prior".into(), top),
+        ("prior.pa".into(), keys(&d["pa"])),
+        ("prior.po".into(), keys(&d["po"])),
+    ]
+}
+
+/// Checks a raw `[prior]` table by key before it is parsed: unknown keys (with the nearest
+/// known one) and kernel names (with every valid one and the nearest). Err: (key, message).
+fn check_prior_table(table: &toml::Table) -> Result<(), (String, String)> {
+    for (section, known) in prior_keys() {
+        let t = match section.strip_prefix("prior.") {
+            None => Some(table),
+            Some(sub) => table.get(sub).and_then(|v| v.as_table()),
+        };
+        let Some(t) = t else { continue };
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        for key in t.keys() {
+            if !known.contains(&key.as_str()) {
+                let hint = did_you_mean(key, &known)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                return Err((
+                    format!("{section}.{key}"),
+                    format!("unknown key{hint}; expected one of: {}", known.join(", ")),
+                ));
+            }
+        }
+        if section != "prior"
+            && let Some(v) = t.get("kernel")
+        {
+            let name = v.as_str().unwrap_or_default();
+            let names = geolife_prior::Kernel::NAMES;
+            if !names.contains(&name) {
+                let hint = did_you_mean(name, &names)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                return Err((
+                    format!("{section}.kernel"),
+                    format!(
+                        "unknown value {v}{hint}; expected one of: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One member: a training config file and keys that override it.
@@ -83,8 +249,9 @@ pub struct MemberSpec {
 #[serde(deny_unknown_fields, default)]
 pub struct EnsembleSpec {
     pub method: BlendMethod,
-    /// Fixed weights, one per member in order (e.g. the paper's `[0.15, 0.1, 0.4, 0.35]`);
-    /// absent: fitted on validation (coordinate search maximising the best top-K F1).
+    /// Fixed weights, one per member in order (e.g. the paper's `[0.15, 0.1, 0.4, 0.35]`),
+    /// then one for the prior when there is a `[prior]`; absent: fitted on validation
+    /// (coordinate search maximising the best top-K F1).
     pub weights: Option<Vec<f64>>,
 }
 
@@ -144,6 +311,9 @@ pub struct ResolvedPipeline {
     pub ensemble: EnsembleSpec,
     pub policy: PolicySpec,
     pub predict: PredictSpec,
+    /// The location prior member, `po_file` relative to where the pipeline runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<PriorSpec>,
     #[serde(rename = "member")]
     pub members: Vec<ResolvedMember>,
 }
@@ -195,7 +365,21 @@ impl PipelineConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Self = toml::from_str(&text).map_err(|e| config_err(path, "", e.to_string()))?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Parses and checks a pipeline file's text (`path` names it in errors).
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self, TrainError> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| config_err(path, "", e.to_string()))?;
+        // `[prior]` by key first (serde would name neither the key nor the nearest name).
+        if let Some(prior) = table.get("prior") {
+            let prior = prior.as_table().ok_or_else(|| {
+                config_err(path, "prior", "expected a table ([prior])".into())
+            })?;
+            check_prior_table(prior).map_err(|(key, message)| config_err(path, &key, message))?;
+        }
+        let cfg: Self = toml::from_str(text).map_err(|e| config_err(path, "", e.to_string()))?;
         cfg.check(path)?;
         Ok(cfg)
     }
@@ -230,16 +414,24 @@ impl PipelineConfig {
                 ));
             }
         }
+        if let Some(prior) = &self.prior {
+            prior.validate(path)?;
+        }
         if let Some(w) = &self.ensemble.weights {
-            if w.len() != self.members.len() {
+            let n = self.members.len() + usize::from(self.prior.is_some());
+            if w.len() != n {
+                let what = if self.prior.is_some() {
+                    format!(
+                        "{} members and the prior (one per member, in order, then the prior's)",
+                        self.members.len()
+                    )
+                } else {
+                    format!("{} members (one per member, in order)", self.members.len())
+                };
                 return Err(config_err(
                     path,
                     "ensemble.weights",
-                    format!(
-                        "{} weights for {} members (one per member, in order)",
-                        w.len(),
-                        self.members.len()
-                    ),
+                    format!("{} weights for {what}", w.len()),
                 ));
             }
             if w.iter().any(|x| !x.is_finite() || *x < 0.0) || w.iter().sum::<f64>() <= 0.0 {
@@ -312,10 +504,16 @@ impl PipelineConfig {
                 config,
             });
         }
+        // A relative PO file is relative to the pipeline file, as member configs are.
+        let prior = self.prior.clone().map(|mut spec| {
+            spec.po_file = spec.po_file.map(|f| dir.join(f));
+            spec
+        });
         Ok(ResolvedPipeline {
             ensemble: self.ensemble.clone(),
             policy: self.policy.clone(),
             predict: self.predict.clone(),
+            prior,
             members,
         })
     }
@@ -327,6 +525,9 @@ pub struct PipelineOptions {
     pub pipeline: ResolvedPipeline,
     /// A packed cache (see [`crate::data::resolve_cache`]).
     pub cache: PathBuf,
+    /// The dataset root the cache was packed from, when `--data` named one: the prior reads
+    /// its presence-only file unless `[prior] po_file` names another.
+    pub data_root: Option<PathBuf>,
     pub out: PathBuf,
     /// Test labels (a solution CSV), when known: the report then has test F1 too.
     pub test_solution: Option<Solution>,
@@ -364,10 +565,27 @@ pub struct ReportRow {
     pub test_f1: Option<f64>,
 }
 
+/// What the prior member's folder records once both score files exist (`prior.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PriorRecord {
+    pub n_val_surveys: usize,
+    pub n_test_surveys: usize,
+    pub n_species: usize,
+    /// PA train surveys of the test pool (the validation pool lacks the validation ones).
+    pub n_train_surveys: usize,
+    /// Presence-only records read (0 with `po.enabled = false`), and the file.
+    pub po_records: usize,
+    pub po_file: Option<PathBuf>,
+    pub seconds: f64,
+}
+
 /// The report (`report.json`; `report.md` is the same as a table).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub members: Vec<ReportRow>,
+    /// The location prior member (`[prior]`), blended with the members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<ReportRow>,
     pub ensemble: ReportRow,
     /// `fitted` or `fixed`.
     pub weights: String,
@@ -380,11 +598,20 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
     let started = Instant::now();
     let out = &opts.out;
     let p = &opts.pipeline;
+    let resolved_path = out.join(outputs::RESOLVED);
+    // The prior's presence-only file, before anything is written (a missing file fails now,
+    // not after the members have trained).
+    let prior_po = match &p.prior {
+        Some(spec) => {
+            spec.validate(&resolved_path)?;
+            prior_po_file(spec, opts.data_root.as_deref())?
+        }
+        None => None,
+    };
     std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
         path: out.clone(),
         source,
     })?;
-    let resolved_path = out.join(outputs::RESOLVED);
     let text =
         toml::to_string_pretty(p).map_err(|e| config_err(&resolved_path, "", e.to_string()))?;
     if resolved_path.is_file() {
@@ -468,12 +695,12 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
     let read_scores = |path: PathBuf| {
         ScoreFile::read(&path).map_err(|e| TrainError::Metrics(format!("{}: {e}", path.display())))
     };
-    let val: Vec<ScoreFile> = p
+    let mut val: Vec<ScoreFile> = p
         .members
         .iter()
         .map(|m| read_scores(member_dir(m).join(files::VAL_SCORES)))
         .collect::<Result<_, _>>()?;
-    let test: Vec<ScoreFile> = p
+    let mut test: Vec<ScoreFile> = p
         .members
         .iter()
         .map(|m| read_scores(member_dir(m).join(outputs::MEMBER_TEST_SCORES)))
@@ -493,6 +720,29 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
         }
     }
     let labels = val_labels(&opts.cache, &val_ids)?;
+
+    // The location prior: one more member, after the trained ones.
+    let mut prior_record = None;
+    if let Some(spec) = &p.prior {
+        let (v, t, record) = prior_member(
+            spec,
+            prior_po.as_deref(),
+            &opts.cache,
+            &val_ids,
+            &out.join(outputs::PRIOR),
+        )?;
+        println!(
+            "prior ({}): {} validation and {} test surveys, {} PO records ({:.1}s)",
+            spec.sources(),
+            record.n_val_surveys,
+            record.n_test_surveys,
+            record.po_records,
+            record.seconds
+        );
+        val.push(v);
+        test.push(t);
+        prior_record = Some(record);
+    }
 
     // Ensemble weights: fixed, or fitted on validation.
     let method = p.ensemble.method;
@@ -558,6 +808,26 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
     for (row, w) in rows.iter_mut().zip(&weights) {
         row.weight = Some(*w);
     }
+    let prior_row = match &p.prior {
+        Some(spec) => {
+            let m = p.members.len();
+            let (row, _) = evaluate_row(
+                outputs::PRIOR_MEMBER,
+                &format!("prior ({})", spec.sources()),
+                &val[m],
+                &test[m],
+                &labels,
+                opts.test_solution.as_ref(),
+                &p.policy,
+                &fit_opts,
+            )?;
+            Some(ReportRow {
+                weight: Some(weights[m]),
+                ..row
+            })
+        }
+        None => None,
+    };
     let (ens_row, ens_policy) = evaluate_row(
         "ensemble",
         "ensemble",
@@ -573,10 +843,10 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
         weights: weights.clone(),
         method,
         f1: Some(ens_row.val_f1_best_k),
-        f1_equal: Some(if p.members.len() == 1 {
+        f1_equal: Some(if val.len() == 1 {
             ens_row.val_f1_best_k
         } else {
-            let equal = vec![1.0 / p.members.len() as f64; p.members.len()];
+            let equal = vec![1.0 / val.len() as f64; val.len()];
             let (eq, _) = blend(&val, &equal, method).map_err(metrics)?;
             best_k_f1(&eq, &labels, p.policy.max_k).1
         }),
@@ -589,6 +859,11 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
             .members
             .iter()
             .map(|m| format!("{}/{}/{}", outputs::MEMBERS, m.name, files::VAL_SCORES))
+            .chain(
+                p.prior
+                    .iter()
+                    .map(|_| format!("{}/{}", outputs::PRIOR, outputs::VAL_SCORES)),
+            )
             .collect(),
     };
     ensemble_file
@@ -621,6 +896,7 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
 
     let report = Report {
         members: rows,
+        prior: prior_row,
         ensemble: ens_row,
         weights: weights_kind.into(),
         n_val_surveys: n_val,
@@ -640,11 +916,129 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
             "train_seconds": r.train_seconds,
             "predict_seconds": r.predict_seconds,
         })).collect::<Vec<_>>(),
+        "prior_seconds": prior_record.as_ref().map(|r| r.seconds),
         "ensemble_policy_report_seconds": t_ensemble.elapsed().as_secs_f64(),
         "this_invocation_seconds": started.elapsed().as_secs_f64(),
     });
     write_json(&out.join(outputs::TIMINGS), &timings)?;
     Ok(report)
+}
+
+/// The presence-only file the prior reads: `None` when its PO source is off; `po_file` when
+/// given, else the dataset root's. An error names the file expected when there is none.
+pub fn prior_po_file(
+    spec: &PriorSpec,
+    data_root: Option<&Path>,
+) -> Result<Option<PathBuf>, TrainError> {
+    if !spec.config.po.enabled {
+        return Ok(None);
+    }
+    let path = match (&spec.po_file, data_root) {
+        (Some(f), _) => f.clone(),
+        (None, Some(root)) => root.join(geolife_data::layout::PO_METADATA_TRAIN),
+        (None, None) => {
+            return Err(TrainError::Invalid(format!(
+                "prior.po is on but --data is a packed cache, which keeps no presence-only \
+                 records: pass the dataset root as --data (its {} is read), name the file \
+                 with `po_file` under [prior], or set `prior.po.enabled = false`",
+                geolife_data::layout::PO_METADATA_TRAIN
+            )));
+        }
+    };
+    if !path.is_file() {
+        return Err(TrainError::Invalid(format!(
+            "prior.po is on but the presence-only file {} does not exist: name another with \
+             `po_file` under [prior], or set `prior.po.enabled = false`",
+            path.display()
+        )));
+    }
+    Ok(Some(path))
+}
+
+/// The prior member's validation and test scores. Validation: the train surveys `val_ids`
+/// (exactly those), scored from the other train surveys only (`Target::Val`: no validation
+/// label reaches a validation score). Test: the `test` surveys, scored from every train
+/// survey. `po`: the presence-only records (visible to both; they are not PA labels).
+pub fn prior_scores(
+    cfg: &PriorConfig,
+    train: &CachedSurveys,
+    test: &[SurveyMeta],
+    val_ids: &[u64],
+    po: Option<&PoRecords>,
+) -> Result<(ScoreFile, ScoreFile), TrainError> {
+    let prior = |e: geolife_prior::PriorError| TrainError::Invalid(format!("prior: {e}"));
+    let none = || {};
+    let val = geolife_prior::score_split(
+        cfg,
+        train.as_train(),
+        Target::Val(val_ids),
+        po.cloned(),
+        &none,
+    )
+    .map_err(prior)?;
+    let test = geolife_prior::score_split(
+        cfg,
+        train.as_train(),
+        Target::Test(test),
+        po.cloned(),
+        &none,
+    )
+    .map_err(prior)?;
+    Ok((val, test))
+}
+
+/// The prior member's score files in `dir`: read back when `prior.json` says both are
+/// written, else computed from the cache (and the PO file) and written atomically.
+fn prior_member(
+    spec: &PriorSpec,
+    po_file: Option<&Path>,
+    cache: &Path,
+    val_ids: &[u64],
+    dir: &Path,
+) -> Result<(ScoreFile, ScoreFile, PriorRecord), TrainError> {
+    let done = dir.join(outputs::PRIOR_DONE);
+    let val_path = dir.join(outputs::VAL_SCORES);
+    let test_path = dir.join(outputs::TEST_SCORES);
+    let metrics = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: geolife_metrics::MetricsError| {
+            TrainError::Metrics(format!("{}: {e}", path.display()))
+        }
+    };
+    if done.is_file() {
+        let record: PriorRecord = read_json(&done)?;
+        let val = ScoreFile::read(&val_path).map_err(metrics(&val_path))?;
+        let test = ScoreFile::read(&test_path).map_err(metrics(&test_path))?;
+        return Ok((val, test, record));
+    }
+    let t = Instant::now();
+    let po = match po_file {
+        Some(f) => Some(
+            PoRecords::read(f, |_| {})
+                .map_err(|e| TrainError::Invalid(format!("prior: {}: {e}", f.display())))?,
+        ),
+        None => None,
+    };
+    let train = CachedSurveys::of(&PackedSplit::open(cache, Split::Train)?);
+    let test_surveys = CachedSurveys::of(&PackedSplit::open(cache, Split::Test)?).surveys;
+    let (val, test) = prior_scores(&spec.config, &train, &test_surveys, val_ids, po.as_ref())?;
+    std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    val.write(&val_path).map_err(metrics(&val_path))?;
+    test.write(&test_path).map_err(metrics(&test_path))?;
+    let record = PriorRecord {
+        n_val_surveys: val.len(),
+        n_test_surveys: test.len(),
+        n_species: val.species.len().max(test.species.len()),
+        n_train_surveys: train.surveys.len(),
+        po_records: po.as_ref().map_or(0, PoRecords::len),
+        po_file: po_file.map(Path::to_path_buf),
+        seconds: t.elapsed().as_secs_f64(),
+    };
+    write_json(&done, &record)?;
+    Ok((val, test, record))
 }
 
 /// Labels of the validation surveys `ids`, from the train split of the cache.
@@ -736,7 +1130,7 @@ pub fn report_markdown(r: &Report) -> String {
         "| row | model | weight | best epoch | val F1 @ best K | policy | chosen | val F1 (policy, CV) | val F1 (top-25, CV) | test F1 |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for row in r.members.iter().chain(std::iter::once(&r.ensemble)) {
+    for row in r.members.iter().chain(&r.prior).chain([&r.ensemble]) {
         s.push_str(&format!(
             "| {} | {} | {} | {} | {:.4} (K={}) | {} | {} | {:.4} | {:.4} | {} |\n",
             row.name,
@@ -760,11 +1154,7 @@ pub fn report_markdown(r: &Report) -> String {
 
 fn plot_report(path: &Path, r: &Report) -> Result<(), String> {
     use plotters::style::{BLUE, GREEN, RGBColor};
-    let rows: Vec<&ReportRow> = r
-        .members
-        .iter()
-        .chain(std::iter::once(&r.ensemble))
-        .collect();
+    let rows: Vec<&ReportRow> = r.members.iter().chain(&r.prior).chain([&r.ensemble]).collect();
     let labels: Vec<String> = rows.iter().map(|row| row.name.clone()).collect();
     let mut series: Vec<(&str, RGBColor, Vec<Option<f64>>)> = vec![(
         "validation F1 (policy, CV)",
@@ -857,5 +1247,245 @@ mod tests {
             "[[member]]\nname = \"a\"\nconfig = \"t.toml\"\n[[member]]\nname = \"a\"\nconfig = \"t.toml\"\n",
         );
         assert!(e.contains("twice"), "{e}");
+    }
+
+    /// A survey at (lon 0, `lat`) with these labels.
+    fn site(id: u64, lat: f64) -> SurveyMeta {
+        SurveyMeta {
+            survey_id: id,
+            lon: 0.0,
+            lat,
+            ..SurveyMeta::default()
+        }
+    }
+
+    /// The dense row of survey `id` as (species id, score) pairs.
+    fn row_of(f: &ScoreFile, id: u64) -> Vec<(u32, f32)> {
+        let i = f.survey_ids.iter().position(|&s| s == id).unwrap();
+        let v = f.species.len();
+        match &f.scores {
+            geolife_metrics::Scores::Dense { data } => f
+                .species
+                .iter()
+                .copied()
+                .zip(data[i * v..(i + 1) * v].iter().copied())
+                .collect(),
+            other => panic!("expected dense scores, got {}", other.kind()),
+        }
+    }
+
+    fn close(got: &[(u32, f32)], want: &[(u32, f32)]) {
+        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.0 == w.0 && (g.1 - w.1).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+
+    /// Four train surveys within about a kilometre of each other: A and B in the training
+    /// part, V and W (ids 3, 4) in validation, each holding a species nobody else holds (99 and
+    /// 98). With a uniform kernel and no pseudo-count a PA score is the share of pool
+    /// surveys holding the species, so the golden values below are counts.
+    fn four_sites() -> CachedSurveys {
+        CachedSurveys {
+            surveys: vec![site(1, 0.0), site(2, 0.01), site(3, 0.005), site(4, 0.006)],
+            labels: vec![vec![10, 20], vec![20, 30], vec![99], vec![10, 98]],
+        }
+    }
+
+    fn uniform_pa_only() -> PriorConfig {
+        let mut cfg = PriorConfig::default();
+        cfg.pa.kernel = geolife_prior::Kernel::Uniform;
+        cfg.po.enabled = false;
+        cfg.top = 0;
+        cfg
+    }
+
+    #[test]
+    fn prior_validation_scores_never_see_validation_labels() {
+        let train = four_sites();
+        let test = [site(100, 0.003)];
+        let (val, test) =
+            prior_scores(&uniform_pa_only(), &train, &test, &[4, 3], None).unwrap();
+        // Exactly the validation surveys, and every train species as a column.
+        let mut ids = val.survey_ids.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, [3, 4]);
+        assert_eq!((val.split.as_str(), test.split.as_str()), ("val", "test"));
+        assert_eq!(val.species, [10, 20, 30, 98, 99]);
+        // V and W see only A {10, 20} and B {20, 30}: 10 in 1 of 2, 20 in 2 of 2, 30 in 1 of 2;
+        // their own species (99, 98) and each other's are 0.
+        for id in [3, 4] {
+            close(
+                &row_of(&val, id),
+                &[(10, 0.5), (20, 1.0), (30, 0.5), (98, 0.0), (99, 0.0)],
+            );
+        }
+        // A test survey sees all four: 10 in A and W, 20 in A and B, 30, 98, 99 once each.
+        close(
+            &row_of(&test, 100),
+            &[(10, 0.5), (20, 0.5), (30, 0.25), (98, 0.25), (99, 0.25)],
+        );
+    }
+
+    #[test]
+    fn prior_presence_only_records_reach_validation_and_test() {
+        let train = four_sites();
+        // Three records of species 10 and one of 99, all within a kilometre or so.
+        let po = PoRecords::from_places([
+            (0.0, 0.004, 10),
+            (0.0, 0.005, 10),
+            (0.0, 0.006, 10),
+            (0.0, 0.005, 99),
+        ]);
+        let mut cfg = uniform_pa_only();
+        cfg.pa.enabled = false;
+        cfg.po.enabled = true;
+        cfg.po.kernel = geolife_prior::Kernel::Uniform;
+        cfg.po.debias = false;
+        cfg.po.pseudo_count = 0.0;
+        let (val, test) =
+            prior_scores(&cfg, &train, &[site(100, 0.003)], &[3, 4], Some(&po)).unwrap();
+        // Plain shares 3/4 and 1/4, times the pool's mean species count: the validation pool
+        // (A, B) holds 4 labels on 2 surveys (2), the test pool 7 on 4 (1.75).
+        close(
+            &row_of(&val, 3),
+            &[(10, 1.5), (20, 0.0), (30, 0.0), (98, 0.0), (99, 0.5)],
+        );
+        close(
+            &row_of(&test, 100),
+            &[(10, 1.3125), (20, 0.0), (30, 0.0), (98, 0.0), (99, 0.4375)],
+        );
+    }
+
+    #[test]
+    fn prior_validation_surveys_must_be_train_surveys() {
+        let e = prior_scores(&uniform_pa_only(), &four_sites(), &[], &[3, 7], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("validation survey 7"), "{e}");
+    }
+
+    const TWO: &str = "[[member]]\nname = \"a\"\nconfig = \"tiny.toml\"\n[[member]]\nname = \"b\"\nconfig = \"tiny.toml\"\n";
+
+    fn load(text: &str) -> Result<PipelineConfig, String> {
+        PipelineConfig::from_toml_str(text, Path::new("dir/p.toml")).map_err(|e| match e {
+            TrainError::Config { key, message, .. } => format!("{key}: {message}"),
+            e => panic!("{e}"),
+        })
+    }
+
+    #[test]
+    fn prior_table_parses_and_round_trips_through_the_resolved_pipeline() {
+        let cfg = load(&format!(
+            "{TWO}[prior]\npo_weight = 0.3\npo_file = \"po.csv\"\n[prior.pa]\nk = 7\nkernel = \"uniform\"\n[prior.po]\nradius_km = 5.0\n"
+        ))
+        .unwrap();
+        let spec = cfg.prior.clone().unwrap();
+        assert_eq!(spec.config.po_weight, 0.3);
+        assert_eq!(spec.config.pa.k, 7);
+        assert_eq!(spec.config.pa.kernel, geolife_prior::Kernel::Uniform);
+        assert_eq!(spec.config.po.radius_km, 5.0);
+        assert_eq!(spec.config.top, PriorConfig::default().top);
+        assert_eq!(spec.sources(), "pa+po");
+        // Written into pipeline.toml and read back unchanged (the resume check compares them).
+        let resolved = ResolvedPipeline {
+            ensemble: cfg.ensemble.clone(),
+            policy: cfg.policy.clone(),
+            predict: cfg.predict.clone(),
+            prior: Some(spec),
+            members: vec![ResolvedMember {
+                name: "a".into(),
+                config: TrainConfig::tiny(),
+            }],
+        };
+        let text = toml::to_string_pretty(&resolved).unwrap();
+        assert_eq!(toml::from_str::<ResolvedPipeline>(&text).unwrap(), resolved);
+        // Without [prior], pipeline.toml has no prior table (folders of earlier versions match).
+        let none = ResolvedPipeline {
+            prior: None,
+            ..resolved
+        };
+        let text = toml::to_string_pretty(&none).unwrap();
+        assert!(!text.contains("prior"), "{text}");
+        assert_eq!(toml::from_str::<ResolvedPipeline>(&text).unwrap(), none);
+    }
+
+    #[test]
+    fn bad_prior_tables_are_refused_by_key() {
+        let e = load(&format!("{TWO}[prior.pa]\nbandwith_km = 5.0\n")).unwrap_err();
+        assert!(
+            e.starts_with("prior.pa.bandwith_km:") && e.contains("did you mean `bandwidth_km`"),
+            "{e}"
+        );
+        let e = load(&format!("{TWO}[prior]\npo_fil = \"x.csv\"\n")).unwrap_err();
+        assert!(
+            e.starts_with("prior.po_fil:") && e.contains("did you mean `po_file`"),
+            "{e}"
+        );
+        let e = load(&format!("{TWO}[prior.po]\nkernel = \"gausian\"\n")).unwrap_err();
+        assert!(
+            e.starts_with("prior.po.kernel:")
+                && e.contains("did you mean `gaussian`")
+                && e.contains("uniform"),
+            "{e}"
+        );
+        let e = load(&format!("{TWO}[prior.pa]\nk = 0\n")).unwrap_err();
+        assert!(e.starts_with("prior.pa.k:"), "{e}");
+        let e = load(&format!("{TWO}[prior]\npo_weight = 1.5\n")).unwrap_err();
+        assert!(e.starts_with("prior.po_weight:"), "{e}");
+        // A cache keeps no years or regions.
+        let e = load(&format!("{TWO}[prior.pa]\nsame_region = true\n")).unwrap_err();
+        assert!(
+            e.starts_with("prior.pa.same_region:") && e.contains("packed cache"),
+            "{e}"
+        );
+        // With a prior, fixed weights are one per member and then the prior's.
+        let e = load(&format!("{TWO}[ensemble]\nweights = [0.5, 0.5]\n[prior]\n")).unwrap_err();
+        assert!(
+            e.starts_with("ensemble.weights:") && e.contains("and the prior"),
+            "{e}"
+        );
+        assert!(load(&format!("{TWO}[ensemble]\nweights = [0.4, 0.4, 0.2]\n[prior]\n")).is_ok());
+    }
+
+    #[test]
+    fn the_prior_reads_the_po_file_named_or_the_dataset_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let pipeline = root.join("p.toml");
+        let cfg = PipelineConfig::from_toml_str(
+            "[[member]]\nname = \"a\"\nconfig = \"m.toml\"\n[prior]\npo_file = \"po/x.csv\"\n",
+            &pipeline,
+        )
+        .unwrap();
+        // A relative po_file is relative to the pipeline file.
+        let named = cfg.prior.clone().map(|mut s| {
+            s.po_file = s.po_file.map(|f| root.join(f));
+            s
+        });
+        let named = named.unwrap();
+        assert_eq!(named.po_file.as_deref(), Some(root.join("po/x.csv").as_path()));
+        let e = prior_po_file(&named, None).unwrap_err().to_string();
+        assert!(e.contains(&root.join("po/x.csv").display().to_string()), "{e}");
+        std::fs::create_dir_all(root.join("po")).unwrap();
+        std::fs::write(root.join("po/x.csv"), "").unwrap();
+        assert_eq!(
+            prior_po_file(&named, Some(Path::new("/elsewhere"))).unwrap(),
+            Some(root.join("po/x.csv"))
+        );
+        // No po_file: the dataset root's file, and an error naming it when it is absent.
+        let plain = PriorSpec::new(PriorConfig::default());
+        let expected = root.join(geolife_data::layout::PO_METADATA_TRAIN);
+        let e = prior_po_file(&plain, Some(root)).unwrap_err().to_string();
+        assert!(e.contains(&expected.display().to_string()), "{e}");
+        std::fs::write(&expected, "").unwrap();
+        assert_eq!(prior_po_file(&plain, Some(root)).unwrap(), Some(expected));
+        // From a cache alone there is no PO file to read.
+        let e = prior_po_file(&plain, None).unwrap_err().to_string();
+        assert!(e.contains("po_file") && e.contains("packed cache"), "{e}");
+        // With the PO source off nothing is read.
+        let mut off = plain.clone();
+        off.config.po.enabled = false;
+        assert_eq!(prior_po_file(&off, None).unwrap(), None);
     }
 }

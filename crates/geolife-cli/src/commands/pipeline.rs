@@ -50,10 +50,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|p| read_solution(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
     let cache_dir = args.cache.clone().unwrap_or_else(|| args.out.join("cache"));
+    let data_root = (!geolife_train::data::is_cache(&args.data)).then(|| args.data.clone());
     let cache = geolife_train::data::resolve_cache(&args.data, &cache_dir)?;
     let report = run_pipeline(&PipelineOptions {
         pipeline,
         cache,
+        data_root,
         out: args.out.clone(),
         test_solution,
         progress: Progress::Auto,
