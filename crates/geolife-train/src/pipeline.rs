@@ -1406,7 +1406,7 @@ mod tests {
             ..resolved
         };
         let text = toml::to_string_pretty(&none).unwrap();
-        assert!(!text.contains("prior"), "{text}");
+        assert!(!text.contains("\n[prior"), "{text}");
         assert_eq!(toml::from_str::<ResolvedPipeline>(&text).unwrap(), none);
     }
 
