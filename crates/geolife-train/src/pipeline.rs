@@ -747,34 +747,20 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
     // Ensemble weights: fixed, or fitted on validation.
     let method = p.ensemble.method;
     let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
-    let (weights, weights_kind) = match &p.ensemble.weights {
-        Some(w) => {
-            let s: f64 = w.iter().sum();
-            (w.iter().map(|x| x / s).collect::<Vec<_>>(), "fixed")
-        }
-        None => {
-            let fitted = fit_weights(
-                &val,
-                &labels,
-                method,
-                &FitTarget::BestTopK {
-                    max_k: p.policy.max_k,
-                },
-            )
-            .map_err(metrics)?;
-            (fitted.weights, "fitted")
-        }
-    };
-    let (val_blend, _) = blend(&val, &weights, method).map_err(metrics)?;
-    let (test_blend, _) = blend(&test, &weights, method).map_err(metrics)?;
-    let val_blend = ScoreFile {
-        model: "geolife-pipeline-ensemble".into(),
-        ..val_blend
-    };
-    let test_blend = ScoreFile {
-        model: "geolife-pipeline-ensemble".into(),
-        ..test_blend
-    };
+    let Blend {
+        weights,
+        fitted,
+        val: val_blend,
+        test: test_blend,
+    } = fit_blend(
+        &val,
+        &test,
+        &labels,
+        &p.ensemble,
+        p.policy.max_k,
+        "geolife-pipeline-ensemble",
+    )?;
+    let weights_kind = if fitted { "fitted" } else { "fixed" };
     val_blend
         .write(&out.join(outputs::VAL_SCORES))
         .map_err(metrics)?;
@@ -922,6 +908,56 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
     });
     write_json(&out.join(outputs::TIMINGS), &timings)?;
     Ok(report)
+}
+
+/// A blend of score files and its weights (see [`fit_blend`]).
+#[derive(Debug, Clone)]
+pub struct Blend {
+    /// Normalised weights, one per input file.
+    pub weights: Vec<f64>,
+    /// Whether they were fitted on validation (else fixed).
+    pub fitted: bool,
+    pub val: ScoreFile,
+    pub test: ScoreFile,
+}
+
+/// Blends `val` and `test` (one file per member, in the same order) with `spec`'s fixed
+/// weights, or with weights fitted on the validation files against `labels` (coordinate
+/// search maximising the best top-K samples-F1, K <= `max_k`). `model` names the blend.
+pub fn fit_blend(
+    val: &[ScoreFile],
+    test: &[ScoreFile],
+    labels: &Solution,
+    spec: &EnsembleSpec,
+    max_k: usize,
+    model: &str,
+) -> Result<Blend, TrainError> {
+    let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
+    let (weights, fitted) = match &spec.weights {
+        Some(w) => {
+            let s: f64 = w.iter().sum();
+            (w.iter().map(|x| x / s).collect::<Vec<_>>(), false)
+        }
+        None => {
+            let target = FitTarget::BestTopK { max_k };
+            let fitted = fit_weights(val, labels, spec.method, &target).map_err(metrics)?;
+            (fitted.weights, true)
+        }
+    };
+    let (val, _) = blend(val, &weights, spec.method).map_err(metrics)?;
+    let (test, _) = blend(test, &weights, spec.method).map_err(metrics)?;
+    Ok(Blend {
+        weights,
+        fitted,
+        val: ScoreFile {
+            model: model.into(),
+            ..val
+        },
+        test: ScoreFile {
+            model: model.into(),
+            ..test
+        },
+    })
 }
 
 /// The presence-only file the prior reads: `None` when its PO source is off; `po_file` when

@@ -1,6 +1,7 @@
 //! `geolife pipeline`: the paper's whole system in one resumable command: prepare the cache,
 //! train every member on one validation split, predict test, fit ensemble weights and the
 //! selection policy on validation, write the submission and a report (Markdown, JSON, PNG).
+//! With `[prior]`, the location prior is one more blend member.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +18,9 @@ pub struct Args {
     /// Pipeline TOML (configs/pipeline-tiny.toml, configs/pipeline-paper.toml).
     #[arg(long)]
     pub config: PathBuf,
-    /// A GLC24 dataset root (packed into <OUT>/cache once) or a packed cache.
+    /// A GLC24 dataset root (packed into <OUT>/cache once) or a packed cache. A `[prior]`
+    /// with its presence-only source on reads the root's GLC24_P0_metadata_train.csv (a cache
+    /// keeps none: name the file with `po_file` under `[prior]`).
     #[arg(long)]
     pub data: PathBuf,
     /// Pipeline folder: members/, ensemble, policy, submission.csv, report.*; run the same
@@ -43,14 +46,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|s| parse_override(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let pipeline = PipelineConfig::load(&args.config)?.resolve(&args.config, &overrides)?;
+    let mut pipeline = PipelineConfig::load(&args.config)?.resolve(&args.config, &overrides)?;
+    // A raw root: the prior member (`[prior]`) and members with a location input read its
+    // presence-only file; a packed cache keeps none.
+    let data_root = (!geolife_train::data::is_cache(&args.data)).then(|| args.data.clone());
+    if let Some(root) = &data_root {
+        for m in &mut pipeline.members {
+            geolife_train::location::resolve_po_file(&mut m.config, root);
+        }
+    }
     let test_solution = args
         .test_solution
         .as_ref()
         .map(|p| read_solution(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
     let cache_dir = args.cache.clone().unwrap_or_else(|| args.out.join("cache"));
-    let data_root = (!geolife_train::data::is_cache(&args.data)).then(|| args.data.clone());
     let cache = geolife_train::data::resolve_cache(&args.data, &cache_dir)?;
     let report = run_pipeline(&PipelineOptions {
         pipeline,
