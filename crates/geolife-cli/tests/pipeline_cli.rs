@@ -124,13 +124,15 @@ fn tiny_pipeline_runs_end_to_end_and_resumes_byte_identically_after_sigkill() {
     let md = std::fs::read_to_string(whole.join("report.md")).unwrap();
     assert!(md.contains("| prior | prior (pa+po) |"), "{md}");
     // The prior scored exactly the members' validation surveys (it read the PO file too).
-    let prior_json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(whole.join("prior/prior.json")).unwrap(),
-    )
-    .unwrap();
+    let prior_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("prior/prior.json")).unwrap())
+            .unwrap();
     assert_eq!(prior_json["n_val_surveys"], report["n_val_surveys"]);
     assert_eq!(prior_json["n_test_surveys"], 40);
-    assert!(prior_json["po_records"].as_u64().unwrap() > 0, "{prior_json}");
+    assert!(
+        prior_json["po_records"].as_u64().unwrap() > 0,
+        "{prior_json}"
+    );
     for row in members.iter().chain([prior, &report["ensemble"]]) {
         for key in ["val_f1_best_k", "val_f1_policy_cv", "test_f1"] {
             let v = row[key].as_f64().unwrap();
@@ -339,7 +341,11 @@ fn demo_runs_through_the_pipeline_and_exits_as_its_table_says() {
         assert!(f1 > 0.0 && f1 <= 1.0, "{row}: {f1}");
         f1
     };
-    let best = |rows: &[&str]| rows.iter().map(|r| test_f1(r)).fold(f64::NEG_INFINITY, f64::max);
+    let best = |rows: &[&str]| {
+        rows.iter()
+            .map(|r| test_f1(r))
+            .fold(f64::NEG_INFINITY, f64::max)
+    };
     let singles = [
         "tabular-only",
         "landsat-only",
@@ -353,7 +359,13 @@ fn demo_runs_through_the_pipeline_and_exits_as_its_table_says() {
     let best_with = best(&["pa-prior", "po-prior", "prior", "fusion+prior", "ensemble"]);
     // The exit codes the table allows; the table prints 4 decimals, so a tie there may go
     // either way in the unrounded F1s.
-    let outcomes = |a: f64, b: f64| if a == b { vec![true, false] } else { vec![a > b] };
+    let outcomes = |a: f64, b: f64| {
+        if a == b {
+            vec![true, false]
+        } else {
+            vec![a > b]
+        }
+    };
     let mut allowed = Vec::new();
     for fusion_won in outcomes(fusion, best_other) {
         for location_won in outcomes(best_with, best_without) {

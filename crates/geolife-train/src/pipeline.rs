@@ -374,9 +374,9 @@ impl PipelineConfig {
             toml::from_str(text).map_err(|e| config_err(path, "", e.to_string()))?;
         // `[prior]` by key first (serde would name neither the key nor the nearest name).
         if let Some(prior) = table.get("prior") {
-            let prior = prior.as_table().ok_or_else(|| {
-                config_err(path, "prior", "expected a table ([prior])".into())
-            })?;
+            let prior = prior
+                .as_table()
+                .ok_or_else(|| config_err(path, "prior", "expected a table ([prior])".into()))?;
             check_prior_table(prior).map_err(|(key, message)| config_err(path, &key, message))?;
         }
         let cfg: Self = toml::from_str(text).map_err(|e| config_err(path, "", e.to_string()))?;
@@ -1190,7 +1190,12 @@ pub fn report_markdown(r: &Report) -> String {
 
 fn plot_report(path: &Path, r: &Report) -> Result<(), String> {
     use plotters::style::{BLUE, GREEN, RGBColor};
-    let rows: Vec<&ReportRow> = r.members.iter().chain(&r.prior).chain([&r.ensemble]).collect();
+    let rows: Vec<&ReportRow> = r
+        .members
+        .iter()
+        .chain(&r.prior)
+        .chain([&r.ensemble])
+        .collect();
     let labels: Vec<String> = rows.iter().map(|row| row.name.clone()).collect();
     let mut series: Vec<(&str, RGBColor, Vec<Option<f64>>)> = vec![(
         "validation F1 (policy, CV)",
@@ -1237,6 +1242,9 @@ mod tests {
             .resolve(&tiny, &[])
             .unwrap();
         assert_eq!(r.members.len(), 2);
+        // The tiny pipeline blends the prior too, its PO file from the dataset root.
+        let prior = r.prior.as_ref().unwrap();
+        assert_eq!((prior.sources(), prior.po_file.as_ref()), ("pa+po", None));
         assert_ne!(
             r.members[0].config.model.backbone,
             r.members[1].config.model.backbone
@@ -1313,7 +1321,10 @@ mod tests {
     fn close(got: &[(u32, f32)], want: &[(u32, f32)]) {
         assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
         for (g, w) in got.iter().zip(want) {
-            assert!(g.0 == w.0 && (g.1 - w.1).abs() < 1e-6, "{got:?} vs {want:?}");
+            assert!(
+                g.0 == w.0 && (g.1 - w.1).abs() < 1e-6,
+                "{got:?} vs {want:?}"
+            );
         }
     }
 
@@ -1340,8 +1351,7 @@ mod tests {
     fn prior_validation_scores_never_see_validation_labels() {
         let train = four_sites();
         let test = [site(100, 0.003)];
-        let (val, test) =
-            prior_scores(&uniform_pa_only(), &train, &test, &[4, 3], None).unwrap();
+        let (val, test) = prior_scores(&uniform_pa_only(), &train, &test, &[4, 3], None).unwrap();
         // Exactly the validation surveys, and every train species as a column.
         let mut ids = val.survey_ids.clone();
         ids.sort_unstable();
@@ -1481,7 +1491,12 @@ mod tests {
             e.starts_with("ensemble.weights:") && e.contains("and the prior"),
             "{e}"
         );
-        assert!(load(&format!("{TWO}[ensemble]\nweights = [0.4, 0.4, 0.2]\n[prior]\n")).is_ok());
+        assert!(
+            load(&format!(
+                "{TWO}[ensemble]\nweights = [0.4, 0.4, 0.2]\n[prior]\n"
+            ))
+            .is_ok()
+        );
     }
 
     #[test]
@@ -1500,9 +1515,15 @@ mod tests {
             s
         });
         let named = named.unwrap();
-        assert_eq!(named.po_file.as_deref(), Some(root.join("po/x.csv").as_path()));
+        assert_eq!(
+            named.po_file.as_deref(),
+            Some(root.join("po/x.csv").as_path())
+        );
         let e = prior_po_file(&named, None).unwrap_err().to_string();
-        assert!(e.contains(&root.join("po/x.csv").display().to_string()), "{e}");
+        assert!(
+            e.contains(&root.join("po/x.csv").display().to_string()),
+            "{e}"
+        );
         std::fs::create_dir_all(root.join("po")).unwrap();
         std::fs::write(root.join("po/x.csv"), "").unwrap();
         assert_eq!(

@@ -33,7 +33,6 @@ const EXIT_FUSION_LOST: u8 = 3;
 /// Exit code when the best row with location evidence does not beat the best row without.
 const EXIT_LOCATION_LOST: u8 = 4;
 
-
 #[derive(clap::Args)]
 pub struct Args {
     /// Work folder (dataset, cache, pipeline, report).
@@ -205,24 +204,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let mut without: Vec<&ReportRow> = report.members.iter().collect();
     without.push(&freq_row);
-    let mut with: Vec<(&ReportRow, String)> = location
-        .iter()
-        .map(|(r, what)| (r, what.clone()))
-        .collect();
-    if let Some(prior) = &report.prior {
-        with.insert(
-            2,
-            (
-                prior,
-                "both sources (the pipeline's prior member)".to_string(),
-            ),
-        );
-    }
+    // Each source alone, both (the pipeline's member), fusion + prior, then the ensemble.
+    let (alone, blended) = location.split_at(2);
+    let both = "both sources: the pipeline's prior member".to_string();
+    let mut with: Vec<(&ReportRow, String)> = alone.iter().map(|(r, w)| (r, w.clone())).collect();
+    with.extend(report.prior.iter().map(|r| (r, both.clone())));
+    with.extend(blended.iter().map(|(r, w)| (r, w.clone())));
     if report.members.len() > 1 {
         with.push((
             &report.ensemble,
             format!(
-                "blend of the {} models and the prior, weights fitted on validation",
+                "the {} models and the prior, weights fitted on validation",
                 report.members.len()
             ),
         ));
@@ -232,11 +224,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     println!("  without location evidence:");
     for r in &without {
-        print_row(r, &format!("{} ({})", r.policy, r.policy_fitted));
+        print_row(r, None);
     }
     println!("  with location evidence (PA neighbours' labels, presence-only records):");
     for (r, what) in &with {
-        print_row(r, what);
+        print_row(r, Some(what));
     }
     let with: Vec<&ReportRow> = with.into_iter().map(|(r, _)| r).collect();
     let (fusion, best_other) = fusion_vs_best_other(&without);
@@ -281,12 +273,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_row(r: &ReportRow, what: &str) {
+fn print_row(r: &ReportRow, what: Option<&str>) {
     println!(
-        "  {:<14} test {:.4}   val {:.4}   {what}",
+        "  {:<14} test {:.4}   val {:.4}   {} ({}){}",
         r.name,
         r.test_f1.unwrap_or(f64::NAN),
         r.val_f1_policy_cv,
+        r.policy,
+        r.policy_fitted,
+        what.map_or(String::new(), |w| format!("; {w}"))
     );
 }
 
@@ -338,9 +333,7 @@ fn location_rows(
         rows.push((row(name, name, &v, &t)?, what.to_string()));
     }
     // Fusion and the pipeline's prior, blended with weights fitted on validation.
-    let read = |p: PathBuf| {
-        ScoreFile::read(&p).with_context(|| format!("reading {}", p.display()))
-    };
+    let read = |p: PathBuf| ScoreFile::read(&p).with_context(|| format!("reading {}", p.display()));
     let fusion = dir.join(outputs::MEMBERS).join("fusion");
     let prior = dir.join(outputs::PRIOR);
     let val = [
@@ -377,7 +370,10 @@ fn best_with_vs_without<'a>(
     let best = |rows: &[&'a ReportRow]| {
         rows.iter()
             .map(|r| (r.name.as_str(), r.test_f1.unwrap_or(0.0)))
-            .fold(("none", f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a })
+            .fold(
+                ("none", f64::NEG_INFINITY),
+                |a, b| if b.1 > a.1 { b } else { a },
+            )
     };
     (best(with), best(without))
 }
