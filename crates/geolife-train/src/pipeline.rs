@@ -416,6 +416,14 @@ impl PipelineConfig {
         }
         if let Some(prior) = &self.prior {
             prior.validate(path)?;
+            if self.members.iter().any(|m| m.name == outputs::PRIOR_MEMBER) {
+                return Err(config_err(
+                    path,
+                    "member.name",
+                    "`prior` names the [prior] member's report row: call this member otherwise"
+                        .into(),
+                ));
+            }
         }
         if let Some(w) = &self.ensemble.weights {
             let n = self.members.len() + usize::from(self.prior.is_some());
@@ -1497,6 +1505,9 @@ mod tests {
             ))
             .is_ok()
         );
+        let e =
+            load("[[member]]\nname = \"prior\"\nconfig = \"tiny.toml\"\n[prior]\n").unwrap_err();
+        assert!(e.starts_with("member.name:"), "{e}");
     }
 
     #[test]
