@@ -356,7 +356,14 @@ fn demo_runs_through_the_pipeline_and_exits_as_its_table_says() {
     let fusion = test_f1("fusion");
     let best_other = best(&singles);
     let best_without = fusion.max(best_other);
-    let best_with = best(&["pa-prior", "po-prior", "prior", "fusion+prior", "ensemble"]);
+    let best_with = best(&[
+        "pa-prior",
+        "po-prior",
+        "prior",
+        "fusion+prior",
+        "fusion-prior-in",
+        "ensemble",
+    ]);
     // The exit codes the table allows; the table prints 4 decimals, so a tie there may go
     // either way in the unrounded F1s.
     let outcomes = |a: f64, b: f64| {
@@ -403,7 +410,8 @@ fn demo_runs_through_the_pipeline_and_exits_as_its_table_says() {
     let report = std::fs::read_to_string(out.join("pipeline/report.md")).unwrap();
     assert!(report.contains("| prior | prior (pa+po) |"), "{report}");
     let (again, _) = run_expect(&args, code.unwrap());
-    assert!(again.contains("member 1/5 `fusion`: done"), "{again}");
+    assert!(again.contains("member 1/6 `fusion`: done"), "{again}");
+    assert!(again.contains("member 2/6 `fusion-prior-in`: done"), "{again}");
     assert_eq!(
         stdout
             .lines()

@@ -3,13 +3,15 @@
 //! single-modality model (same validation split, same recipe), plus the location prior
 //! (`[prior]`: PA neighbours and presence-only density) -> predict test -> per-row selection
 //! policy fitted on validation -> test F1 against the synthetic solution -> a short report.
+//! One more member is the fusion model with the prior as a model input (`[location]`, logit).
 //! Besides the pipeline's rows it reports the species-frequency baseline, each prior source
 //! alone, and fusion blended with the prior (weights fitted on validation). Rerunning it
 //! continues where it stopped.
 //!
 //! Exit codes: 3 when fusion does not beat every single-modality model and the baseline;
-//! otherwise 4 when the best row with location evidence (a prior, fusion + prior, the ensemble
-//! that includes the prior) does not beat the best row without it; else 0.
+//! otherwise 4 when the best row with location evidence (a prior, fusion + prior, fusion with
+//! the prior as input, the ensemble that includes the prior) does not beat the best row
+//! without it; else 0.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,8 +27,12 @@ use geolife_train::pipeline::{
     PipelineOptions, PolicySpec, PriorSpec, ReportRow, ResolvedMember, ResolvedPipeline,
     evaluate_row, fit_blend, outputs, prior_po_file, prior_scores, run_pipeline, val_labels,
 };
+use geolife_model::fusion::PriorInput;
 use geolife_train::trainer::files;
 use geolife_train::{Progress, TrainConfig};
+
+/// The member that takes the location prior as a model input.
+const FUSION_PRIOR_INPUT: &str = "fusion-prior-in";
 
 /// Exit code when the fusion model does not beat every single-modality model and the baseline.
 const EXIT_FUSION_LOST: u8 = 3;
@@ -122,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ("sentinel-only", [false, false, false, true]),
         ]);
     }
-    let members = variants
+    let mut members: Vec<ResolvedMember> = variants
         .into_iter()
         .map(|(name, [tab, ls, bc, s2])| {
             let mut config = TrainConfig::tiny();
@@ -137,6 +143,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 config,
             }
         })
+        .collect();
+    // Fusion with the location prior as a model input (the `tiny-prior.toml` recipe).
+    let mut config = TrainConfig::tiny();
+    config.train.epochs = args.epochs;
+    config.train.seed = args.seed;
+    config.location.input = PriorInput::Logit;
+    geolife_train::location::resolve_po_file(&mut config, &data);
+    members.insert(
+        1,
+        ResolvedMember {
+            name: FUSION_PRIOR_INPUT.into(),
+            config,
+        },
+    );
+    let takes_prior: Vec<String> = members
+        .iter()
+        .filter(|m| m.config.location.on())
+        .map(|m| m.name.clone())
         .collect();
     let pipeline = ResolvedPipeline {
         ensemble: Default::default(),
@@ -202,7 +226,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &fit_opts,
     )?;
 
-    let mut without: Vec<&ReportRow> = report.members.iter().collect();
+    let (in_model, mut without): (Vec<&ReportRow>, Vec<&ReportRow>) = report
+        .members
+        .iter()
+        .partition(|r| takes_prior.contains(&r.name));
     without.push(&freq_row);
     // Each source alone, both (the pipeline's member), fusion + prior, then the ensemble.
     let (alone, blended) = location.split_at(2);
@@ -210,6 +237,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut with: Vec<(&ReportRow, String)> = alone.iter().map(|(r, w)| (r, w.clone())).collect();
     with.extend(report.prior.iter().map(|r| (r, both.clone())));
     with.extend(blended.iter().map(|(r, w)| (r, w.clone())));
+    with.extend(in_model.iter().map(|r| {
+        (
+            *r,
+            "fusion with the prior as a model input (logit)".to_string(),
+        )
+    }));
     if report.members.len() > 1 {
         with.push((
             &report.ensemble,
@@ -275,7 +308,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn print_row(r: &ReportRow, what: Option<&str>) {
     println!(
-        "  {:<14} test {:.4}   val {:.4}   {} ({}){}",
+        "  {:<15} test {:.4}   val {:.4}   {} ({}){}",
         r.name,
         r.test_f1.unwrap_or(f64::NAN),
         r.val_f1_policy_cv,
