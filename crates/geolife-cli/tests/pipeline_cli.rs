@@ -411,7 +411,10 @@ fn demo_runs_through_the_pipeline_and_exits_as_its_table_says() {
     assert!(report.contains("| prior | prior (pa+po) |"), "{report}");
     let (again, _) = run_expect(&args, code.unwrap());
     assert!(again.contains("member 1/6 `fusion`: done"), "{again}");
-    assert!(again.contains("member 2/6 `fusion-prior-in`: done"), "{again}");
+    assert!(
+        again.contains("member 2/6 `fusion-prior-in`: done"),
+        "{again}"
+    );
     assert_eq!(
         stdout
             .lines()

@@ -22,12 +22,12 @@ use geolife_data::Split;
 use geolife_data::cache::PackedSplit;
 use geolife_data::synth::{SynthConfig, write_dataset};
 use geolife_metrics::{FitOptions, ScoreFile, Scores, Solution, read_solution};
+use geolife_model::fusion::PriorInput;
 use geolife_prior::{CachedSurveys, PoRecords, PriorConfig};
 use geolife_train::pipeline::{
     PipelineOptions, PolicySpec, PriorSpec, ReportRow, ResolvedMember, ResolvedPipeline,
     evaluate_row, fit_blend, outputs, prior_po_file, prior_scores, run_pipeline, val_labels,
 };
-use geolife_model::fusion::PriorInput;
 use geolife_train::trainer::files;
 use geolife_train::{Progress, TrainConfig};
 
