@@ -16,6 +16,16 @@ two PIL decodes) over N random samples in one process, the Python counterpart of
 baseline of `geolife bench data`:
 
     python3 torch_seed_bench.py --root <DATASET> --loader-only 512 --batch-size 256
+
+The comparisons of the README's speed table (`--sentinel` picks the Sentinel backbone, with
+`smoke_convnext` = geolife's smoke ConvNeXt: widths 16..128, one block per stage; `--branches`
+keeps a subset of the four branches, e.g. `l` for the Landsat cube ResNet18 alone):
+
+    # one seed-recipe epoch from memory: every sample read once first (not timed), then a
+    # training pass over --train-count random surveys and a validation forward over the rest
+    python3 torch_seed_bench.py --root <DATASET> --epoch --train-count 2700 --sentinel smoke_convnext --batch-size 64
+    # prediction of every test survey, files read by DataLoader workers as the seed does
+    python3 torch_seed_bench.py --root <DATASET> --predict --sentinel convnext_base --batch-size 64
 """
 import argparse
 import csv
@@ -79,6 +89,7 @@ def patch_path(root, split, sid, nir=False):
 
 class SeedDataset(torch.utils.data.Dataset):
     def __init__(self, root, split, survey_ids, labels, env_ids, env_vals, num_classes):
+        # labels: survey id -> species ids (empty dict for the unlabelled test split)
         self.root, self.split = root, split
         self.ids, self.labels = survey_ids, labels
         self.env_ids, self.env_vals = env_ids, env_vals
@@ -103,7 +114,7 @@ class SeedDataset(torch.utils.data.Dataset):
         img = np.concatenate([rgb, nir[:, :, None]], axis=2) / 255.0
         img = (torch.from_numpy(img).permute(2, 0, 1) - 0.5) / 0.5
         y = torch.zeros(self.num_classes)
-        y[self.labels[sid]] = 1.0
+        y[self.labels.get(sid, [])] = 1.0
         return tab, ls, bc, img, y
 
 
@@ -114,30 +125,131 @@ def cube_resnet(in_ch):
     return m
 
 
+def sentinel_net(kind):
+    """A torchvision ConvNeXt with a 4-channel stem and the 1000-way ImageNet head."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+    if kind == "smoke_convnext":
+        dims = [16, 32, 64, 128]
+        m = ConvNeXt([CNBlockConfig(d, n, 1) for d, n in zip(dims, dims[1:] + [None])],
+                     stochastic_depth_prob=0.0)
+    else:
+        m = getattr(torchvision.models, kind)(weights=None)
+    stem = m.features[0][0]
+    m.features[0][0] = nn.Conv2d(4, stem.out_channels, 4, 4)
+    return m
+
+
 class Seed(nn.Module):
-    def __init__(self, num_classes, num_features=46):
+    """The seed's fusion network; `branches` keeps a subset of t(abular), l(andsat),
+    b(ioclim), s(entinel), as geolife's `model.use_*` flags do."""
+
+    def __init__(self, num_classes, num_features=46, sentinel="convnext_tiny", branches="tlbs"):
         super().__init__()
-        self.tab_norm = nn.LayerNorm(num_features)
-        self.tab_model = nn.Sequential(
-            nn.Linear(num_features, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 32))
-        self.landsat_norm = nn.LayerNorm([6, 4, 21])
-        self.landsat_model = cube_resnet(6)
-        self.bioclim_norm = nn.LayerNorm([4, 19, 12])
-        self.bioclim_model = cube_resnet(4)
-        self.sentinel_model = torchvision.models.convnext_tiny(weights=None)
-        self.sentinel_model.features[0][0] = nn.Conv2d(4, 96, 4, 4)
-        self.ln0, self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(32), nn.LayerNorm(1000), nn.LayerNorm(1000), nn.LayerNorm(1000))
-        self.fc1 = nn.Linear(32 + 3000, 1024)
+        self.branches = branches
+        width = 0
+        if "t" in branches:
+            self.tab_norm = nn.LayerNorm(num_features)
+            self.tab_model = nn.Sequential(
+                nn.Linear(num_features, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 32))
+            self.ln0 = nn.LayerNorm(32)
+            width += 32
+        if "l" in branches:
+            self.landsat_norm = nn.LayerNorm([6, 4, 21])
+            self.landsat_model = cube_resnet(6)
+            self.ln1 = nn.LayerNorm(1000)
+            width += 1000
+        if "b" in branches:
+            self.bioclim_norm = nn.LayerNorm([4, 19, 12])
+            self.bioclim_model = cube_resnet(4)
+            self.ln2 = nn.LayerNorm(1000)
+            width += 1000
+        if "s" in branches:
+            self.sentinel_model = sentinel_net(sentinel)
+            self.ln3 = nn.LayerNorm(1000)
+            width += 1000
+        self.fc1 = nn.Linear(width, 1024)
         self.fc2 = nn.Linear(1024, num_classes)
         self.dropout = nn.Dropout(0.15)
 
     def forward(self, t, l, b, s):
-        t = self.dropout(self.ln0(self.tab_model(self.tab_norm(t))))
-        l = self.dropout(self.ln1(self.landsat_model(self.landsat_norm(l))))
-        b = self.dropout(self.ln2(self.bioclim_model(self.bioclim_norm(b))))
-        s = self.dropout(self.ln3(self.sentinel_model(s)))
-        x = self.dropout(torch.relu(self.fc1(torch.cat([t, l, b, s], 1))))
+        parts = []
+        if "t" in self.branches:
+            parts.append(self.dropout(self.ln0(self.tab_model(self.tab_norm(t)))))
+        if "l" in self.branches:
+            parts.append(self.dropout(self.ln1(self.landsat_model(self.landsat_norm(l)))))
+        if "b" in self.branches:
+            parts.append(self.dropout(self.ln2(self.bioclim_model(self.bioclim_norm(b)))))
+        if "s" in self.branches:
+            parts.append(self.dropout(self.ln3(self.sentinel_model(s))))
+        x = self.dropout(torch.relu(self.fc1(torch.cat(parts, 1))))
         return self.fc2(x)
+
+
+def mixup(batch, beta):
+    """The seed's mixup on 40% of batches."""
+    t, l, b, s, y = batch
+    if torch.rand(1).item() < 0.4:
+        lam = beta.sample().item()
+        p = torch.randperm(t.shape[0])
+        t, l, b, s, y = (lam * x + (1 - lam) * x[p] for x in (t, l, b, s, y))
+    return t, l, b, s, y
+
+
+def run_epoch(a, ds, model, opt, crit, beta):
+    """One seed-recipe epoch from memory: read every sample once (not timed), train on
+    --train-count random surveys, then a validation forward (loss) over the rest."""
+    t0 = time.perf_counter()
+    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=a.workers)
+    cols = [torch.cat(c) for c in zip(*loader)]
+    load = time.perf_counter() - t0
+    n = cols[0].shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(666))
+    train, val = order[: a.train_count], order[a.train_count:]
+    t1 = time.perf_counter()
+    model.train()
+    shuffled = train[torch.randperm(len(train))]
+    steps = 0
+    for i in range(0, len(shuffled), a.batch_size):
+        idx = shuffled[i: i + a.batch_size]
+        t, l, b, s, y = mixup([c[idx] for c in cols], beta)
+        loss = crit(model(t, l, b, s), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+    t2 = time.perf_counter()
+    model.eval()
+    vloss = 0.0
+    with torch.no_grad():
+        for i in range(0, len(val), a.batch_size):
+            idx = val[i: i + a.batch_size]
+            t, l, b, s, y = (c[idx] for c in cols)
+            vloss += crit(model(t, l, b, s), y).item() * len(idx)
+    t3 = time.perf_counter()
+    print(f"pytorch {torch.__version__} threads {torch.get_num_threads()}: epoch {t3 - t1:.1f} s "
+          f"(train {t2 - t1:.1f} s over {len(train)} surveys in {steps} steps of {a.batch_size}, "
+          f"validation {t3 - t2:.1f} s over {len(val)} surveys, val loss {vloss / max(len(val), 1):.5f}); "
+          f"reading {n} samples into memory first: {load:.1f} s")
+
+
+def run_predict(a, model):
+    """Scores of every test survey: files read by DataLoader workers, eval forward, sigmoid."""
+    ids = []
+    with open(os.path.join(a.root, "GLC24_PA_metadata_test.csv"), newline="") as f:
+        ids = sorted({int(float(r["surveyId"])) for r in csv.DictReader(f)})
+    env_ids, env_vals = merged_env(a.root, "test")
+    ds = SeedDataset(a.root, "test", ids, {}, env_ids, env_vals, a.classes)
+    loader = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, num_workers=a.workers)
+    model.eval()
+    t0 = time.perf_counter()
+    n = 0
+    with torch.no_grad():
+        for t, l, b, s, _ in loader:
+            torch.sigmoid(model(t, l, b, s))
+            n += t.shape[0]
+    wall = time.perf_counter() - t0
+    print(f"pytorch {torch.__version__} threads {torch.get_num_threads()}: predict {n} test surveys "
+          f"in {wall:.1f} s ({n / wall:.1f} surveys/s, batch {a.batch_size}, {a.workers} workers)")
 
 
 def main():
@@ -151,6 +263,16 @@ def main():
     ap.add_argument("--loader-only", type=int, default=0, metavar="N",
                     help="time only the seed's Dataset over N random samples in this process "
                          "(no model): the baseline of `geolife bench data`")
+    ap.add_argument("--sentinel", default="convnext_tiny",
+                    choices=["convnext_tiny", "convnext_base", "smoke_convnext"])
+    ap.add_argument("--branches", default="tlbs",
+                    help="branches kept: any of t, l, b, s (default all four)")
+    ap.add_argument("--epoch", action="store_true",
+                    help="time one epoch from memory (see the module docs)")
+    ap.add_argument("--train-count", type=int, default=0,
+                    help="with --epoch: surveys in the training pass (default 90%%)")
+    ap.add_argument("--predict", action="store_true",
+                    help="time the scoring of every test survey")
     a = ap.parse_args()
     torch.manual_seed(666)
     labels = {}
@@ -172,11 +294,16 @@ def main():
               f"{sps / a.batch_size:.2f} batches/s of {a.batch_size}; "
               f"{a.loader_only / cpu / a.batch_size:.2f} batches per CPU-second; {a.loader_only} samples")
         return
-    dl = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, shuffle=True, num_workers=a.workers, drop_last=True)
-    model = Seed(a.classes, env_vals.shape[1])
+    model = Seed(a.classes, env_vals.shape[1], a.sentinel, a.branches)
     opt = torch.optim.AdamW(model.parameters(), lr=8e-4, weight_decay=0.01)
     crit = nn.BCEWithLogitsLoss()
     beta = torch.distributions.Beta(0.4, 0.4)
+    if a.predict:
+        return run_predict(a, model)
+    if a.epoch:
+        a.train_count = a.train_count or int(0.9 * len(ds))
+        return run_epoch(a, ds, model, opt, crit, beta)
+    dl = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, shuffle=True, num_workers=a.workers, drop_last=True)
     model.train()
     times, n = [], 0
     it = iter(dl)
@@ -187,11 +314,7 @@ def main():
         except StopIteration:
             it = iter(dl)
             t, l, b, s, y = next(it)
-        if torch.rand(1).item() < 0.4:
-            lam = beta.sample().item()
-            p = torch.randperm(t.shape[0])
-            t, l, b, s = (lam * x + (1 - lam) * x[p] for x in (t, l, b, s))
-            y = lam * y + (1 - lam) * y[p]
+        t, l, b, s, y = mixup((t, l, b, s, y), beta)
         loss = crit(model(t, l, b, s), y)
         opt.zero_grad()
         loss.backward()
