@@ -3,13 +3,13 @@
 
 use std::ops::ControlFlow;
 
-use burn::optim::AdamWConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use geolife_data::cache::Manifest;
 use geolife_model::fusion::{FusionConfig, FusionInput, FusionModel, PriorInput};
 
-use crate::config::{ModelSize, OptimSection, TrainConfig};
+use crate::config::{DeviceKind, ModelSize, OptimSection, TrainConfig};
 use crate::error::TrainError;
 use crate::loader::{self, BatchPlan, ReadyBatch, SampleSource};
 use crate::vocab::Vocabulary;
@@ -107,6 +107,26 @@ pub fn adamw(o: &OptimSection) -> AdamWConfig {
     match o.grad_clip_norm {
         Some(n) => c.with_grad_clipping(Some(GradientClippingConfig::Norm(n as f32))),
         None => c,
+    }
+}
+
+/// The optimiser of a run: the recipe's AdamW, fused into one pass per parameter on the CPU
+/// (see [`super::fused_adamw`]), burn's own on other devices; gradient clipping as configured.
+pub fn optimizer(o: &OptimSection, device: DeviceKind) -> ModuleOptimizer {
+    match device {
+        DeviceKind::Flex => {
+            let fused = ModuleOptimizer::from(super::fused_adamw::FusedAdamW::new(
+                o.beta1 as f32,
+                o.beta2 as f32,
+                o.epsilon as f32,
+                o.weight_decay as f32,
+            ));
+            match o.grad_clip_norm {
+                Some(n) => fused.with_grad_clipping(GradientClippingConfig::Norm(n as f32).init()),
+                None => fused,
+            }
+        }
+        DeviceKind::Wgpu => adamw(o).init(),
     }
 }
 

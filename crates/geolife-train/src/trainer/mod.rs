@@ -8,6 +8,7 @@
 
 pub mod checkpointer;
 pub mod device;
+pub mod fused_adamw;
 pub mod inputs;
 pub mod run_dir;
 pub mod step;
@@ -38,7 +39,7 @@ pub use checkpointer::Checkpointer;
 pub use device::{device_description, make_device};
 pub use inputs::{
     Scored, adamw, batch_shapes, batch_targets, batch_tensors, check_model_input, fusion_config,
-    score_surveys,
+    optimizer, score_surveys,
 };
 pub use run_dir::{Progress, RunDir, RunInfo, files, write_atomic, write_labels};
 pub use step::{StepOutcome, StepTimes, TrainStep};
@@ -201,7 +202,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         run.path(files::BEST),
         cfg.transforms.to_json(),
     );
-    let mut optim = adamw(o).init();
+    let mut optim = optimizer(o, t.device);
     let mut state = TrainState::start();
     if opts.resume {
         (state, model, optim) = checkpoints.load_last(&fc, &device, optim)?;
@@ -507,7 +508,7 @@ pub fn bench_steps(
     let num_params = model.num_params();
     let mut trainee = TrainStep::new(
         model,
-        adamw(&cfg.optim).init(),
+        optimizer(&cfg.optim, t.device),
         cfg.optim.accumulate,
         t.seed,
     );
