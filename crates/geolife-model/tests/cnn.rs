@@ -211,6 +211,18 @@ fn bce_with_logits_matches_hand_computation() {
     assert!((v[0] - 25.367_166).abs() < 1e-4, "{}", v[0]);
 }
 
+/// (parameters visited, those without a non-zero gradient) of `model` after a backward pass.
+fn gradient_check<M: Module>(model: &M, grads: &burn::tensor::Gradients) -> (usize, Vec<String>) {
+    let mut check = GradCheck {
+        grads,
+        path: Vec::new(),
+        zero: Vec::new(),
+        checked: 0,
+    };
+    model.visit(&mut check);
+    (check.checked, check.zero)
+}
+
 struct GradCheck<'a> {
     grads: &'a burn::tensor::Gradients,
     path: Vec<String>,
@@ -264,15 +276,9 @@ fn every_fusion_parameter_gets_a_gradient_and_bn_stats_update() {
     let logits = model.forward(tiny_input(3, &d));
     let targets = Tensor::<2>::ones([3, 7], &d).mul_scalar(0.3);
     let grads = bce_with_logits(logits, targets).backward();
-    let mut check = GradCheck {
-        grads: &grads,
-        path: Vec::new(),
-        zero: Vec::new(),
-        checked: 0,
-    };
-    model.visit(&mut check);
-    assert!(check.checked > 50);
-    assert!(check.zero.is_empty(), "no gradient: {:?}", check.zero);
+    let (checked, zero) = gradient_check(&model, &grads);
+    assert!(checked > 50);
+    assert!(zero.is_empty(), "no gradient: {zero:?}");
     // BatchNorm running statistics move in training mode ...
     let after = state_dict(&model)["landsat_model.bn1.running_mean"].clone();
     assert_ne!(before.data, after.data);
@@ -435,14 +441,8 @@ fn features_prior_input_widens_fc1_and_gets_gradients() {
     let model = config.init(&d);
     let x = with_prior(&tiny_input(3, &d), vec![0.3; 12], &d);
     let grads = bce_with_logits(model.forward(x), Tensor::<2>::ones([3, 4], &d)).backward();
-    let mut check = GradCheck {
-        grads: &grads,
-        path: Vec::new(),
-        zero: Vec::new(),
-        checked: 0,
-    };
-    model.visit(&mut check);
-    assert!(check.zero.is_empty(), "no gradient: {:?}", check.zero);
+    let (_, zero) = gradient_check(&model, &grads);
+    assert!(zero.is_empty(), "no gradient: {zero:?}");
     let keys: Vec<String> = state_dict(&model).into_keys().collect();
     assert!(
         keys.iter().any(|k| k.starts_with("prior_proj.")),

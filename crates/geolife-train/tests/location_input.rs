@@ -151,23 +151,11 @@ fn validation_prior_rows_come_from_the_training_part_only() {
     let pool = CachedSurveys::rows(&data, &split.train);
     let all = CachedSurveys::of(&data);
     let queries = CachedSurveys::rows(&data, &split.val);
-    let none = &|| {};
-    let honest = score_split(
-        &cfg.location.prior,
-        pool.as_train(),
-        Target::Test(&queries.surveys),
-        None,
-        none,
-    )
-    .unwrap();
-    let leaky = score_split(
-        &cfg.location.prior,
-        all.as_train(),
-        Target::Test(&queries.surveys),
-        None,
-        none,
-    )
-    .unwrap();
+    let scored_from = |pool: &CachedSurveys| {
+        let target = Target::Test(&queries.surveys);
+        score_split(&cfg.location.prior, pool.as_train(), target, None, &|| {}).unwrap()
+    };
+    let (honest, leaky) = (scored_from(&pool), scored_from(&all));
     let as_columns = |f: &geolife_metrics::ScoreFile, r: usize| -> Vec<(u32, f32)> {
         let Scores::Sparse { rows } = &f.scores else {
             panic!("sparse prior expected")
@@ -214,31 +202,25 @@ fn a_prior_input_without_the_presence_only_file_is_refused_by_name() {
     let mut cfg = shipped_config();
     cfg.location.po_file = None;
     let dir = tempfile::tempdir().unwrap();
-    let err = train(&TrainOptions {
-        config: cfg.clone(),
-        cache: cache.clone(),
-        run_dir: dir.path().join("run"),
-        resume: false,
-        progress: Progress::Quiet,
-        stop_after_batches: None,
-    })
-    .unwrap_err()
-    .to_string();
+    let refused = |config: TrainConfig, run: &str| {
+        train(&TrainOptions {
+            config,
+            cache: cache.clone(),
+            run_dir: dir.path().join(run),
+            resume: false,
+            progress: Progress::Quiet,
+            stop_after_batches: None,
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    let err = refused(cfg.clone(), "run");
     assert!(
         err.contains("GLC24_P0_metadata_train.csv") && err.contains("location.po_file"),
         "{err}"
     );
     cfg.location.po_file = Some(dir.path().join("missing.csv"));
-    let err = train(&TrainOptions {
-        config: cfg,
-        cache: cache.clone(),
-        run_dir: dir.path().join("run2"),
-        resume: false,
-        progress: Progress::Quiet,
-        stop_after_batches: None,
-    })
-    .unwrap_err()
-    .to_string();
+    let err = refused(cfg, "run2");
     assert!(err.contains("missing.csv"), "{err}");
     // Refused before anything is written.
     assert!(!dir.path().join("run").exists() && !dir.path().join("run2").exists());
