@@ -61,7 +61,24 @@ enum Command {
     ExportWeights(commands::export_weights::Args),
 }
 
+/// glibc's allocator hands every buffer over its (adaptive) mmap threshold to a fresh `mmap`
+/// and unmaps it on free, and it returns the heap's free top to the system: training allocates
+/// and frees activation and gradient buffers of megabytes on every op, so each one came back
+/// as new zeroed pages. Keeping buffers up to 32 MiB on the heap and not trimming it took a
+/// seed-recipe CPU epoch from 71.2 s to 65.9 s (peak RSS +9%; README, speed section).
+/// mimalloc was measured too and gained nothing on the epoch (71.6 s).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called once, before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli.command) {
