@@ -48,8 +48,11 @@ impl CubeBackbone {
 
 /// How a location prior (per-species scores in [0, 1] from where the survey is, such as
 /// `geolife prior`'s) enters the network; off by default.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, strum::VariantNames,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum PriorInput {
     /// No prior input (the paper's network).
     #[default]

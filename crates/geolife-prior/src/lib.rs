@@ -116,7 +116,7 @@ pub fn score_split(
     cfg: &PriorConfig,
     train: PaTrain,
     target: Target,
-    po: Option<PoRecords>,
+    po: Option<&PoRecords>,
     on_survey: &(dyn Fn() + Sync),
 ) -> Result<ScoreFile, PriorError> {
     cfg.validate()?;

@@ -179,19 +179,16 @@ impl PoSource {
     /// `pa_global`: the PA pool's label frequency per column (used by `debias`).
     pub fn new(
         cfg: &PoConfig,
-        records: PoRecords,
+        records: &PoRecords,
         vocab: &Vocabulary,
         pa_global: &[f64],
         search: Search,
     ) -> PoSource {
-        let mut entries = records.entries;
-        entries.retain_mut(|(sp, _)| match vocab.column(*sp) {
-            Some(c) => {
-                *sp = c;
-                true
-            }
-            None => false,
-        });
+        let entries: Vec<(u32, Point)> = records
+            .entries
+            .iter()
+            .filter_map(|&(sp, p)| vocab.column(sp).map(|c| (c, p)))
+            .collect();
         let mut global = vec![0.0; vocab.len()];
         for &(c, _) in &entries {
             global[c as usize] += 1.0;
@@ -273,7 +270,7 @@ impl Prior {
     pub fn new(
         cfg: &PriorConfig,
         pool: &[(&SurveyMeta, &[u32])],
-        po: Option<PoRecords>,
+        po: Option<&PoRecords>,
         vocab: Vocabulary,
     ) -> Prior {
         // The pool's statistics set the PO scale even when the PA source is off.

@@ -140,7 +140,7 @@ fn po_prior_equals_the_hand_computation() {
     };
     let run = |cfg: &PriorConfig| {
         let po = PoRecords::from_places(places);
-        score_split(cfg, pa, Target::Test(&test), Some(po), &|| ()).unwrap()
+        score_split(cfg, pa, Target::Test(&test), Some(&po), &|| ()).unwrap()
     };
 
     // Plain share, β = 2, scaled by the PA pool's mean species count (4/3).

@@ -671,7 +671,11 @@ fn named_keys() -> [(&'static str, &'static str, &'static [&'static str]); 4] {
         ("model", "backbone", BackboneKind::VARIANTS),
         ("model", "size", ModelSize::VARIANTS),
         ("train", "device", DeviceKind::VARIANTS),
-        ("location", "input", &["off", "logit", "features"]),
+        (
+            "location",
+            "input",
+            geolife_model::fusion::PriorInput::VARIANTS,
+        ),
     ]
 }
 
@@ -755,6 +759,14 @@ mod tests {
     fn unknown_key_is_named() {
         let e = key_of(parse("[optim]\nlearning_rate = 0.1\n").unwrap_err());
         assert!(e.contains("learning_rate"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_location_input_is_named_with_the_valid_ones() {
+        let e = key_of(parse("[location]\ninput = \"logits\"\n").unwrap_err());
+        assert!(e.starts_with("location.input:"), "{e}");
+        assert!(e.contains("did you mean `logit`"), "{e}");
+        assert!(e.contains("off, logit, features"), "{e}");
     }
 
     #[test]

@@ -149,14 +149,20 @@ pub fn for_training(
         rows: vec![Vec::new(); data.len()],
     };
     let none = &|| {};
-    let own = score_split(&loc.prior, pool.as_train(), Target::Train, po.clone(), none)
-        .map_err(prior_err)?;
+    let own = score_split(
+        &loc.prior,
+        pool.as_train(),
+        Target::Train,
+        po.as_ref(),
+        none,
+    )
+    .map_err(prior_err)?;
     out.put(&own, data, vocab)?;
     let held_out = score_split(
         &loc.prior,
         pool.as_train(),
         Target::Test(&queries.surveys),
-        po,
+        po.as_ref(),
         none,
     )
     .map_err(prior_err)?;
@@ -180,7 +186,8 @@ pub fn for_split(
         "train" => Target::Train,
         _ => Target::Test(&queries.surveys),
     };
-    let scores = score_split(&loc.prior, pool.as_train(), target, po, &|| {}).map_err(prior_err)?;
+    let scores =
+        score_split(&loc.prior, pool.as_train(), target, po.as_ref(), &|| {}).map_err(prior_err)?;
     let mut out = PriorRows {
         width: vocab.len(),
         rows: vec![Vec::new(); split.len()],

@@ -1012,22 +1012,10 @@ pub fn prior_scores(
 ) -> Result<(ScoreFile, ScoreFile), TrainError> {
     let prior = |e: geolife_prior::PriorError| TrainError::Invalid(format!("prior: {e}"));
     let none = || {};
-    let val = geolife_prior::score_split(
-        cfg,
-        train.as_train(),
-        Target::Val(val_ids),
-        po.cloned(),
-        &none,
-    )
-    .map_err(prior)?;
-    let test = geolife_prior::score_split(
-        cfg,
-        train.as_train(),
-        Target::Test(test),
-        po.cloned(),
-        &none,
-    )
-    .map_err(prior)?;
+    let val = geolife_prior::score_split(cfg, train.as_train(), Target::Val(val_ids), po, &none)
+        .map_err(prior)?;
+    let test = geolife_prior::score_split(cfg, train.as_train(), Target::Test(test), po, &none)
+        .map_err(prior)?;
     Ok((val, test))
 }
 

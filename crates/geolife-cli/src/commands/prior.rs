@@ -243,7 +243,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             labels,
         },
         target,
-        po,
+        po.as_ref(),
         &|| progress.inc(1),
     )?;
     progress.finish_and_clear();
