@@ -3,6 +3,7 @@
 //! export (`checkpoint`) are direct; the renames that burn forces live in `state`.
 
 pub mod backbones;
+pub mod conv;
 pub mod error;
 /// Checkpoint export.
 pub mod export {

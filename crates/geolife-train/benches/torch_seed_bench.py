@@ -185,6 +185,12 @@ class Seed(nn.Module):
         return self.fc2(x)
 
 
+def sync(a):
+    """Waits for queued GPU work, so wall-clock timers cover it (a no-op on the CPU)."""
+    if a.device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def mixup(batch, beta):
     """The seed's mixup on 40% of batches."""
     t, l, b, s, y = batch
@@ -200,11 +206,12 @@ def run_epoch(a, ds, model, opt, crit, beta):
     --train-count random surveys, then a validation forward (loss) over the rest."""
     t0 = time.perf_counter()
     loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=a.workers)
-    cols = [torch.cat(c) for c in zip(*loader)]
+    cols = [torch.cat(c).to(a.device) for c in zip(*loader)]
     load = time.perf_counter() - t0
     n = cols[0].shape[0]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(666))
     train, val = order[: a.train_count], order[a.train_count:]
+    sync(a)
     t1 = time.perf_counter()
     model.train()
     shuffled = train[torch.randperm(len(train))]
@@ -217,6 +224,7 @@ def run_epoch(a, ds, model, opt, crit, beta):
         loss.backward()
         opt.step()
         steps += 1
+    sync(a)
     t2 = time.perf_counter()
     model.eval()
     vloss = 0.0
@@ -225,8 +233,9 @@ def run_epoch(a, ds, model, opt, crit, beta):
             idx = val[i: i + a.batch_size]
             t, l, b, s, y = (c[idx] for c in cols)
             vloss += crit(model(t, l, b, s), y).item() * len(idx)
+    sync(a)
     t3 = time.perf_counter()
-    print(f"pytorch {torch.__version__} threads {torch.get_num_threads()}: epoch {t3 - t1:.1f} s "
+    print(f"pytorch {torch.__version__} {a.device} threads {torch.get_num_threads()}: epoch {t3 - t1:.1f} s "
           f"(train {t2 - t1:.1f} s over {len(train)} surveys in {steps} steps of {a.batch_size}, "
           f"validation {t3 - t2:.1f} s over {len(val)} surveys, val loss {vloss / max(len(val), 1):.5f}); "
           f"reading {n} samples into memory first: {load:.1f} s")
@@ -245,10 +254,12 @@ def run_predict(a, model):
     n = 0
     with torch.no_grad():
         for t, l, b, s, _ in loader:
-            torch.sigmoid(model(t, l, b, s))
+            t, l, b, s = (x.to(a.device, non_blocking=True) for x in (t, l, b, s))
+            torch.sigmoid(model(t, l, b, s)).cpu()
             n += t.shape[0]
+    sync(a)
     wall = time.perf_counter() - t0
-    print(f"pytorch {torch.__version__} threads {torch.get_num_threads()}: predict {n} test surveys "
+    print(f"pytorch {torch.__version__} {a.device} threads {torch.get_num_threads()}: predict {n} test surveys "
           f"in {wall:.1f} s ({n / wall:.1f} surveys/s, batch {a.batch_size}, {a.workers} workers)")
 
 
@@ -273,6 +284,8 @@ def main():
                     help="with --epoch: surveys in the training pass (default 90%%)")
     ap.add_argument("--predict", action="store_true",
                     help="time the scoring of every test survey")
+    ap.add_argument("--device", default="cpu",
+                    help="torch device: cpu (default) or cuda (the GPU baseline of the wgpu build)")
     a = ap.parse_args()
     torch.manual_seed(666)
     labels = {}
@@ -294,7 +307,7 @@ def main():
               f"{sps / a.batch_size:.2f} batches/s of {a.batch_size}; "
               f"{a.loader_only / cpu / a.batch_size:.2f} batches per CPU-second; {a.loader_only} samples")
         return
-    model = Seed(a.classes, env_vals.shape[1], a.sentinel, a.branches)
+    model = Seed(a.classes, env_vals.shape[1], a.sentinel, a.branches).to(a.device)
     opt = torch.optim.AdamW(model.parameters(), lr=8e-4, weight_decay=0.01)
     crit = nn.BCEWithLogitsLoss()
     beta = torch.distributions.Beta(0.4, 0.4)
@@ -314,11 +327,13 @@ def main():
         except StopIteration:
             it = iter(dl)
             t, l, b, s, y = next(it)
+        t, l, b, s, y = (x.to(a.device) for x in (t, l, b, s, y))
         t, l, b, s, y = mixup((t, l, b, s, y), beta)
         loss = crit(model(t, l, b, s), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sync(a)
         now = time.perf_counter()
         dt = now - t_prev
         if step > 0:
@@ -327,7 +342,7 @@ def main():
         t_prev = now
         print(f"step {step}: loss {loss.item():.5f} ({dt:.2f}s)", flush=True)
     sps = n / sum(times)
-    print(f"pytorch {torch.__version__} threads {torch.get_num_threads()}: {sps:.2f} samples/s "
+    print(f"pytorch {torch.__version__} {a.device} threads {torch.get_num_threads()}: {sps:.2f} samples/s "
           f"(batch {a.batch_size}, {len(times)} timed steps); one epoch of {a.epoch_surveys} surveys "
           f"~ {a.epoch_surveys / sps / 60:.1f} min (extrapolated)")
 

@@ -678,6 +678,7 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
             split: Split::Test,
             batch_size: p.predict.batch_size,
             workers: p.predict.workers,
+            device: None,
         })?;
         test.write(&dir.join(outputs::MEMBER_TEST_SCORES))
             .map_err(|e| TrainError::Metrics(e.to_string()))?;

@@ -8,7 +8,7 @@ use geolife_data::Split;
 use geolife_data::cache::PackedSplit;
 use geolife_metrics::{ScoreFile, Scores};
 
-use crate::config::TrainConfig;
+use crate::config::{DeviceKind, TrainConfig};
 use crate::error::TrainError;
 use crate::loader::BatchPlan;
 use crate::source::stats_from_manifest;
@@ -30,6 +30,8 @@ pub struct PredictOptions {
     pub split: Split,
     pub batch_size: usize,
     pub workers: usize,
+    /// Overrides the config's `train.device` (`predict --device`).
+    pub device: Option<DeviceKind>,
 }
 
 /// Scores of every survey of the split, columns = real species ids.
@@ -127,7 +129,7 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
             vocab.len()
         )));
     }
-    let device = make_device(cfg.train.device)?;
+    let device = make_device(opts.device.unwrap_or(cfg.train.device))?;
     let (model, _) =
         geolife_model::checkpoint::load_safetensors(&fc, &weights, &device).map_err(|e| {
             TrainError::Checkpoint {

@@ -124,6 +124,7 @@ fn tiny_end_to_end_learns_and_writes_every_file() {
         split: Split::Test,
         batch_size: 40,
         workers: 2,
+        device: None,
     })
     .unwrap();
     let test_cache = PackedSplit::open(cache, Split::Test).unwrap();
@@ -251,6 +252,7 @@ fn a_second_run_into_the_same_folder_is_refused_and_resume_needs_the_same_config
         split: Split::Test,
         batch_size: 8,
         workers: 1,
+        device: None,
     })
     .unwrap_err()
     .to_string();

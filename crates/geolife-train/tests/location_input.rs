@@ -79,6 +79,7 @@ fn tiny_prior_config_trains_and_predicts_with_the_prior_input() {
         split: Split::Test,
         batch_size: 32,
         workers: 1,
+        device: None,
     };
     let scores = predict(&opts).unwrap();
     let Scores::Dense { data: probs } = &scores.scores else {

@@ -220,6 +220,7 @@ fn seed_mode_predict_reproduces_pytorch_reading_the_files_the_seeds_way() {
             split: Split::Train,
             batch_size: 4,
             workers: 1,
+            device: None,
         })
         .unwrap()
     };
@@ -254,6 +255,7 @@ fn seed_mode_predict_reproduces_pytorch_reading_the_files_the_seeds_way() {
             split: Split::Train,
             batch_size: 4,
             workers: 1,
+            device: None,
         })
         .unwrap()
     };

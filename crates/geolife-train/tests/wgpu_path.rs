@@ -323,6 +323,7 @@ fn predict_on(run: &Path, device: &str) -> ScoreFile {
         split: Split::Test,
         batch_size: 8,
         workers: 1,
+        device: None,
     })
     .unwrap_or_else(|e| panic!("predict on {device} failed: {e}"))
 }

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use geolife_data::Split;
 use geolife_metrics::{Policy, write_submission};
+use geolife_train::config::DeviceKind;
 use geolife_train::predict::{PredictOptions, predict};
+use strum::VariantNames;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,6 +47,10 @@ pub struct Args {
     pub batch_size: usize,
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Override the device of the run's (or --config's) `train.device` (`flex` CPU, `wgpu` GPU
+    /// with the wgpu feature).
+    #[arg(long, value_parser = crate::commands::named::<DeviceKind>(DeviceKind::VARIANTS))]
+    pub device: Option<DeviceKind>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -67,6 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         split,
         batch_size: args.batch_size,
         workers: args.workers,
+        device: args.device,
     })?;
     scores
         .write(&args.out)

@@ -7,6 +7,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
+use crate::conv;
 use crate::layers::{LayerNorm2d, StochasticDepth, stochastic_depth_rates, tv_conv, tv_linear};
 
 const EPS: f64 = 1e-6;
@@ -162,7 +163,7 @@ impl CnBlock {
     /// # Shapes
     /// - input/output `[B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.dwconv.forward(x.clone()).permute([0, 2, 3, 1]); // [b, h, w, c]
+        let y = conv::forward(&self.dwconv, x.clone()).permute([0, 2, 3, 1]); // [b, h, w, c]
         let y = self.norm.forward(y);
         let y = burn::tensor::activation::gelu(self.pwconv1.forward(y));
         let y = self.pwconv2.forward(y).permute([0, 3, 1, 2]); // [b, c, h, w]
@@ -190,13 +191,13 @@ impl ConvNext {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H/32, W/32]`
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self.stem.norm.forward(self.stem.conv.forward(x));
+        let mut x = self.stem.norm.forward(conv::forward(&self.stem.conv, x));
         for (s, stage) in self.stages.iter().enumerate() {
             for block in stage {
                 x = block.forward(x);
             }
             if let Some(down) = self.downsamples.get(s) {
-                x = down.conv.forward(down.norm.forward(x));
+                x = conv::forward(&down.conv, down.norm.forward(x));
             }
         }
         x

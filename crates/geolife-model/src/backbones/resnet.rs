@@ -8,6 +8,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
+use crate::conv;
 use crate::layers::global_avg_pool;
 
 /// Residual block family.
@@ -235,13 +236,13 @@ impl Block {
     /// - input `[B, Cin, H, W]` -> output `[B, Cout, H/s, W/s]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            Some(d) => d.bn.forward(conv::forward(&d.conv, x.clone())),
             None => x.clone(),
         };
-        let mut y = burn::tensor::activation::relu(self.bn1.forward(self.conv1.forward(x)));
-        y = self.bn2.forward(self.conv2.forward(y));
+        let mut y = burn::tensor::activation::relu(self.bn1.forward(conv::forward(&self.conv1, x)));
+        y = self.bn2.forward(conv::forward(&self.conv2, y));
         if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
-            y = b3.forward(c3.forward(burn::tensor::activation::relu(y)));
+            y = b3.forward(conv::forward(c3, burn::tensor::activation::relu(y)));
         }
         burn::tensor::activation::relu(y + identity)
     }
@@ -275,7 +276,7 @@ impl ResNet {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H', W']`
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = burn::tensor::activation::relu(self.bn1.forward(self.conv1.forward(x)));
+        let mut x = burn::tensor::activation::relu(self.bn1.forward(conv::forward(&self.conv1, x)));
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }

@@ -1,0 +1,141 @@
+//! Forward + backward time of burn's convolution against `geolife_model::conv`'s CPU kernels
+//! (dense: one batch-wide matrix product; depthwise: direct gradients), at the shapes of the seed
+//! network's cube ResNet18s and ConvNeXt, with the largest relative difference of the outputs
+//! and of both gradients.
+//!
+//!     cargo run --release -p geolife-model --example conv_bench [REPEATS]
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use geolife_model::conv::{dense_conv2d, depthwise_conv2d};
+
+/// (name, batch, in channels, out channels, H, W, kernel, stride, padding)
+type Case = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
+
+const CASES: &[Case] = &[
+    ("landsat stem 3x3", 64, 6, 64, 4, 21, 3, 1, 1),
+    ("landsat layer1 3x3", 64, 64, 64, 4, 21, 3, 1, 1),
+    ("landsat layer2 3x3/2", 64, 64, 128, 4, 21, 3, 2, 1),
+    ("landsat layer2 3x3", 64, 128, 128, 2, 11, 3, 1, 1),
+    ("landsat layer3 3x3", 64, 256, 256, 1, 6, 3, 1, 1),
+    ("landsat layer4 3x3", 64, 512, 512, 1, 3, 3, 1, 1),
+    ("landsat down 1x1/2", 64, 128, 256, 2, 11, 1, 2, 0),
+    ("bioclim layer1 3x3", 64, 64, 64, 19, 12, 3, 1, 1),
+    ("bioclim layer2 3x3", 64, 128, 128, 10, 6, 3, 1, 1),
+    ("bioclim layer3 3x3", 64, 256, 256, 5, 3, 3, 1, 1),
+    ("convnext stem 4x4/4", 16, 4, 96, 128, 128, 4, 4, 0),
+    ("convnext down 2x2/2", 16, 96, 192, 32, 32, 2, 2, 0),
+];
+
+/// Depthwise cases: (name, batch, channels, H, W, kernel, padding).
+const DEPTHWISE: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+    ("convnext_tiny dw 7x7 s1", 16, 96, 32, 32, 7, 3),
+    ("convnext_tiny dw 7x7 s3", 16, 384, 8, 8, 7, 3),
+    ("smoke dw 7x7 s1", 64, 16, 32, 32, 7, 3),
+];
+
+fn max_rel(a: Tensor<4>, b: Tensor<4>) -> f32 {
+    let scale = b.clone().abs().max().into_scalar::<f32>().max(1e-12);
+    (a - b).abs().max().into_scalar::<f32>() / scale
+}
+
+fn main() {
+    let repeats: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().expect("REPEATS is a number"))
+        .unwrap_or(5);
+    let device = Device::flex().autodiff();
+    println!(
+        "{:<24} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9}",
+        "case", "burn ms", "ours ms", "ratio", "d out", "d x", "d w"
+    );
+    for &(name, b, ci, co, h, w, k, st, p) in CASES {
+        let x0: Tensor<4> = Tensor::random([b, ci, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let w0: Tensor<4> = Tensor::random([co, ci, k, k], Distribution::Normal(0.0, 0.1), &device);
+        let run = |gemm: bool| {
+            let x = x0.clone().detach().require_grad();
+            let wt = w0.clone().detach().require_grad();
+            let y = if gemm {
+                dense_conv2d(x.clone(), wt.clone(), [st, st], [p, p])
+            } else {
+                let options = burn::tensor::ops::ConvOptions::new([st, st], [p, p], [1, 1], 1);
+                burn::tensor::module::conv2d(x.clone(), wt.clone(), None, options)
+            };
+            let g = y.clone().sin().sum().backward();
+            let gx = x.grad(&g).expect("x grad");
+            let gw = wt.grad(&g).expect("w grad");
+            (y.inner(), gx, gw)
+        };
+        let time = |gemm: bool| {
+            run(gemm);
+            let t = Instant::now();
+            for _ in 0..repeats {
+                run(gemm);
+            }
+            t.elapsed().as_secs_f64() * 1e3 / repeats as f64
+        };
+        let (yb, xb, wb) = run(false);
+        let (yg, xg, wg) = run(true);
+        let (tb, tg) = (time(false), time(true));
+        println!(
+            "{:<24} {:>10.2} {:>10.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e}",
+            name,
+            tb,
+            tg,
+            tb / tg,
+            max_rel(yg, yb),
+            max_rel(xg, xb),
+            max_rel(wg, wb)
+        );
+    }
+    for &(name, b, c, h, w, k, p) in DEPTHWISE {
+        let x0: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let w0: Tensor<4> = Tensor::random([c, 1, k, k], Distribution::Normal(0.0, 0.1), &device);
+        let run = |ours: bool| {
+            let x = x0.clone().detach().require_grad();
+            let wt = w0.clone().detach().require_grad();
+            let y = if ours {
+                depthwise_conv2d(x.clone(), wt.clone(), [p, p])
+            } else {
+                let options = burn::tensor::ops::ConvOptions::new([1, 1], [p, p], [1, 1], c);
+                burn::tensor::module::conv2d(x.clone(), wt.clone(), None, options)
+            };
+            let g = y.clone().sin().sum().backward();
+            let gx = x.grad(&g).expect("x grad");
+            let gw = wt.grad(&g).expect("w grad");
+            (y.inner(), gx, gw)
+        };
+        let time = |ours: bool| {
+            run(ours);
+            let t = Instant::now();
+            for _ in 0..repeats {
+                run(ours);
+            }
+            t.elapsed().as_secs_f64() * 1e3 / repeats as f64
+        };
+        let (yb, xb, wb) = run(false);
+        let (yg, xg, wg) = run(true);
+        let (tb, tg) = (time(false), time(true));
+        println!(
+            "{:<24} {:>10.2} {:>10.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e}",
+            name,
+            tb,
+            tg,
+            tb / tg,
+            max_rel(yg, yb),
+            max_rel(xg, xb),
+            max_rel(wg, wb)
+        );
+    }
+}

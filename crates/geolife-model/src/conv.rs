@@ -1,0 +1,695 @@
+//! Faster CPU convolutions for the seed network: one batch-wide matrix product for dense
+//! convolutions, and a direct backward pass for depthwise ones. Registered for burn flex through
+//! burn's backend-extension API (a custom primitive with its own autodiff node); every other
+//! device, and every convolution these kernels do not cover, runs burn's own convolution.
+//!
+//! Why (issue 12, measured with `examples/conv_bench.rs`):
+//! - burn flex runs a dense convolution as one small matrix product per sample and per tile of
+//!   output pixels, and its weight gradient as a convolution whose "batch" is the input channels
+//!   and whose output is the `kh x kw` kernel pixels. On the cube branches' small maps (4x21 down
+//!   to 1x3 pixels) every product has a handful of rows, and the GEMM microkernels run far below
+//!   their peak. Here the patches of the whole batch form one `[B*Ho*Wo, C*kh*kw]` matrix, so the
+//!   forward pass and both gradients are each one large product.
+//! - burn's weight gradient of a grouped convolution loops over the groups with a slice, a
+//!   convolution and a slice-assign each: for ConvNeXt's depthwise 7x7 (up to 1,536 groups) that
+//!   is thousands of small operations per layer. Here both depthwise gradients are direct loops.
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::ops::{ConvOptions, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Largest patch matrix (values) the dense kernel builds; bigger convolutions (full-size
+/// ImageNet stems) run burn's tiled convolution, which needs less memory.
+const MAX_PATCH_VALUES: usize = 1 << 25;
+
+/// Output pixels per map up to which a dense overlapping convolution takes the batch-wide
+/// kernel (the cube branches' 4x21 Landsat maps and everything smaller).
+const MAX_DENSE_MAP: usize = 128;
+
+/// Convolutions with their own CPU kernels. Padding is symmetric: `[rows, columns]`.
+#[backend_extension(Flex, Autodiff)]
+pub trait ConvBackend: Backend {
+    /// A dense convolution (one group, no dilation, no bias).
+    fn dense_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self>;
+
+    /// The gradients of [`dense_conv2d`](ConvBackend::dense_conv2d): `(x, weight)`.
+    fn dense_conv2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = (x, weight, grad, stride, padding);
+        unreachable!("dense_conv2d_backward is only called by its autodiff node")
+    }
+
+    /// A depthwise convolution (one channel per group, stride 1, no dilation, no bias).
+    fn depthwise_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        padding: [usize; 2],
+    ) -> FloatTensor<Self>;
+
+    /// The gradients of [`depthwise_conv2d`](ConvBackend::depthwise_conv2d): `(x, weight)`.
+    fn depthwise_conv2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        padding: [usize; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = (x, weight, grad, padding);
+        unreachable!("depthwise_conv2d_backward is only called by its autodiff node")
+    }
+}
+
+/// `conv.forward(x)`, through this module's kernels where they apply (CPU device, a dense or
+/// depthwise convolution of the supported shape), burn's convolution otherwise.
+pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let Some(kind) = kernel_for(conv, &x) else {
+        return conv.forward(x);
+    };
+    let weight = conv.weight.val();
+    let y = match kind {
+        Kernel::Dense(padding) => dense_conv2d(x, weight, conv.stride, padding),
+        Kernel::Depthwise(padding) => depthwise_conv2d(x, weight, padding),
+    };
+    match &conv.bias {
+        Some(bias) => y + bias.val().reshape([1, -1, 1, 1]),
+        None => y,
+    }
+}
+
+/// A dense convolution by one batch-wide matrix product (CPU device only).
+///
+/// # Shapes
+/// - `x` `[B, C, H, W]`, `weight` `[Co, C, kh, kw]` -> `[B, Co, Ho, Wo]`
+pub fn dense_conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::dense_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        stride,
+        padding,
+    ))
+}
+
+/// A depthwise stride-1 convolution with a direct backward pass (CPU device only).
+///
+/// # Shapes
+/// - `x` `[B, C, H, W]`, `weight` `[C, 1, kh, kw]` -> `[B, C, Ho, Wo]`
+pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, padding: [usize; 2]) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::depthwise_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        padding,
+    ))
+}
+
+enum Kernel {
+    Dense([usize; 2]),
+    Depthwise([usize; 2]),
+}
+
+/// Which of this module's kernels runs `conv` on `x`, if any.
+fn kernel_for(conv: &Conv2d, x: &Tensor<4>) -> Option<Kernel> {
+    if conv.dilation != [1, 1] || !is_cpu(&x.device()) || x.dtype() != DType::F32 {
+        return None;
+    }
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            [top, left]
+        }
+        _ => return None,
+    };
+    let [b, c, h, w] = x.dims();
+    let [co, _, kh, kw] = conv.weight.dims();
+    if h + 2 * padding[0] < kh || w + 2 * padding[1] < kw {
+        return None;
+    }
+    if conv.groups == 1 {
+        let ho = (h + 2 * padding[0] - kh) / conv.stride[0] + 1;
+        let wo = (w + 2 * padding[1] - kw) / conv.stride[1] + 1;
+        // Where it wins (examples/conv_bench.rs): small output maps, where burn's products are
+        // the smallest, and non-overlapping patches (ConvNeXt's stem and downsampling), where
+        // the patch matrix is a plain reordering. On a 19x12 map burn's per-sample products
+        // are already large enough, and they skip building the batch's patch matrix twice.
+        let small = ho * wo <= MAX_DENSE_MAP;
+        let patchify = conv.stride == [kh, kw] && padding == [0, 0];
+        ((small || patchify) && b * ho * wo * c * kh * kw <= MAX_PATCH_VALUES)
+            .then_some(Kernel::Dense(padding))
+    } else if conv.groups == c && co == c && conv.stride == [1, 1] {
+        Some(Kernel::Depthwise(padding))
+    } else {
+        None
+    }
+}
+
+/// Whether `device` is burn flex (with or without autodiff).
+fn is_cpu(device: &Device) -> bool {
+    device.clone().without_autodiff() == Device::flex()
+}
+
+/// The sizes of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    kh: usize,
+    kw: usize,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn new(x: &Shape, weight: &Shape, stride: [usize; 2], padding: [usize; 2]) -> Self {
+        let (b, c, h, w) = (x[0], x[1], x[2], x[3]);
+        let (co, kh, kw) = (weight[0], weight[2], weight[3]);
+        let ho = (h + 2 * padding[0] - kh) / stride[0] + 1;
+        let wo = (w + 2 * padding[1] - kw) / stride[1] + 1;
+        Self {
+            b,
+            c,
+            h,
+            w,
+            co,
+            kh,
+            kw,
+            stride,
+            padding,
+            ho,
+            wo,
+        }
+    }
+    /// Columns of a patch row: `(kernel row, kernel column, channel)`.
+    fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// Output pixels per map.
+    fn s(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// Input row `ih` of output row `oh` and kernel row `i`, if inside the map.
+    fn in_row(&self, oh: usize, i: usize) -> Option<usize> {
+        (oh * self.stride[0] + i)
+            .checked_sub(self.padding[0])
+            .filter(|&r| r < self.h)
+    }
+}
+
+/// The values of an f32 flex tensor, in its logical (row-major) order.
+fn values(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .unwrap_or_else(|| unreachable!("a contiguous f32 tensor has a slice"))
+}
+
+fn tensor(v: Vec<f32>, dims: &[usize]) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(v),
+        Layout::contiguous(Shape::from(dims.to_vec())),
+        DType::F32,
+    )
+}
+
+/// `dst = lhs * rhs` (`m x k` times `k x n`), each matrix given by its row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_strides: [isize; 2],
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+) {
+    let last = |s: [isize; 2], rows: usize, cols: usize| {
+        (rows.saturating_sub(1)) as isize * s[0] + (cols.saturating_sub(1)) as isize * s[1]
+    };
+    assert!(
+        m * n == 0
+            || (last(dst_strides, m, n) < dst.len() as isize
+                && last(lhs_strides, m, k) < lhs.len() as isize
+                && last(rhs_strides, k, n) < rhs.len() as isize),
+        "matmul: a matrix does not fit its buffer"
+    );
+    // SAFETY: the assertion above keeps every element the strides reach inside its slice, the
+    // destination is borrowed mutably (no overlap with the inputs), and `read_dst` is false so
+    // the destination's previous values are not read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_strides[1],
+            dst_strides[0],
+            false,
+            lhs.as_ptr(),
+            lhs_strides[1],
+            lhs_strides[0],
+            rhs.as_ptr(),
+            rhs_strides[1],
+            rhs_strides[0],
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// `[B, C, H, W]` to channels-last `[B, H, W, C]`, or back (`to_last` false).
+fn channels_last(x: &[f32], b: usize, c: usize, plane: usize, to_last: bool) -> Vec<f32> {
+    let mut out = vec![0f32; b * c * plane];
+    out.par_chunks_mut(c * plane)
+        .zip(x.par_chunks(c * plane))
+        .for_each(|(dst, src)| {
+            for ci in 0..c {
+                for p in 0..plane {
+                    if to_last {
+                        dst[p * c + ci] = src[ci * plane + p];
+                    } else {
+                        dst[ci * plane + p] = src[p * c + ci];
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// For output column `ow`: the kernel columns `j0..j1` that fall inside the map, and the input
+/// column of `j0`.
+fn valid_taps(g: &Geometry, ow: usize) -> (usize, usize, usize) {
+    let start = ow * g.stride[1];
+    let j0 = g.padding[1].saturating_sub(start);
+    let j1 = (g.w + g.padding[1]).saturating_sub(start).min(g.kw);
+    (j0, j1.max(j0), (start + j0).saturating_sub(g.padding[1]))
+}
+
+/// The patch matrix `[B*Ho*Wo, kh*kw*C]` of the channels-last input `x` (zeros where the kernel
+/// covers padding). Within a kernel row the `kw` pixels of `C` channels are contiguous in both,
+/// so each is one copy.
+fn im2col(x: &[f32], g: &Geometry) -> Vec<f32> {
+    let (k, s, c) = (g.k(), g.s(), g.c);
+    let mut patches = vec![0f32; g.b * s * k];
+    patches
+        .par_chunks_mut(s * k)
+        .zip(x.par_chunks(g.h * g.w * c))
+        .for_each(|(rows, xb)| {
+            for oh in 0..g.ho {
+                for ow in 0..g.wo {
+                    let row = &mut rows[(oh * g.wo + ow) * k..][..k];
+                    let (j0, j1, iw) = valid_taps(g, ow);
+                    for i in 0..g.kh {
+                        let Some(ih) = g.in_row(oh, i) else { continue };
+                        let n = (j1 - j0) * c;
+                        let src = &xb[(ih * g.w + iw) * c..][..n];
+                        row[(i * g.kw + j0) * c..][..n].copy_from_slice(src);
+                    }
+                }
+            }
+        });
+    patches
+}
+
+/// The channels-last input gradient `[B, H, W, C]` from the patch gradient (adds each patch
+/// value back to the input pixel it was read from).
+fn col2im(patches: &[f32], g: &Geometry) -> Vec<f32> {
+    let (k, s, c) = (g.k(), g.s(), g.c);
+    let mut x = vec![0f32; g.b * g.h * g.w * c];
+    x.par_chunks_mut(g.h * g.w * c)
+        .zip(patches.par_chunks(s * k))
+        .for_each(|(xb, rows)| {
+            for oh in 0..g.ho {
+                for ow in 0..g.wo {
+                    let row = &rows[(oh * g.wo + ow) * k..][..k];
+                    let (j0, j1, iw) = valid_taps(g, ow);
+                    for i in 0..g.kh {
+                        let Some(ih) = g.in_row(oh, i) else { continue };
+                        let n = (j1 - j0) * c;
+                        let dst = &mut xb[(ih * g.w + iw) * c..][..n];
+                        let src = &row[(i * g.kw + j0) * c..][..n];
+                        for (d, v) in dst.iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        });
+    x
+}
+
+/// `[Co, C, kh, kw]` to `[Co, kh, kw, C]` (the patch columns' order), or back.
+fn weight_taps_first(w: &[f32], g: &Geometry, to_taps: bool) -> Vec<f32> {
+    let taps = g.kh * g.kw;
+    let mut out = vec![0f32; w.len()];
+    for o in 0..g.co {
+        let (src, dst) = (&w[o * g.k()..][..g.k()], &mut out[o * g.k()..][..g.k()]);
+        for ci in 0..g.c {
+            for t in 0..taps {
+                if to_taps {
+                    dst[t * g.c + ci] = src[ci * taps + t];
+                } else {
+                    dst[ci * taps + t] = src[t * g.c + ci];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `[B, Co, S]` (NCHW maps) from `[Co, B*S]` (one row per output channel), or back.
+fn maps_from_rows(rows: &[f32], g: &Geometry, to_rows: bool) -> Vec<f32> {
+    let (s, n) = (g.s(), g.b * g.s());
+    let mut out = vec![0f32; g.b * g.co * s];
+    if to_rows {
+        // rows := [Co, B*S] from maps [B, Co, S]
+        out.par_chunks_mut(n).enumerate().for_each(|(o, row)| {
+            for (b, dst) in row.chunks_mut(s).enumerate() {
+                dst.copy_from_slice(&rows[(b * g.co + o) * s..][..s]);
+            }
+        });
+    } else {
+        out.par_chunks_mut(g.co * s)
+            .enumerate()
+            .for_each(|(b, maps)| {
+                for (o, dst) in maps.chunks_mut(s).enumerate() {
+                    dst.copy_from_slice(&rows[o * n + b * s..][..s]);
+                }
+            });
+    }
+    out
+}
+
+fn options(stride: [usize; 2], padding: [usize; 2], groups: usize) -> ConvOptions<2> {
+    ConvOptions::new(stride, padding, [1, 1], groups)
+}
+
+impl ConvBackend for Flex {
+    fn dense_conv2d(
+        x: FlexTensor,
+        weight: FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FlexTensor {
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+            return Flex::conv2d(x, weight, None, options(stride, padding, 1));
+        }
+        let g = Geometry::new(x.layout().shape(), weight.layout().shape(), stride, padding);
+        let (x, weight) = (values(&x), values(&weight));
+        let x = channels_last(slice(&x), g.b, g.c, g.h * g.w, true);
+        let weight = weight_taps_first(slice(&weight), &g, true);
+        let patches = im2col(&x, &g);
+        let (k, n) = (g.k(), g.b * g.s());
+        // [Co, B*S] = W [Co, K] x patches^T [K, B*S]
+        let mut rows = vec![0f32; g.co * n];
+        matmul(
+            g.co,
+            n,
+            k,
+            &mut rows,
+            [n as isize, 1],
+            &weight,
+            [k as isize, 1],
+            &patches,
+            [1, k as isize],
+        );
+        tensor(maps_from_rows(&rows, &g, false), &[g.b, g.co, g.ho, g.wo])
+    }
+
+    fn dense_conv2d_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> (FlexTensor, FlexTensor) {
+        if [x.dtype(), weight.dtype(), grad.dtype()] != [DType::F32; 3] {
+            let o = options(stride, padding, 1);
+            return (
+                Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), o.clone()),
+                Flex::conv2d_weight_backward(x, weight, grad, o),
+            );
+        }
+        let g = Geometry::new(x.layout().shape(), weight.layout().shape(), stride, padding);
+        let (x, weight, grad) = (values(&x), values(&weight), values(&grad));
+        let (k, n) = (g.k(), g.b * g.s());
+        let x = channels_last(slice(&x), g.b, g.c, g.h * g.w, true);
+        let weight = weight_taps_first(slice(&weight), &g, true);
+        let patches = im2col(&x, &g);
+        let rows = maps_from_rows(slice(&grad), &g, true); // [Co, B*S]
+        // dW [Co, K] = dY [Co, B*S] x patches [B*S, K]
+        let mut grad_w = vec![0f32; g.co * k];
+        matmul(
+            g.co,
+            k,
+            n,
+            &mut grad_w,
+            [k as isize, 1],
+            &rows,
+            [n as isize, 1],
+            &patches,
+            [k as isize, 1],
+        );
+        // dPatches [B*S, K] = dY^T [B*S, Co] x W [Co, K]
+        let mut grad_patches = patches;
+        matmul(
+            n,
+            k,
+            g.co,
+            &mut grad_patches,
+            [k as isize, 1],
+            &rows,
+            [1, n as isize],
+            &weight,
+            [k as isize, 1],
+        );
+        let grad_x = col2im(&grad_patches, &g);
+        let grad_x = channels_last(&grad_x, g.b, g.c, g.h * g.w, false);
+        let grad_w = weight_taps_first(&grad_w, &g, false);
+        (
+            tensor(grad_x, &[g.b, g.c, g.h, g.w]),
+            tensor(grad_w, &[g.co, g.c, g.kh, g.kw]),
+        )
+    }
+
+    fn depthwise_conv2d(x: FlexTensor, weight: FlexTensor, padding: [usize; 2]) -> FlexTensor {
+        // flex's forward already has a direct depthwise path.
+        let groups = x.layout().shape()[1];
+        Flex::conv2d(x, weight, None, options([1, 1], padding, groups))
+    }
+
+    fn depthwise_conv2d_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        padding: [usize; 2],
+    ) -> (FlexTensor, FlexTensor) {
+        if [x.dtype(), weight.dtype(), grad.dtype()] != [DType::F32; 3] {
+            let o = options([1, 1], padding, x.layout().shape()[1]);
+            return (
+                Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), o.clone()),
+                Flex::conv2d_weight_backward(x, weight, grad, o),
+            );
+        }
+        let g = Geometry::new(x.layout().shape(), weight.layout().shape(), [1, 1], padding);
+        let (x, weight, grad) = (values(&x), values(&weight), values(&grad));
+        let (xs, ws, gs) = (slice(&x), slice(&weight), slice(&grad));
+        let (plane, out_plane, taps) = (g.h * g.w, g.s(), g.kh * g.kw);
+        // For kernel tap (i, j): the output rows and columns whose input pixel is inside the map.
+        let range = |i: usize, pad: usize, size: usize, out: usize| {
+            let lo = pad.saturating_sub(i);
+            let hi = (size + pad).saturating_sub(i).min(out);
+            (lo, hi.max(lo))
+        };
+        // dX: each (sample, channel) plane on its own; dX[ih, iw] += dY[oh, ow] * w[i, j].
+        let mut grad_x = vec![0f32; g.b * g.c * plane];
+        grad_x
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(p, gx)| {
+                let (c, gy) = (p % g.c, &gs[p * out_plane..][..out_plane]);
+                let wc = &ws[c * taps..][..taps];
+                for i in 0..g.kh {
+                    let (oh0, oh1) = range(i, g.padding[0], g.h, g.ho);
+                    for j in 0..g.kw {
+                        let (ow0, ow1) = range(j, g.padding[1], g.w, g.wo);
+                        let wv = wc[i * g.kw + j];
+                        for oh in oh0..oh1 {
+                            let ih = oh + i - g.padding[0];
+                            let src = &gy[oh * g.wo + ow0..oh * g.wo + ow1];
+                            let start = ih * g.w + ow0 + j - g.padding[1];
+                            let dst = &mut gx[start..start + (ow1 - ow0)];
+                            for (d, s) in dst.iter_mut().zip(src) {
+                                *d += s * wv;
+                            }
+                        }
+                    }
+                }
+            });
+        // dW[c, i, j] = sum over samples and output pixels of dY[oh, ow] * X[ih, iw].
+        let mut grad_w = vec![0f32; g.c * taps];
+        grad_w.par_chunks_mut(taps).enumerate().for_each(|(c, gw)| {
+            for b in 0..g.b {
+                let p = b * g.c + c;
+                let (xp, gy) = (&xs[p * plane..][..plane], &gs[p * out_plane..][..out_plane]);
+                for i in 0..g.kh {
+                    let (oh0, oh1) = range(i, g.padding[0], g.h, g.ho);
+                    for j in 0..g.kw {
+                        let (ow0, ow1) = range(j, g.padding[1], g.w, g.wo);
+                        let mut acc = 0f32;
+                        for oh in oh0..oh1 {
+                            let ih = oh + i - g.padding[0];
+                            let src = &gy[oh * g.wo + ow0..oh * g.wo + ow1];
+                            let start = ih * g.w + ow0 + j - g.padding[1];
+                            let xv = &xp[start..start + (ow1 - ow0)];
+                            acc += src.iter().zip(xv).map(|(a, b)| a * b).sum::<f32>();
+                        }
+                        gw[i * g.kw + j] += acc;
+                    }
+                }
+            }
+        });
+        (
+            tensor(grad_x, &[g.b, g.c, g.h, g.w]),
+            tensor(grad_w, &[g.c, 1, g.kh, g.kw]),
+        )
+    }
+}
+
+/// What a convolution node keeps for its backward pass.
+#[derive(Clone, Debug)]
+struct ConvState<B: Backend> {
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+}
+
+#[derive(Debug)]
+struct DenseBackward;
+
+#[derive(Debug)]
+struct DepthwiseBackward;
+
+/// Registers `(grad_x, grad_w)` with the parents that track gradients.
+fn register<B: Backend>(
+    [x, w]: [Option<NodeId>; 2],
+    grads: &mut Gradients,
+    (grad_x, grad_w): (FloatTensor<B>, FloatTensor<B>),
+) {
+    if let Some(id) = x {
+        grads.register::<B>(id, grad_x);
+    }
+    if let Some(id) = w {
+        grads.register::<B>(id, grad_w);
+    }
+}
+
+impl<B: ConvBackend> Backward<B, 2> for DenseBackward {
+    type State = ConvState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let s = ops.state;
+        let pair = B::dense_conv2d_backward(s.x, s.weight, grad, s.stride, s.padding);
+        register::<B>(ops.parents.map(|p| p.map(|n| n.id)), grads, pair);
+    }
+}
+
+impl<B: ConvBackend> Backward<B, 2> for DepthwiseBackward {
+    type State = ConvState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let s = ops.state;
+        let pair = B::depthwise_conv2d_backward(s.x, s.weight, grad, s.padding);
+        register::<B>(ops.parents.map(|p| p.map(|n| n.id)), grads, pair);
+    }
+}
+
+impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
+    fn dense_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let ((x, x_node), (weight, w_node)) = (x.into_parts(), weight.into_parts());
+        match DenseBackward
+            .prepare::<C>([x_node, w_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::dense_conv2d(x.clone(), weight.clone(), stride, padding);
+                let state = ConvState {
+                    x,
+                    weight,
+                    stride,
+                    padding,
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::dense_conv2d(x, weight, stride, padding)),
+        }
+    }
+
+    fn depthwise_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let ((x, x_node), (weight, w_node)) = (x.into_parts(), weight.into_parts());
+        match DepthwiseBackward
+            .prepare::<C>([x_node, w_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::depthwise_conv2d(x.clone(), weight.clone(), padding);
+                let state = ConvState {
+                    x,
+                    weight,
+                    stride: [1, 1],
+                    padding,
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::depthwise_conv2d(x, weight, padding)),
+        }
+    }
+}
