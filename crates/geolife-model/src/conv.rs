@@ -333,6 +333,9 @@ fn im2col(x: &[f32], g: &Geometry) -> Vec<f32> {
                 for ow in 0..g.wo {
                     let row = &mut rows[(oh * g.wo + ow) * k..][..k];
                     let (j0, j1, iw) = valid_taps(g, ow);
+                    if j0 == j1 {
+                        continue;
+                    }
                     for i in 0..g.kh {
                         let Some(ih) = g.in_row(oh, i) else { continue };
                         let n = (j1 - j0) * c;
@@ -357,6 +360,9 @@ fn col2im(patches: &[f32], g: &Geometry) -> Vec<f32> {
                 for ow in 0..g.wo {
                     let row = &rows[(oh * g.wo + ow) * k..][..k];
                     let (j0, j1, iw) = valid_taps(g, ow);
+                    if j0 == j1 {
+                        continue;
+                    }
                     for i in 0..g.kh {
                         let Some(ih) = g.in_row(oh, i) else { continue };
                         let n = (j1 - j0) * c;
@@ -530,8 +536,9 @@ impl ConvBackend for Flex {
         let (xs, ws, gs) = (slice(&x), slice(&weight), slice(&grad));
         let (plane, out_plane, taps) = (g.h * g.w, g.s(), g.kh * g.kw);
         // For kernel tap (i, j): the output rows and columns whose input pixel is inside the map.
+        // (Empty, as `(out, out)`, when the tap never lands inside the map.)
         let range = |i: usize, pad: usize, size: usize, out: usize| {
-            let lo = pad.saturating_sub(i);
+            let lo = pad.saturating_sub(i).min(out);
             let hi = (size + pad).saturating_sub(i).min(out);
             (lo, hi.max(lo))
         };
@@ -547,6 +554,9 @@ impl ConvBackend for Flex {
                     let (oh0, oh1) = range(i, g.padding[0], g.h, g.ho);
                     for j in 0..g.kw {
                         let (ow0, ow1) = range(j, g.padding[1], g.w, g.wo);
+                        if ow0 == ow1 {
+                            continue;
+                        }
                         let wv = wc[i * g.kw + j];
                         for oh in oh0..oh1 {
                             let ih = oh + i - g.padding[0];
@@ -570,6 +580,9 @@ impl ConvBackend for Flex {
                     let (oh0, oh1) = range(i, g.padding[0], g.h, g.ho);
                     for j in 0..g.kw {
                         let (ow0, ow1) = range(j, g.padding[1], g.w, g.wo);
+                        if ow0 == ow1 {
+                            continue;
+                        }
                         let mut acc = 0f32;
                         for oh in oh0..oh1 {
                             let ih = oh + i - g.padding[0];
