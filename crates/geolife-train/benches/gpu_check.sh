@@ -20,9 +20,11 @@ mkdir -p "$OUT" "$WORK"
 LOG="$OUT/gpu-check.log"
 
 # Runs "$@" with at most $cap seconds, and never past the deadline; logs what it printed.
+# ONLY (an extended regex) keeps the steps whose names match it.
 step() {
     local cap=$1 name=$2
     shift 2
+    [[ "$name" =~ ${ONLY:-.} ]] || return 0
     local left=$((DEADLINE - $(date +%s)))
     [ "$left" -gt "$cap" ] && left=$cap
     if [ "$left" -lt 10 ]; then
@@ -80,5 +82,15 @@ step 80 predict-wgpu "$G" predict --run "$R/base" --data "$C" --out "$R/base/tes
 step 50 predict-torch python3 "$BENCH" --root "$D" --predict --sentinel convnext_base --batch-size 64 --device cuda --workers 8
 for b in convnext_base convnext_large; do
     step 40 "$b-wgpu" "$G" bench train --data "$C" --backbone "$b" --batch-size 16 --steps 3 --device wgpu
+done
+# GPU memory of the paper configs at the paper's batch of 256: the most nvidia-smi saw in use
+# while two training steps ran (sampled every 200 ms).
+for c in convnext-base convnext-large swinv2-base maxvit-t; do
+    [[ "mem-$c" =~ ${ONLY:-.} ]] || continue
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$WORK/mem-$c.csv" &
+    smi=$!
+    step 90 "mem-$c" "$G" bench train --data "$C" --config "configs/paper-$c.toml" --batch-size 256 --steps 2 --device wgpu
+    kill "$smi" 2>/dev/null
+    echo "mem-$c: peak $(sort -n "$WORK/mem-$c.csv" | tail -1) MiB in use (batch 256)" | tee -a "$LOG"
 done
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader | tee -a "$LOG"

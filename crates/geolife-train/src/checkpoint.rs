@@ -78,15 +78,21 @@ pub fn save(
         path: path.to_path_buf(),
         message: format!("cannot serialise the training state: {e}"),
     })?;
-    let mut buf = Vec::with_capacity(MAGIC.len() + 32 + json.len() + model.len() + optim.len());
-    buf.extend_from_slice(MAGIC);
-    for part in [&json[..], model, optim, weights] {
-        buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        buf.extend_from_slice(part);
-    }
-    let sum = fnv(&buf);
-    buf.extend_from_slice(&sum.to_le_bytes());
-    geolife_model::checkpoint::atomic_write(path, &buf).map_err(|source| TrainError::Io {
+    // Streamed into the file and the checksum together: no second copy of the sections.
+    let mut hash = fnv::FnvHasher::default();
+    geolife_data::atomic::write_with(path, |w| {
+        let mut put = |bytes: &[u8]| {
+            std::hash::Hasher::write(&mut hash, bytes);
+            w.write_all(bytes)
+        };
+        put(MAGIC)?;
+        for part in [&json[..], model, optim, weights] {
+            put(&(part.len() as u64).to_le_bytes())?;
+            put(part)?;
+        }
+        w.write_all(&std::hash::Hasher::finish(&hash).to_le_bytes())
+    })
+    .map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
         source,
     })

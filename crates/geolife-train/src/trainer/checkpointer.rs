@@ -1,9 +1,13 @@
 //! Checkpoints of a run: `last.ckpt` (position, model record, optimiser record and the full
 //! state dict, one checksummed file) to resume from, and `best.safetensors` (the weights of the
 //! best validation epoch, with their config and transforms) to predict with. Everything is
-//! serialised in memory and written once, atomically.
+//! serialised in memory and written once, atomically. `last.ckpt` (hundreds of MB with the
+//! 11,255-way head and its AdamW moments) is hashed, written and synced on its own thread while
+//! training goes on; each write waits for the one before, and the run waits for the last one.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
 
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
@@ -19,6 +23,8 @@ pub struct Checkpointer {
     best: PathBuf,
     /// The run's `[transforms]` as JSON, recorded in `best.safetensors`.
     transforms_json: String,
+    /// The write of the newest `last.ckpt`, if it may still be running.
+    pending: Mutex<Option<JoinHandle<Result<(), TrainError>>>>,
 }
 
 impl Checkpointer {
@@ -27,6 +33,7 @@ impl Checkpointer {
             last,
             best,
             transforms_json,
+            pending: Mutex::new(None),
         }
     }
 
@@ -38,6 +45,7 @@ impl Checkpointer {
     }
 
     /// Writes `last.ckpt`: where training stands, and the model and optimiser to continue.
+    /// The values are taken now; the file is written in the background (see [`Self::wait`]).
     pub fn save_last(
         &self,
         state: &TrainState,
@@ -61,7 +69,29 @@ impl Checkpointer {
             .map_err(|e| self.err(format!("optimizer record: {e}")))?;
         let weights = geolife_model::checkpoint::fusion_to_bytes(model, fc, None, &self.last)
             .map_err(|e| self.err(format!("weights: {e}")))?;
-        checkpoint::save(&self.last, state, &model_bytes, &optim_bytes, &weights)
+        self.wait()?;
+        let (path, state) = (self.last.clone(), state.clone());
+        let writer = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || checkpoint::save(&path, &state, &model_bytes, &optim_bytes, &weights))
+            .map_err(|e| self.err(format!("cannot start the checkpoint writer: {e}")))?;
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
+        Ok(())
+    }
+
+    /// Waits until the newest `last.ckpt` is on disk; its write error, if it failed.
+    pub fn wait(&self) -> Result<(), TrainError> {
+        let writer = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match writer {
+            None => Ok(()),
+            Some(w) => w
+                .join()
+                .unwrap_or_else(|_| Err(self.err("the checkpoint writer panicked".into()))),
+        }
     }
 
     /// Reads `last.ckpt` into a model built from `fc` on `device` and into `optim`.
@@ -71,6 +101,7 @@ impl Checkpointer {
         device: &Device,
         optim: ModuleOptimizer,
     ) -> Result<(TrainState, FusionModel, ModuleOptimizer), TrainError> {
+        self.wait()?;
         let (state, model_bytes, optim_bytes, weights) = checkpoint::load(&self.last)?;
         // Full state dict first (BatchNorm running statistics), then the burn record on top
         // (same values, plus the parameter ids the optimiser state is keyed by).
@@ -100,5 +131,14 @@ impl Checkpointer {
             path: self.best.clone(),
             message: e.to_string(),
         })
+    }
+}
+
+impl Drop for Checkpointer {
+    /// A run that ends early (an error) still leaves its newest `last.ckpt` whole on disk.
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            tracing::error!("{e}");
+        }
     }
 }

@@ -342,6 +342,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             Ok(ControlFlow::Continue(())) => {}
             Ok(ControlFlow::Break(())) => {
                 checkpoints.save_last(&state, &trainee.model, &fc, &trainee.optim)?;
+                checkpoints.wait()?;
                 return Ok(TrainSummary::of(run.root(), &state, false));
             }
             Err(e) => {
@@ -409,6 +410,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let t = Instant::now();
     run.plot_curves(&state.history);
     times.outputs_s += t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    checkpoints.wait()?;
+    times.checkpoints_s += t.elapsed().as_secs_f64();
     if times.epochs > 0 {
         run.write_profile(&times)?;
     }
