@@ -380,20 +380,21 @@ fn col2im(patches: &[f32], g: &Geometry) -> Vec<f32> {
 
 /// `[Co, C, kh, kw]` to `[Co, kh, kw, C]` (the patch columns' order), or back.
 fn weight_taps_first(w: &[f32], g: &Geometry, to_taps: bool) -> Vec<f32> {
-    let taps = g.kh * g.kw;
+    let (taps, k) = (g.kh * g.kw, g.k());
     let mut out = vec![0f32; w.len()];
-    for o in 0..g.co {
-        let (src, dst) = (&w[o * g.k()..][..g.k()], &mut out[o * g.k()..][..g.k()]);
-        for ci in 0..g.c {
-            for t in 0..taps {
-                if to_taps {
-                    dst[t * g.c + ci] = src[ci * taps + t];
-                } else {
-                    dst[ci * taps + t] = src[t * g.c + ci];
+    out.par_chunks_mut(k)
+        .zip(w.par_chunks(k))
+        .for_each(|(dst, src)| {
+            for ci in 0..g.c {
+                for t in 0..taps {
+                    if to_taps {
+                        dst[t * g.c + ci] = src[ci * taps + t];
+                    } else {
+                        dst[ci * taps + t] = src[t * g.c + ci];
+                    }
                 }
             }
-        }
-    }
+        });
     out
 }
 
