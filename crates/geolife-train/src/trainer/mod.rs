@@ -42,7 +42,7 @@ pub use inputs::{
     optimizer, score_surveys,
 };
 pub use run_dir::{Progress, RunDir, RunInfo, files, write_atomic, write_labels};
-pub use step::{StepOutcome, StepTimes, TrainStep};
+pub use step::{StepError, StepOutcome, StepTimes, TrainStep};
 pub use validate::{Validation, Validator};
 
 /// Everything `train` needs.
@@ -285,11 +285,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                         lr,
                         last_of_epoch,
                     )
-                    .map_err(|value| TrainError::NonFiniteLoss {
-                        value,
-                        epoch: epoch + 1,
-                        step: index,
-                        run: run.root().to_path_buf(),
+                    .map_err(|e| {
+                        let on = device_description(t.device);
+                        e.into_train_error(run.root(), epoch + 1, index, t.batch_size, &on)
                     })?;
                 state.loss_sum += f64::from(out.loss);
                 state.loss_count += 1;
@@ -571,12 +569,22 @@ pub fn bench_steps(
                     lr,
                     b.index == steps,
                 )
-                .map_err(|value| {
-                    TrainError::Invalid(format!(
+                .map_err(|e| match e {
+                    StepError::NonFinite(value) => TrainError::Invalid(format!(
                         "bench: loss is {value} at step {} ({} Sentinel backbone)",
                         b.index + 1,
                         cfg.model.backbone.name()
-                    ))
+                    )),
+                    StepError::Device(message) => TrainError::Invalid(format!(
+                        "bench: step {} failed on {} at batch size {} ({} \
+                         Sentinel backbone): {message}. On a GPU this is most often a buffer \
+                         larger than the device allows (the wgpu build cannot allocate 2 GiB or \
+                         more): lower --batch-size",
+                        b.index + 1,
+                        device_description(t.device),
+                        t.batch_size,
+                        cfg.model.backbone.name()
+                    )),
                 })?;
             optimizer_steps += usize::from(out.stepped);
             losses.push(out.loss);

@@ -10,6 +10,7 @@ use geolife_model::fusion::{FusionConfig, FusionModel};
 use serde::Serialize;
 
 use super::inputs::{batch_targets, batch_tensors};
+use crate::error::TrainError;
 use crate::loader::{self, ReadyBatch};
 
 /// The model, its optimiser and the pending accumulated gradients.
@@ -37,6 +38,61 @@ pub struct StepTimes {
     pub backward_s: f64,
     /// AdamW updates.
     pub optimizer_s: f64,
+}
+
+/// A device error's chain of causes on one line, at most 600 characters, led by the failed
+/// allocation when there is one (cubecl lists every kernel the failure skipped before it).
+fn one_line(text: &str) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    const FAILED: &str = "can't allocate buffer of size:";
+    let lead = flat.find(FAILED).map(|at| {
+        let rest = flat[at + FAILED.len()..].trim_start();
+        let bytes: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        format!("{FAILED} {bytes}; ")
+    });
+    let flat = format!("{}{flat}", lead.unwrap_or_default());
+    match flat.char_indices().nth(600) {
+        Some((cut, _)) => format!("{}...", &flat[..cut]),
+        None => flat,
+    }
+}
+
+/// Why a training step stopped.
+#[derive(Debug)]
+pub enum StepError {
+    /// The loss is NaN or infinite.
+    NonFinite(f32),
+    /// The device failed to run the step (its message).
+    Device(String),
+}
+
+impl StepError {
+    /// The error of a run: a non-finite loss names the run, epoch and step; a device failure
+    /// names the device, the batch size and what to change.
+    pub fn into_train_error(
+        self,
+        run: &std::path::Path,
+        epoch: usize,
+        step: usize,
+        batch_size: usize,
+        device: &str,
+    ) -> TrainError {
+        match self {
+            StepError::NonFinite(value) => TrainError::NonFiniteLoss {
+                value,
+                epoch,
+                step,
+                run: run.to_path_buf(),
+            },
+            StepError::Device(message) => TrainError::Invalid(format!(
+                "{}: the training step of epoch {epoch}, batch {step} failed on {device} \
+                 at batch size {batch_size}: {message}. On a GPU this is most often a buffer \
+                 larger than the device allows (the wgpu build cannot allocate 2 GiB or more): \
+                 lower `train.batch_size` and raise `optim.accumulate` to keep the effective batch",
+                run.display()
+            )),
+        }
+    }
 }
 
 /// What one batch did.
@@ -68,7 +124,9 @@ impl TrainStep {
 
     /// Runs batch `b` of `epoch`: the optimiser steps (at learning rate `lr`) when `accumulate`
     /// batches are pending or `force_step` is set (the epoch's last batch). A non-finite loss
-    /// is returned as `Err(loss)` before any gradient is taken: the model is unchanged.
+    /// is returned as [`StepError::NonFinite`] before any gradient is taken: the model is
+    /// unchanged. A device that cannot run the step (a GPU buffer larger than it allows) is
+    /// [`StepError::Device`], not a panic.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
@@ -80,17 +138,20 @@ impl TrainStep {
         device: &Device,
         lr: f64,
         force_step: bool,
-    ) -> Result<StepOutcome, f32> {
+    ) -> Result<StepOutcome, StepError> {
         // Dropout randomness per (seed, epoch, batch), so a resumed run draws the same masks.
         device.seed(loader::derive_seed(self.seed ^ 0xD50F, epoch, b.index));
         let t = Instant::now();
         let logits = self.model.forward(batch_tensors(b, fc, patch_hw, device));
         let loss = geolife_model::loss::bce_with_logits(logits, batch_targets(b, classes, device));
-        let value: f32 = loss.clone().into_scalar();
+        let value: f32 = loss
+            .clone()
+            .try_into_scalar()
+            .map_err(|e| StepError::Device(one_line(&format!("{e:?}"))))?;
         self.times.forward_s += t.elapsed().as_secs_f64();
         self.times.batches += 1;
         if !value.is_finite() {
-            return Err(value);
+            return Err(StepError::NonFinite(value));
         }
         let t = Instant::now();
         let scaled = if self.accumulate > 1 {
@@ -113,5 +174,24 @@ impl TrainStep {
             loss: value,
             stepped,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_failed_allocation_leads_the_device_error() {
+        let text = "Execution(An error happened\n  Caused by: skipped `ReduceKernel`: it needed \
+                    memory\n Caused by:\n  can't allocate buffer of size: 2147483648 No backtrace\n)";
+        let line = one_line(text);
+        assert!(
+            line.starts_with("can't allocate buffer of size: 2147483648; Execution("),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+        let long = "x ".repeat(1000);
+        assert_eq!(one_line(&long).chars().count(), 603);
     }
 }
