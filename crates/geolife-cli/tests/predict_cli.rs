@@ -23,11 +23,11 @@ fn predict_scores_a_trained_run_and_writes_a_submission() {
     ok(&[
         "synth",
         "--surveys",
-        "200",
+        "320",
         "--test-surveys",
         "12",
         "--species",
-        "20",
+        "30",
         "--out",
         s(&data),
     ]);

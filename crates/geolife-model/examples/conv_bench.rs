@@ -56,9 +56,21 @@ fn main() {
         .map(|s| s.parse().expect("REPEATS is a number"))
         .unwrap_or(5);
     let device = Device::flex().autodiff();
+    // The machine's practical matrix-multiply rate, the ceiling the kernels are read against:
+    // one 2048^3 f32 product through burn flex (the same gemm crate the kernels call).
+    let n = 2048;
+    let a: Tensor<2> = Tensor::random([n, n], Distribution::Normal(0.0, 1.0), &Device::flex());
+    let b: Tensor<2> = Tensor::random([n, n], Distribution::Normal(0.0, 1.0), &Device::flex());
+    a.clone().matmul(b.clone()).into_data();
+    let t = Instant::now();
+    for _ in 0..repeats {
+        a.clone().matmul(b.clone()).into_data();
+    }
+    let peak = 2.0 * (n * n * n) as f64 * repeats as f64 / t.elapsed().as_secs_f64() / 1e9;
+    println!("reference: {n}x{n}x{n} f32 matmul at {peak:.1} GFLOP/s");
     println!(
-        "{:<24} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9}",
-        "case", "burn ms", "ours ms", "ratio", "d out", "d x", "d w"
+        "{:<24} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8}",
+        "case", "burn ms", "ours ms", "ratio", "d out", "d x", "d w", "GFLOP/s"
     );
     for &(name, b, ci, co, h, w, k, st, p) in CASES {
         let x0: Tensor<4> = Tensor::random([b, ci, h, w], Distribution::Normal(0.0, 1.0), &device);
@@ -88,15 +100,19 @@ fn main() {
         let (yb, xb, wb) = run(false);
         let (yg, xg, wg) = run(true);
         let (tb, tg) = (time(false), time(true));
+        // Forward, input gradient and weight gradient: three products of 2*B*Ho*Wo*Co*C*k*k.
+        let [_, _, ho, wo] = yg.dims();
+        let flop = 3.0 * 2.0 * (b * ho * wo * co * ci * k * k) as f64;
         println!(
-            "{:<24} {:>10.2} {:>10.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e}",
+            "{:<24} {:>10.2} {:>10.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e} {:>8.1}",
             name,
             tb,
             tg,
             tb / tg,
             max_rel(yg, yb),
             max_rel(xg, xb),
-            max_rel(wg, wb)
+            max_rel(wg, wb),
+            flop / (tg * 1e-3) / 1e9
         );
     }
     for &(name, b, c, h, w, k, p) in DEPTHWISE {
