@@ -36,6 +36,9 @@ const CASES: &[Case] = &[
     ("bioclim layer3 3x3", 64, 256, 256, 5, 3, 3, 1, 1),
     ("convnext stem 4x4/4", 16, 4, 96, 128, 128, 4, 4, 0),
     ("convnext down 2x2/2", 16, 96, 192, 32, 32, 2, 2, 0),
+    ("32x32 map 3x3, 64 -> 64", 16, 64, 64, 32, 32, 3, 1, 1),
+    ("64x64 map 3x3, 32 -> 32", 16, 32, 32, 64, 64, 3, 1, 1),
+    ("ImageNet stem 7x7/2", 16, 3, 64, 128, 128, 7, 2, 3),
 ];
 
 /// Depthwise cases: (name, batch, channels, H, W, kernel, padding).
@@ -58,7 +61,7 @@ fn main() {
     let device = Device::flex().autodiff();
     // The machine's practical matrix-multiply rate, the ceiling the kernels are read against:
     // one 2048^3 f32 product through burn flex (the same gemm crate the kernels call).
-    let n = 2048;
+    let n: usize = 2048;
     let a: Tensor<2> = Tensor::random([n, n], Distribution::Normal(0.0, 1.0), &Device::flex());
     let b: Tensor<2> = Tensor::random([n, n], Distribution::Normal(0.0, 1.0), &Device::flex());
     a.clone().matmul(b.clone()).into_data();

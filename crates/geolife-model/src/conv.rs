@@ -1,5 +1,5 @@
-//! Faster CPU convolutions for the seed network: one batch-wide matrix product for dense
-//! convolutions, and a direct backward pass for depthwise ones. Registered for burn flex through
+//! Faster CPU convolutions for the seed network: a few large matrix products over the batch for
+//! dense convolutions, and a direct backward pass for depthwise ones. Registered for burn flex through
 //! burn's backend-extension API (a custom primitive with its own autodiff node); every other
 //! device, and every convolution these kernels do not cover, runs burn's own convolution.
 //!
@@ -8,8 +8,10 @@
 //!   output pixels, and its weight gradient as a convolution whose "batch" is the input channels
 //!   and whose output is the `kh x kw` kernel pixels. On the cube branches' small maps (4x21 down
 //!   to 1x3 pixels) every product has a handful of rows, and the GEMM microkernels run far below
-//!   their peak. Here the patches of the whole batch form one `[B*Ho*Wo, C*kh*kw]` matrix, so the
-//!   forward pass and both gradients are each one large product.
+//!   their peak. Here the channels-last patches of as many samples as fill about 4 MiB form one
+//!   `[n*Ho*Wo, kh*kw*C]` matrix (the whole batch on the cube maps), so the forward pass and both
+//!   gradients are a few large products, and each piece's patches are multiplied (and, backward,
+//!   scattered) while still in cache. The pieces run in parallel.
 //! - burn's weight gradient of a grouped convolution loops over the groups with a slice, a
 //!   convolution and a slice-assign each: for ConvNeXt's depthwise 7x7 (up to 1,536 groups) that
 //!   is thousands of small operations per layer. Here both depthwise gradients are direct loops.
@@ -28,13 +30,13 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Largest patch matrix (values) the dense kernel builds; bigger convolutions (full-size
-/// ImageNet stems) run burn's tiled convolution, which needs less memory.
-const MAX_PATCH_VALUES: usize = 1 << 25;
+/// Patch-matrix values per piece of the batch (4 MiB): small enough to stay in cache between
+/// being built and multiplied, large enough for full-speed products.
+const PIECE_VALUES: usize = 1 << 20;
 
-/// Output pixels per map up to which a dense overlapping convolution takes the batch-wide
-/// kernel (the cube branches' 4x21 Landsat maps and everything smaller).
-const MAX_DENSE_MAP: usize = 128;
+/// Largest patch matrix (values) of one sample the dense kernel builds; bigger ones run burn's
+/// tiled convolution, which needs less memory.
+const MAX_PATCH_VALUES: usize = 1 << 25;
 
 /// Convolutions with their own CPU kernels. Padding is symmetric: `[rows, columns]`.
 #[backend_extension(Flex, Autodiff)]
@@ -142,7 +144,7 @@ fn kernel_for(conv: &Conv2d, x: &Tensor<4>) -> Option<Kernel> {
         }
         _ => return None,
     };
-    let [b, c, h, w] = x.dims();
+    let [_, c, h, w] = x.dims();
     let [co, _, kh, kw] = conv.weight.dims();
     if h + 2 * padding[0] < kh || w + 2 * padding[1] < kw {
         return None;
@@ -150,14 +152,8 @@ fn kernel_for(conv: &Conv2d, x: &Tensor<4>) -> Option<Kernel> {
     if conv.groups == 1 {
         let ho = (h + 2 * padding[0] - kh) / conv.stride[0] + 1;
         let wo = (w + 2 * padding[1] - kw) / conv.stride[1] + 1;
-        // Where it wins (examples/conv_bench.rs): small output maps, where burn's products are
-        // the smallest, and non-overlapping patches (ConvNeXt's stem and downsampling), where
-        // the patch matrix is a plain reordering. On a 19x12 map burn's per-sample products
-        // are already large enough, and they skip building the batch's patch matrix twice.
-        let small = ho * wo <= MAX_DENSE_MAP;
-        let patchify = conv.stride == [kh, kw] && padding == [0, 0];
-        ((small || patchify) && b * ho * wo * c * kh * kw <= MAX_PATCH_VALUES)
-            .then_some(Kernel::Dense(padding))
+        // One sample's patch matrix is the least a piece of the batch holds.
+        (ho * wo * c * kh * kw <= MAX_PATCH_VALUES).then_some(Kernel::Dense(padding))
     } else if conv.groups == c && co == c && conv.stride == [1, 1] {
         Some(Kernel::Depthwise(padding))
     } else {
@@ -252,6 +248,7 @@ fn matmul(
     lhs_strides: [isize; 2],
     rhs: &[f32],
     rhs_strides: [isize; 2],
+    parallelism: gemm::Parallelism,
 ) {
     let last = |s: [isize; 2], rows: usize, cols: usize| {
         (rows.saturating_sub(1)) as isize * s[0] + (cols.saturating_sub(1)) as isize * s[1]
@@ -286,7 +283,7 @@ fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            parallelism,
         );
     }
 }
@@ -319,63 +316,75 @@ fn valid_taps(g: &Geometry, ow: usize) -> (usize, usize, usize) {
     (j0, j1.max(j0), (start + j0).saturating_sub(g.padding[1]))
 }
 
-/// The patch matrix `[B*Ho*Wo, kh*kw*C]` of the channels-last input `x` (zeros where the kernel
-/// covers padding). Within a kernel row the `kw` pixels of `C` channels are contiguous in both,
-/// so each is one copy.
-fn im2col(x: &[f32], g: &Geometry) -> Vec<f32> {
+/// The patch matrix `[n*Ho*Wo, kh*kw*C]` of `n` channels-last samples `x` (zeros where the
+/// kernel covers padding). Within a kernel row the `kw` pixels of `C` channels are contiguous in
+/// both, so each is one copy.
+fn im2col(x: &[f32], n: usize, g: &Geometry) -> Vec<f32> {
     let (k, s, c) = (g.k(), g.s(), g.c);
-    let mut patches = vec![0f32; g.b * s * k];
-    patches
-        .par_chunks_mut(s * k)
-        .zip(x.par_chunks(g.h * g.w * c))
-        .for_each(|(rows, xb)| {
-            for oh in 0..g.ho {
-                for ow in 0..g.wo {
-                    let row = &mut rows[(oh * g.wo + ow) * k..][..k];
-                    let (j0, j1, iw) = valid_taps(g, ow);
-                    if j0 == j1 {
-                        continue;
-                    }
-                    for i in 0..g.kh {
-                        let Some(ih) = g.in_row(oh, i) else { continue };
-                        let n = (j1 - j0) * c;
-                        let src = &xb[(ih * g.w + iw) * c..][..n];
-                        row[(i * g.kw + j0) * c..][..n].copy_from_slice(src);
-                    }
+    let mut patches = vec![0f32; n * s * k];
+    for (rows, xb) in patches.chunks_mut(s * k).zip(x.chunks(g.h * g.w * c)) {
+        for oh in 0..g.ho {
+            for ow in 0..g.wo {
+                let row = &mut rows[(oh * g.wo + ow) * k..][..k];
+                let (j0, j1, iw) = valid_taps(g, ow);
+                if j0 == j1 {
+                    continue;
+                }
+                for i in 0..g.kh {
+                    let Some(ih) = g.in_row(oh, i) else { continue };
+                    let len = (j1 - j0) * c;
+                    let src = &xb[(ih * g.w + iw) * c..][..len];
+                    row[(i * g.kw + j0) * c..][..len].copy_from_slice(src);
                 }
             }
-        });
+        }
+    }
     patches
 }
 
-/// The channels-last input gradient `[B, H, W, C]` from the patch gradient (adds each patch
-/// value back to the input pixel it was read from).
-fn col2im(patches: &[f32], g: &Geometry) -> Vec<f32> {
+/// Adds the patch gradient of `n` samples back onto their channels-last input gradient `x`
+/// (each patch value to the input pixel it was read from).
+fn col2im(patches: &[f32], x: &mut [f32], n: usize, g: &Geometry) {
     let (k, s, c) = (g.k(), g.s(), g.c);
-    let mut x = vec![0f32; g.b * g.h * g.w * c];
-    x.par_chunks_mut(g.h * g.w * c)
-        .zip(patches.par_chunks(s * k))
-        .for_each(|(xb, rows)| {
-            for oh in 0..g.ho {
-                for ow in 0..g.wo {
-                    let row = &rows[(oh * g.wo + ow) * k..][..k];
-                    let (j0, j1, iw) = valid_taps(g, ow);
-                    if j0 == j1 {
-                        continue;
-                    }
-                    for i in 0..g.kh {
-                        let Some(ih) = g.in_row(oh, i) else { continue };
-                        let n = (j1 - j0) * c;
-                        let dst = &mut xb[(ih * g.w + iw) * c..][..n];
-                        let src = &row[(i * g.kw + j0) * c..][..n];
-                        for (d, v) in dst.iter_mut().zip(src) {
-                            *d += v;
-                        }
+    for (xb, rows) in x
+        .chunks_mut(g.h * g.w * c)
+        .zip(patches.chunks(s * k))
+        .take(n)
+    {
+        for oh in 0..g.ho {
+            for ow in 0..g.wo {
+                let row = &rows[(oh * g.wo + ow) * k..][..k];
+                let (j0, j1, iw) = valid_taps(g, ow);
+                if j0 == j1 {
+                    continue;
+                }
+                for i in 0..g.kh {
+                    let Some(ih) = g.in_row(oh, i) else { continue };
+                    let len = (j1 - j0) * c;
+                    let dst = &mut xb[(ih * g.w + iw) * c..][..len];
+                    let src = &row[(i * g.kw + j0) * c..][..len];
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        *d += v;
                     }
                 }
             }
-        });
-    x
+        }
+    }
+}
+
+/// Samples per piece of the batch: the patch matrix of one piece stays near [`PIECE_VALUES`]
+/// (cache-sized), so it is built, multiplied and (backward) scattered while still in cache.
+fn piece_samples(g: &Geometry) -> usize {
+    (PIECE_VALUES / (g.s() * g.k()).max(1)).clamp(1, g.b.max(1))
+}
+
+/// The matrix products run on all threads when the batch is one piece, else one per piece.
+fn piece_parallelism(g: &Geometry, samples: usize) -> gemm::Parallelism {
+    if samples >= g.b {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    }
 }
 
 /// `[Co, C, kh, kw]` to `[Co, kh, kw, C]` (the patch columns' order), or back.
@@ -398,27 +407,20 @@ fn weight_taps_first(w: &[f32], g: &Geometry, to_taps: bool) -> Vec<f32> {
     out
 }
 
-/// `[B, Co, S]` (NCHW maps) from `[Co, B*S]` (one row per output channel), or back.
-fn maps_from_rows(rows: &[f32], g: &Geometry, to_rows: bool) -> Vec<f32> {
-    let (s, n) = (g.s(), g.b * g.s());
-    let mut out = vec![0f32; g.b * g.co * s];
-    if to_rows {
-        // rows := [Co, B*S] from maps [B, Co, S]
-        out.par_chunks_mut(n).enumerate().for_each(|(o, row)| {
-            for (b, dst) in row.chunks_mut(s).enumerate() {
-                dst.copy_from_slice(&rows[(b * g.co + o) * s..][..s]);
+/// Output rows `[Co, n*S]` of `n` samples to their maps `[n, Co, S]` (`to_maps`), or back.
+fn rows_maps(rows: &mut [f32], maps: &mut [f32], n: usize, g: &Geometry, to_maps: bool) {
+    let s = g.s();
+    for b in 0..n {
+        for o in 0..g.co {
+            let r = &mut rows[(o * n + b) * s..][..s];
+            let m = &mut maps[(b * g.co + o) * s..][..s];
+            if to_maps {
+                m.copy_from_slice(r);
+            } else {
+                r.copy_from_slice(m);
             }
-        });
-    } else {
-        out.par_chunks_mut(g.co * s)
-            .enumerate()
-            .for_each(|(b, maps)| {
-                for (o, dst) in maps.chunks_mut(s).enumerate() {
-                    dst.copy_from_slice(&rows[o * n + b * s..][..s]);
-                }
-            });
+        }
     }
-    out
 }
 
 fn options(stride: [usize; 2], padding: [usize; 2], groups: usize) -> ConvOptions<2> {
@@ -439,22 +441,31 @@ impl ConvBackend for Flex {
         let (x, weight) = (values(&x), values(&weight));
         let x = channels_last(slice(&x), g.b, g.c, g.h * g.w, true);
         let weight = weight_taps_first(slice(&weight), &g, true);
-        let patches = im2col(&x, &g);
-        let (k, n) = (g.k(), g.b * g.s());
-        // [Co, B*S] = W [Co, K] x patches^T [K, B*S]
-        let mut rows = vec![0f32; g.co * n];
-        matmul(
-            g.co,
-            n,
-            k,
-            &mut rows,
-            [n as isize, 1],
-            &weight,
-            [k as isize, 1],
-            &patches,
-            [1, k as isize],
-        );
-        tensor(maps_from_rows(&rows, &g, false), &[g.b, g.co, g.ho, g.wo])
+        let (k, s, per) = (g.k(), g.s(), piece_samples(&g));
+        let parallelism = piece_parallelism(&g, per);
+        let mut out = vec![0f32; g.b * g.co * s];
+        out.par_chunks_mut(per * g.co * s)
+            .zip(x.par_chunks(per * g.h * g.w * g.c))
+            .for_each(|(maps, xs)| {
+                let n = maps.len() / (g.co * s);
+                let patches = im2col(xs, n, &g);
+                // [Co, n*S] = W [Co, K] x patches^T [K, n*S]
+                let mut rows = vec![0f32; g.co * n * s];
+                matmul(
+                    g.co,
+                    n * s,
+                    k,
+                    &mut rows,
+                    [(n * s) as isize, 1],
+                    &weight,
+                    [k as isize, 1],
+                    &patches,
+                    [1, k as isize],
+                    parallelism,
+                );
+                rows_maps(&mut rows, maps, n, &g, true);
+            });
+        tensor(out, &[g.b, g.co, g.ho, g.wo])
     }
 
     fn dense_conv2d_backward(
@@ -473,38 +484,60 @@ impl ConvBackend for Flex {
         }
         let g = Geometry::new(x.layout().shape(), weight.layout().shape(), stride, padding);
         let (x, weight, grad) = (values(&x), values(&weight), values(&grad));
-        let (k, n) = (g.k(), g.b * g.s());
         let x = channels_last(slice(&x), g.b, g.c, g.h * g.w, true);
         let weight = weight_taps_first(slice(&weight), &g, true);
-        let patches = im2col(&x, &g);
-        let rows = maps_from_rows(slice(&grad), &g, true); // [Co, B*S]
-        // dW [Co, K] = dY [Co, B*S] x patches [B*S, K]
+        let (k, s, per) = (g.k(), g.s(), piece_samples(&g));
+        let parallelism = piece_parallelism(&g, per);
+        let plane = g.h * g.w * g.c;
+        let mut grad_x = vec![0f32; g.b * plane];
+        // Each piece: its samples' input gradient, and its share of the weight gradient.
+        let shares: Vec<Vec<f32>> = grad_x
+            .par_chunks_mut(per * plane)
+            .zip(x.par_chunks(per * plane))
+            .zip(slice(&grad).par_chunks(per * g.co * s))
+            .map(|((gx, xs), gy)| {
+                let n = xs.len() / plane;
+                let patches = im2col(xs, n, &g);
+                let mut rows = vec![0f32; g.co * n * s];
+                rows_maps(&mut rows, &mut gy.to_vec(), n, &g, false);
+                // dW [Co, K] = dY [Co, n*S] x patches [n*S, K]
+                let mut grad_w = vec![0f32; g.co * k];
+                matmul(
+                    g.co,
+                    k,
+                    n * s,
+                    &mut grad_w,
+                    [k as isize, 1],
+                    &rows,
+                    [(n * s) as isize, 1],
+                    &patches,
+                    [k as isize, 1],
+                    parallelism,
+                );
+                // dPatches [n*S, K] = dY^T [n*S, Co] x W [Co, K]
+                let mut grad_patches = patches;
+                matmul(
+                    n * s,
+                    k,
+                    g.co,
+                    &mut grad_patches,
+                    [k as isize, 1],
+                    &rows,
+                    [1, (n * s) as isize],
+                    &weight,
+                    [k as isize, 1],
+                    parallelism,
+                );
+                col2im(&grad_patches, gx, n, &g);
+                grad_w
+            })
+            .collect();
         let mut grad_w = vec![0f32; g.co * k];
-        matmul(
-            g.co,
-            k,
-            n,
-            &mut grad_w,
-            [k as isize, 1],
-            &rows,
-            [n as isize, 1],
-            &patches,
-            [k as isize, 1],
-        );
-        // dPatches [B*S, K] = dY^T [B*S, Co] x W [Co, K]
-        let mut grad_patches = patches;
-        matmul(
-            n,
-            k,
-            g.co,
-            &mut grad_patches,
-            [k as isize, 1],
-            &rows,
-            [1, n as isize],
-            &weight,
-            [k as isize, 1],
-        );
-        let grad_x = col2im(&grad_patches, &g);
+        for share in &shares {
+            for (t, v) in grad_w.iter_mut().zip(share) {
+                *t += v;
+            }
+        }
         let grad_x = channels_last(&grad_x, g.b, g.c, g.h * g.w, false);
         let grad_w = weight_taps_first(&grad_w, &g, false);
         (

@@ -59,6 +59,8 @@ const DENSE: &[DenseCase] = &[
     (2, 3, 4, 2, 2, 7, 1, 3),    // kernel wider than the map
     (1, 2, 3, 3, 3, 3, 3, 0),    // one output pixel
     (1, 2, 2, 2, 2, 1, 1, 2),    // padding wider than the kernel: border outputs see no pixel
+    (3, 64, 8, 32, 32, 3, 1, 1), // one sample per cache-sized piece of the batch
+    (5, 32, 4, 32, 32, 3, 1, 1), // pieces of 3 and 2 samples (a ragged last piece)
 ];
 
 #[test]
@@ -120,7 +122,7 @@ fn depthwise_kernel_equals_burns_grouped_convolution_and_its_gradients() {
 }
 
 /// `conv::forward` of a module (the path the backbones take) against `Conv2d::forward`, bias
-/// gradient included, for a layer each kernel takes and for one that falls back to burn.
+/// gradient included, for layers each kernel takes and for two that fall back to burn.
 #[test]
 fn module_forward_matches_burn_with_bias_gradients() {
     let d = device();
@@ -142,10 +144,17 @@ fn module_forward_matches_burn_with_bias_gradients() {
             Conv2dConfig::new([4, 6], [4, 4]).with_stride([4, 4]),
             [2, 4, 16, 16],
         ),
-        // falls back: a large overlapping map, and asymmetric padding
+        // dense on a map large enough for one sample per piece of the batch
         (
-            Conv2dConfig::new([3, 4], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
-            [1, 3, 20, 20],
+            Conv2dConfig::new([64, 8], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
+            [3, 64, 32, 32],
+        ),
+        // falls back: dilation, and asymmetric padding
+        (
+            Conv2dConfig::new([3, 4], [3, 3])
+                .with_dilation([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(2, 2, 2, 2)),
+            [1, 3, 9, 9],
         ),
         (
             Conv2dConfig::new([3, 4], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 0, 1, 2)),
