@@ -76,85 +76,78 @@ fn main() {
         "case", "burn ms", "ours ms", "ratio", "d out", "d x", "d w", "GFLOP/s"
     );
     for &(name, b, ci, co, h, w, k, st, p) in CASES {
-        let x0: Tensor<4> = Tensor::random([b, ci, h, w], Distribution::Normal(0.0, 1.0), &device);
-        let w0: Tensor<4> = Tensor::random([co, ci, k, k], Distribution::Normal(0.0, 0.1), &device);
-        let run = |gemm: bool| {
-            let x = x0.clone().detach().require_grad();
-            let wt = w0.clone().detach().require_grad();
-            let y = if gemm {
-                dense_conv2d(x.clone(), wt.clone(), [st, st], [p, p])
-            } else {
-                let options = burn::tensor::ops::ConvOptions::new([st, st], [p, p], [1, 1], 1);
-                burn::tensor::module::conv2d(x.clone(), wt.clone(), None, options)
-            };
-            let g = y.clone().sin().sum().backward();
-            let gx = x.grad(&g).expect("x grad");
-            let gw = wt.grad(&g).expect("w grad");
-            (y.inner(), gx, gw)
-        };
-        let time = |gemm: bool| {
-            run(gemm);
-            let t = Instant::now();
-            for _ in 0..repeats {
-                run(gemm);
-            }
-            t.elapsed().as_secs_f64() * 1e3 / repeats as f64
-        };
-        let (yb, xb, wb) = run(false);
-        let (yg, xg, wg) = run(true);
-        let (tb, tg) = (time(false), time(true));
-        // Forward, input gradient and weight gradient: three products of 2*B*Ho*Wo*Co*C*k*k.
-        let [_, _, ho, wo] = yg.dims();
-        let flop = 3.0 * 2.0 * (b * ho * wo * co * ci * k * k) as f64;
-        println!(
-            "{:<24} {:>10.2} {:>10.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e} {:>8.1}",
+        let x0 = Tensor::random([b, ci, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let w0 = Tensor::random([co, ci, k, k], Distribution::Normal(0.0, 0.1), &device);
+        let options = burn::tensor::ops::ConvOptions::new([st, st], [p, p], [1, 1], 1);
+        compare(
             name,
-            tb,
-            tg,
-            tb / tg,
-            max_rel(yg, yb),
-            max_rel(xg, xb),
-            max_rel(wg, wb),
-            flop / (tg * 1e-3) / 1e9
+            &x0,
+            &w0,
+            |x, w| dense_conv2d(x, w, [st, st], [p, p]),
+            |x, w| burn::tensor::module::conv2d(x, w, None, options.clone()),
+            repeats,
+            // Forward, input gradient and weight gradient: three products of 2*B*Ho*Wo*Co*C*k*k.
+            |[_, _, ho, wo]| Some(3.0 * 2.0 * (b * ho * wo * co * ci * k * k) as f64),
         );
     }
     for &(name, b, c, h, w, k, p) in DEPTHWISE {
-        let x0: Tensor<4> = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
-        let w0: Tensor<4> = Tensor::random([c, 1, k, k], Distribution::Normal(0.0, 0.1), &device);
-        let run = |ours: bool| {
-            let x = x0.clone().detach().require_grad();
-            let wt = w0.clone().detach().require_grad();
-            let y = if ours {
-                depthwise_conv2d(x.clone(), wt.clone(), [p, p])
-            } else {
-                let options = burn::tensor::ops::ConvOptions::new([1, 1], [p, p], [1, 1], c);
-                burn::tensor::module::conv2d(x.clone(), wt.clone(), None, options)
-            };
-            let g = y.clone().sin().sum().backward();
-            let gx = x.grad(&g).expect("x grad");
-            let gw = wt.grad(&g).expect("w grad");
-            (y.inner(), gx, gw)
-        };
-        let time = |ours: bool| {
-            run(ours);
-            let t = Instant::now();
-            for _ in 0..repeats {
-                run(ours);
-            }
-            t.elapsed().as_secs_f64() * 1e3 / repeats as f64
-        };
-        let (yb, xb, wb) = run(false);
-        let (yg, xg, wg) = run(true);
-        let (tb, tg) = (time(false), time(true));
-        println!(
-            "{:<24} {:>10.2} {:>10.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e}",
+        let x0 = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let w0 = Tensor::random([c, 1, k, k], Distribution::Normal(0.0, 0.1), &device);
+        let options = burn::tensor::ops::ConvOptions::new([1, 1], [p, p], [1, 1], c);
+        compare(
             name,
-            tb,
-            tg,
-            tb / tg,
-            max_rel(yg, yb),
-            max_rel(xg, xb),
-            max_rel(wg, wb)
+            &x0,
+            &w0,
+            |x, w| depthwise_conv2d(x, w, [p, p]),
+            |x, w| burn::tensor::module::conv2d(x, w, None, options.clone()),
+            repeats,
+            |_| None,
         );
     }
+}
+
+/// Times forward + backward of `ours` and `burn` on the same input and weight, and prints the
+/// times, their ratio, the largest relative differences and (given the FLOPs for the output
+/// shape) our rate.
+fn compare(
+    name: &str,
+    x0: &Tensor<4>,
+    w0: &Tensor<4>,
+    ours: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
+    burn: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
+    repeats: usize,
+    flop: impl Fn([usize; 4]) -> Option<f64>,
+) {
+    let run = |f: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<4>| {
+        let x = x0.clone().detach().require_grad();
+        let wt = w0.clone().detach().require_grad();
+        let y = f(x.clone(), wt.clone());
+        let g = y.clone().sin().sum().backward();
+        let gx = x.grad(&g).expect("x grad");
+        let gw = wt.grad(&g).expect("w grad");
+        (y.inner(), gx, gw)
+    };
+    let time = |f: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<4>| {
+        run(f);
+        let t = Instant::now();
+        for _ in 0..repeats {
+            run(f);
+        }
+        t.elapsed().as_secs_f64() * 1e3 / repeats as f64
+    };
+    let (yb, xb, wb) = run(&burn);
+    let (yg, xg, wg) = run(&ours);
+    let (tb, tg) = (time(&burn), time(&ours));
+    let rate = flop(yg.dims()).map_or(String::new(), |f| format!("{:.1}", f / (tg * 1e-3) / 1e9));
+    println!(
+        "{:<24} {:>10.2} {:>10.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e} {:>8}",
+        name,
+        tb,
+        tg,
+        tb / tg,
+        max_rel(yg, yb),
+        max_rel(xg, xb),
+        max_rel(wg, wb),
+        rate
+    );
 }

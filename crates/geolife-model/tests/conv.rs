@@ -40,6 +40,23 @@ fn run(
     (y.inner(), gx, gw)
 }
 
+/// Output, input gradient and weight gradient equal within 1e-5 relative.
+fn assert_same(
+    ours: (Tensor<4>, Tensor<4>, Tensor<4>),
+    burn: (Tensor<4>, Tensor<4>, Tensor<4>),
+    case: &str,
+) {
+    assert_eq!(ours.0.dims(), burn.0.dims(), "output shape, case {case}");
+    for (what, got, want) in [
+        ("output", ours.0, burn.0),
+        ("x grad", ours.1, burn.1),
+        ("weight grad", ours.2, burn.2),
+    ] {
+        let e = rel(got, want);
+        assert!(e < 1e-5, "{what}: relative difference {e}, case {case}");
+    }
+}
+
 fn random(shape: [usize; 4], std: f64, d: &Device) -> Tensor<4> {
     Tensor::random(shape, Distribution::Normal(0.0, std), d)
 }
@@ -72,22 +89,7 @@ fn dense_kernel_equals_burns_convolution_and_its_gradients() {
         let ours = run(|x, w| dense_conv2d(x, w, [s, s], [p, p]), &x, &wt);
         let opts = ConvOptions::new([s, s], [p, p], [1, 1], 1);
         let burn = run(|x, w| conv2d(x, w, None, opts.clone()), &x, &wt);
-        assert_eq!(
-            ours.0.dims(),
-            burn.0.dims(),
-            "output shape, case {b} {ci} {co} {h}x{w} k{k} s{s} p{p}"
-        );
-        for (what, got, want) in [
-            ("output", ours.0, burn.0),
-            ("x grad", ours.1, burn.1),
-            ("weight grad", ours.2, burn.2),
-        ] {
-            let e = rel(got, want);
-            assert!(
-                e < 1e-5,
-                "{what}: relative difference {e}, case {b} {ci} {co} {h}x{w} k{k} s{s} p{p}"
-            );
-        }
+        assert_same(ours, burn, &format!("{b} {ci} {co} {h}x{w} k{k} s{s} p{p}"));
     }
 }
 
@@ -107,17 +109,7 @@ fn depthwise_kernel_equals_burns_grouped_convolution_and_its_gradients() {
         let ours = run(|x, w| depthwise_conv2d(x, w, [p, p]), &x, &wt);
         let opts = ConvOptions::new([1, 1], [p, p], [1, 1], c);
         let burn = run(|x, w| conv2d(x, w, None, opts.clone()), &x, &wt);
-        for (what, got, want) in [
-            ("output", ours.0, burn.0),
-            ("x grad", ours.1, burn.1),
-            ("weight grad", ours.2, burn.2),
-        ] {
-            let e = rel(got, want);
-            assert!(
-                e < 1e-5,
-                "{what}: relative difference {e}, case {b} {c} {h}x{w} k{k} p{p}"
-            );
-        }
+        assert_same(ours, burn, &format!("{b} {c} {h}x{w} k{k} p{p}"));
     }
 }
 
