@@ -16,7 +16,6 @@
 //!   convolution and a slice-assign each: for ConvNeXt's depthwise 7x7 (up to 1,536 groups) that
 //!   is thousands of small operations per layer. Here both depthwise gradients are direct loops.
 
-use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -97,7 +96,8 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     }
 }
 
-/// A dense convolution by one batch-wide matrix product (CPU device only).
+/// A dense convolution as a few large matrix products over cache-sized pieces of the batch
+/// (CPU device only).
 ///
 /// # Shapes
 /// - `x` `[B, C, H, W]`, `weight` `[Co, C, kh, kw]` -> `[B, Co, Ho, Wo]`
@@ -218,11 +218,7 @@ impl Geometry {
     }
 }
 
-/// The values of an f32 flex tensor, in its logical (row-major) order.
-fn values(t: &FlexTensor) -> FlexTensor {
-    t.to_contiguous()
-}
-
+/// The values of a contiguous f32 flex tensor (`to_contiguous` first), in row-major order.
 fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .unwrap_or_else(|| unreachable!("a contiguous f32 tensor has a slice"))
@@ -407,19 +403,21 @@ fn weight_taps_first(w: &[f32], g: &Geometry, to_taps: bool) -> Vec<f32> {
     out
 }
 
-/// Output rows `[Co, n*S]` of `n` samples to their maps `[n, Co, S]` (`to_maps`), or back.
-fn rows_maps(rows: &mut [f32], maps: &mut [f32], n: usize, g: &Geometry, to_maps: bool) {
+/// Output rows `[Co, n*S]` of `n` samples to their maps `[n, Co, S]`.
+fn rows_to_maps(rows: &[f32], maps: &mut [f32], n: usize, g: &Geometry) {
     let s = g.s();
-    for b in 0..n {
-        for o in 0..g.co {
-            let r = &mut rows[(o * n + b) * s..][..s];
-            let m = &mut maps[(b * g.co + o) * s..][..s];
-            if to_maps {
-                m.copy_from_slice(r);
-            } else {
-                r.copy_from_slice(m);
-            }
-        }
+    for (i, m) in maps.chunks_mut(s).enumerate() {
+        let (b, o) = (i / g.co, i % g.co);
+        m.copy_from_slice(&rows[(o * n + b) * s..][..s]);
+    }
+}
+
+/// Maps `[n, Co, S]` of `n` samples to output rows `[Co, n*S]`.
+fn maps_to_rows(maps: &[f32], rows: &mut [f32], n: usize, g: &Geometry) {
+    let s = g.s();
+    for (i, m) in maps.chunks(s).enumerate() {
+        let (b, o) = (i / g.co, i % g.co);
+        rows[(o * n + b) * s..][..s].copy_from_slice(m);
     }
 }
 
@@ -438,7 +436,7 @@ impl ConvBackend for Flex {
             return Flex::conv2d(x, weight, None, options(stride, padding, 1));
         }
         let g = Geometry::new(x.layout().shape(), weight.layout().shape(), stride, padding);
-        let (x, weight) = (values(&x), values(&weight));
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
         let x = channels_last(slice(&x), g.b, g.c, g.h * g.w, true);
         let weight = weight_taps_first(slice(&weight), &g, true);
         let (k, s, per) = (g.k(), g.s(), piece_samples(&g));
@@ -463,7 +461,7 @@ impl ConvBackend for Flex {
                     [1, k as isize],
                     parallelism,
                 );
-                rows_maps(&mut rows, maps, n, &g, true);
+                rows_to_maps(&rows, maps, n, &g);
             });
         tensor(out, &[g.b, g.co, g.ho, g.wo])
     }
@@ -483,7 +481,11 @@ impl ConvBackend for Flex {
             );
         }
         let g = Geometry::new(x.layout().shape(), weight.layout().shape(), stride, padding);
-        let (x, weight, grad) = (values(&x), values(&weight), values(&grad));
+        let (x, weight, grad) = (
+            x.to_contiguous(),
+            weight.to_contiguous(),
+            grad.to_contiguous(),
+        );
         let x = channels_last(slice(&x), g.b, g.c, g.h * g.w, true);
         let weight = weight_taps_first(slice(&weight), &g, true);
         let (k, s, per) = (g.k(), g.s(), piece_samples(&g));
@@ -499,7 +501,7 @@ impl ConvBackend for Flex {
                 let n = xs.len() / plane;
                 let patches = im2col(xs, n, &g);
                 let mut rows = vec![0f32; g.co * n * s];
-                rows_maps(&mut rows, &mut gy.to_vec(), n, &g, false);
+                maps_to_rows(gy, &mut rows, n, &g);
                 // dW [Co, K] = dY [Co, n*S] x patches [n*S, K]
                 let mut grad_w = vec![0f32; g.co * k];
                 matmul(
@@ -566,7 +568,11 @@ impl ConvBackend for Flex {
             );
         }
         let g = Geometry::new(x.layout().shape(), weight.layout().shape(), [1, 1], padding);
-        let (x, weight, grad) = (values(&x), values(&weight), values(&grad));
+        let (x, weight, grad) = (
+            x.to_contiguous(),
+            weight.to_contiguous(),
+            grad.to_contiguous(),
+        );
         let (xs, ws, gs) = (slice(&x), slice(&weight), slice(&grad));
         let (plane, out_plane, taps) = (g.h * g.w, g.s(), g.kh * g.kw);
         // For kernel tap (i, j): the output rows and columns whose input pixel is inside the map.
@@ -637,54 +643,89 @@ impl ConvBackend for Flex {
     }
 }
 
+/// Which kernel a convolution node ran.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Dense { stride: [usize; 2] },
+    Depthwise,
+}
+
 /// What a convolution node keeps for its backward pass.
 #[derive(Clone, Debug)]
 struct ConvState<B: Backend> {
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
-    stride: [usize; 2],
+    kind: Kind,
     padding: [usize; 2],
 }
 
-#[derive(Debug)]
-struct DenseBackward;
-
-#[derive(Debug)]
-struct DepthwiseBackward;
-
-/// Registers `(grad_x, grad_w)` with the parents that track gradients.
-fn register<B: Backend>(
-    [x, w]: [Option<NodeId>; 2],
-    grads: &mut Gradients,
-    (grad_x, grad_w): (FloatTensor<B>, FloatTensor<B>),
-) {
-    if let Some(id) = x {
-        grads.register::<B>(id, grad_x);
-    }
-    if let Some(id) = w {
-        grads.register::<B>(id, grad_w);
+impl<B: ConvBackend> ConvState<B> {
+    /// The node's forward pass on the inner backend.
+    fn forward(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        kind: Kind,
+        padding: [usize; 2],
+    ) -> FloatTensor<B> {
+        match kind {
+            Kind::Dense { stride } => B::dense_conv2d(x, weight, stride, padding),
+            Kind::Depthwise => B::depthwise_conv2d(x, weight, padding),
+        }
     }
 }
 
-impl<B: ConvBackend> Backward<B, 2> for DenseBackward {
+#[derive(Debug)]
+struct ConvNode;
+
+impl<B: ConvBackend> Backward<B, 2> for ConvNode {
     type State = ConvState<B>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
-        let s = ops.state;
-        let pair = B::dense_conv2d_backward(s.x, s.weight, grad, s.stride, s.padding);
-        register::<B>(ops.parents.map(|p| p.map(|n| n.id)), grads, pair);
+        let ConvState {
+            x,
+            weight,
+            kind,
+            padding,
+        } = ops.state;
+        let (grad_x, grad_w) = match kind {
+            Kind::Dense { stride } => B::dense_conv2d_backward(x, weight, grad, stride, padding),
+            Kind::Depthwise => B::depthwise_conv2d_backward(x, weight, grad, padding),
+        };
+        let [node_x, node_w] = ops.parents;
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, grad_x);
+        }
+        if let Some(node) = node_w {
+            grads.register::<B>(node.id, grad_w);
+        }
     }
 }
 
-impl<B: ConvBackend> Backward<B, 2> for DepthwiseBackward {
-    type State = ConvState<B>;
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let s = ops.state;
-        let pair = B::depthwise_conv2d_backward(s.x, s.weight, grad, s.padding);
-        register::<B>(ops.parents.map(|p| p.map(|n| n.id)), grads, pair);
+/// Runs `kind` on the inner backend and, when an input tracks gradients, records the node.
+fn record<B: ConvBackend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    kind: Kind,
+    padding: [usize; 2],
+) -> FloatTensor<Autodiff<B, C>> {
+    let ((x, x_node), (weight, w_node)) = (x.into_parts(), weight.into_parts());
+    match ConvNode
+        .prepare::<C>([x_node, w_node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = ConvState::<B>::forward(x.clone(), weight.clone(), kind, padding);
+            let state = ConvState {
+                x,
+                weight,
+                kind,
+                padding,
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(ConvState::<B>::forward(x, weight, kind, padding)),
     }
 }
 
@@ -695,24 +736,7 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
         stride: [usize; 2],
         padding: [usize; 2],
     ) -> FloatTensor<Self> {
-        let ((x, x_node), (weight, w_node)) = (x.into_parts(), weight.into_parts());
-        match DenseBackward
-            .prepare::<C>([x_node, w_node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::dense_conv2d(x.clone(), weight.clone(), stride, padding);
-                let state = ConvState {
-                    x,
-                    weight,
-                    stride,
-                    padding,
-                };
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::dense_conv2d(x, weight, stride, padding)),
-        }
+        record::<B, C>(x, weight, Kind::Dense { stride }, padding)
     }
 
     fn depthwise_conv2d(
@@ -720,23 +744,6 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
         weight: FloatTensor<Self>,
         padding: [usize; 2],
     ) -> FloatTensor<Self> {
-        let ((x, x_node), (weight, w_node)) = (x.into_parts(), weight.into_parts());
-        match DepthwiseBackward
-            .prepare::<C>([x_node, w_node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = B::depthwise_conv2d(x.clone(), weight.clone(), padding);
-                let state = ConvState {
-                    x,
-                    weight,
-                    stride: [1, 1],
-                    padding,
-                };
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::depthwise_conv2d(x, weight, padding)),
-        }
+        record::<B, C>(x, weight, Kind::Depthwise, padding)
     }
 }

@@ -42,7 +42,7 @@ pub use inputs::{
     optimizer, score_surveys,
 };
 pub use run_dir::{Progress, RunDir, RunInfo, files, write_atomic, write_labels};
-pub use step::{StepError, StepOutcome, StepTimes, TrainStep};
+pub use step::{StepError, StepOutcome, StepTimes, TrainStep, device_failure};
 pub use validate::{Validation, Validator};
 
 /// Everything `train` needs.
@@ -576,14 +576,15 @@ pub fn bench_steps(
                         cfg.model.backbone.name()
                     )),
                     StepError::Device(message) => TrainError::Invalid(format!(
-                        "bench: step {} failed on {} at batch size {} ({} \
-                         Sentinel backbone): {message}. On a GPU this is most often a buffer \
-                         larger than the device allows (the wgpu build cannot allocate 2 GiB or \
-                         more): lower --batch-size",
+                        "bench: step {} ({} Sentinel backbone) {}",
                         b.index + 1,
-                        device_description(t.device),
-                        t.batch_size,
-                        cfg.model.backbone.name()
+                        cfg.model.backbone.name(),
+                        device_failure(
+                            &message,
+                            &device_description(t.device),
+                            t.batch_size,
+                            "lower --batch-size"
+                        )
                     )),
                 })?;
             optimizer_steps += usize::from(out.stepped);

@@ -85,14 +85,27 @@ impl StepError {
                 run: run.to_path_buf(),
             },
             StepError::Device(message) => TrainError::Invalid(format!(
-                "{}: the training step of epoch {epoch}, batch {step} failed on {device} \
-                 at batch size {batch_size}: {message}. On a GPU this is most often a buffer \
-                 larger than the device allows (the wgpu build cannot allocate 2 GiB or more): \
-                 lower `train.batch_size` and raise `optim.accumulate` to keep the effective batch",
-                run.display()
+                "{}: the training step of epoch {epoch}, batch {step} {}",
+                run.display(),
+                device_failure(
+                    &message,
+                    device,
+                    batch_size,
+                    "lower `train.batch_size` and raise `optim.accumulate` to keep the effective \
+                     batch"
+                )
             )),
         }
     }
+}
+
+/// "failed on DEVICE at batch size N: MESSAGE", with the usual cause on a GPU and `advice`.
+pub fn device_failure(message: &str, device: &str, batch_size: usize, advice: &str) -> String {
+    format!(
+        "failed on {device} at batch size {batch_size}: {message}. On a GPU this is most often a \
+         buffer larger than the device allows (the wgpu build cannot allocate 2 GiB or more): \
+         {advice}"
+    )
 }
 
 /// What one batch did.
