@@ -10,6 +10,7 @@ pub mod export {
     pub mod checkpoint;
 }
 pub mod formula;
+pub mod fused;
 pub mod fusion;
 pub mod import;
 pub mod layers;

@@ -7,8 +7,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
-use crate::conv;
 use crate::layers::{LayerNorm2d, StochasticDepth, stochastic_depth_rates, tv_conv, tv_linear};
+use crate::{conv, fused};
 
 const EPS: f64 = 1e-6;
 
@@ -165,7 +165,7 @@ impl CnBlock {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = conv::forward(&self.dwconv, x.clone()).permute([0, 2, 3, 1]); // [b, h, w, c]
         let y = self.norm.forward(y);
-        let y = burn::tensor::activation::gelu(self.pwconv1.forward(y));
+        let y = fused::gelu(self.pwconv1.forward(y));
         let y = self.pwconv2.forward(y).permute([0, 3, 1, 2]); // [b, c, h, w]
         let y = y * self.layer_scale.val().unsqueeze::<4>();
         self.drop_path.forward(y) + x

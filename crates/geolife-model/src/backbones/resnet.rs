@@ -8,8 +8,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
-use crate::conv;
 use crate::layers::global_avg_pool;
+use crate::{conv, fused};
 
 /// Residual block family.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -236,13 +236,15 @@ impl Block {
     /// - input `[B, Cin, H, W]` -> output `[B, Cout, H/s, W/s]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let identity = match &self.downsample {
-            Some(d) => d.bn.forward(conv::forward(&d.conv, x.clone())),
+            Some(d) => fused::batch_norm(&d.bn, conv::forward(&d.conv, x.clone()), false),
             None => x.clone(),
         };
-        let mut y = burn::tensor::activation::relu(self.bn1.forward(conv::forward(&self.conv1, x)));
-        y = self.bn2.forward(conv::forward(&self.conv2, y));
+        let mut y = fused::batch_norm(&self.bn1, conv::forward(&self.conv1, x), true);
         if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
-            y = b3.forward(conv::forward(c3, burn::tensor::activation::relu(y)));
+            y = fused::batch_norm(&self.bn2, conv::forward(&self.conv2, y), true);
+            y = fused::batch_norm(b3, conv::forward(c3, y), false);
+        } else {
+            y = fused::batch_norm(&self.bn2, conv::forward(&self.conv2, y), false);
         }
         burn::tensor::activation::relu(y + identity)
     }
@@ -276,7 +278,7 @@ impl ResNet {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H', W']`
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = burn::tensor::activation::relu(self.bn1.forward(conv::forward(&self.conv1, x)));
+        let mut x = fused::batch_norm(&self.bn1, conv::forward(&self.conv1, x), true);
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }

@@ -8,11 +8,7 @@
 //! would have to travel to the host and back, so those use burn's `AdamW`.
 
 use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, Optimizer};
-use burn::tensor::{DType, Device, Tensor, TensorData};
-use rayon::prelude::*;
-
-/// Values per parallel chunk: large enough that scheduling costs nothing next to the work.
-const CHUNK: usize = 1 << 15;
+use burn::tensor::{DType, Device, Tensor};
 
 /// AdamW (decoupled weight decay, bias-corrected moments, no AMSGrad) with a fused CPU update.
 #[derive(Clone)]
@@ -44,17 +40,6 @@ impl FusedAdamW {
     }
 }
 
-/// The values of an f32 tensor (checked by the caller).
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .try_into_vec::<f32>()
-        .unwrap_or_else(|e| unreachable!("an f32 tensor's values: {e:?}"))
-}
-
-fn tensor<const D: usize>(v: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(v, shape), device)
-}
-
 impl Optimizer for FusedAdamW {
     type State<const D: usize> = AdamWState<D>;
 
@@ -65,8 +50,7 @@ impl Optimizer for FusedAdamW {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let f32s = param.dtype() == DType::F32
-            && grad.dtype() == DType::F32
+        let f32s = geolife_model::fused::adamw_applies(&param, &grad)
             && state.as_ref().is_none_or(|s| {
                 s.momentum.moment_1.dtype() == DType::F32
                     && s.momentum.moment_2.dtype() == DType::F32
@@ -75,49 +59,26 @@ impl Optimizer for FusedAdamW {
         if !f32s {
             return self.fallback.step(lr, param, grad, state);
         }
-        let device = param.device();
-        let shape: [usize; D] = param.dims();
-        let (mut p, g) = (values(param), values(grad));
-        let (mut m, mut v, time) = match state {
+        let (moments, time) = match state {
             Some(s) => (
-                values(s.momentum.moment_1),
-                values(s.momentum.moment_2),
+                Some((s.momentum.moment_1, s.momentum.moment_2)),
                 s.momentum.time + 1,
             ),
-            None => (vec![0.0; p.len()], vec![0.0; p.len()], 1),
+            None => (None, 1),
         };
-        let (b1, b2, eps) = (self.beta_1, self.beta_2, self.epsilon);
-        let (f1, f2) = (1.0 - b1, 1.0 - b2);
-        let first = time == 1;
-        let c1 = 1f32 - b1.powi(time as i32);
-        let c2 = 1f32 - b2.powi(time as i32);
-        let decay = (1.0 - lr * f64::from(self.weight_decay)) as f32;
-        let lr32 = lr as f32;
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| {
-                for i in 0..p.len() {
-                    let gi = g[i];
-                    // As burn: the first step starts the moments from the gradient alone.
-                    let (mi, vi) = if first {
-                        (gi * f1, (gi * gi) * f2)
-                    } else {
-                        (m[i] * b1 + gi * f1, v[i] * b2 + (gi * gi) * f2)
-                    };
-                    m[i] = mi;
-                    v[i] = vi;
-                    let delta = (mi / c1) / ((vi / c2).sqrt() + eps);
-                    p[i] = p[i] * decay - delta * lr32;
-                }
-            });
-        let state = AdamWState::new(AdaptiveMomentumState::new(
-            time,
-            tensor(m, shape, &device),
-            tensor(v, shape, &device),
-        ));
-        (tensor(p, shape, &device), Some(state))
+        let (b1, b2) = (self.beta_1, self.beta_2);
+        let h = [
+            lr as f32,
+            b1,
+            b2,
+            self.epsilon,
+            (1.0 - lr * f64::from(self.weight_decay)) as f32,
+            1f32 - b1.powi(time as i32),
+            1f32 - b2.powi(time as i32),
+        ];
+        let (p, m, v) = geolife_model::fused::adamw_step(param, grad, moments, h);
+        let state = AdamWState::new(AdaptiveMomentumState::new(time, m, v));
+        (p, Some(state))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
@@ -142,9 +103,10 @@ mod tests {
             .with_weight_decay(0.01)
             .build();
         let fused = FusedAdamW::new(0.9, 0.999, 1e-8, 0.01);
-        let n = 3 * CHUNK + 17; // several chunks and a ragged end
+        let n = 3 * (1 << 14) + 17; // several chunks and a ragged end
         let start = Tensor::<2>::random([n / 17, 17], Distribution::Normal(0.0, 1.0), &device);
-        let (mut a, mut b) = (start.clone(), start);
+        let before = start.to_data();
+        let (mut a, mut b) = (start.clone(), start.clone());
         let (mut sa, mut sb) = (None, None);
         for step in 0..5 {
             let g = Tensor::<2>::random([n / 17, 17], Distribution::Normal(0.0, 0.1), &device);
@@ -155,6 +117,9 @@ mod tests {
         let diff = |x: Tensor<2>, y: Tensor<2>| -> f32 {
             (x - y).abs().max().into_data().try_to_vec::<f32>().unwrap()[0]
         };
+        // The update writes in place only into buffers nothing else holds: `start` shares the
+        // first parameter's buffer and must be unchanged.
+        assert_eq!(diff(start, Tensor::from_data(before, &device)), 0.0);
         let (sa, sb) = (sa.unwrap().momentum, sb.unwrap().momentum);
         assert_eq!(sa.time, sb.time);
         assert!(diff(a, b) < 1e-6);
