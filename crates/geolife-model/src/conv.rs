@@ -234,7 +234,7 @@ fn tensor(v: Vec<f32>, dims: &[usize]) -> FlexTensor {
 
 /// `dst = lhs * rhs` (`m x k` times `k x n`), each matrix given by its row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,

@@ -16,12 +16,15 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::ops::ActivationOps;
+use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
-use burn::nn::BatchNorm;
+use burn::nn::{BatchNorm, Linear};
 use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
+use gemm::Parallelism;
 use rayon::prelude::*;
+
+use crate::conv::matmul;
 
 /// Values per parallel task of the element-wise loops.
 const CHUNK: usize = 1 << 14;
@@ -75,6 +78,39 @@ pub trait FusedBackend: Backend {
         epsilon: f64,
         relu: bool,
     ) -> FloatTensor<Self>;
+
+    /// LayerNorm over the last axis of `x` (rows of `gamma.len()` values), then `* gamma + beta`.
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// The gradients of [`fused_layer_norm`](FusedBackend::fused_layer_norm):
+    /// `(x, gamma, beta)`.
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = (x, gamma, grad, epsilon);
+        unreachable!("fused_layer_norm_backward is only called by its autodiff node")
+    }
+
+    /// `x W` for `x` `[M, K]` and `W` `[K, N]` (a linear layer without its bias).
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// The gradients of [`fused_linear`](FusedBackend::fused_linear): `(x, weight)`.
+    fn fused_linear_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = (x, weight, grad);
+        unreachable!("fused_linear_backward is only called by its autodiff node")
+    }
 
     /// One AdamW update of a parameter, in place where the buffers are not shared:
     /// `(parameter, first moment, second moment)`. `h` holds `[lr, beta_1, beta_2, epsilon,
@@ -155,6 +191,50 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> T
             relu,
         ))
     }
+}
+
+/// LayerNorm over the last axis (`burn::tensor::module::layer_norm`): on the CPU one parallel
+/// pass over the rows forward and two backward, instead of burn's chain of reductions and
+/// element-wise operations (and their gradients).
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Option<Tensor<1>>,
+    epsilon: f64,
+) -> Tensor<D> {
+    let beta = match beta {
+        Some(beta) if on_cpu_f32(&x) && gamma.dtype() == DType::F32 => beta,
+        beta => return burn::tensor::module::layer_norm(x, gamma, beta, epsilon),
+    };
+    Tensor::from_dispatch(Dispatch::fused_layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    ))
+}
+
+/// `linear.forward(x)`: on the CPU, the products of the forward and backward passes read the
+/// weight and the input in place, transposed through strides (burn flex copies a transposed
+/// operand first: 46 MB per step for the 11,255-way head's weight).
+pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    if !on_cpu_f32(&x) || D < 2 || linear.weight.dtype() != DType::F32 {
+        return linear.forward(x);
+    }
+    let dims = x.dims();
+    let [_, d_out] = linear.weight.dims();
+    let x2: Tensor<2> = x.reshape([-1, dims[D - 1] as i32]);
+    let y: Tensor<2> = Tensor::from_dispatch(Dispatch::fused_linear(
+        x2.into_dispatch(),
+        linear.weight.val().into_dispatch(),
+    ));
+    let y = match &linear.bias {
+        Some(b) => y + b.val().unsqueeze_dim(0),
+        None => y,
+    };
+    let mut out = dims;
+    out[D - 1] = d_out;
+    y.reshape(out)
 }
 
 /// One AdamW update of an f32 parameter on the CPU (see
@@ -390,6 +470,87 @@ fn batch_norm_backward(
     (grad_x, grad_gamma, grad_beta)
 }
 
+/// Rows per parallel task of the LayerNorm loops (at least one).
+fn ln_rows(c: usize) -> usize {
+    (CHUNK / c.max(1)).max(1)
+}
+
+/// Mean and `1 / sqrt(variance + eps)` of one row (biased variance, summed in f64).
+fn row_stats(x: &[f32], eps: f64) -> (f32, f32) {
+    let n = x.len().max(1) as f64;
+    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64, y: &mut [f32]) {
+    let c = gamma.len().max(1);
+    let per = ln_rows(c) * c;
+    y.par_chunks_mut(per)
+        .zip(x.par_chunks(per))
+        .for_each(|(y, x)| {
+            for (y, x) in y.chunks_mut(c).zip(x.chunks(c)) {
+                let (mean, rstd) = row_stats(x, eps);
+                for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+                    *y = (x - mean) * rstd * g + b;
+                }
+            }
+        });
+}
+
+/// LayerNorm's gradients `(x, gamma, beta)` for rows of `gamma.len()` values.
+fn layer_norm_backward(
+    x: &[f32],
+    gamma: &[f32],
+    grad: &[f32],
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = gamma.len().max(1);
+    let per = ln_rows(c) * c;
+    let mut gx = vec![0f32; x.len()];
+    // Each task: its rows' input gradient, and its share of gamma's and beta's gradients.
+    let shares: Vec<(Vec<f64>, Vec<f64>)> = gx
+        .par_chunks_mut(per)
+        .zip(x.par_chunks(per))
+        .zip(grad.par_chunks(per))
+        .map(|((gx, x), gy)| {
+            let (mut gg, mut gb) = (vec![0f64; c], vec![0f64; c]);
+            for ((gx, x), gy) in gx.chunks_mut(c).zip(x.chunks(c)).zip(gy.chunks(c)) {
+                let (mean, rstd) = row_stats(x, eps);
+                // dxhat = dy * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+                let (mut s1, mut s2) = (0f64, 0f64);
+                for i in 0..c {
+                    let xhat = (x[i] - mean) * rstd;
+                    let d = f64::from(gy[i] * gamma[i]);
+                    s1 += d;
+                    s2 += d * f64::from(xhat);
+                    gg[i] += f64::from(gy[i]) * f64::from(xhat);
+                    gb[i] += f64::from(gy[i]);
+                }
+                let (m1, m2) = ((s1 / c as f64) as f32, (s2 / c as f64) as f32);
+                for i in 0..c {
+                    let xhat = (x[i] - mean) * rstd;
+                    gx[i] = rstd * (gy[i] * gamma[i] - m1 - xhat * m2);
+                }
+            }
+            (gg, gb)
+        })
+        .collect();
+    let (mut gg, mut gb) = (vec![0f64; c], vec![0f64; c]);
+    for (sg, sb) in &shares {
+        for i in 0..c {
+            gg[i] += sg[i];
+            gb[i] += sb[i];
+        }
+    }
+    let to32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+    (gx, to32(gg), to32(gb))
+}
+
 // ---------------------------------------------------------------------------------------------
 // burn flex.
 
@@ -526,6 +687,118 @@ impl FusedBackend for Flex {
         tensor(y, shape)
     }
 
+    fn fused_layer_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        if [x.dtype(), gamma.dtype(), beta.dtype()] != [DType::F32; 3] {
+            return Flex::layer_norm(x, gamma, Some(beta), epsilon);
+        }
+        let [x, gamma, beta] = [x, gamma, beta].map(|t| t.to_contiguous());
+        let mut y = vec![0f32; slice(&x).len()];
+        layer_norm_forward(slice(&x), slice(&gamma), slice(&beta), epsilon, &mut y);
+        tensor(y, x.layout().shape().clone())
+    }
+
+    fn fused_layer_norm_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        grad: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = x.layout().shape().clone();
+        let [x, gamma, grad] = [x, gamma, grad].map(|t| t.to_contiguous());
+        let c = slice(&gamma).len();
+        let (gx, gg, gb) = layer_norm_backward(slice(&x), slice(&gamma), slice(&grad), epsilon);
+        (
+            tensor(gx, shape),
+            tensor(gg, Shape::new([c])),
+            tensor(gb, Shape::new([c])),
+        )
+    }
+
+    fn fused_linear(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+            return Flex::float_matmul(x, weight);
+        }
+        let (x, w) = (x.to_contiguous(), weight.to_contiguous());
+        let (m, k, n) = (
+            x.layout().shape()[0],
+            x.layout().shape()[1],
+            w.layout().shape()[1],
+        );
+        let mut y = vec![0f32; m * n];
+        // y [M, N] = x [M, K] W [K, N]
+        matmul(
+            m,
+            n,
+            k,
+            &mut y,
+            [n as isize, 1],
+            slice(&x),
+            [k as isize, 1],
+            slice(&w),
+            [n as isize, 1],
+            Parallelism::Rayon(0),
+        );
+        tensor(y, Shape::new([m, n]))
+    }
+
+    fn fused_linear_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        if [x.dtype(), weight.dtype(), grad.dtype()] != [DType::F32; 3] {
+            let gx = Flex::float_matmul(grad.clone(), weight.clone().transpose(0, 1));
+            return (gx, Flex::float_matmul(x.transpose(0, 1), grad));
+        }
+        let (x, w, g) = (
+            x.to_contiguous(),
+            weight.to_contiguous(),
+            grad.to_contiguous(),
+        );
+        let (m, k, n) = (
+            x.layout().shape()[0],
+            x.layout().shape()[1],
+            w.layout().shape()[1],
+        );
+        // dx [M, K] = dy [M, N] W^T [N, K]
+        let mut gx = vec![0f32; m * k];
+        matmul(
+            m,
+            k,
+            n,
+            &mut gx,
+            [k as isize, 1],
+            slice(&g),
+            [n as isize, 1],
+            slice(&w),
+            [1, n as isize],
+            Parallelism::Rayon(0),
+        );
+        // dW [K, N] = x^T [K, M] dy [M, N]
+        let mut gw = vec![0f32; k * n];
+        matmul(
+            k,
+            n,
+            m,
+            &mut gw,
+            [n as isize, 1],
+            slice(&x),
+            [1, k as isize],
+            slice(&g),
+            [n as isize, 1],
+            Parallelism::Rayon(0),
+        );
+        (
+            tensor(gx, Shape::new([m, k])),
+            tensor(gw, Shape::new([k, n])),
+        )
+    }
+
     fn fused_adamw_step(
         param: FlexTensor,
         grad: FlexTensor,
@@ -616,6 +889,44 @@ impl<B: FusedBackend> Backward<B, 3> for BatchNormNode {
     }
 }
 
+#[derive(Debug)]
+struct LayerNormNode;
+
+impl<B: FusedBackend> Backward<B, 3> for LayerNormNode {
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, gamma, epsilon) = ops.state;
+        let (gx, gg, gb) = B::fused_layer_norm_backward(x, gamma, grad, epsilon);
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        for (node, g) in [(node_x, gx), (node_gamma, gg), (node_beta, gb)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LinearNode;
+
+impl<B: FusedBackend> Backward<B, 2> for LinearNode {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight) = ops.state;
+        let (gx, gw) = B::fused_linear_backward(x, weight, grad);
+        let [node_x, node_w] = ops.parents;
+        for (node, g) in [(node_x, gx), (node_w, gw)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
 /// The inner primitive of an autodiff tensor, as a constant (no gradient flows through it).
 fn constant<B: Backend, C: CheckpointStrategy>(t: FloatTensor<Autodiff<B, C>>) -> FloatTensor<B> {
     t.into_primitive()
@@ -698,6 +1009,38 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
             epsilon,
             relu,
         ))
+    }
+
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let ((x, nx), (gamma, ng), (beta, nb)) =
+            (x.into_parts(), gamma.into_parts(), beta.into_parts());
+        match LayerNormNode
+            .prepare::<C>([nx, ng, nb])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::fused_layer_norm(x.clone(), gamma.clone(), beta, epsilon);
+                prep.finish((x, gamma, epsilon), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(x, gamma, beta, epsilon)),
+        }
+    }
+
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let ((x, nx), (weight, nw)) = (x.into_parts(), weight.into_parts());
+        match LinearNode.prepare::<C>([nx, nw]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = B::fused_linear(x.clone(), weight.clone());
+                prep.finish((x, weight), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_linear(x, weight)),
+        }
     }
 
     fn fused_adamw_step(

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::backbones::resnet::{self, ResNet, ResNetConfig};
 use crate::backbones::{Backbone, BackboneConfig, BackboneKind, SentinelInput};
 use crate::error::ModelError;
+use crate::fused;
 use crate::state::TorchNamed;
 
 /// What an image/cube backbone hands to the fusion head.
@@ -237,7 +238,7 @@ impl FusionConfig {
     /// Build the model, checking the config first.
     pub fn try_init(&self, device: &Device) -> Result<FusionModel, ModelError> {
         self.validate()?;
-        let ln = |d: usize| LayerNormConfig::new(d).init(device);
+        let ln = |d: usize| LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device);
         let cube = |shape: [usize; 3]| self.cube_backbone.config(shape[0], self.cube_output);
         let landsat = self.use_landsat.then(|| cube(self.landsat_shape));
         let bioclim = self.use_bioclim.then(|| cube(self.bioclim_shape));
@@ -313,8 +314,8 @@ impl TabMlp {
     /// - `[B, F]` -> `[B, 32]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let relu = burn::tensor::activation::relu;
-        self.l4
-            .forward(relu(self.l2.forward(relu(self.l0.forward(x)))))
+        let lin = fused::linear;
+        lin(&self.l4, relu(lin(&self.l2, relu(lin(&self.l0, x)))))
     }
 }
 
@@ -383,10 +384,19 @@ pub struct FusionModel {
     pub bioclim_shape: [usize; 3],
 }
 
+/// Epsilon of the fusion network's LayerNorms (PyTorch's and burn's default): set at init and
+/// used by [`ln_forward`].
+const LN_EPS: f64 = 1e-5;
+
+/// `ln.forward(x)` for the fusion network's LayerNorms, through the fused CPU kernel.
+fn ln_forward<const D: usize>(ln: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    fused::layer_norm(x, ln.gamma.val(), ln.beta.as_ref().map(|b| b.val()), LN_EPS)
+}
+
 fn cube_norm(norm: &LayerNorm, x: Tensor<4>) -> Tensor<4> {
     let dims = x.dims();
     let flat: Tensor<2> = x.flatten(1, 3); // [b, c*h*w]
-    norm.forward(flat).reshape(dims)
+    ln_forward(norm, flat).reshape(dims)
 }
 
 impl FusionModel {
@@ -492,20 +502,20 @@ impl FusionModel {
     pub fn forward(&self, input: FusionInput) -> Tensor<2> {
         let mut parts: Vec<Tensor<2>> = Vec::with_capacity(4);
         if let (Some(norm), Some(mlp), Some(ln)) = (&self.tab_norm, &self.tab_model, &self.ln0) {
-            let t = mlp.forward(norm.forward(input.tabular)); // [b, 32]
-            parts.push(self.dropout.forward(ln.forward(t)));
+            let t = mlp.forward(ln_forward(norm, input.tabular)); // [b, 32]
+            parts.push(self.dropout.forward(ln_forward(ln, t)));
         }
         if let (Some(norm), Some(net), Some(ln)) =
             (&self.landsat_norm, &self.landsat_model, &self.ln1)
         {
             let x = net.forward(cube_norm(norm, input.landsat)); // [b, 1000]
-            parts.push(self.dropout.forward(ln.forward(x)));
+            parts.push(self.dropout.forward(ln_forward(ln, x)));
         }
         if let (Some(norm), Some(net), Some(ln)) =
             (&self.bioclim_norm, &self.bioclim_model, &self.ln2)
         {
             let y = net.forward(cube_norm(norm, input.bioclim)); // [b, 1000]
-            parts.push(self.dropout.forward(ln.forward(y)));
+            parts.push(self.dropout.forward(ln_forward(ln, y)));
         }
         if let (Some(net), Some(ln)) = (&self.sentinel_model, &self.ln3) {
             let x = match self.sentinel_resize {
@@ -513,17 +523,17 @@ impl FusionModel {
                 side => crate::backbones::resize_bilinear(input.sentinel, side),
             };
             let z = net.forward_out(x, self.sentinel_pre_logits); // [b, 1000]
-            parts.push(self.dropout.forward(ln.forward(z)));
+            parts.push(self.dropout.forward(ln_forward(ln, z)));
         }
         if let (Some(proj), Some(ln), Some(p)) = (&self.prior_proj, &self.ln4, &input.prior) {
             // ln(1 + p / eps) / ln(1 + 1 / eps): 0 without evidence, 1 at p = 1.
             let scale = (1.0 / PRIOR_EPS).ln_1p();
             let z = (p.clone() / PRIOR_EPS).log1p() / scale;
-            parts.push(self.dropout.forward(ln.forward(proj.forward(z))));
+            parts.push(self.dropout.forward(ln_forward(ln, fused::linear(proj, z))));
         }
         let x = Tensor::cat(parts, 1); // [b, fusion_width]
-        let x = burn::tensor::activation::relu(self.fc1.forward(x));
-        let logits = self.fc2.forward(self.dropout.forward(x));
+        let x = burn::tensor::activation::relu(fused::linear(&self.fc1, x));
+        let logits = fused::linear(&self.fc2, self.dropout.forward(x));
         match (&self.prior_scale, input.prior) {
             (Some(scale), Some(p)) => {
                 let log_p = (p + PRIOR_EPS).log(); // [b, classes]

@@ -75,12 +75,7 @@ impl LayerNorm2d {
     /// - input/output: `[B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = x.permute([0, 2, 3, 1]); // [b, h, w, c]
-        let x = burn::tensor::module::layer_norm(
-            x,
-            self.weight.val(),
-            Some(self.bias.val()),
-            self.epsilon,
-        );
+        let x = crate::fused::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.epsilon);
         x.permute([0, 3, 1, 2])
     }
 }

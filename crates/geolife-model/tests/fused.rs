@@ -179,3 +179,133 @@ fn batch_norm_by_hand() {
         assert!((g - w).abs() < 1e-5, "{relu_out:?} vs {want:?}");
     }
 }
+
+/// `fused::linear` against `Linear::forward`: 2-D and 4-D (channels-last ConvNeXt) inputs,
+/// with and without a bias, and the head's shape (few rows, many columns).
+#[test]
+fn linear_matches_burn_values_and_gradients() {
+    use burn::nn::LinearConfig;
+    let d = autodiff();
+    for (case, (rows, d_in, d_out, bias)) in [
+        (vec![5], 7, 3, true),
+        (vec![2, 3, 4], 6, 24, true),
+        (vec![4], 33, 517, false),
+        (vec![1], 1, 1, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let lin = LinearConfig::new(d_in, d_out).with_bias(bias).init(&d);
+        let mut shape = rows.clone();
+        shape.push(d_in);
+        let n: usize = shape.iter().product();
+        let x = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &d);
+        let run = |fused: bool| {
+            let x = x.clone().detach().require_grad();
+            let y: Tensor<2> = if shape.len() == 2 {
+                let x2 = x.clone().reshape([shape[0], shape[1]]);
+                if fused {
+                    fused::linear(&lin, x2)
+                } else {
+                    lin.forward(x2)
+                }
+            } else {
+                let x4 = x.clone().reshape([shape[0], shape[1], shape[2], shape[3]]);
+                let y = if fused {
+                    fused::linear(&lin, x4)
+                } else {
+                    lin.forward(x4)
+                };
+                assert_eq!(y.dims(), [shape[0], shape[1], shape[2], d_out]);
+                y.reshape([-1, d_out as i32])
+            };
+            let g = loss(y.clone()).backward();
+            let gb = lin
+                .bias
+                .as_ref()
+                .map(|b| b.val().grad(&g).expect("bias grad"));
+            (
+                y.inner(),
+                x.grad(&g).expect("x grad"),
+                lin.weight.val().grad(&g).expect("weight grad"),
+                gb,
+            )
+        };
+        let (a, b) = (run(true), run(false));
+        for (what, e) in [
+            ("output", rel(a.0, b.0)),
+            ("x grad", rel(a.1, b.1)),
+            ("weight grad", rel(a.2, b.2)),
+        ] {
+            assert!(e < 1e-5, "{what}: relative difference {e}, case {case}");
+        }
+        if let (Some(ga), Some(gb)) = (a.3, b.3) {
+            let e = rel(ga, gb);
+            assert!(e < 1e-5, "bias grad: relative difference {e}, case {case}");
+        }
+    }
+}
+
+/// `fused::layer_norm` against `burn::tensor::module::layer_norm`: rows of 1 to 1,000 values
+/// (the fusion network's widths and ConvNeXt's channels-last maps), a permuted (strided) input
+/// as `LayerNorm2d` passes, and inference.
+#[test]
+fn layer_norm_matches_burn_values_and_gradients() {
+    use burn::tensor::module::layer_norm;
+    let d = autodiff();
+    for (case, shape) in [[4, 1, 1, 1000], [2, 5, 7, 16], [3, 2, 2, 46], [2, 1, 1, 1]]
+        .into_iter()
+        .enumerate()
+    {
+        for permuted in [false, true] {
+            let c = shape[3];
+            let gamma = Tensor::<1>::random([c], Distribution::Normal(1.0, 0.5), &d);
+            let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 0.5), &d);
+            // Off-centre rows: a mean far from zero tests the centring.
+            let x = Tensor::<4>::random(shape, Distribution::Normal(3.0, 2.0), &d);
+            let run = |fused: bool| {
+                let x = x.clone().detach().require_grad();
+                let (g, b) = (gamma.clone().require_grad(), beta.clone().require_grad());
+                // The permuted case reads [b, c, h, w] through a [b, h, w, c] view.
+                let input = if permuted {
+                    x.clone().permute([0, 3, 1, 2]).permute([0, 2, 3, 1])
+                } else {
+                    x.clone()
+                };
+                let y = if fused {
+                    fused::layer_norm(input, g.clone(), Some(b.clone()), 1e-6)
+                } else {
+                    layer_norm(input, g.clone(), Some(b.clone()), 1e-6)
+                };
+                let grads = loss(y.clone()).backward();
+                (
+                    y.inner(),
+                    x.grad(&grads).expect("x grad"),
+                    g.grad(&grads).expect("gamma grad"),
+                    b.grad(&grads).expect("beta grad"),
+                )
+            };
+            let (a, b) = (run(true), run(false));
+            let at = format!("case {case} {shape:?} permuted {permuted}");
+            for (what, e) in [
+                ("output", rel(a.0, b.0)),
+                ("x grad", rel(a.1, b.1)),
+                ("gamma grad", rel(a.2, b.2)),
+                ("beta grad", rel(a.3, b.3)),
+            ] {
+                // A row of one value normalises to 0: its x gradient is 0 in both.
+                assert!(e < 2e-5, "{what}: relative difference {e}, {at}");
+            }
+            let (xi, gi, bi) = (
+                x.clone().inner(),
+                gamma.clone().inner(),
+                beta.clone().inner(),
+            );
+            let e = rel(
+                fused::layer_norm(xi.clone(), gi.clone(), Some(bi.clone()), 1e-6),
+                layer_norm(xi, gi, Some(bi), 1e-6),
+            );
+            assert!(e < 1e-5, "inference: relative difference {e}, {at}");
+        }
+    }
+}

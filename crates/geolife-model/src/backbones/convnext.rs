@@ -164,9 +164,14 @@ impl CnBlock {
     /// - input/output `[B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = conv::forward(&self.dwconv, x.clone()).permute([0, 2, 3, 1]); // [b, h, w, c]
-        let y = self.norm.forward(y);
-        let y = fused::gelu(self.pwconv1.forward(y));
-        let y = self.pwconv2.forward(y).permute([0, 3, 1, 2]); // [b, c, h, w]
+        let y = fused::layer_norm(
+            y,
+            self.norm.gamma.val(),
+            self.norm.beta.as_ref().map(|b| b.val()),
+            EPS,
+        );
+        let y = fused::gelu(fused::linear(&self.pwconv1, y));
+        let y = fused::linear(&self.pwconv2, y).permute([0, 3, 1, 2]); // [b, c, h, w]
         let y = y * self.layer_scale.val().unsqueeze::<4>();
         self.drop_path.forward(y) + x
     }
@@ -210,9 +215,9 @@ impl ConvNext {
     pub fn forward_head(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
         let [b, c, _, _] = x.dims();
         let pooled = x.mean_dim(3).mean_dim(2); // [b, c, 1, 1]
-        let x = self.norm.forward(pooled).reshape([b, c]);
+        let x = self.norm.forward(pooled).reshape([b, c]); // LayerNorm2d
         match (&self.head, pre_logits) {
-            (Some(head), false) => head.forward(x),
+            (Some(head), false) => fused::linear(head, x),
             _ => x,
         }
     }

@@ -301,7 +301,7 @@ impl ResNet {
     pub fn forward_head(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
         let x = global_avg_pool(x);
         match (&self.fc, pre_logits) {
-            (Some(fc), false) => fc.forward(x),
+            (Some(fc), false) => fused::linear(fc, x),
             _ => x,
         }
     }
