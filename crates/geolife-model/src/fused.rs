@@ -338,7 +338,54 @@ fn gelu_backward(x: &[f32], grad: &[f32], out: &mut [f32]) {
         });
 }
 
-/// Per-channel statistics of `[B, C, plane]` values: `(mean, biased variance)`, summed in f64.
+/// Lanes of the partial sums below: independent accumulators let the loops vectorise (a single
+/// running sum is one long chain of dependent additions).
+const LANES: usize = 8;
+
+/// The sums of `f(a, b, c)`'s two terms over equal-length slices: f32 lanes over the slice (at
+/// most a plane or a row of values each), added up in f64.
+#[inline(always)]
+fn sums3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> (f32, f32)) -> (f64, f64) {
+    let (mut s, mut t) = ([0f32; LANES], [0f32; LANES]);
+    let (ca, cb, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let (ra, rb, rc) = (ca.remainder(), cb.remainder(), cc.remainder());
+    for ((a, b), c) in ca.zip(cb).zip(cc) {
+        for l in 0..LANES {
+            let (u, v) = f(a[l], b[l], c[l]);
+            s[l] += u;
+            t[l] += v;
+        }
+    }
+    let (mut s64, mut t64) = (0f64, 0f64);
+    for l in 0..LANES {
+        s64 += f64::from(s[l]);
+        t64 += f64::from(t[l]);
+    }
+    for ((&a, &b), &c) in ra.iter().zip(rb).zip(rc) {
+        let (u, v) = f(a, b, c);
+        s64 += f64::from(u);
+        t64 += f64::from(v);
+    }
+    (s64, t64)
+}
+
+/// [`sums3`] over two slices.
+#[inline(always)]
+fn sums2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
+    sums3(a, b, b, |a, b, _| f(a, b))
+}
+
+/// The sum of `f(x)` over a slice (see [`sums2`]).
+#[inline(always)]
+fn sum1(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    sums2(x, x, |a, _| (f(a), 0.0)).0
+}
+
+/// Per-channel statistics of `[B, C, plane]` values: `(mean, biased variance)`.
 fn channel_stats(x: &[f32], c: usize, plane: usize) -> (Vec<f32>, Vec<f32>) {
     let b = x.len() / (c * plane).max(1);
     let n = (b * plane).max(1) as f64;
@@ -346,18 +393,9 @@ fn channel_stats(x: &[f32], c: usize, plane: usize) -> (Vec<f32>, Vec<f32>) {
         .into_par_iter()
         .map(|ch| {
             let planes = || (0..b).map(|i| &x[(i * c + ch) * plane..][..plane]);
-            let sum: f64 = planes()
-                .map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>())
-                .sum();
-            let mean = sum / n;
-            let sq: f64 = planes()
-                .map(|p| {
-                    p.iter()
-                        .map(|&v| (f64::from(v) - mean).powi(2))
-                        .sum::<f64>()
-                })
-                .sum();
-            (mean as f32, (sq / n) as f32)
+            let mean = (planes().map(|p| sum1(p, |v| v)).sum::<f64>() / n) as f32;
+            let sq: f64 = planes().map(|p| sum1(p, |v| (v - mean) * (v - mean))).sum();
+            (mean, (sq / n) as f32)
         })
         .collect();
     stats.into_iter().unzip()
@@ -431,11 +469,12 @@ fn batch_norm_backward(
             let (mut sg, mut sgx) = (0f64, 0f64);
             for i in 0..b {
                 let at = (i * c + ch) * plane;
-                for (&xv, &gv) in x[at..at + plane].iter().zip(&grad[at..at + plane]) {
-                    let gv = f64::from(g(xv, gv, ch));
-                    sg += gv;
-                    sgx += gv * f64::from(xv - mean[ch]);
-                }
+                let (a, t) = sums2(&x[at..at + plane], &grad[at..at + plane], |xv, gv| {
+                    let gv = g(xv, gv, ch);
+                    (gv, gv * (xv - mean[ch]))
+                });
+                sg += a;
+                sgx += t;
             }
             (sg, sgx * f64::from(inv[ch]))
         })
@@ -475,16 +514,12 @@ fn ln_rows(c: usize) -> usize {
     (CHUNK / c.max(1)).max(1)
 }
 
-/// Mean and `1 / sqrt(variance + eps)` of one row (biased variance, summed in f64).
+/// Mean and `1 / sqrt(variance + eps)` of one row (biased variance).
 fn row_stats(x: &[f32], eps: f64) -> (f32, f32) {
     let n = x.len().max(1) as f64;
-    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let var = x
-        .iter()
-        .map(|&v| (f64::from(v) - mean).powi(2))
-        .sum::<f64>()
-        / n;
-    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+    let mean = (sum1(x, |v| v) / n) as f32;
+    let var = sum1(x, |v| (v - mean) * (v - mean)) / n;
+    (mean, (1.0 / (var + eps).sqrt()) as f32)
 }
 
 fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64, y: &mut [f32]) {
@@ -522,13 +557,13 @@ fn layer_norm_backward(
             for ((gx, x), gy) in gx.chunks_mut(c).zip(x.chunks(c)).zip(gy.chunks(c)) {
                 let (mean, rstd) = row_stats(x, eps);
                 // dxhat = dy * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-                let (mut s1, mut s2) = (0f64, 0f64);
+                let (s1, s2) = sums3(x, gy, gamma, |xv, g, w| {
+                    let d = g * w;
+                    (d, d * (xv - mean) * rstd)
+                });
                 for i in 0..c {
                     let xhat = (x[i] - mean) * rstd;
-                    let d = f64::from(gy[i] * gamma[i]);
-                    s1 += d;
-                    s2 += d * f64::from(xhat);
-                    gg[i] += f64::from(gy[i]) * f64::from(xhat);
+                    gg[i] += f64::from(gy[i] * xhat);
                     gb[i] += f64::from(gy[i]);
                 }
                 let (m1, m2) = ((s1 / c as f64) as f32, (s2 / c as f64) as f32);
