@@ -27,6 +27,8 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Patch-matrix values per piece of the batch (4 MiB): small enough to stay in cache between
@@ -48,7 +50,22 @@ pub trait ConvBackend: Backend {
         padding: [usize; 2],
     ) -> FloatTensor<Self>;
 
-    /// The gradients of [`dense_conv2d`](ConvBackend::dense_conv2d): `(x, weight)`.
+    /// [`dense_conv2d`](ConvBackend::dense_conv2d), also returning the input and the weight in
+    /// the layouts its backward pass reads (for f32: channels-last `[B, H, W, C]` and
+    /// `[Co, kh, kw, C]`), so the backward pass does not convert them again.
+    fn dense_conv2d_saving(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = (x, weight, stride, padding);
+        unreachable!("dense_conv2d_saving is only called by its autodiff node")
+    }
+
+    /// The gradients of [`dense_conv2d`](ConvBackend::dense_conv2d): `(x, weight)`, from the
+    /// input and weight as [`dense_conv2d_saving`](ConvBackend::dense_conv2d_saving) returned
+    /// them.
     fn dense_conv2d_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -284,23 +301,50 @@ pub(crate) fn matmul(
     }
 }
 
-/// `[B, C, H, W]` to channels-last `[B, H, W, C]`, or back (`to_last` false).
-fn channels_last(x: &[f32], b: usize, c: usize, plane: usize, to_last: bool) -> Vec<f32> {
-    let mut out = vec![0f32; b * c * plane];
-    out.par_chunks_mut(c * plane)
-        .zip(x.par_chunks(c * plane))
-        .for_each(|(dst, src)| {
-            for ci in 0..c {
-                for p in 0..plane {
-                    if to_last {
-                        dst[p * c + ci] = src[ci * plane + p];
-                    } else {
-                        dst[ci * plane + p] = src[p * c + ci];
+/// `n` values, each chunk of `chunk` values written in parallel by `fill(chunk index, chunk)`,
+/// without zeroing them first (on the calling thread, that was a serial memset of every
+/// output). `fill` must write every value of its chunk.
+pub(crate) fn par_filled(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: the capacity is `n`, and `fill` wrote all `n` values (its contract).
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// `rows x cols` blocks transposed: `dst[j * rows + i] = src[i * cols + j]` for each of the
+/// consecutive `[rows, cols]` matrices of `src`, in tiles that stay in cache.
+fn transpose_blocks(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let size = (rows * cols).max(1);
+    par_filled(src.len(), size, |m, dst| {
+        let src = &src[m * size..][..dst.len()];
+        for i0 in (0..rows).step_by(TILE) {
+            for j0 in (0..cols).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(rows) {
+                    for j in j0..(j0 + TILE).min(cols) {
+                        dst[j * rows + i].write(src[i * cols + j]);
                     }
                 }
             }
-        });
-    out
+        }
+    })
+}
+
+/// `[B, C, H, W]` to channels-last `[B, H, W, C]`, or back (`to_last` false).
+fn channels_last(x: &[f32], c: usize, plane: usize, to_last: bool) -> Vec<f32> {
+    if to_last {
+        transpose_blocks(x, c, plane)
+    } else {
+        transpose_blocks(x, plane, c)
+    }
 }
 
 /// For output column `ow`: the kernel columns `j0..j1` that fall inside the map, and the input
@@ -385,30 +429,20 @@ fn piece_parallelism(g: &Geometry, samples: usize) -> gemm::Parallelism {
 
 /// `[Co, C, kh, kw]` to `[Co, kh, kw, C]` (the patch columns' order), or back.
 fn weight_taps_first(w: &[f32], g: &Geometry, to_taps: bool) -> Vec<f32> {
-    let (taps, k) = (g.kh * g.kw, g.k());
-    let mut out = vec![0f32; w.len()];
-    out.par_chunks_mut(k)
-        .zip(w.par_chunks(k))
-        .for_each(|(dst, src)| {
-            for ci in 0..g.c {
-                for t in 0..taps {
-                    if to_taps {
-                        dst[t * g.c + ci] = src[ci * taps + t];
-                    } else {
-                        dst[ci * taps + t] = src[t * g.c + ci];
-                    }
-                }
-            }
-        });
-    out
+    let taps = g.kh * g.kw;
+    if to_taps {
+        transpose_blocks(w, g.c, taps)
+    } else {
+        transpose_blocks(w, taps, g.c)
+    }
 }
 
-/// Output rows `[Co, n*S]` of `n` samples to their maps `[n, Co, S]`.
-fn rows_to_maps(rows: &[f32], maps: &mut [f32], n: usize, g: &Geometry) {
+/// Output rows `[Co, n*S]` of `n` samples to their maps `[n, Co, S]` (every value written).
+fn rows_to_maps(rows: &[f32], maps: &mut [MaybeUninit<f32>], n: usize, g: &Geometry) {
     let s = g.s();
     for (i, m) in maps.chunks_mut(s).enumerate() {
         let (b, o) = (i / g.co, i % g.co);
-        m.copy_from_slice(&rows[(o * n + b) * s..][..s]);
+        m.write_copy_of_slice(&rows[(o * n + b) * s..][..s]);
     }
 }
 
@@ -425,6 +459,46 @@ fn options(stride: [usize; 2], padding: [usize; 2], groups: usize) -> ConvOption
     ConvOptions::new(stride, padding, [1, 1], groups)
 }
 
+/// The f32 dense forward pass: `(output, channels-last input, weight in patch-column order)`.
+fn dense_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let g = Geometry::new(x.layout().shape(), weight.layout().shape(), stride, padding);
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let x = channels_last(slice(&x), g.c, g.h * g.w, true);
+    let weight = weight_taps_first(slice(&weight), &g, true);
+    let (k, s, per) = (g.k(), g.s(), piece_samples(&g));
+    let parallelism = piece_parallelism(&g, per);
+    let out = par_filled(g.b * g.co * s, per * g.co * s, |i, maps| {
+        let n = maps.len() / (g.co * s);
+        let xs = &x[i * per * g.h * g.w * g.c..][..n * g.h * g.w * g.c];
+        let patches = im2col(xs, n, &g);
+        // [Co, n*S] = W [Co, K] x patches^T [K, n*S]
+        let mut rows = vec![0f32; g.co * n * s];
+        matmul(
+            g.co,
+            n * s,
+            k,
+            &mut rows,
+            [(n * s) as isize, 1],
+            &weight,
+            [k as isize, 1],
+            &patches,
+            [1, k as isize],
+            parallelism,
+        );
+        rows_to_maps(&rows, maps, n, &g);
+    });
+    (
+        tensor(out, &[g.b, g.co, g.ho, g.wo]),
+        tensor(x, &[g.b, g.h, g.w, g.c]),
+        tensor(weight, &[g.co, g.kh, g.kw, g.c]),
+    )
+}
+
 impl ConvBackend for Flex {
     fn dense_conv2d(
         x: FlexTensor,
@@ -435,35 +509,20 @@ impl ConvBackend for Flex {
         if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
             return Flex::conv2d(x, weight, None, options(stride, padding, 1));
         }
-        let g = Geometry::new(x.layout().shape(), weight.layout().shape(), stride, padding);
-        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-        let x = channels_last(slice(&x), g.b, g.c, g.h * g.w, true);
-        let weight = weight_taps_first(slice(&weight), &g, true);
-        let (k, s, per) = (g.k(), g.s(), piece_samples(&g));
-        let parallelism = piece_parallelism(&g, per);
-        let mut out = vec![0f32; g.b * g.co * s];
-        out.par_chunks_mut(per * g.co * s)
-            .zip(x.par_chunks(per * g.h * g.w * g.c))
-            .for_each(|(maps, xs)| {
-                let n = maps.len() / (g.co * s);
-                let patches = im2col(xs, n, &g);
-                // [Co, n*S] = W [Co, K] x patches^T [K, n*S]
-                let mut rows = vec![0f32; g.co * n * s];
-                matmul(
-                    g.co,
-                    n * s,
-                    k,
-                    &mut rows,
-                    [(n * s) as isize, 1],
-                    &weight,
-                    [k as isize, 1],
-                    &patches,
-                    [1, k as isize],
-                    parallelism,
-                );
-                rows_to_maps(&rows, maps, n, &g);
-            });
-        tensor(out, &[g.b, g.co, g.ho, g.wo])
+        dense_forward(&x, &weight, stride, padding).0
+    }
+
+    fn dense_conv2d_saving(
+        x: FlexTensor,
+        weight: FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+            let y = Flex::conv2d(x.clone(), weight.clone(), None, options(stride, padding, 1));
+            return (y, x, weight);
+        }
+        dense_forward(&x, &weight, stride, padding)
     }
 
     fn dense_conv2d_backward(
@@ -474,20 +533,27 @@ impl ConvBackend for Flex {
         padding: [usize; 2],
     ) -> (FlexTensor, FlexTensor) {
         if [x.dtype(), weight.dtype(), grad.dtype()] != [DType::F32; 3] {
+            // `dense_conv2d_saving` kept these in burn's layouts.
             let o = options(stride, padding, 1);
             return (
                 Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), o.clone()),
                 Flex::conv2d_weight_backward(x, weight, grad, o),
             );
         }
-        let g = Geometry::new(x.layout().shape(), weight.layout().shape(), stride, padding);
+        // Channels-last `[B, H, W, C]` input and `[Co, kh, kw, C]` weight.
+        let (xs, ws) = (x.layout().shape(), weight.layout().shape());
+        let g = Geometry::new(
+            &Shape::from(vec![xs[0], xs[3], xs[1], xs[2]]),
+            &Shape::from(vec![ws[0], ws[3], ws[1], ws[2]]),
+            stride,
+            padding,
+        );
         let (x, weight, grad) = (
             x.to_contiguous(),
             weight.to_contiguous(),
             grad.to_contiguous(),
         );
-        let x = channels_last(slice(&x), g.b, g.c, g.h * g.w, true);
-        let weight = weight_taps_first(slice(&weight), &g, true);
+        let (x, weight) = (slice(&x), slice(&weight));
         let (k, s, per) = (g.k(), g.s(), piece_samples(&g));
         let parallelism = piece_parallelism(&g, per);
         let plane = g.h * g.w * g.c;
@@ -540,7 +606,7 @@ impl ConvBackend for Flex {
                 *t += v;
             }
         }
-        let grad_x = channels_last(&grad_x, g.b, g.c, g.h * g.w, false);
+        let grad_x = channels_last(&grad_x, g.c, g.h * g.w, false);
         let grad_w = weight_taps_first(&grad_w, &g, false);
         (
             tensor(grad_x, &[g.b, g.c, g.h, g.w]),
@@ -653,7 +719,9 @@ enum Kind {
 /// What a convolution node keeps for its backward pass.
 #[derive(Clone, Debug)]
 struct ConvState<B: Backend> {
+    /// The input, as `dense_conv2d_saving` returned it for the dense kernel.
     x: FloatTensor<B>,
+    /// The weight, likewise.
     weight: FloatTensor<B>,
     kind: Kind,
     padding: [usize; 2],
@@ -716,7 +784,15 @@ fn record<B: ConvBackend, C: CheckpointStrategy>(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let y = ConvState::<B>::forward(x.clone(), weight.clone(), kind, padding);
+            // The dense kernel hands back its input and weight in the layouts its backward
+            // pass reads, so they are converted once per step instead of twice.
+            let (y, x, weight) = match kind {
+                Kind::Dense { stride } => B::dense_conv2d_saving(x, weight, stride, padding),
+                Kind::Depthwise => {
+                    let y = B::depthwise_conv2d(x.clone(), weight.clone(), padding);
+                    (y, x, weight)
+                }
+            };
             let state = ConvState {
                 x,
                 weight,
