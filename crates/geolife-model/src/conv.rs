@@ -263,25 +263,136 @@ pub(crate) fn matmul(
     rhs_strides: [isize; 2],
     parallelism: gemm::Parallelism,
 ) {
+    check_fits(
+        m,
+        n,
+        k,
+        dst.len(),
+        dst_strides,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+    );
+    // SAFETY: `check_fits` keeps every element the strides reach inside its slice, and the
+    // destination is borrowed mutably (no overlap with the inputs).
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_strides,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            parallelism,
+        )
+    }
+}
+
+/// `lhs * rhs` as a new row-major `m x n` vector, written by the product itself (no zero-fill
+/// of the destination first).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_new(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+    parallelism: gemm::Parallelism,
+) -> Vec<f32> {
+    if k == 0 || m * n == 0 {
+        return vec![0f32; m * n];
+    }
+    let dst_strides = [n as isize, 1];
+    check_fits(
+        m,
+        n,
+        k,
+        m * n,
+        dst_strides,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+    );
+    let mut v = Vec::with_capacity(m * n);
+    // SAFETY: `check_fits` keeps every element the strides reach inside its buffer (the
+    // capacity is `m * n`); with `k > 0` the product writes all `m * n` values of the dense
+    // row-major destination and reads none of them (`read_dst` false), so every value is
+    // initialised before `set_len`.
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            v.as_mut_ptr(),
+            dst_strides,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            parallelism,
+        );
+        v.set_len(m * n);
+    }
+    v
+}
+
+/// Panics unless each matrix's last element, as its strides reach it, lies inside its buffer.
+#[allow(clippy::too_many_arguments)]
+fn check_fits(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst_len: usize,
+    dst_strides: [isize; 2],
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+) {
     let last = |s: [isize; 2], rows: usize, cols: usize| {
         (rows.saturating_sub(1)) as isize * s[0] + (cols.saturating_sub(1)) as isize * s[1]
     };
     assert!(
         m * n == 0
-            || (last(dst_strides, m, n) < dst.len() as isize
+            || (last(dst_strides, m, n) < dst_len as isize
                 && last(lhs_strides, m, k) < lhs.len() as isize
                 && last(rhs_strides, k, n) < rhs.len() as isize),
         "matmul: a matrix does not fit its buffer"
     );
-    // SAFETY: the assertion above keeps every element the strides reach inside its slice, the
-    // destination is borrowed mutably (no overlap with the inputs), and `read_dst` is false so
-    // the destination's previous values are not read.
+}
+
+/// The `gemm` call: `dst = lhs * rhs`, the destination's previous values not read.
+///
+/// # Safety
+/// Every element `dst`'s strides reach for an `m x n` matrix must be writable and not
+/// overlap `lhs` or `rhs` (see `check_fits`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_strides: [isize; 2],
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract; the inputs are slices the strides stay inside.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             dst_strides[1],
             dst_strides[0],
             false,
@@ -477,13 +588,10 @@ fn dense_forward(
         let xs = &x[i * per * g.h * g.w * g.c..][..n * g.h * g.w * g.c];
         let patches = im2col(xs, n, &g);
         // [Co, n*S] = W [Co, K] x patches^T [K, n*S]
-        let mut rows = vec![0f32; g.co * n * s];
-        matmul(
+        let rows = matmul_new(
             g.co,
             n * s,
             k,
-            &mut rows,
-            [(n * s) as isize, 1],
             &weight,
             [k as isize, 1],
             &patches,
@@ -569,13 +677,10 @@ impl ConvBackend for Flex {
                 let mut rows = vec![0f32; g.co * n * s];
                 maps_to_rows(gy, &mut rows, n, &g);
                 // dW [Co, K] = dY [Co, n*S] x patches [n*S, K]
-                let mut grad_w = vec![0f32; g.co * k];
-                matmul(
+                let grad_w = matmul_new(
                     g.co,
                     k,
                     n * s,
-                    &mut grad_w,
-                    [k as isize, 1],
                     &rows,
                     [(n * s) as isize, 1],
                     &patches,

@@ -24,7 +24,7 @@ use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::conv::matmul;
+use crate::conv::{matmul_new, par_filled};
 
 /// Values per parallel task of the element-wise loops.
 const CHUNK: usize = 1 << 14;
@@ -313,29 +313,25 @@ fn exp_nonpositive(v: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-fn gelu_forward(x: &[f32], y: &mut [f32]) {
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-            }
-        });
+fn gelu_forward(x: &[f32]) -> Vec<f32> {
+    par_filled(x.len(), CHUNK, |i, y| {
+        for (y, &x) in y.iter_mut().zip(&x[i * CHUNK..]) {
+            y.write(0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)));
+        }
+    })
 }
 
-fn gelu_backward(x: &[f32], grad: &[f32], out: &mut [f32]) {
+fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
     // d/dx x Phi(x) = Phi(x) + x phi(x)
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .zip(grad.par_chunks(CHUNK))
-        .for_each(|((out, x), g)| {
-            for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
-                let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = INV_SQRT_2PI * exp_nonpositive(-0.5 * x * x);
-                *o = g * (cdf + x * pdf);
-            }
-        });
+    par_filled(x.len(), CHUNK, |i, out| {
+        let (x, g) = (&x[i * CHUNK..], &grad[i * CHUNK..]);
+        for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
+            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = INV_SQRT_2PI * exp_nonpositive(-0.5 * x * x);
+            o.write(g * (cdf + x * pdf));
+        }
+    })
 }
 
 /// Lanes of the partial sums below: independent accumulators let the loops vectorise (a single
@@ -413,23 +409,21 @@ fn affine(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f64) -> V
 }
 
 /// `y = x * scale + shift` per channel plane of `[B, C, plane]`, then ReLU when `relu`.
-fn apply_affine(x: &[f32], y: &mut [f32], ab: &[(f32, f32)], plane: usize, relu: bool) {
+fn apply_affine(x: &[f32], ab: &[(f32, f32)], plane: usize, relu: bool) -> Vec<f32> {
     let c = ab.len();
     let plane = plane.max(1);
     let per = (CHUNK / plane).max(1) * plane;
-    y.par_chunks_mut(per)
-        .zip(x.par_chunks(per))
-        .enumerate()
-        .for_each(|(k, (y, x))| {
-            let first = k * per / plane;
-            for (i, (y, x)) in y.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
-                let (a, b) = ab[(first + i) % c];
-                for (y, &x) in y.iter_mut().zip(x) {
-                    let v = x * a + b;
-                    *y = if relu { v.max(0.0) } else { v };
-                }
+    par_filled(x.len(), per, |k, y| {
+        let x = &x[k * per..][..y.len()];
+        let first = k * per / plane;
+        for (i, (y, x)) in y.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
+            let (a, b) = ab[(first + i) % c];
+            for (y, &x) in y.iter_mut().zip(x) {
+                let v = x * a + b;
+                y.write(if relu { v.max(0.0) } else { v });
             }
-        });
+        }
+    })
 }
 
 /// Training BatchNorm's gradients `(x, gamma, beta)` for `[B, C, plane]` values.
@@ -479,31 +473,26 @@ fn batch_norm_backward(
             (sg, sgx * f64::from(inv[ch]))
         })
         .collect();
-    let mut grad_x = vec![0f32; x.len()];
     let per = (CHUNK / plane).max(1) * plane;
-    grad_x
-        .par_chunks_mut(per)
-        .zip(x.par_chunks(per))
-        .zip(grad.par_chunks(per))
-        .enumerate()
-        .for_each(|(k, ((gx, x), gy))| {
-            let first = k * per / plane;
-            for (i, ((gx, x), gy)) in gx
-                .chunks_mut(plane)
-                .zip(x.chunks(plane))
-                .zip(gy.chunks(plane))
-                .enumerate()
-            {
-                let ch = (first + i) % c;
-                let (sg, sgx) = sums[ch];
-                let (mg, mgx) = ((sg / n) as f32, (sgx / n) as f32);
-                let scale = gamma[ch] * inv[ch];
-                for ((o, &xv), &gv) in gx.iter_mut().zip(x).zip(gy) {
-                    let xhat = (xv - mean[ch]) * inv[ch];
-                    *o = scale * (g(xv, gv, ch) - mg - xhat * mgx);
-                }
+    let grad_x = par_filled(x.len(), per, |k, gx| {
+        let (x, gy) = (&x[k * per..][..gx.len()], &grad[k * per..][..gx.len()]);
+        let first = k * per / plane;
+        for (i, ((gx, x), gy)) in gx
+            .chunks_mut(plane)
+            .zip(x.chunks(plane))
+            .zip(gy.chunks(plane))
+            .enumerate()
+        {
+            let ch = (first + i) % c;
+            let (sg, sgx) = sums[ch];
+            let (mg, mgx) = ((sg / n) as f32, (sgx / n) as f32);
+            let scale = gamma[ch] * inv[ch];
+            for ((o, &xv), &gv) in gx.iter_mut().zip(x).zip(gy) {
+                let xhat = (xv - mean[ch]) * inv[ch];
+                o.write(scale * (g(xv, gv, ch) - mg - xhat * mgx));
             }
-        });
+        }
+    });
     let grad_gamma = sums.iter().map(|s| s.1 as f32).collect();
     let grad_beta = sums.iter().map(|s| s.0 as f32).collect();
     (grad_x, grad_gamma, grad_beta)
@@ -522,19 +511,18 @@ fn row_stats(x: &[f32], eps: f64) -> (f32, f32) {
     (mean, (1.0 / (var + eps).sqrt()) as f32)
 }
 
-fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64, y: &mut [f32]) {
+fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f32> {
     let c = gamma.len().max(1);
     let per = ln_rows(c) * c;
-    y.par_chunks_mut(per)
-        .zip(x.par_chunks(per))
-        .for_each(|(y, x)| {
-            for (y, x) in y.chunks_mut(c).zip(x.chunks(c)) {
-                let (mean, rstd) = row_stats(x, eps);
-                for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                    *y = (x - mean) * rstd * g + b;
-                }
+    par_filled(x.len(), per, |k, y| {
+        let x = &x[k * per..][..y.len()];
+        for (y, x) in y.chunks_mut(c).zip(x.chunks(c)) {
+            let (mean, rstd) = row_stats(x, eps);
+            for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+                y.write((x - mean) * rstd * g + b);
             }
-        });
+        }
+    })
 }
 
 /// LayerNorm's gradients `(x, gamma, beta)` for rows of `gamma.len()` values.
@@ -625,8 +613,7 @@ impl FusedBackend for Flex {
             return Flex::gelu(x);
         }
         let x = x.to_contiguous();
-        let mut y = vec![0f32; slice(&x).len()];
-        gelu_forward(slice(&x), &mut y);
+        let y = gelu_forward(slice(&x));
         tensor(y, x.layout().shape().clone())
     }
 
@@ -635,8 +622,7 @@ impl FusedBackend for Flex {
             return Flex::gelu_backward(x, grad);
         }
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
-        let mut out = vec![0f32; slice(&x).len()];
-        gelu_backward(slice(&x), slice(&grad), &mut out);
+        let out = gelu_backward(slice(&x), slice(&grad));
         tensor(out, x.layout().shape().clone())
     }
 
@@ -656,8 +642,7 @@ impl FusedBackend for Flex {
         );
         let (mean, var) = channel_stats(slice(&x), c, plane);
         let ab = affine(slice(&gamma), slice(&beta), &mean, &var, epsilon);
-        let mut y = vec![0f32; slice(&x).len()];
-        apply_affine(slice(&x), &mut y, &ab, plane, relu);
+        let y = apply_affine(slice(&x), &ab, plane, relu);
         (
             tensor(y, shape),
             tensor(mean, Shape::new([c])),
@@ -717,8 +702,7 @@ impl FusedBackend for Flex {
             slice(&variance),
             epsilon,
         );
-        let mut y = vec![0f32; slice(&x).len()];
-        apply_affine(slice(&x), &mut y, &ab, plane, relu);
+        let y = apply_affine(slice(&x), &ab, plane, relu);
         tensor(y, shape)
     }
 
@@ -732,8 +716,7 @@ impl FusedBackend for Flex {
             return Flex::layer_norm(x, gamma, Some(beta), epsilon);
         }
         let [x, gamma, beta] = [x, gamma, beta].map(|t| t.to_contiguous());
-        let mut y = vec![0f32; slice(&x).len()];
-        layer_norm_forward(slice(&x), slice(&gamma), slice(&beta), epsilon, &mut y);
+        let y = layer_norm_forward(slice(&x), slice(&gamma), slice(&beta), epsilon);
         tensor(y, x.layout().shape().clone())
     }
 
@@ -764,14 +747,11 @@ impl FusedBackend for Flex {
             x.layout().shape()[1],
             w.layout().shape()[1],
         );
-        let mut y = vec![0f32; m * n];
         // y [M, N] = x [M, K] W [K, N]
-        matmul(
+        let y = matmul_new(
             m,
             n,
             k,
-            &mut y,
-            [n as isize, 1],
             slice(&x),
             [k as isize, 1],
             slice(&w),
@@ -801,13 +781,10 @@ impl FusedBackend for Flex {
             w.layout().shape()[1],
         );
         // dx [M, K] = dy [M, N] W^T [N, K]
-        let mut gx = vec![0f32; m * k];
-        matmul(
+        let gx = matmul_new(
             m,
             k,
             n,
-            &mut gx,
-            [k as isize, 1],
             slice(&g),
             [n as isize, 1],
             slice(&w),
@@ -815,13 +792,10 @@ impl FusedBackend for Flex {
             Parallelism::Rayon(0),
         );
         // dW [K, N] = x^T [K, M] dy [M, N]
-        let mut gw = vec![0f32; k * n];
-        matmul(
+        let gw = matmul_new(
             k,
             n,
             m,
-            &mut gw,
-            [n as isize, 1],
             slice(&x),
             [1, k as isize],
             slice(&g),
