@@ -431,12 +431,22 @@ pub(crate) fn par_filled(
 }
 
 /// `rows x cols` blocks transposed: `dst[j * rows + i] = src[i * cols + j]` for each of the
-/// consecutive `[rows, cols]` matrices of `src`, in tiles that stay in cache.
+/// consecutive `[rows, cols]` matrices of `src`. A matrix that fits in cache is written in
+/// order (its reads stay in cache); a larger one in tiles.
 fn transpose_blocks(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 32;
+    const IN_CACHE: usize = 1 << 15; // values: 128 KiB
     let size = (rows * cols).max(1);
     par_filled(src.len(), size, |m, dst| {
         let src = &src[m * size..][..dst.len()];
+        if size <= IN_CACHE {
+            for (j, out) in dst.chunks_mut(rows.max(1)).enumerate() {
+                for (i, d) in out.iter_mut().enumerate() {
+                    d.write(src[i * cols + j]);
+                }
+            }
+            return;
+        }
         for i0 in (0..rows).step_by(TILE) {
             for j0 in (0..cols).step_by(TILE) {
                 for i in i0..(i0 + TILE).min(rows) {
