@@ -424,7 +424,12 @@ pub(crate) fn par_filled(
     v.spare_capacity_mut()[..n]
         .par_chunks_mut(chunk.max(1))
         .enumerate()
-        .for_each(|(i, c)| fill(i, c));
+        .for_each(|(i, c)| {
+            crate::fused::widest(
+                #[inline(always)]
+                || fill(i, c),
+            )
+        });
     // SAFETY: the capacity is `n`, and `fill` wrote all `n` values (its contract).
     unsafe { v.set_len(n) };
     v
@@ -769,53 +774,64 @@ impl ConvBackend for Flex {
             .par_chunks_mut(plane)
             .enumerate()
             .for_each(|(p, gx)| {
-                let (c, gy) = (p % g.c, &gs[p * out_plane..][..out_plane]);
-                let wc = &ws[c * taps..][..taps];
-                for i in 0..g.kh {
-                    let (oh0, oh1) = range(i, g.padding[0], g.h, g.ho);
-                    for j in 0..g.kw {
-                        let (ow0, ow1) = range(j, g.padding[1], g.w, g.wo);
-                        if ow0 == ow1 {
-                            continue;
-                        }
-                        let wv = wc[i * g.kw + j];
-                        for oh in oh0..oh1 {
-                            let ih = oh + i - g.padding[0];
-                            let src = &gy[oh * g.wo + ow0..oh * g.wo + ow1];
-                            let start = ih * g.w + ow0 + j - g.padding[1];
-                            let dst = &mut gx[start..start + (ow1 - ow0)];
-                            for (d, s) in dst.iter_mut().zip(src) {
-                                *d += s * wv;
+                crate::fused::widest(
+                    #[inline(always)]
+                    || {
+                        let (c, gy) = (p % g.c, &gs[p * out_plane..][..out_plane]);
+                        let wc = &ws[c * taps..][..taps];
+                        for i in 0..g.kh {
+                            let (oh0, oh1) = range(i, g.padding[0], g.h, g.ho);
+                            for j in 0..g.kw {
+                                let (ow0, ow1) = range(j, g.padding[1], g.w, g.wo);
+                                if ow0 == ow1 {
+                                    continue;
+                                }
+                                let wv = wc[i * g.kw + j];
+                                for oh in oh0..oh1 {
+                                    let ih = oh + i - g.padding[0];
+                                    let src = &gy[oh * g.wo + ow0..oh * g.wo + ow1];
+                                    let start = ih * g.w + ow0 + j - g.padding[1];
+                                    let dst = &mut gx[start..start + (ow1 - ow0)];
+                                    for (d, s) in dst.iter_mut().zip(src) {
+                                        *d += s * wv;
+                                    }
+                                }
                             }
                         }
-                    }
-                }
+                    },
+                )
             });
         // dW[c, i, j] = sum over samples and output pixels of dY[oh, ow] * X[ih, iw].
         let mut grad_w = vec![0f32; g.c * taps];
         grad_w.par_chunks_mut(taps).enumerate().for_each(|(c, gw)| {
-            for b in 0..g.b {
-                let p = b * g.c + c;
-                let (xp, gy) = (&xs[p * plane..][..plane], &gs[p * out_plane..][..out_plane]);
-                for i in 0..g.kh {
-                    let (oh0, oh1) = range(i, g.padding[0], g.h, g.ho);
-                    for j in 0..g.kw {
-                        let (ow0, ow1) = range(j, g.padding[1], g.w, g.wo);
-                        if ow0 == ow1 {
-                            continue;
+            crate::fused::widest(
+                #[inline(always)]
+                || {
+                    for b in 0..g.b {
+                        let p = b * g.c + c;
+                        let (xp, gy) =
+                            (&xs[p * plane..][..plane], &gs[p * out_plane..][..out_plane]);
+                        for i in 0..g.kh {
+                            let (oh0, oh1) = range(i, g.padding[0], g.h, g.ho);
+                            for j in 0..g.kw {
+                                let (ow0, ow1) = range(j, g.padding[1], g.w, g.wo);
+                                if ow0 == ow1 {
+                                    continue;
+                                }
+                                let mut acc = 0f32;
+                                for oh in oh0..oh1 {
+                                    let ih = oh + i - g.padding[0];
+                                    let src = &gy[oh * g.wo + ow0..oh * g.wo + ow1];
+                                    let start = ih * g.w + ow0 + j - g.padding[1];
+                                    let xv = &xp[start..start + (ow1 - ow0)];
+                                    acc += src.iter().zip(xv).map(|(a, b)| a * b).sum::<f32>();
+                                }
+                                gw[i * g.kw + j] += acc;
+                            }
                         }
-                        let mut acc = 0f32;
-                        for oh in oh0..oh1 {
-                            let ih = oh + i - g.padding[0];
-                            let src = &gy[oh * g.wo + ow0..oh * g.wo + ow1];
-                            let start = ih * g.w + ow0 + j - g.padding[1];
-                            let xv = &xp[start..start + (ow1 - ow0)];
-                            acc += src.iter().zip(xv).map(|(a, b)| a * b).sum::<f32>();
-                        }
-                        gw[i * g.kw + j] += acc;
                     }
-                }
-            }
+                },
+            )
         });
         (
             tensor(grad_x, &[g.b, g.c, g.h, g.w]),

@@ -315,9 +315,14 @@ fn exp_nonpositive(v: f32) -> f32 {
 
 fn gelu_forward(x: &[f32]) -> Vec<f32> {
     par_filled(x.len(), CHUNK, |i, y| {
-        for (y, &x) in y.iter_mut().zip(&x[i * CHUNK..]) {
-            y.write(0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)));
-        }
+        widest(
+            #[inline(always)]
+            || {
+                for (y, &x) in y.iter_mut().zip(&x[i * CHUNK..]) {
+                    y.write(0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)));
+                }
+            },
+        )
     })
 }
 
@@ -326,11 +331,16 @@ fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     par_filled(x.len(), CHUNK, |i, out| {
         let (x, g) = (&x[i * CHUNK..], &grad[i * CHUNK..]);
-        for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
-            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-            let pdf = INV_SQRT_2PI * exp_nonpositive(-0.5 * x * x);
-            o.write(g * (cdf + x * pdf));
-        }
+        widest(
+            #[inline(always)]
+            || {
+                for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
+                    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                    let pdf = INV_SQRT_2PI * exp_nonpositive(-0.5 * x * x);
+                    o.write(g * (cdf + x * pdf));
+                }
+            },
+        )
     })
 }
 
@@ -389,9 +399,14 @@ fn channel_stats(x: &[f32], c: usize, plane: usize) -> (Vec<f32>, Vec<f32>) {
         .into_par_iter()
         .map(|ch| {
             let planes = || (0..b).map(|i| &x[(i * c + ch) * plane..][..plane]);
-            let mean = (planes().map(|p| sum1(p, |v| v)).sum::<f64>() / n) as f32;
-            let sq: f64 = planes().map(|p| sum1(p, |v| (v - mean) * (v - mean))).sum();
-            (mean, (sq / n) as f32)
+            widest(
+                #[inline(always)]
+                || {
+                    let mean = (planes().map(|p| sum1(p, |v| v)).sum::<f64>() / n) as f32;
+                    let sq: f64 = planes().map(|p| sum1(p, |v| (v - mean) * (v - mean))).sum();
+                    (mean, (sq / n) as f32)
+                },
+            )
         })
         .collect();
     stats.into_iter().unzip()
@@ -460,16 +475,22 @@ fn batch_norm_backward(
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            for i in 0..b {
-                let at = (i * c + ch) * plane;
-                let (a, t) = sums2(&x[at..at + plane], &grad[at..at + plane], |xv, gv| {
-                    let gv = g(xv, gv, ch);
-                    (gv, gv * (xv - mean[ch]))
-                });
-                sg += a;
-                sgx += t;
-            }
+            let (sg, sgx) = widest(
+                #[inline(always)]
+                || {
+                    let (mut sg, mut sgx) = (0f64, 0f64);
+                    for i in 0..b {
+                        let at = (i * c + ch) * plane;
+                        let (a, t) = sums2(&x[at..at + plane], &grad[at..at + plane], |xv, gv| {
+                            let gv = g(xv, gv, ch);
+                            (gv, gv * (xv - mean[ch]))
+                        });
+                        sg += a;
+                        sgx += t;
+                    }
+                    (sg, sgx)
+                },
+            );
             (sg, sgx * f64::from(inv[ch]))
         })
         .collect();
@@ -541,26 +562,31 @@ fn layer_norm_backward(
         .zip(x.par_chunks(per))
         .zip(grad.par_chunks(per))
         .map(|((gx, x), gy)| {
-            let (mut gg, mut gb) = (vec![0f64; c], vec![0f64; c]);
-            for ((gx, x), gy) in gx.chunks_mut(c).zip(x.chunks(c)).zip(gy.chunks(c)) {
-                let (mean, rstd) = row_stats(x, eps);
-                // dxhat = dy * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-                let (s1, s2) = sums3(x, gy, gamma, |xv, g, w| {
-                    let d = g * w;
-                    (d, d * (xv - mean) * rstd)
-                });
-                for i in 0..c {
-                    let xhat = (x[i] - mean) * rstd;
-                    gg[i] += f64::from(gy[i] * xhat);
-                    gb[i] += f64::from(gy[i]);
-                }
-                let (m1, m2) = ((s1 / c as f64) as f32, (s2 / c as f64) as f32);
-                for i in 0..c {
-                    let xhat = (x[i] - mean) * rstd;
-                    gx[i] = rstd * (gy[i] * gamma[i] - m1 - xhat * m2);
-                }
-            }
-            (gg, gb)
+            widest(
+                #[inline(always)]
+                || {
+                    let (mut gg, mut gb) = (vec![0f64; c], vec![0f64; c]);
+                    for ((gx, x), gy) in gx.chunks_mut(c).zip(x.chunks(c)).zip(gy.chunks(c)) {
+                        let (mean, rstd) = row_stats(x, eps);
+                        // dxhat = dy * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+                        let (s1, s2) = sums3(x, gy, gamma, |xv, g, w| {
+                            let d = g * w;
+                            (d, d * (xv - mean) * rstd)
+                        });
+                        for i in 0..c {
+                            let xhat = (x[i] - mean) * rstd;
+                            gg[i] += f64::from(gy[i] * xhat);
+                            gb[i] += f64::from(gy[i]);
+                        }
+                        let (m1, m2) = ((s1 / c as f64) as f32, (s2 / c as f64) as f32);
+                        for i in 0..c {
+                            let xhat = (x[i] - mean) * rstd;
+                            gx[i] = rstd * (gy[i] * gamma[i] - m1 - xhat * m2);
+                        }
+                    }
+                    (gg, gb)
+                },
+            )
         })
         .collect();
     let (mut gg, mut gb) = (vec![0f64; c], vec![0f64; c]);
@@ -603,6 +629,38 @@ fn adamw_avx512(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: [f32;
 #[target_feature(enable = "avx2")]
 fn adamw_avx2(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: [f32; 7], first: bool) {
     adamw_body(p, g, m, v, h, first)
+}
+
+/// Runs `f` compiled for AVX-512F or AVX2 when the CPU has them (the loops `f` inlines are
+/// vectorised that wide), else for baseline x86-64. The arithmetic is the same either way.
+#[inline(always)]
+pub(crate) fn widest<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { run_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { run_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }
 
 /// burn's AdamW arithmetic, in its order, over one chunk.
