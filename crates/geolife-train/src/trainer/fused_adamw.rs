@@ -1,11 +1,13 @@
 //! AdamW with each parameter's update fused into one pass over its values, for the CPU (flex)
 //! device. burn's `AdamW` runs about fifteen tensor operations per parameter, and each one
 //! reads and writes a full-size buffer: with the 11,255-way head and two cube ResNet18s that
-//! was 13% of a seed-recipe epoch (`profile.json`). Here one parallel loop reads the
-//! parameter, its gradient and both moments once and writes them back once. The arithmetic is
-//! burn's, in the same order and in f32, and the state is burn's `AdamWState`, so `last.ckpt`
-//! files are the same whichever of the two wrote them. On other devices (wgpu) the values
-//! would have to travel to the host and back, so those use burn's `AdamW`.
+//! was 13% of a seed-recipe epoch (`profile.json`). Here `geolife_model::fused::adamw_step`
+//! reads the parameter, its gradient and both moments once and writes them back in place (a
+//! buffer something else still holds is copied first), in a loop compiled for the widest vector
+//! instructions the CPU has. The arithmetic is burn's, in the same order and in f32, and the
+//! state is burn's `AdamWState`, so `last.ckpt` files are the same whichever of the two wrote
+//! them. On other devices (wgpu) the values would have to travel to the host and back, so those
+//! use burn's `AdamW`.
 
 use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, Optimizer};
 use burn::tensor::{DType, Device, Tensor};
