@@ -288,6 +288,54 @@ pub(crate) fn matmul(
             rhs,
             rhs_strides,
             parallelism,
+            false,
+        )
+    }
+}
+
+/// `dst += lhs * rhs` for a row-major `m x n` destination, on all threads.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_add(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+) {
+    let dst_strides = [n as isize, 1];
+    check_fits(
+        m,
+        n,
+        k,
+        dst.len(),
+        dst_strides,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+    );
+    if k == 0 || m * n == 0 {
+        return;
+    }
+    // SAFETY: `check_fits` keeps every element the strides reach inside its slice, and the
+    // destination is borrowed mutably (no overlap with the inputs); its values are initialised,
+    // so reading them is sound.
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_strides,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            gemm::Parallelism::Rayon(0),
+            true,
         )
     }
 }
@@ -337,6 +385,7 @@ pub(crate) fn matmul_new(
             rhs,
             rhs_strides,
             parallelism,
+            false,
         );
         v.set_len(m * n);
     }
@@ -368,11 +417,12 @@ fn check_fits(
     );
 }
 
-/// The `gemm` call: `dst = lhs * rhs`, the destination's previous values not read.
+/// The `gemm` call: `dst = lhs * rhs`, or `dst += lhs * rhs` when `accumulate` (otherwise
+/// the destination's previous values are not read).
 ///
 /// # Safety
 /// Every element `dst`'s strides reach for an `m x n` matrix must be writable and not
-/// overlap `lhs` or `rhs` (see `check_fits`).
+/// overlap `lhs` or `rhs` (see `check_fits`), and initialised when `accumulate`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_raw(
     m: usize,
@@ -385,6 +435,7 @@ unsafe fn gemm_raw(
     rhs: &[f32],
     rhs_strides: [isize; 2],
     parallelism: gemm::Parallelism,
+    accumulate: bool,
 ) {
     // SAFETY: the caller's contract; the inputs are slices the strides stay inside.
     unsafe {
@@ -395,14 +446,14 @@ unsafe fn gemm_raw(
             dst,
             dst_strides[1],
             dst_strides[0],
-            false,
+            accumulate,
             lhs.as_ptr(),
             lhs_strides[1],
             lhs_strides[0],
             rhs.as_ptr(),
             rhs_strides[1],
             rhs_strides[0],
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -538,10 +589,20 @@ fn col2im(patches: &[f32], x: &mut [f32], n: usize, g: &Geometry) {
     }
 }
 
-/// Samples per piece of the batch: the patch matrix of one piece stays near [`PIECE_VALUES`]
-/// (cache-sized), so it is built, multiplied and (backward) scattered while still in cache.
+/// Samples per piece of the batch: the patch matrix of one piece stays at most near
+/// [`PIECE_VALUES`] (cache-sized), so it is built, multiplied and (backward) scattered while
+/// still in cache. When the batch takes several pieces, their number is a multiple of the
+/// threads and their sizes are even: pieces of 21, 21, 21 and 1 samples on two threads left one
+/// thread idle for a third of the layer.
 fn piece_samples(g: &Geometry) -> usize {
-    (PIECE_VALUES / (g.s() * g.k()).max(1)).clamp(1, g.b.max(1))
+    let b = g.b.max(1);
+    let most = (PIECE_VALUES / (g.s() * g.k()).max(1)).clamp(1, b);
+    if most >= b {
+        return b;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let pieces = b.div_ceil(most).next_multiple_of(threads).min(b);
+    b.div_ceil(pieces)
 }
 
 /// The matrix products run on all threads when the batch is one piece, else one per piece.

@@ -24,7 +24,7 @@ use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::conv::{matmul_new, par_filled};
+use crate::conv::{matmul_add, matmul_new, par_filled};
 
 /// Values per parallel task of the element-wise loops.
 const CHUNK: usize = 1 << 14;
@@ -99,15 +99,19 @@ pub trait FusedBackend: Backend {
         unreachable!("fused_layer_norm_backward is only called by its autodiff node")
     }
 
-    /// `x W` for `x` `[M, K]` and `W` `[K, N]` (a linear layer without its bias).
-    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x W + b` for `x` `[M, K]`, `W` `[K, N]` and `b` `[N]` (a linear layer).
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 
-    /// The gradients of [`fused_linear`](FusedBackend::fused_linear): `(x, weight)`.
+    /// The gradients of [`fused_linear`](FusedBackend::fused_linear): `(x, weight, bias)`.
     fn fused_linear_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let _ = (x, weight, grad);
         unreachable!("fused_linear_backward is only called by its autodiff node")
     }
@@ -224,14 +228,17 @@ pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
     let dims = x.dims();
     let [_, d_out] = linear.weight.dims();
     let x2: Tensor<2> = x.reshape([-1, dims[D - 1] as i32]);
+    // The bias is added by the product itself (a layer without one adds zeros, which take no
+    // gradient).
+    let bias = match &linear.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([d_out], &x2.device()),
+    };
     let y: Tensor<2> = Tensor::from_dispatch(Dispatch::fused_linear(
         x2.into_dispatch(),
         linear.weight.val().into_dispatch(),
+        bias.into_dispatch(),
     ));
-    let y = match &linear.bias {
-        Some(b) => y + b.val().unsqueeze_dim(0),
-        None => y,
-    };
     let mut out = dims;
     out[D - 1] = d_out;
     y.reshape(out)
@@ -682,6 +689,25 @@ fn adamw_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: [f32; 7
     }
 }
 
+/// The sums of the columns of a row-major `[M, n]` matrix (a bias's gradient), in f64, over
+/// column blocks in parallel.
+fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
+    const COLS: usize = 1024;
+    let n = n.max(1);
+    par_filled(n, COLS, |ci, out| {
+        let j0 = ci * COLS;
+        let mut acc = vec![0f64; out.len()];
+        for row in g.chunks(n) {
+            for (a, &v) in acc.iter_mut().zip(&row[j0..j0 + out.len()]) {
+                *a += f64::from(v);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            o.write(a as f32);
+        }
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // burn flex.
 
@@ -845,26 +871,32 @@ impl FusedBackend for Flex {
         )
     }
 
-    fn fused_linear(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
-            return Flex::float_matmul(x, weight);
+    fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        if [x.dtype(), weight.dtype(), bias.dtype()] != [DType::F32; 3] {
+            let n = bias.layout().shape()[0];
+            let b = bias.reshape(Shape::new([1, n]));
+            return Flex::float_add(Flex::float_matmul(x, weight), b);
         }
-        let (x, w) = (x.to_contiguous(), weight.to_contiguous());
+        let [x, w, b] = [x, weight, bias].map(|t| t.to_contiguous());
         let (m, k, n) = (
             x.layout().shape()[0],
             x.layout().shape()[1],
             w.layout().shape()[1],
         );
-        // y [M, N] = x [M, K] W [K, N]
-        let y = matmul_new(
+        // Rows of the bias, then y [M, N] += x [M, K] W [K, N]
+        let b = slice(&b);
+        let mut y = par_filled(m * n, n.max(1), |_, row| {
+            row.write_copy_of_slice(b);
+        });
+        matmul_add(
             m,
             n,
             k,
+            &mut y,
             slice(&x),
             [k as isize, 1],
             slice(&w),
             [n as isize, 1],
-            Parallelism::Rayon(0),
         );
         tensor(y, Shape::new([m, n]))
     }
@@ -873,10 +905,13 @@ impl FusedBackend for Flex {
         x: FlexTensor,
         weight: FlexTensor,
         grad: FlexTensor,
-    ) -> (FlexTensor, FlexTensor) {
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
         if [x.dtype(), weight.dtype(), grad.dtype()] != [DType::F32; 3] {
             let gx = Flex::float_matmul(grad.clone(), weight.clone().transpose(0, 1));
-            return (gx, Flex::float_matmul(x.transpose(0, 1), grad));
+            let gb = Flex::float_sum_dim(grad.clone(), 0);
+            let n = gb.layout().shape()[1];
+            let gb = gb.reshape(Shape::new([n]));
+            return (gx, Flex::float_matmul(x.transpose(0, 1), grad), gb);
         }
         let (x, w, g) = (
             x.to_contiguous(),
@@ -910,9 +945,11 @@ impl FusedBackend for Flex {
             [n as isize, 1],
             Parallelism::Rayon(0),
         );
+        let gb = column_sums(slice(&g), n);
         (
             tensor(gx, Shape::new([m, k])),
             tensor(gw, Shape::new([k, n])),
+            tensor(gb, Shape::new([n])),
         )
     }
 
@@ -1012,15 +1049,15 @@ impl<B: FusedBackend> Backward<B, 3> for LayerNormNode {
 #[derive(Debug)]
 struct LinearNode;
 
-impl<B: FusedBackend> Backward<B, 2> for LinearNode {
+impl<B: FusedBackend> Backward<B, 3> for LinearNode {
     type State = (FloatTensor<B>, FloatTensor<B>);
 
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
         let (x, weight) = ops.state;
-        let (gx, gw) = B::fused_linear_backward(x, weight, grad);
-        let [node_x, node_w] = ops.parents;
-        for (node, g) in [(node_x, gx), (node_w, gw)] {
+        let (gx, gw, gb) = B::fused_linear_backward(x, weight, grad);
+        let [node_x, node_w, node_b] = ops.parents;
+        for (node, g) in [(node_x, gx), (node_w, gw), (node_b, gb)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, g);
             }
@@ -1133,14 +1170,23 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         }
     }
 
-    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        let ((x, nx), (weight, nw)) = (x.into_parts(), weight.into_parts());
-        match LinearNode.prepare::<C>([nx, nw]).compute_bound().stateful() {
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let ((x, nx), (weight, nw), (bias, nb)) =
+            (x.into_parts(), weight.into_parts(), bias.into_parts());
+        match LinearNode
+            .prepare::<C>([nx, nw, nb])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(prep) => {
-                let y = B::fused_linear(x.clone(), weight.clone());
+                let y = B::fused_linear(x.clone(), weight.clone(), bias);
                 prep.finish((x, weight), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_linear(x, weight)),
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_linear(x, weight, bias)),
         }
     }
 

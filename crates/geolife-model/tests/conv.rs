@@ -77,7 +77,7 @@ const DENSE: &[DenseCase] = &[
     (1, 2, 3, 3, 3, 3, 3, 0),    // one output pixel
     (1, 2, 2, 2, 2, 1, 1, 2),    // padding wider than the kernel: border outputs see no pixel
     (3, 64, 8, 32, 32, 3, 1, 1), // one sample per cache-sized piece of the batch
-    (5, 32, 4, 32, 32, 3, 1, 1), // pieces of 3 and 2 samples (a ragged last piece)
+    (5, 32, 4, 32, 32, 3, 1, 1), // on two threads, pieces of 3 and 2 samples (a ragged last one)
 ];
 
 #[test]
