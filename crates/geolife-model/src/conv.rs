@@ -773,7 +773,7 @@ impl ConvBackend for Flex {
                     [k as isize, 1],
                     &rows,
                     [1, (n * s) as isize],
-                    &weight,
+                    weight,
                     [k as isize, 1],
                     parallelism,
                 );
