@@ -597,9 +597,6 @@ fn col2im(patches: &[f32], x: &mut [f32], n: usize, g: &Geometry) {
 fn piece_samples(g: &Geometry) -> usize {
     let b = g.b.max(1);
     let most = (PIECE_VALUES / (g.s() * g.k()).max(1)).clamp(1, b);
-    if most >= b {
-        return b;
-    }
     let threads = rayon::current_num_threads().max(1);
     let pieces = b.div_ceil(most).next_multiple_of(threads).min(b);
     b.div_ceil(pieces)
