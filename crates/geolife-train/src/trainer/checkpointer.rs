@@ -1,9 +1,10 @@
 //! Checkpoints of a run: `last.ckpt` (position, model record, optimiser record and the full
 //! state dict, one checksummed file) to resume from, and `best.safetensors` (the weights of the
 //! best validation epoch, with their config and transforms) to predict with. Everything is
-//! serialised in memory and written once, atomically. `last.ckpt` (hundreds of MB with the
-//! 11,255-way head and its AdamW moments) is hashed, written and synced on its own thread while
-//! training goes on; each write waits for the one before, and the run waits for the last one.
+//! serialised in memory and written once, atomically. Both are hashed (`last.ckpt`, hundreds of
+//! MB with the 11,255-way head and its AdamW moments), written and synced on a writer thread
+//! while training goes on; each write starts when the one before has finished, so they land in
+//! order, and the run waits for the last one.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -69,17 +70,34 @@ impl Checkpointer {
             .map_err(|e| self.err(format!("optimizer record: {e}")))?;
         let weights = geolife_model::checkpoint::fusion_to_bytes(model, fc, None, &self.last)
             .map_err(|e| self.err(format!("weights: {e}")))?;
-        self.wait()?;
         let (path, state) = (self.last.clone(), state.clone());
+        self.chain(move || checkpoint::save(&path, &state, &model_bytes, &optim_bytes, &weights))
+    }
+
+    /// Runs `write` on a writer thread once the pending write (if any) has finished, so the
+    /// files land in the order they were asked for (`best.safetensors` before the `last.ckpt`
+    /// that records it); a failed earlier write is the new write's error.
+    fn chain(
+        &self,
+        write: impl FnOnce() -> Result<(), TrainError> + Send + 'static,
+    ) -> Result<(), TrainError> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = pending.take();
+        let panicked = self.err("the checkpoint writer panicked".into());
         let writer = std::thread::Builder::new()
             .name("checkpoint".into())
-            .spawn(move || checkpoint::save(&path, &state, &model_bytes, &optim_bytes, &weights))
+            .spawn(move || {
+                if let Some(p) = previous {
+                    p.join().unwrap_or(Err(panicked))?;
+                }
+                write()
+            })
             .map_err(|e| self.err(format!("cannot start the checkpoint writer: {e}")))?;
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
+        *pending = Some(writer);
         Ok(())
     }
 
-    /// Waits until the newest `last.ckpt` is on disk; its write error, if it failed.
+    /// Waits until every checkpoint asked for is on disk; the first write error, if one failed.
     pub fn wait(&self) -> Result<(), TrainError> {
         let writer = self
             .pending
@@ -119,17 +137,27 @@ impl Checkpointer {
         Ok((state, model, optim))
     }
 
-    /// Writes `best.safetensors` (inference model, config and transforms in its metadata).
+    /// Writes `best.safetensors` (inference model, config and transforms in its metadata). The
+    /// values are taken now; the file is written and synced on the writer thread, before any
+    /// `last.ckpt` asked for after it (see [`Self::wait`]).
     pub fn save_best(&self, model: &FusionModel, fc: &FusionConfig) -> Result<(), TrainError> {
-        geolife_model::checkpoint::save_safetensors_with(
+        let err = |message: String| TrainError::Checkpoint {
+            path: self.best.clone(),
+            message,
+        };
+        let bytes = geolife_model::checkpoint::fusion_to_bytes(
             model,
             fc,
             Some(&self.transforms_json),
             &self.best,
         )
-        .map_err(|e| TrainError::Checkpoint {
-            path: self.best.clone(),
-            message: e.to_string(),
+        .map_err(|e| err(e.to_string()))?;
+        let path = self.best.clone();
+        self.chain(move || {
+            geolife_data::atomic::write_bytes(&path, &bytes).map_err(|e| TrainError::Checkpoint {
+                message: format!("cannot write: {e}"),
+                path,
+            })
         })
     }
 }
