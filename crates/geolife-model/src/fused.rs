@@ -1,15 +1,16 @@
-//! Fused, parallel CPU kernels for the element-wise layers of the seed network: GELU,
-//! BatchNorm (with an optional ReLU) and the AdamW update. Registered for burn flex through
-//! burn's backend-extension API, like the convolutions of [`crate::conv`]; every other device
-//! and dtype runs burn's own operations.
+//! Fused, parallel CPU kernels for the layers of the seed network other than convolutions:
+//! GELU, BatchNorm (with an optional ReLU), LayerNorm, linear layers and the AdamW update.
+//! Registered for burn flex through burn's backend-extension API, like the convolutions of
+//! [`crate::conv`]; every other device and dtype runs burn's own operations.
 //!
-//! Why (issue 12, `perf` profile of a seed-recipe epoch): burn flex runs GELU as a serial loop
-//! over libm's `erff` and its gradient as several more serial passes, and BatchNorm as a dozen
-//! separate tensor operations (means, centring, variance, scale, shift; twice as many backward).
-//! Those ran on one thread while the other core waited: GELU about 2.9 s and BatchNorm about
-//! 1.9 s of a 39 s epoch. Here each layer is one parallel pass forward (two for BatchNorm's
-//! statistics) and one or two backward, and GELU's `erf` is a rational approximation the
-//! compiler vectorises (absolute error below 4e-7 against the exact `erf`).
+//! Why (issue 12, `perf` profile of a seed-recipe epoch split by thread): burn flex runs GELU as
+//! a serial loop over libm's `erff`, BatchNorm and LayerNorm as chains of separate tensor
+//! operations (and twice as many backward), copies a transposed weight before each backward
+//! product, and the optimiser copied every parameter out and back. Those ran on the main thread
+//! while the two rayon workers waited: 15.5 s of a 39.2 s epoch. Here each layer is one or two
+//! parallel passes, the hot loops are compiled for the widest vector instructions the CPU has
+//! (`widest`), and GELU's `erf` is a rational approximation the compiler vectorises (absolute
+//! error below 4e-7 against the exact `erf`).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

@@ -297,7 +297,7 @@ impl<M: TorchNamed> ModuleMapper for Loader<'_, M> {
 
 /// Load `dict` into `model`, by PyTorch key. Shapes must match, except 1-D parameters that
 /// hold a flattened multi-dimensional PyTorch tensor (reported as reshaped). Nothing is
-/// adapted here: see [`crate::import::adapt_stem`] for channel adaptation.
+/// adapted here: see [`crate::import::adapt_stems`] for channel adaptation.
 pub fn load_state_dict<M: TorchNamed>(model: M, dict: &StateDict) -> (M, LoadReport) {
     // The mapper needs a reference to the model for naming while consuming it: name with a
     // clone (cheap: parameters are reference-counted tensors).
