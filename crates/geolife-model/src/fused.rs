@@ -100,6 +100,20 @@ pub trait FusedBackend: Backend {
         unreachable!("fused_layer_norm_backward is only called by its autodiff node")
     }
 
+    /// Mean binary cross-entropy between logits and soft targets of the same shape (`[1]`).
+    fn fused_bce(logits: FloatTensor<Self>, targets: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// The gradients of [`fused_bce`](FusedBackend::fused_bce) for the loss's gradient `grad`
+    /// (`[1]`): `(logits, targets)`.
+    fn fused_bce_backward(
+        logits: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = (logits, targets, grad);
+        unreachable!("fused_bce_backward is only called by its autodiff node")
+    }
+
     /// `x W + b` for `x` `[M, K]`, `W` `[K, N]` and `b` `[N]` (a linear layer).
     fn fused_linear(
         x: FloatTensor<Self>,
@@ -196,6 +210,19 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> T
             relu,
         ))
     }
+}
+
+/// Mean binary cross-entropy with logits ([`crate::loss::bce_with_logits`]): on the CPU one
+/// parallel pass forward (summed in f64) and one backward, `(sigmoid(x) - t) / n`, instead of
+/// nine element-wise operations and their gradients on the `[B, 11255]` logits.
+pub fn bce_with_logits(logits: Tensor<2>, targets: Tensor<2>) -> Option<Tensor<1>> {
+    if !on_cpu_f32(&logits) || !on_cpu_f32(&targets) {
+        return None;
+    }
+    Some(Tensor::from_dispatch(Dispatch::fused_bce(
+        logits.into_dispatch(),
+        targets.into_dispatch(),
+    )))
 }
 
 /// LayerNorm over the last axis (`burn::tensor::module::layer_norm`): on the CPU one parallel
@@ -690,6 +717,38 @@ fn adamw_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: [f32; 7
     }
 }
 
+/// `log(1 + e^v)` without overflow.
+#[inline(always)]
+fn softplus(v: f32) -> f32 {
+    v.max(0.0) + (-v.abs()).exp().ln_1p()
+}
+
+/// `1 / (1 + e^-v)` without overflow.
+#[inline(always)]
+fn sigmoid(v: f32) -> f32 {
+    let e = (-v.abs()).exp();
+    if v >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    }
+}
+
+/// The mean of `softplus(x) - x t` (binary cross-entropy with logits), summed in f64 per task.
+fn bce_mean(x: &[f32], t: &[f32]) -> f32 {
+    let sum: f64 = x
+        .par_chunks(CHUNK)
+        .zip(t.par_chunks(CHUNK))
+        .map(|(x, t)| {
+            x.iter()
+                .zip(t)
+                .map(|(&x, &t)| f64::from(softplus(x) - x * t))
+                .sum::<f64>()
+        })
+        .sum();
+    (sum / x.len().max(1) as f64) as f32
+}
+
 /// The sums of the columns of a row-major `[M, n]` matrix (a bias's gradient), in f64, over
 /// column blocks in parallel.
 fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
@@ -839,6 +898,34 @@ impl FusedBackend for Flex {
         );
         let y = apply_affine(slice(&x), &ab, plane, relu);
         tensor(y, shape)
+    }
+
+    fn fused_bce(logits: FlexTensor, targets: FlexTensor) -> FlexTensor {
+        let (x, t) = (logits.to_contiguous(), targets.to_contiguous());
+        tensor(vec![bce_mean(slice(&x), slice(&t))], Shape::new([1]))
+    }
+
+    fn fused_bce_backward(
+        logits: FlexTensor,
+        targets: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = logits.layout().shape().clone();
+        let [x, t, g] = [logits, targets, grad].map(|v| v.to_contiguous());
+        let (x, t) = (slice(&x), slice(&t));
+        let scale = slice(&g)[0] / x.len().max(1) as f32;
+        let gx = par_filled(x.len(), CHUNK, |i, out| {
+            let (x, t) = (&x[i * CHUNK..], &t[i * CHUNK..]);
+            for ((o, &x), &t) in out.iter_mut().zip(x).zip(t) {
+                o.write((sigmoid(x) - t) * scale);
+            }
+        });
+        let gt = par_filled(x.len(), CHUNK, |i, out| {
+            for (o, &x) in out.iter_mut().zip(&x[i * CHUNK..]) {
+                o.write(-x * scale);
+            }
+        });
+        (tensor(gx, shape.clone()), tensor(gt, shape))
     }
 
     fn fused_layer_norm(
@@ -1029,6 +1116,25 @@ impl<B: FusedBackend> Backward<B, 3> for BatchNormNode {
 }
 
 #[derive(Debug)]
+struct BceNode;
+
+impl<B: FusedBackend> Backward<B, 2> for BceNode {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (logits, targets) = ops.state;
+        let (gx, gt) = B::fused_bce_backward(logits, targets, grad);
+        let [node_x, node_t] = ops.parents;
+        for (node, g) in [(node_x, gx), (node_t, gt)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, g);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
 struct LayerNormNode;
 
 impl<B: FusedBackend> Backward<B, 3> for LayerNormNode {
@@ -1148,6 +1254,17 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
             epsilon,
             relu,
         ))
+    }
+
+    fn fused_bce(logits: FloatTensor<Self>, targets: FloatTensor<Self>) -> FloatTensor<Self> {
+        let ((x, nx), (t, nt)) = (logits.into_parts(), targets.into_parts());
+        match BceNode.prepare::<C>([nx, nt]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let loss = B::fused_bce(x.clone(), t.clone());
+                prep.finish((x, t), loss)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_bce(x, t)),
+        }
     }
 
     fn fused_layer_norm(
