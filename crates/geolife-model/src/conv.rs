@@ -949,13 +949,11 @@ impl<B: ConvBackend> Backward<B, 2> for ConvNode {
             Kind::Dense { stride } => B::dense_conv2d_backward(x, weight, grad, stride, padding),
             Kind::Depthwise => B::depthwise_conv2d_backward(x, weight, grad, padding),
         };
-        let [node_x, node_w] = ops.parents;
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, grad_x);
-        }
-        if let Some(node) = node_w {
-            grads.register::<B>(node.id, grad_w);
-        }
+        crate::fused::register_grads::<B, 2>(
+            grads,
+            ops.parents.map(|p| p.map(|n| n.id)),
+            [grad_x, grad_w],
+        );
     }
 }
 

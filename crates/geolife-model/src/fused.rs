@@ -12,6 +12,7 @@
 //! (`widest`), and GELU's `erf` is a rational approximation the compiler vectorises (absolute
 //! error below 4e-7 against the exact `erf`).
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -1106,12 +1107,7 @@ impl<B: FusedBackend> Backward<B, 3> for BatchNormNode {
         let (x, gamma, beta, mean, variance, epsilon, relu) = ops.state;
         let (gx, gg, gb) =
             B::fused_batch_norm_train_backward(x, gamma, beta, mean, variance, grad, epsilon, relu);
-        let [node_x, node_gamma, node_beta] = ops.parents;
-        for (node, g) in [(node_x, gx), (node_gamma, gg), (node_beta, gb)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        register_grads::<B, 3>(grads, ops.parents.map(|p| p.map(|n| n.id)), [gx, gg, gb]);
     }
 }
 
@@ -1125,12 +1121,7 @@ impl<B: FusedBackend> Backward<B, 2> for BceNode {
         let grad = grads.consume::<B>(&ops.node);
         let (logits, targets) = ops.state;
         let (gx, gt) = B::fused_bce_backward(logits, targets, grad);
-        let [node_x, node_t] = ops.parents;
-        for (node, g) in [(node_x, gx), (node_t, gt)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        register_grads::<B, 2>(grads, ops.parents.map(|p| p.map(|n| n.id)), [gx, gt]);
     }
 }
 
@@ -1144,12 +1135,7 @@ impl<B: FusedBackend> Backward<B, 3> for LayerNormNode {
         let grad = grads.consume::<B>(&ops.node);
         let (x, gamma, epsilon) = ops.state;
         let (gx, gg, gb) = B::fused_layer_norm_backward(x, gamma, grad, epsilon);
-        let [node_x, node_gamma, node_beta] = ops.parents;
-        for (node, g) in [(node_x, gx), (node_gamma, gg), (node_beta, gb)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        register_grads::<B, 3>(grads, ops.parents.map(|p| p.map(|n| n.id)), [gx, gg, gb]);
     }
 }
 
@@ -1163,11 +1149,19 @@ impl<B: FusedBackend> Backward<B, 3> for LinearNode {
         let grad = grads.consume::<B>(&ops.node);
         let (x, weight) = ops.state;
         let (gx, gw, gb) = B::fused_linear_backward(x, weight, grad);
-        let [node_x, node_w, node_b] = ops.parents;
-        for (node, g) in [(node_x, gx), (node_w, gw), (node_b, gb)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
+        register_grads::<B, 3>(grads, ops.parents.map(|p| p.map(|n| n.id)), [gx, gw, gb]);
+    }
+}
+
+/// Registers each gradient for its parent node, skipping parents that track none.
+pub(crate) fn register_grads<B: Backend, const N: usize>(
+    grads: &mut Gradients,
+    parents: [Option<NodeId>; N],
+    values: [FloatTensor<B>; N],
+) {
+    for (id, g) in parents.into_iter().zip(values) {
+        if let Some(id) = id {
+            grads.register::<B>(id, g);
         }
     }
 }
