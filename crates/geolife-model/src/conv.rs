@@ -26,7 +26,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
+use burn::tensor::{Bytes, DType, Shape, Tensor};
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
@@ -151,7 +151,7 @@ enum Kernel {
 
 /// Which of this module's kernels runs `conv` on `x`, if any.
 fn kernel_for(conv: &Conv2d, x: &Tensor<4>) -> Option<Kernel> {
-    if conv.dilation != [1, 1] || !is_cpu(&x.device()) || x.dtype() != DType::F32 {
+    if conv.dilation != [1, 1] || !crate::fused::on_cpu_f32(x) {
         return None;
     }
     let padding = match conv.padding {
@@ -176,11 +176,6 @@ fn kernel_for(conv: &Conv2d, x: &Tensor<4>) -> Option<Kernel> {
     } else {
         None
     }
-}
-
-/// Whether `device` is burn flex (with or without autodiff).
-fn is_cpu(device: &Device) -> bool {
-    device.clone().without_autodiff() == Device::flex()
 }
 
 /// The sizes of one convolution.
@@ -236,20 +231,22 @@ impl Geometry {
 }
 
 /// The values of a contiguous f32 flex tensor (`to_contiguous` first), in row-major order.
-fn slice(t: &FlexTensor) -> &[f32] {
+pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .unwrap_or_else(|| unreachable!("a contiguous f32 tensor has a slice"))
 }
 
-fn tensor(v: Vec<f32>, dims: &[usize]) -> FlexTensor {
+/// A contiguous f32 flex tensor of shape `shape` holding `v`.
+pub(crate) fn tensor(v: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::new(
         Bytes::from_elems(v),
-        Layout::contiguous(Shape::from(dims.to_vec())),
+        Layout::contiguous(shape.into()),
         DType::F32,
     )
 }
 
-/// `dst = lhs * rhs` (`m x k` times `k x n`), each matrix given by its row and column strides.
+/// `dst = lhs * rhs` (`m x k` times `k x n`), or `dst += lhs * rhs` when `accumulate`, each
+/// matrix given by its row and column strides.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
     m: usize,
@@ -262,6 +259,7 @@ pub(crate) fn matmul(
     rhs: &[f32],
     rhs_strides: [isize; 2],
     parallelism: gemm::Parallelism,
+    accumulate: bool,
 ) {
     check_fits(
         m,
@@ -274,8 +272,12 @@ pub(crate) fn matmul(
         rhs,
         rhs_strides,
     );
-    // SAFETY: `check_fits` keeps every element the strides reach inside its slice, and the
-    // destination is borrowed mutably (no overlap with the inputs).
+    if accumulate && k == 0 {
+        return; // nothing to add (gemm would scale the destination by its alpha)
+    }
+    // SAFETY: `check_fits` keeps every element the strides reach inside its slice, the
+    // destination is borrowed mutably (no overlap with the inputs) and its values are
+    // initialised, so reading them (`accumulate`) is sound.
     unsafe {
         gemm_raw(
             m,
@@ -288,54 +290,7 @@ pub(crate) fn matmul(
             rhs,
             rhs_strides,
             parallelism,
-            false,
-        )
-    }
-}
-
-/// `dst += lhs * rhs` for a row-major `m x n` destination, on all threads.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_add(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    lhs: &[f32],
-    lhs_strides: [isize; 2],
-    rhs: &[f32],
-    rhs_strides: [isize; 2],
-) {
-    let dst_strides = [n as isize, 1];
-    check_fits(
-        m,
-        n,
-        k,
-        dst.len(),
-        dst_strides,
-        lhs,
-        lhs_strides,
-        rhs,
-        rhs_strides,
-    );
-    if k == 0 || m * n == 0 {
-        return;
-    }
-    // SAFETY: `check_fits` keeps every element the strides reach inside its slice, and the
-    // destination is borrowed mutably (no overlap with the inputs); its values are initialised,
-    // so reading them is sound.
-    unsafe {
-        gemm_raw(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_strides,
-            lhs,
-            lhs_strides,
-            rhs,
-            rhs_strides,
-            gemm::Parallelism::Rayon(0),
-            true,
+            accumulate,
         )
     }
 }
@@ -674,9 +629,9 @@ fn dense_forward(
         rows_to_maps(&rows, maps, n, &g);
     });
     (
-        tensor(out, &[g.b, g.co, g.ho, g.wo]),
-        tensor(x, &[g.b, g.h, g.w, g.c]),
-        tensor(weight, &[g.co, g.kh, g.kw, g.c]),
+        tensor(out, [g.b, g.co, g.ho, g.wo]),
+        tensor(x, [g.b, g.h, g.w, g.c]),
+        tensor(weight, [g.co, g.kh, g.kw, g.c]),
     )
 }
 
@@ -773,6 +728,7 @@ impl ConvBackend for Flex {
                     weight,
                     [k as isize, 1],
                     parallelism,
+                    false,
                 );
                 col2im(&grad_patches, gx, n, &g);
                 grad_w
@@ -787,8 +743,8 @@ impl ConvBackend for Flex {
         let grad_x = channels_last(&grad_x, g.c, g.h * g.w, false);
         let grad_w = weight_taps_first(&grad_w, &g, false);
         (
-            tensor(grad_x, &[g.b, g.c, g.h, g.w]),
-            tensor(grad_w, &[g.co, g.c, g.kh, g.kw]),
+            tensor(grad_x, [g.b, g.c, g.h, g.w]),
+            tensor(grad_w, [g.co, g.c, g.kh, g.kw]),
         )
     }
 
@@ -892,8 +848,8 @@ impl ConvBackend for Flex {
             )
         });
         (
-            tensor(grad_x, &[g.b, g.c, g.h, g.w]),
-            tensor(grad_w, &[g.c, 1, g.kh, g.kw]),
+            tensor(grad_x, [g.b, g.c, g.h, g.w]),
+            tensor(grad_w, [g.c, 1, g.kh, g.kw]),
         )
     }
 }

@@ -17,16 +17,16 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::{BatchNorm, Linear};
-use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
+use burn::tensor::{DType, Device, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::conv::{matmul_add, matmul_new, par_filled};
+use crate::conv::{matmul, matmul_new, par_filled, slice, tensor};
 
 /// Values per parallel task of the element-wise loops.
 const CHUNK: usize = 1 << 14;
@@ -148,7 +148,7 @@ pub trait FusedBackend: Backend {
 
 /// Whether `t` lives on burn flex (with or without autodiff) and holds f32 values: the tensors
 /// these kernels take.
-fn on_cpu_f32<const D: usize>(t: &Tensor<D>) -> bool {
+pub(crate) fn on_cpu_f32<const D: usize>(t: &Tensor<D>) -> bool {
     t.dtype() == DType::F32 && t.device().without_autodiff() == Device::flex()
 }
 
@@ -636,35 +636,16 @@ fn layer_norm_backward(
     (gx, to32(gg), to32(gb))
 }
 
-/// The AdamW update of one chunk (see [`FusedBackend::fused_adamw_step`]), with the widest
-/// vector instructions the CPU has: the build targets baseline x86-64 (4-wide SSE2), and the
-/// update's two divisions and square root are its cost once the values are in cache. Every
-/// operation is IEEE-exact per lane (no fused multiply-add), so all paths give the same bits.
+/// The AdamW update of one chunk (see [`FusedBackend::fused_adamw_step`]), compiled for the
+/// widest vector instructions the CPU has: the build targets baseline x86-64 (4-wide SSE2),
+/// and the update's two divisions and square root are its cost once the values are in cache.
+/// Every operation is IEEE-exact per lane (no fused multiply-add), so all paths give the same
+/// bits.
 fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: [f32; 7], first: bool) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { adamw_avx512(p, g, m, v, h, first) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { adamw_avx2(p, g, m, v, h, first) };
-        }
-    }
-    adamw_body(p, g, m, v, h, first)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn adamw_avx512(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: [f32; 7], first: bool) {
-    adamw_body(p, g, m, v, h, first)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn adamw_avx2(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: [f32; 7], first: bool) {
-    adamw_body(p, g, m, v, h, first)
+    widest(
+        #[inline(always)]
+        || adamw_body(p, g, m, v, h, first),
+    )
 }
 
 /// Runs `f` compiled for AVX-512F or AVX2 when the CPU has them (the loops `f` inlines are
@@ -771,16 +752,6 @@ fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
 
 // ---------------------------------------------------------------------------------------------
 // burn flex.
-
-/// The values of a contiguous f32 flex tensor (`to_contiguous` first), in row-major order.
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>()
-        .unwrap_or_else(|| unreachable!("a contiguous f32 tensor has a slice"))
-}
-
-fn tensor(v: Vec<f32>, shape: Shape) -> FlexTensor {
-    FlexTensor::new(Bytes::from_elems(v), Layout::contiguous(shape), DType::F32)
-}
 
 /// `t` with contiguous f32 values filling its whole buffer, ready to be written in place (a
 /// copy when `t` is a view).
@@ -977,15 +948,18 @@ impl FusedBackend for Flex {
         let mut y = par_filled(m * n, n.max(1), |_, row| {
             row.write_copy_of_slice(b);
         });
-        matmul_add(
+        matmul(
             m,
             n,
             k,
             &mut y,
+            [n as isize, 1],
             slice(&x),
             [k as isize, 1],
             slice(&w),
             [n as isize, 1],
+            Parallelism::Rayon(0),
+            true,
         );
         tensor(y, Shape::new([m, n]))
     }
