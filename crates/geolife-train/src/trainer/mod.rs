@@ -301,7 +301,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                         && !last_of_epoch
                     {
                         let t = Instant::now();
-                        checkpoints.save_last(&state, &trainee.model, &fc, &trainee.optim)?;
+                        checkpoints.save_last(&state, trainee.model(), &fc, &trainee.optim)?;
                         times.checkpoints_s += t.elapsed().as_secs_f64();
                     }
                 }
@@ -339,7 +339,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         match flow {
             Ok(ControlFlow::Continue(())) => {}
             Ok(ControlFlow::Break(())) => {
-                checkpoints.save_last(&state, &trainee.model, &fc, &trainee.optim)?;
+                checkpoints.save_last(&state, trainee.model(), &fc, &trainee.optim)?;
                 checkpoints.wait()?;
                 return Ok(TrainSummary::of(run.root(), &state, false));
             }
@@ -350,7 +350,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         }
 
         let t_val = Instant::now();
-        let valid = trainee.model.valid();
+        let valid = trainee.model().valid();
         let v = validator
             .run(&valid, &fc, &device.clone().inner(), |loss| {
                 TrainError::NonFiniteLoss {
@@ -397,7 +397,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         run.write_metrics(&state.history)?;
         times.outputs_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        checkpoints.save_last(&state, &trainee.model, &fc, &trainee.optim)?;
+        checkpoints.save_last(&state, trainee.model(), &fc, &trainee.optim)?;
         times.checkpoints_s += t.elapsed().as_secs_f64();
         times.epochs += 1;
         times.step = trainee.times;
