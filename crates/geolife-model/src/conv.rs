@@ -441,6 +441,28 @@ pub(crate) fn par_filled(
     v
 }
 
+/// The sum of the pieces' equal-length weight-gradient shares, added in piece order (the first
+/// share is the accumulator), in parallel over stretches of the gradient.
+fn sum_shares(shares: Vec<Vec<f32>>) -> Vec<f32> {
+    const STRETCH: usize = 1 << 14;
+    let mut shares = shares.into_iter();
+    let mut total = shares.next().unwrap_or_default();
+    let rest: Vec<Vec<f32>> = shares.collect();
+    if !rest.is_empty() {
+        total
+            .par_chunks_mut(STRETCH)
+            .enumerate()
+            .for_each(|(i, t)| {
+                for share in &rest {
+                    for (t, v) in t.iter_mut().zip(&share[i * STRETCH..]) {
+                        *t += v;
+                    }
+                }
+            });
+    }
+    total
+}
+
 /// `rows x cols` blocks transposed: `dst[j * rows + i] = src[i * cols + j]` for each of the
 /// consecutive `[rows, cols]` matrices of `src`. A matrix that fits in cache is written in
 /// order (its reads stay in cache); a larger one in tiles.
@@ -693,13 +715,20 @@ impl ConvBackend for Flex {
         let (k, s, per) = (g.k(), g.s(), piece_samples(&g));
         let parallelism = piece_parallelism(&g, per);
         let plane = g.h * g.w * g.c;
-        let mut grad_x = vec![0f32; g.b * plane];
+        // Zeroed piece by piece on the workers (a serial memset of the whole gradient cost
+        // the calling thread as much as the pieces' scatter).
+        let mut grad_x = Vec::with_capacity(g.b * plane);
         // Each piece: its samples' input gradient, and its share of the weight gradient.
-        let shares: Vec<Vec<f32>> = grad_x
+        let shares: Vec<Vec<f32>> = grad_x.spare_capacity_mut()[..g.b * plane]
             .par_chunks_mut(per * plane)
             .zip(x.par_chunks(per * plane))
             .zip(slice(&grad).par_chunks(per * g.co * s))
             .map(|((gx, xs), gy)| {
+                for v in gx.iter_mut() {
+                    v.write(0.0);
+                }
+                // SAFETY: every value of the chunk was just written.
+                let gx = unsafe { &mut *(gx as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 let n = xs.len() / plane;
                 let patches = im2col(xs, n, &g);
                 let mut rows = vec![0f32; g.co * n * s];
@@ -734,12 +763,9 @@ impl ConvBackend for Flex {
                 grad_w
             })
             .collect();
-        let mut grad_w = vec![0f32; g.co * k];
-        for share in &shares {
-            for (t, v) in grad_w.iter_mut().zip(share) {
-                *t += v;
-            }
-        }
+        // SAFETY: the pieces cover all `g.b * plane` values, and each zeroed its own first.
+        unsafe { grad_x.set_len(g.b * plane) };
+        let grad_w = sum_shares(shares);
         let grad_x = channels_last(&grad_x, g.c, g.h * g.w, false);
         let grad_w = weight_taps_first(&grad_w, &g, false);
         (

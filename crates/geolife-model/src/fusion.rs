@@ -400,6 +400,21 @@ fn cube_norm(norm: &LayerNorm, x: Tensor<4>) -> Tensor<4> {
 }
 
 impl FusionModel {
+    /// Draws every parameter that is still waiting for its initial values (burn initialises
+    /// them lazily, on first use) now, from the device's random stream. Training calls this
+    /// before its first step, so the first forward pass does not draw the ~38 million initial
+    /// values of the paper preset on the calling thread, and the initial weights follow the run
+    /// seed, not the first batch's dropout stream. Loaded parameters are left as they are.
+    pub fn materialize(&self) {
+        struct Touch;
+        impl burn::module::ModuleVisitor for Touch {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                drop(param.val());
+            }
+        }
+        self.visit(&mut Touch);
+    }
+
     /// Checks the shapes of a batch against the model before a forward pass: each enabled
     /// branch's tensor must have the batch size and the shape the model was built for.
     pub fn check_input(&self, input: &FusionInput) -> Result<(), ModelError> {

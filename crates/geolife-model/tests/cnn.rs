@@ -450,3 +450,45 @@ fn features_prior_input_widens_fc1_and_gets_gradients() {
     );
     assert!(keys.iter().any(|k| k.starts_with("ln4.")), "{keys:?}");
 }
+
+/// A model rebuilt from a state dict takes back the parameter ids of the one it was saved from
+/// (what resuming a checkpoint needs: the optimiser state is keyed by them), and ids of another
+/// parameter count are refused.
+#[test]
+fn parameter_ids_move_to_a_rebuilt_model() {
+    use geolife_model::state::{param_ids, with_param_ids};
+    let device = Device::flex();
+    let config = FusionConfig::tiny(7);
+    let saved = config.init(&device);
+    let ids = param_ids(&saved);
+    let fresh = config.init(&device);
+    assert!(ids.len() > 10);
+    assert_ne!(param_ids(&fresh), ids, "fresh parameters get new ids");
+    let values = geolife_model::state::state_dict(&fresh);
+    let slots = geolife_model::state::slots(&fresh);
+    let rebuilt = with_param_ids(fresh, &ids).unwrap();
+    // BatchNorm running statistics keep their own ids (burn's `RunningState` takes none from
+    // a mapper); they have no gradient, so no optimiser state is keyed by them.
+    let trained = |all: Vec<u64>| -> Vec<u64> {
+        all.into_iter()
+            .zip(&slots)
+            .filter(|(_, s)| !s.burn_path.contains(".running_"))
+            .map(|(id, _)| id)
+            .collect()
+    };
+    assert_eq!(slots.len(), ids.len());
+    assert!(
+        trained(ids.clone()).len() < ids.len(),
+        "the tiny model has BatchNorm"
+    );
+    assert_eq!(trained(param_ids(&rebuilt)), trained(ids.clone()));
+    assert!(
+        geolife_model::state::state_dict(&rebuilt) == values,
+        "values unchanged"
+    );
+    let e = with_param_ids(rebuilt, &ids[1..]).unwrap_err();
+    assert!(
+        e.contains(&format!("{} parameter ids recorded", ids.len() - 1)),
+        "{e}"
+    );
+}

@@ -36,13 +36,16 @@ fn stats(dict: &StateDict, key: &str) -> (f64, f64, f64, usize) {
     (mean, var.sqrt(), max, t.data.len())
 }
 
-/// Uniform in +-bound: every value inside, std within 5% of bound/sqrt(3), mean near 0.
+/// Uniform in +-bound: every value inside, std within 5% (or 5 standard errors) of
+/// bound/sqrt(3), mean near 0.
 fn assert_uniform(dict: &StateDict, key: &str, bound: f64) {
     let (mean, std, max, n) = stats(dict, key);
     assert!(max <= bound * (1.0 + 1e-6), "{key}: max {max} > {bound}");
     let want = bound / 3f64.sqrt();
+    // A uniform sample's std has a relative standard error of sqrt(0.2 / n).
+    let tolerance = (5.0 * (0.2 / n as f64).sqrt()).max(0.05);
     assert!(
-        (std / want - 1.0).abs() < 0.05,
+        (std / want - 1.0).abs() < tolerance,
         "{key}: std {std}, want {want} (n {n})"
     );
     assert!(
@@ -51,11 +54,15 @@ fn assert_uniform(dict: &StateDict, key: &str, bound: f64) {
     );
 }
 
-/// Normal with `want` std (5%) and mean 0 (4 standard errors).
+/// Normal with `want` std (within 5%, or 5 standard errors of a sample std, 1/sqrt(2n) of it,
+/// where that is wider: a 1,024-value tensor's std is only known to 2.2%) and mean 0 (4
+/// standard errors). The tests of this file draw from one device stream in parallel, so which
+/// values a tensor gets varies from run to run: the bounds must hold for any draw.
 fn assert_normal(dict: &StateDict, key: &str, want: f64) {
     let (mean, std, max, n) = stats(dict, key);
+    let tolerance = (5.0 / (2.0 * n as f64).sqrt()).max(0.05);
     assert!(
-        (std / want - 1.0).abs() < 0.05,
+        (std / want - 1.0).abs() < tolerance,
         "{key}: std {std}, want {want} (n {n})"
     );
     assert!(

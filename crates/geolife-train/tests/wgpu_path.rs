@@ -392,11 +392,10 @@ fn the_wgpu_runs_checkpoints_load_on_flex_and_predict_the_same_scores() {
         "scores differ by {d:e} > {SCORE_ABS_TOL:e}"
     );
     // The resumable checkpoint written on wgpu reads back, and its weights load on flex.
-    let (state, _, _, weights) =
-        geolife_train::checkpoint::load(&wgpu_run.join(files::LAST)).unwrap();
-    assert_eq!(state.epoch, 1);
+    let last = geolife_train::checkpoint::load(&wgpu_run.join(files::LAST)).unwrap();
+    assert_eq!(last.state.epoch, 1);
     let tmp = wgpu_run.join("last-weights.safetensors");
-    std::fs::write(&tmp, weights).unwrap();
+    std::fs::write(&tmp, last.weights).unwrap();
     let fc = geolife_model::checkpoint::read_config(&tmp).unwrap();
     geolife_model::checkpoint::load_safetensors(&fc, &tmp, &Device::flex()).unwrap();
 }

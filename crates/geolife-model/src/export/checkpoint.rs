@@ -2,6 +2,7 @@
 //! (loadable by PyTorch's `load_state_dict`) and the model config as JSON in its metadata.
 //! Files are written atomically (temporary name in the same folder, then rename).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -21,6 +22,10 @@ pub const KIND_KEY: &str = "geolife_model";
 /// training crate's `[transforms]` section, e.g. `{"mode":"seed",...}`), so that prediction
 /// feeds the model what it learned from.
 pub const TRANSFORMS_KEY: &str = "geolife_transforms";
+
+/// One tensor to serialise: name, bytes (borrowed from the state dict when they can be), shape
+/// and dtype.
+type Entry<'a> = (String, Cow<'a, [u8]>, Vec<usize>, Dtype);
 
 /// Write a state dict (plus a zero `num_batches_tracked` for each BatchNorm, as PyTorch expects)
 /// as safetensors with `metadata`, atomically.
@@ -43,10 +48,16 @@ pub fn serialize_state_dict(
     metadata: HashMap<String, String>,
     path: &Path,
 ) -> Result<Vec<u8>, ModelError> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = dict
+    // safetensors stores little-endian values: on a little-endian machine the f32 values are
+    // their own bytes (borrowed, not copied).
+    let bytes: Vec<Entry> = dict
         .iter()
         .map(|(k, t)| {
-            let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let b = if cfg!(target_endian = "little") {
+                Cow::Borrowed(bytemuck::cast_slice(&t.data))
+            } else {
+                Cow::Owned(t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+            };
             (k.clone(), b, t.shape.clone(), Dtype::F32)
         })
         .chain(
@@ -54,7 +65,12 @@ pub fn serialize_state_dict(
                 .filter_map(|k| k.strip_suffix("running_mean"))
                 .map(|p| {
                     let k = format!("{p}num_batches_tracked");
-                    (k, 0i64.to_le_bytes().to_vec(), vec![], Dtype::I64)
+                    (
+                        k,
+                        Cow::Owned(0i64.to_le_bytes().to_vec()),
+                        vec![],
+                        Dtype::I64,
+                    )
                 }),
         )
         .collect();

@@ -1,13 +1,14 @@
-//! Checkpoints of a run: `last.ckpt` (position, model record, optimiser record and the full
+//! Checkpoints of a run: `last.ckpt` (position, parameter ids, optimiser record and the full
 //! state dict, one checksummed file) to resume from, and `best.safetensors` (the weights of the
 //! best validation epoch, with their config and transforms) to predict with. Everything is
-//! serialised in memory and written once, atomically. Both are hashed (`last.ckpt`, hundreds of
-//! MB with the 11,255-way head and its AdamW moments), written and synced on a writer thread
-//! while training goes on; each write starts when the one before has finished, so they land in
+//! serialised in memory, once per epoch (an improving epoch's weights serve both files), and
+//! written atomically. `last.ckpt` (hundreds of MB with the 11,255-way head and its AdamW
+//! moments) is checksummed, written and synced on a writer thread while training goes on, and
+//! `best.safetensors` too; each write starts when the one before has finished, so they land in
 //! order, and the run waits for the last one.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use burn::module::Module;
@@ -15,8 +16,11 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::{Bytes, Device};
 use geolife_model::fusion::{FusionConfig, FusionModel};
 
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint::{self, ParamIds, TrainState};
 use crate::error::TrainError;
+
+/// A model's serialised state dict, shared by the writes of one epoch.
+pub type Weights = Arc<Vec<u8>>;
 
 /// Writes and reads a run's checkpoints.
 pub struct Checkpointer {
@@ -45,33 +49,51 @@ impl Checkpointer {
         }
     }
 
+    /// The state-dict bytes of `model` as `best.safetensors` holds them (config and transforms
+    /// in the metadata). An epoch that improves hands the same bytes to [`Self::save_best`] and
+    /// [`Self::save_last`], so the weights are serialised once, not twice.
+    pub fn weights(&self, model: &FusionModel, fc: &FusionConfig) -> Result<Weights, TrainError> {
+        geolife_model::checkpoint::fusion_to_bytes(
+            model,
+            fc,
+            Some(&self.transforms_json),
+            &self.best,
+        )
+        .map(Arc::new)
+        .map_err(|e| self.err(format!("weights: {e}")))
+    }
+
     /// Writes `last.ckpt`: where training stands, and the model and optimiser to continue.
-    /// The values are taken now; the file is written in the background (see [`Self::wait`]).
+    /// `weights` are `model`'s from [`Self::weights`] when the caller already has them. The
+    /// values are taken now; the file is written in the background (see [`Self::wait`]).
     pub fn save_last(
         &self,
         state: &TrainState,
         model: &FusionModel,
         fc: &FusionConfig,
         optim: &ModuleOptimizer,
+        weights: Option<Weights>,
     ) -> Result<(), TrainError> {
-        // burn's `RunningState` (BatchNorm running mean/var) keeps the newest update pending per
-        // thread and exposes the value one update behind; records read that stale value.
-        // `valid()` folds pending updates into the shared value (no change to the maths: the
-        // next forward would fold them the same way), so the checkpoint holds the statistics as
-        // of this step and a resumed run validates exactly like an uninterrupted one.
-        drop(model.valid());
-        let model_bytes = model
-            .clone()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| self.err(format!("model record: {e}")))?;
-        let optim_bytes = optim
-            .into_bytes()
-            .map_err(|e| self.err(format!("optimizer record: {e}")))?;
-        let weights = geolife_model::checkpoint::fusion_to_bytes(model, fc, None, &self.last)
-            .map_err(|e| self.err(format!("weights: {e}")))?;
+        let weights = match weights {
+            Some(w) => w,
+            // burn's `RunningState` (BatchNorm running mean/var) keeps the newest update
+            // pending per thread; the state dict folds it in first (`valid()`), so the
+            // checkpoint holds the statistics as of this step and a resumed run validates
+            // exactly like an uninterrupted one.
+            None => self.weights(model, fc)?,
+        };
+        let ids = geolife_model::state::param_ids(model);
+        // The moments are copied out now; encoding them (another copy, 300 MB for the paper
+        // preset) is the writer's work.
+        let record = optim.to_record();
         let (path, state) = (self.last.clone(), state.clone());
-        self.chain(move || checkpoint::save(&path, &state, &model_bytes, &optim_bytes, &weights))
+        self.chain(move || {
+            let optim_bytes = record.into_bytes().map_err(|e| TrainError::Checkpoint {
+                path: path.clone(),
+                message: format!("optimizer record: {e}"),
+            })?;
+            checkpoint::save(&path, &state, &ids, &optim_bytes, &weights)
+        })
     }
 
     /// Runs `write` on a writer thread once the pending write (if any) has finished, so the
@@ -120,41 +142,40 @@ impl Checkpointer {
         optim: ModuleOptimizer,
     ) -> Result<(TrainState, FusionModel, ModuleOptimizer), TrainError> {
         self.wait()?;
-        let (state, model_bytes, optim_bytes, weights) = checkpoint::load(&self.last)?;
-        // Full state dict first (BatchNorm running statistics), then the burn record on top
-        // (same values, plus the parameter ids the optimiser state is keyed by).
-        let (model, _) =
-            geolife_model::checkpoint::load_safetensors_bytes(fc, &weights, &self.last, device)
-                .map_err(|e| self.err(format!("weights: {e}")))?;
-        let record = burn::store::ModuleRecord::from_bytes(Bytes::from_bytes_vec(model_bytes))
-            .map_err(|e| self.err(format!("model record: {e}")))?;
-        let model = model
-            .try_load_record(record)
-            .map_err(|e| self.err(format!("model record does not fit the config: {e}")))?;
+        let loaded = checkpoint::load(&self.last)?;
+        let (model, _) = geolife_model::checkpoint::load_safetensors_bytes(
+            fc,
+            &loaded.weights,
+            &self.last,
+            device,
+        )
+        .map_err(|e| self.err(format!("weights: {e}")))?;
+        // The state dict holds the values; the optimiser state is keyed by the ids the
+        // parameters had when it was written.
+        let model = match loaded.ids {
+            ParamIds::Listed(ids) => geolife_model::state::with_param_ids(model, &ids)
+                .map_err(|e| self.err(format!("parameter ids do not fit the config: {e}")))?,
+            ParamIds::Record(bytes) => {
+                let record = burn::store::ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
+                    .map_err(|e| self.err(format!("model record: {e}")))?;
+                model
+                    .try_load_record(record)
+                    .map_err(|e| self.err(format!("model record does not fit the config: {e}")))?
+            }
+        };
         let optim = optim
-            .from_bytes(Bytes::from_bytes_vec(optim_bytes))
+            .from_bytes(Bytes::from_bytes_vec(loaded.optim))
             .map_err(|e| self.err(format!("optimizer record: {e}")))?;
-        Ok((state, model, optim))
+        Ok((loaded.state, model, optim))
     }
 
-    /// Writes `best.safetensors` (inference model, config and transforms in its metadata). The
-    /// values are taken now; the file is written and synced on the writer thread, before any
-    /// `last.ckpt` asked for after it (see [`Self::wait`]).
-    pub fn save_best(&self, model: &FusionModel, fc: &FusionConfig) -> Result<(), TrainError> {
-        let err = |message: String| TrainError::Checkpoint {
-            path: self.best.clone(),
-            message,
-        };
-        let bytes = geolife_model::checkpoint::fusion_to_bytes(
-            model,
-            fc,
-            Some(&self.transforms_json),
-            &self.best,
-        )
-        .map_err(|e| err(e.to_string()))?;
+    /// Writes `best.safetensors`: `weights` from [`Self::weights`] (inference model, config and
+    /// transforms in its metadata). The file is written and synced on the writer thread, before
+    /// any `last.ckpt` asked for after it (see [`Self::wait`]).
+    pub fn save_best(&self, weights: Weights) -> Result<(), TrainError> {
         let path = self.best.clone();
         self.chain(move || {
-            geolife_data::atomic::write_bytes(&path, &bytes).map_err(|e| TrainError::Checkpoint {
+            geolife_data::atomic::write_bytes(&path, &weights).map_err(|e| TrainError::Checkpoint {
                 message: format!("cannot write: {e}"),
                 path,
             })

@@ -301,7 +301,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                         && !last_of_epoch
                     {
                         let t = Instant::now();
-                        checkpoints.save_last(&state, trainee.model(), &fc, &trainee.optim)?;
+                        checkpoints.save_last(
+                            &state,
+                            trainee.model(),
+                            &fc,
+                            &trainee.optim,
+                            None,
+                        )?;
                         times.checkpoints_s += t.elapsed().as_secs_f64();
                     }
                 }
@@ -339,7 +345,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         match flow {
             Ok(ControlFlow::Continue(())) => {}
             Ok(ControlFlow::Break(())) => {
-                checkpoints.save_last(&state, trainee.model(), &fc, &trainee.optim)?;
+                checkpoints.save_last(&state, trainee.model(), &fc, &trainee.optim, None)?;
                 checkpoints.wait()?;
                 return Ok(TrainSummary::of(run.root(), &state, false));
             }
@@ -378,11 +384,14 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             row.epoch, t.epochs, row.train_loss, row.val_loss, row.val_f1, row.best_k, row.threshold,
             row.threshold_f1, row.seconds
         ));
+        let mut best_weights = None;
         if v.f1 > state.best_f1 {
             state.best_f1 = v.f1;
             state.best_epoch = Some(epoch + 1);
             let t = Instant::now();
-            checkpoints.save_best(&valid, &fc)?;
+            let weights = checkpoints.weights(&valid, &fc)?;
+            checkpoints.save_best(weights.clone())?;
+            best_weights = Some(weights);
             times.checkpoints_s += t.elapsed().as_secs_f64();
             let t = Instant::now();
             run.write_validation(&v.scores, &v.labels, &v.curve, epoch + 1)?;
@@ -397,7 +406,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         run.write_metrics(&state.history)?;
         times.outputs_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        checkpoints.save_last(&state, trainee.model(), &fc, &trainee.optim)?;
+        checkpoints.save_last(&state, trainee.model(), &fc, &trainee.optim, best_weights)?;
         times.checkpoints_s += t.elapsed().as_secs_f64();
         times.epochs += 1;
         times.step = trainee.times;

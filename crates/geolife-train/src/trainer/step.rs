@@ -128,7 +128,10 @@ fn held(model: &Option<FusionModel>) -> &FusionModel {
 }
 
 impl TrainStep {
+    /// The step for `model` (its lazily initialised parameters are drawn now, see
+    /// [`FusionModel::materialize`]).
     pub fn new(model: FusionModel, optim: ModuleOptimizer, accumulate: usize, seed: u64) -> Self {
+        model.materialize();
         Self {
             model: Some(model),
             optim,
