@@ -65,15 +65,17 @@ pub trait ConvBackend: Backend {
 
     /// The gradients of [`dense_conv2d`](ConvBackend::dense_conv2d): `(x, weight)`, from the
     /// input and weight as [`dense_conv2d_saving`](ConvBackend::dense_conv2d_saving) returned
-    /// them.
+    /// them. Without `input_grad` (the input tracks no gradient: a network's first layer reads
+    /// the data) the input's gradient is not computed, and the first value is an empty tensor.
     fn dense_conv2d_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         stride: [usize; 2],
         padding: [usize; 2],
+        input_grad: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let _ = (x, weight, grad, stride, padding);
+        let _ = (x, weight, grad, stride, padding, input_grad);
         unreachable!("dense_conv2d_backward is only called by its autodiff node")
     }
 
@@ -689,14 +691,16 @@ impl ConvBackend for Flex {
         grad: FlexTensor,
         stride: [usize; 2],
         padding: [usize; 2],
+        input_grad: bool,
     ) -> (FlexTensor, FlexTensor) {
         if [x.dtype(), weight.dtype(), grad.dtype()] != [DType::F32; 3] {
             // `dense_conv2d_saving` kept these in burn's layouts.
             let o = options(stride, padding, 1);
-            return (
-                Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), o.clone()),
-                Flex::conv2d_weight_backward(x, weight, grad, o),
-            );
+            let grad_x = match input_grad {
+                true => Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), o.clone()),
+                false => tensor(Vec::new(), [0]),
+            };
+            return (grad_x, Flex::conv2d_weight_backward(x, weight, grad, o));
         }
         // Channels-last `[B, H, W, C]` input and `[Co, kh, kw, C]` weight.
         let (xs, ws) = (x.layout().shape(), weight.layout().shape());
@@ -717,10 +721,21 @@ impl ConvBackend for Flex {
         let plane = g.h * g.w * g.c;
         // Zeroed piece by piece on the workers (a serial memset of the whole gradient cost
         // the calling thread as much as the pieces' scatter).
-        let mut grad_x = Vec::with_capacity(g.b * plane);
+        let mut grad_x = Vec::with_capacity(if input_grad { g.b * plane } else { 0 });
+        let mut no_pieces: Vec<&mut [MaybeUninit<f32>]> = Vec::new();
+        let pieces = g.b.div_ceil(per);
+        let gx_pieces: Vec<&mut [MaybeUninit<f32>]> = match input_grad {
+            true => grad_x.spare_capacity_mut()[..g.b * plane]
+                .chunks_mut(per * plane)
+                .collect(),
+            false => {
+                no_pieces.extend((0..pieces).map(|_| &mut [][..]));
+                no_pieces
+            }
+        };
         // Each piece: its samples' input gradient, and its share of the weight gradient.
-        let shares: Vec<Vec<f32>> = grad_x.spare_capacity_mut()[..g.b * plane]
-            .par_chunks_mut(per * plane)
+        let shares: Vec<Vec<f32>> = gx_pieces
+            .into_par_iter()
             .zip(x.par_chunks(per * plane))
             .zip(slice(&grad).par_chunks(per * g.co * s))
             .map(|((gx, xs), gy)| {
@@ -744,6 +759,9 @@ impl ConvBackend for Flex {
                     [k as isize, 1],
                     parallelism,
                 );
+                if !input_grad {
+                    return grad_w;
+                }
                 // dPatches [n*S, K] = dY^T [n*S, Co] x W [Co, K]
                 let mut grad_patches = patches;
                 matmul(
@@ -763,15 +781,18 @@ impl ConvBackend for Flex {
                 grad_w
             })
             .collect();
+        let grad_w = sum_shares(shares);
+        let grad_w = tensor(
+            weight_taps_first(&grad_w, &g, false),
+            [g.co, g.c, g.kh, g.kw],
+        );
+        if !input_grad {
+            return (tensor(Vec::new(), [0]), grad_w);
+        }
         // SAFETY: the pieces cover all `g.b * plane` values, and each zeroed its own first.
         unsafe { grad_x.set_len(g.b * plane) };
-        let grad_w = sum_shares(shares);
         let grad_x = channels_last(&grad_x, g.c, g.h * g.w, false);
-        let grad_w = weight_taps_first(&grad_w, &g, false);
-        (
-            tensor(grad_x, [g.b, g.c, g.h, g.w]),
-            tensor(grad_w, [g.co, g.c, g.kh, g.kw]),
-        )
+        (tensor(grad_x, [g.b, g.c, g.h, g.w]), grad_w)
     }
 
     fn depthwise_conv2d(x: FlexTensor, weight: FlexTensor, padding: [usize; 2]) -> FlexTensor {
@@ -928,7 +949,10 @@ impl<B: ConvBackend> Backward<B, 2> for ConvNode {
             padding,
         } = ops.state;
         let (grad_x, grad_w) = match kind {
-            Kind::Dense { stride } => B::dense_conv2d_backward(x, weight, grad, stride, padding),
+            Kind::Dense { stride } => {
+                let input_grad = ops.parents[0].is_some();
+                B::dense_conv2d_backward(x, weight, grad, stride, padding, input_grad)
+            }
             Kind::Depthwise => B::depthwise_conv2d_backward(x, weight, grad, padding),
         };
         crate::fused::register_grads::<B, 2>(

@@ -93,6 +93,34 @@ fn dense_kernel_equals_burns_convolution_and_its_gradients() {
     }
 }
 
+/// A first layer: its input is data and tracks no gradient, so the kernel skips the input's
+/// gradient; the weight's must still equal burn's (which computes both).
+#[test]
+fn dense_kernel_on_untracked_input_gives_burns_weight_gradient() {
+    let d = device();
+    for &(b, ci, co, h, w, k, s, p) in DENSE {
+        let x = random([b, ci, h, w], 1.0, &d).detach();
+        let wt = random([co, ci, k, k], 0.2, &d);
+        let weight_grad = |ours: bool| {
+            let w = wt.clone().detach().require_grad();
+            let opts = ConvOptions::new([s, s], [p, p], [1, 1], 1);
+            let y = match ours {
+                true => dense_conv2d(x.clone(), w.clone(), [s, s], [p, p]),
+                false => conv2d(x.clone(), w.clone(), None, opts),
+            };
+            let grads = (y.clone().sin() * y).sum().backward();
+            assert!(x.grad(&grads).is_none(), "data gets no gradient");
+            w.grad(&grads).expect("the weight gets a gradient")
+        };
+        let e = rel(weight_grad(true), weight_grad(false));
+        let case = format!("{b} {ci} {co} {h}x{w} k{k} s{s} p{p}");
+        assert!(
+            e < 1e-5,
+            "weight grad: relative difference {e}, case {case}"
+        );
+    }
+}
+
 #[test]
 fn depthwise_kernel_equals_burns_grouped_convolution_and_its_gradients() {
     let d = device();
