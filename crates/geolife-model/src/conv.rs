@@ -722,16 +722,12 @@ impl ConvBackend for Flex {
         // Zeroed piece by piece on the workers (a serial memset of the whole gradient cost
         // the calling thread as much as the pieces' scatter).
         let mut grad_x = Vec::with_capacity(if input_grad { g.b * plane } else { 0 });
-        let mut no_pieces: Vec<&mut [MaybeUninit<f32>]> = Vec::new();
-        let pieces = g.b.div_ceil(per);
+        // Without an input gradient, each piece gets an empty slice to write.
         let gx_pieces: Vec<&mut [MaybeUninit<f32>]> = match input_grad {
             true => grad_x.spare_capacity_mut()[..g.b * plane]
                 .chunks_mut(per * plane)
                 .collect(),
-            false => {
-                no_pieces.extend((0..pieces).map(|_| &mut [][..]));
-                no_pieces
-            }
+            false => (0..g.b.div_ceil(per)).map(|_| Default::default()).collect(),
         };
         // Each piece: its samples' input gradient, and its share of the weight gradient.
         let shares: Vec<Vec<f32>> = gx_pieces
