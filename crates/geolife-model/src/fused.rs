@@ -89,6 +89,19 @@ pub trait FusedBackend: Backend {
         epsilon: f64,
     ) -> FloatTensor<Self>;
 
+    /// [`fused_layer_norm`](FusedBackend::fused_layer_norm), also returning the input as its
+    /// backward pass reads it (contiguous): ConvNeXt normalises a permuted view, and the copy
+    /// the forward pass makes is then not made again.
+    fn fused_layer_norm_saving(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = (x, gamma, beta, epsilon);
+        unreachable!("fused_layer_norm_saving is only called by its autodiff node")
+    }
+
     /// The gradients of [`fused_layer_norm`](FusedBackend::fused_layer_norm):
     /// `(x, gamma, beta)`.
     fn fused_layer_norm_backward(
@@ -909,9 +922,21 @@ impl FusedBackend for Flex {
         if [x.dtype(), gamma.dtype(), beta.dtype()] != [DType::F32; 3] {
             return Flex::layer_norm(x, gamma, Some(beta), epsilon);
         }
+        Self::fused_layer_norm_saving(x, gamma, beta, epsilon).0
+    }
+
+    fn fused_layer_norm_saving(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor) {
+        if [x.dtype(), gamma.dtype(), beta.dtype()] != [DType::F32; 3] {
+            return (Flex::layer_norm(x.clone(), gamma, Some(beta), epsilon), x);
+        }
         let [x, gamma, beta] = [x, gamma, beta].map(|t| t.to_contiguous());
         let y = layer_norm_forward(slice(&x), slice(&gamma), slice(&beta), epsilon);
-        tensor(y, x.layout().shape().clone())
+        (tensor(y, x.layout().shape().clone()), x)
     }
 
     fn fused_layer_norm_backward(
@@ -1249,7 +1274,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = B::fused_layer_norm(x.clone(), gamma.clone(), beta, epsilon);
+                let (y, x) = B::fused_layer_norm_saving(x, gamma.clone(), beta, epsilon);
                 prep.finish((x, gamma, epsilon), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(x, gamma, beta, epsilon)),
