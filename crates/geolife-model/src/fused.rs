@@ -919,9 +919,6 @@ impl FusedBackend for Flex {
         beta: FlexTensor,
         epsilon: f64,
     ) -> FlexTensor {
-        if [x.dtype(), gamma.dtype(), beta.dtype()] != [DType::F32; 3] {
-            return Flex::layer_norm(x, gamma, Some(beta), epsilon);
-        }
         Self::fused_layer_norm_saving(x, gamma, beta, epsilon).0
     }
 

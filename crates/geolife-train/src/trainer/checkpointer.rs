@@ -7,7 +7,7 @@
 //! `best.safetensors` too; each write starts when the one before has finished, so they land in
 //! order, and the run waits for the last one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -53,14 +53,22 @@ impl Checkpointer {
     /// in the metadata). An epoch that improves hands the same bytes to [`Self::save_best`] and
     /// [`Self::save_last`], so the weights are serialised once, not twice.
     pub fn weights(&self, model: &FusionModel, fc: &FusionConfig) -> Result<Weights, TrainError> {
-        geolife_model::checkpoint::fusion_to_bytes(
-            model,
-            fc,
-            Some(&self.transforms_json),
-            &self.best,
-        )
-        .map(Arc::new)
-        .map_err(|e| self.err(format!("weights: {e}")))
+        self.serialise(model, fc, &self.best)
+    }
+
+    /// [`Self::weights`], an error naming `path` (the file the bytes are for).
+    fn serialise(
+        &self,
+        model: &FusionModel,
+        fc: &FusionConfig,
+        path: &Path,
+    ) -> Result<Weights, TrainError> {
+        geolife_model::checkpoint::fusion_to_bytes(model, fc, Some(&self.transforms_json), path)
+            .map(Arc::new)
+            .map_err(|e| TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!("weights: {e}"),
+            })
     }
 
     /// Writes `last.ckpt`: where training stands, and the model and optimiser to continue.
@@ -80,7 +88,7 @@ impl Checkpointer {
             // pending per thread; the state dict folds it in first (`valid()`), so the
             // checkpoint holds the statistics as of this step and a resumed run validates
             // exactly like an uninterrupted one.
-            None => self.weights(model, fc)?,
+            None => self.serialise(model, fc, &self.last)?,
         };
         let ids = geolife_model::state::param_ids(model);
         // The moments are copied out now; encoding them (another copy, 300 MB for the paper
