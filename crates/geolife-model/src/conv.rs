@@ -21,7 +21,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::ops::{ConvOptions, ModuleOps};
+use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::PaddingConfig2d;
@@ -42,12 +42,15 @@ const MAX_PATCH_VALUES: usize = 1 << 25;
 /// Convolutions with their own CPU kernels. Padding is symmetric: `[rows, columns]`.
 #[backend_extension(Flex, Autodiff)]
 pub trait ConvBackend: Backend {
-    /// A dense convolution (one group, no dilation, no bias).
+    /// A dense convolution (one group, no dilation, no bias). With `nhwc` the input and the
+    /// output are channels-last (`[B, H, W, C]`), else `[B, C, H, W]`; the weight is burn's
+    /// `[Co, C, kh, kw]` either way.
     fn dense_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         stride: [usize; 2],
         padding: [usize; 2],
+        nhwc: bool,
     ) -> FloatTensor<Self>;
 
     /// [`dense_conv2d`](ConvBackend::dense_conv2d), also returning the input and the weight in
@@ -58,8 +61,9 @@ pub trait ConvBackend: Backend {
         weight: FloatTensor<Self>,
         stride: [usize; 2],
         padding: [usize; 2],
+        nhwc: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let _ = (x, weight, stride, padding);
+        let _ = (x, weight, stride, padding, nhwc);
         unreachable!("dense_conv2d_saving is only called by its autodiff node")
     }
 
@@ -67,6 +71,7 @@ pub trait ConvBackend: Backend {
     /// input and weight as [`dense_conv2d_saving`](ConvBackend::dense_conv2d_saving) returned
     /// them. Without `input_grad` (the input tracks no gradient: a network's first layer reads
     /// the data) the input's gradient is not computed, and the first value is an empty tensor.
+    /// `grad` and the input's gradient are in the layout `nhwc` names.
     fn dense_conv2d_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -74,8 +79,9 @@ pub trait ConvBackend: Backend {
         stride: [usize; 2],
         padding: [usize; 2],
         input_grad: bool,
+        nhwc: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let _ = (x, weight, grad, stride, padding, input_grad);
+        let _ = (x, weight, grad, stride, padding, input_grad, nhwc);
         unreachable!("dense_conv2d_backward is only called by its autodiff node")
     }
 
@@ -96,12 +102,35 @@ pub trait ConvBackend: Backend {
         let _ = (x, weight, grad, padding);
         unreachable!("depthwise_conv2d_backward is only called by its autodiff node")
     }
+
+    /// A depthwise convolution (stride 1, no dilation) plus its bias on channels-last maps:
+    /// `x` `[B, H, W, C]`, `weight` `[C, 1, kh, kw]`, `bias` `[C]` -> `[B, Ho, Wo, C]`.
+    /// Padding is at most the kernel size minus one.
+    fn depthwise_conv2d_nhwc(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: [usize; 2],
+    ) -> FloatTensor<Self>;
+
+    /// The gradients of [`depthwise_conv2d_nhwc`](ConvBackend::depthwise_conv2d_nhwc):
+    /// `(x, weight, bias)`.
+    fn depthwise_conv2d_nhwc_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        padding: [usize; 2],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let _ = (x, weight, grad, padding);
+        unreachable!("depthwise_conv2d_nhwc_backward is only called by its autodiff node")
+    }
 }
 
 /// `conv.forward(x)`, through this module's kernels where they apply (CPU device, a dense or
 /// depthwise convolution of the supported shape), burn's convolution otherwise.
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let Some(kind) = kernel_for(conv, &x) else {
+    let [_, c, h, w] = x.dims();
+    let Some(kind) = kernel_for(conv, &x, [c, h, w]) else {
         return conv.forward(x);
     };
     let weight = conv.weight.val();
@@ -111,6 +140,32 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     };
     match &conv.bias {
         Some(bias) => y + bias.val().reshape([1, -1, 1, 1]),
+        None => y,
+    }
+}
+
+/// `conv.forward` on channels-last maps: `[B, H, W, C]` -> `[B, Ho, Wo, Co]`. On the CPU the
+/// dense and depthwise kernels read and write that layout directly (a network kept
+/// channels-last converts nothing between its layers; a depthwise convolution's bias is added
+/// inside its kernel); elsewhere burn's convolution runs between two permutations.
+pub fn forward_nhwc(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, h, w, c] = x.dims();
+    let kind = kernel_for(conv, &x, [c, h, w]);
+    let [_, _, kh, kw] = conv.weight.dims();
+    let weight = conv.weight.val();
+    let y = match kind {
+        Some(Kernel::Dense(padding)) => dense_conv2d_nhwc(x, weight, conv.stride, padding),
+        Some(Kernel::Depthwise(padding)) if padding[0] < kh && padding[1] < kw => {
+            let bias = match &conv.bias {
+                Some(bias) => bias.val(),
+                None => Tensor::zeros([c], &x.device()),
+            };
+            return depthwise_conv2d_nhwc(x, weight, bias, padding);
+        }
+        _ => return conv.forward(x.permute([0, 3, 1, 2])).permute([0, 2, 3, 1]),
+    };
+    match &conv.bias {
+        Some(bias) => y + bias.val().reshape([1, 1, 1, -1]),
         None => y,
     }
 }
@@ -131,6 +186,26 @@ pub fn dense_conv2d(
         weight.into_dispatch(),
         stride,
         padding,
+        false,
+    ))
+}
+
+/// [`dense_conv2d`] on channels-last maps (CPU device only).
+///
+/// # Shapes
+/// - `x` `[B, H, W, C]`, `weight` `[Co, C, kh, kw]` -> `[B, Ho, Wo, Co]`
+pub fn dense_conv2d_nhwc(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::dense_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        stride,
+        padding,
+        true,
     ))
 }
 
@@ -146,13 +221,34 @@ pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, padding: [usize; 2]) ->
     ))
 }
 
+/// A depthwise stride-1 convolution plus its bias on channels-last maps, forward and backward
+/// as direct loops vectorised over the channels (CPU device only; padding below the kernel
+/// size).
+///
+/// # Shapes
+/// - `x` `[B, H, W, C]`, `weight` `[C, 1, kh, kw]`, `bias` `[C]` -> `[B, Ho, Wo, C]`
+pub fn depthwise_conv2d_nhwc(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    padding: [usize; 2],
+) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::depthwise_conv2d_nhwc(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        padding,
+    ))
+}
+
 enum Kernel {
     Dense([usize; 2]),
     Depthwise([usize; 2]),
 }
 
-/// Which of this module's kernels runs `conv` on `x`, if any.
-fn kernel_for(conv: &Conv2d, x: &Tensor<4>) -> Option<Kernel> {
+/// Which of this module's kernels runs `conv` on `x`, if any; `[c, h, w]` are the input's
+/// channels and map size (whatever its layout).
+fn kernel_for(conv: &Conv2d, x: &Tensor<4>, [c, h, w]: [usize; 3]) -> Option<Kernel> {
     if conv.dilation != [1, 1] || !crate::fused::on_cpu_f32(x) {
         return None;
     }
@@ -163,7 +259,6 @@ fn kernel_for(conv: &Conv2d, x: &Tensor<4>) -> Option<Kernel> {
         }
         _ => return None,
     };
-    let [_, c, h, w] = x.dims();
     let [co, _, kh, kw] = conv.weight.dims();
     if h + 2 * padding[0] < kh || w + 2 * padding[1] < kw {
         return None;
@@ -347,6 +442,58 @@ pub(crate) fn matmul_new(
         v.set_len(m * n);
     }
     v
+}
+
+/// `lhs * rhs` written into `dst`, a row-major `m x n` matrix not yet initialised (every value
+/// is written, none read).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [MaybeUninit<f32>],
+    lhs: &[f32],
+    lhs_strides: [isize; 2],
+    rhs: &[f32],
+    rhs_strides: [isize; 2],
+    parallelism: gemm::Parallelism,
+) {
+    if k == 0 || m * n == 0 {
+        for v in dst.iter_mut().take(m * n) {
+            v.write(0.0);
+        }
+        return;
+    }
+    let dst_strides = [n as isize, 1];
+    check_fits(
+        m,
+        n,
+        k,
+        dst.len(),
+        dst_strides,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+    );
+    // SAFETY: `check_fits` keeps every element the strides reach inside its buffer; with
+    // `k > 0` the product writes all `m * n` values of the row-major destination and reads
+    // none of them (`read_dst` false).
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().cast::<f32>(),
+            dst_strides,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            parallelism,
+            false,
+        );
+    }
 }
 
 /// Panics unless each matrix's last element, as its strides reach it, lies inside its buffer.
@@ -622,23 +769,59 @@ fn options(stride: [usize; 2], padding: [usize; 2], groups: usize) -> ConvOption
     ConvOptions::new(stride, padding, [1, 1], groups)
 }
 
+/// The shape `[B, C, H, W]` of a channels-last `[B, H, W, C]` shape.
+fn nchw_of(nhwc: &Shape) -> Shape {
+    Shape::from(vec![nhwc[0], nhwc[3], nhwc[1], nhwc[2]])
+}
+
+/// A flex tensor's axes permuted (for the non-f32 fallbacks of the channels-last kernels).
+fn permuted(x: FlexTensor, axes: [usize; 4]) -> FlexTensor {
+    Flex::float_permute(x, &axes)
+}
+
 /// The f32 dense forward pass: `(output, channels-last input, weight in patch-column order)`.
+/// With `nhwc` the input is channels-last already (kept as it is) and the output is written
+/// channels-last, straight from the products.
 fn dense_forward(
     x: &FlexTensor,
     weight: &FlexTensor,
     stride: [usize; 2],
     padding: [usize; 2],
+    nhwc: bool,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let g = Geometry::new(x.layout().shape(), weight.layout().shape(), stride, padding);
-    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-    let x = channels_last(slice(&x), g.c, g.h * g.w, true);
-    let weight = weight_taps_first(slice(&weight), &g, true);
+    let xs = x.layout().shape();
+    let xs = if nhwc { nchw_of(xs) } else { xs.clone() };
+    let g = Geometry::new(&xs, weight.layout().shape(), stride, padding);
+    let x = match nhwc {
+        true => x.to_contiguous(),
+        false => tensor(
+            channels_last(slice(&x.to_contiguous()), g.c, g.h * g.w, true),
+            [g.b, g.h, g.w, g.c],
+        ),
+    };
+    let weight = weight_taps_first(slice(&weight.to_contiguous()), &g, true);
     let (k, s, per) = (g.k(), g.s(), piece_samples(&g));
     let parallelism = piece_parallelism(&g, per);
-    let out = par_filled(g.b * g.co * s, per * g.co * s, |i, maps| {
-        let n = maps.len() / (g.co * s);
-        let xs = &x[i * per * g.h * g.w * g.c..][..n * g.h * g.w * g.c];
+    let xv = slice(&x);
+    let out = par_filled(g.b * g.co * s, per * g.co * s, |i, out| {
+        let n = out.len() / (g.co * s);
+        let xs = &xv[i * per * g.h * g.w * g.c..][..n * g.h * g.w * g.c];
         let patches = im2col(xs, n, &g);
+        if nhwc {
+            // [n*S, Co] = patches [n*S, K] x W^T [K, Co]
+            matmul_into(
+                n * s,
+                g.co,
+                k,
+                out,
+                &patches,
+                [k as isize, 1],
+                &weight,
+                [1, k as isize],
+                parallelism,
+            );
+            return;
+        }
         // [Co, n*S] = W [Co, K] x patches^T [K, n*S]
         let rows = matmul_new(
             g.co,
@@ -650,11 +833,15 @@ fn dense_forward(
             [1, k as isize],
             parallelism,
         );
-        rows_to_maps(&rows, maps, n, &g);
+        rows_to_maps(&rows, out, n, &g);
     });
+    let out_shape = match nhwc {
+        true => [g.b, g.ho, g.wo, g.co],
+        false => [g.b, g.co, g.ho, g.wo],
+    };
     (
-        tensor(out, [g.b, g.co, g.ho, g.wo]),
-        tensor(x, [g.b, g.h, g.w, g.c]),
+        tensor(out, out_shape),
+        x,
         tensor(weight, [g.co, g.kh, g.kw, g.c]),
     )
 }
@@ -665,11 +852,19 @@ impl ConvBackend for Flex {
         weight: FlexTensor,
         stride: [usize; 2],
         padding: [usize; 2],
+        nhwc: bool,
     ) -> FlexTensor {
         if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
-            return Flex::conv2d(x, weight, None, options(stride, padding, 1));
+            let o = options(stride, padding, 1);
+            return match nhwc {
+                true => permuted(
+                    Flex::conv2d(permuted(x, [0, 3, 1, 2]), weight, None, o),
+                    [0, 2, 3, 1],
+                ),
+                false => Flex::conv2d(x, weight, None, o),
+            };
         }
-        dense_forward(&x, &weight, stride, padding).0
+        dense_forward(&x, &weight, stride, padding, nhwc).0
     }
 
     fn dense_conv2d_saving(
@@ -677,12 +872,13 @@ impl ConvBackend for Flex {
         weight: FlexTensor,
         stride: [usize; 2],
         padding: [usize; 2],
+        nhwc: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
-            let y = Flex::conv2d(x.clone(), weight.clone(), None, options(stride, padding, 1));
+            let y = Flex::dense_conv2d(x.clone(), weight.clone(), stride, padding, nhwc);
             return (y, x, weight);
         }
-        dense_forward(&x, &weight, stride, padding)
+        dense_forward(&x, &weight, stride, padding, nhwc)
     }
 
     fn dense_conv2d_backward(
@@ -692,24 +888,28 @@ impl ConvBackend for Flex {
         stride: [usize; 2],
         padding: [usize; 2],
         input_grad: bool,
+        nhwc: bool,
     ) -> (FlexTensor, FlexTensor) {
         if [x.dtype(), weight.dtype(), grad.dtype()] != [DType::F32; 3] {
-            // `dense_conv2d_saving` kept these in burn's layouts.
+            // `dense_conv2d_saving` kept these in burn's layouts (the caller's, for `x`).
             let o = options(stride, padding, 1);
+            let (x, grad) = match nhwc {
+                true => (permuted(x, [0, 3, 1, 2]), permuted(grad, [0, 3, 1, 2])),
+                false => (x, grad),
+            };
             let grad_x = match input_grad {
-                true => Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), o.clone()),
+                true => {
+                    let gx =
+                        Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), o.clone());
+                    if nhwc { permuted(gx, [0, 2, 3, 1]) } else { gx }
+                }
                 false => tensor(Vec::new(), [0]),
             };
             return (grad_x, Flex::conv2d_weight_backward(x, weight, grad, o));
         }
         // Channels-last `[B, H, W, C]` input and `[Co, kh, kw, C]` weight.
         let (xs, ws) = (x.layout().shape(), weight.layout().shape());
-        let g = Geometry::new(
-            &Shape::from(vec![xs[0], xs[3], xs[1], xs[2]]),
-            &Shape::from(vec![ws[0], ws[3], ws[1], ws[2]]),
-            stride,
-            padding,
-        );
+        let g = Geometry::new(&nchw_of(xs), &nchw_of(ws), stride, padding);
         let (x, weight, grad) = (
             x.to_contiguous(),
             weight.to_contiguous(),
@@ -742,15 +942,26 @@ impl ConvBackend for Flex {
                 let gx = unsafe { &mut *(gx as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 let n = xs.len() / plane;
                 let patches = im2col(xs, n, &g);
-                let mut rows = vec![0f32; g.co * n * s];
-                maps_to_rows(gy, &mut rows, n, &g);
+                // The output gradient as `[Co, n*S]` through strides: channels-last it is
+                // `[n*S, Co]` in place, else the maps are copied into rows.
+                let ns = n * s;
+                let rows;
+                let (dy, dy_strides): (&[f32], [isize; 2]) = match nhwc {
+                    true => (gy, [1, g.co as isize]),
+                    false => {
+                        let mut r = vec![0f32; g.co * ns];
+                        maps_to_rows(gy, &mut r, n, &g);
+                        rows = r;
+                        (&rows, [ns as isize, 1])
+                    }
+                };
                 // dW [Co, K] = dY [Co, n*S] x patches [n*S, K]
                 let grad_w = matmul_new(
                     g.co,
                     k,
-                    n * s,
-                    &rows,
-                    [(n * s) as isize, 1],
+                    ns,
+                    dy,
+                    dy_strides,
                     &patches,
                     [k as isize, 1],
                     parallelism,
@@ -761,13 +972,13 @@ impl ConvBackend for Flex {
                 // dPatches [n*S, K] = dY^T [n*S, Co] x W [Co, K]
                 let mut grad_patches = patches;
                 matmul(
-                    n * s,
+                    ns,
                     k,
                     g.co,
                     &mut grad_patches,
                     [k as isize, 1],
-                    &rows,
-                    [1, (n * s) as isize],
+                    dy,
+                    [dy_strides[1], dy_strides[0]],
                     weight,
                     [k as isize, 1],
                     parallelism,
@@ -787,8 +998,14 @@ impl ConvBackend for Flex {
         }
         // SAFETY: the pieces cover all `g.b * plane` values, and each zeroed its own first.
         unsafe { grad_x.set_len(g.b * plane) };
-        let grad_x = channels_last(&grad_x, g.c, g.h * g.w, false);
-        (tensor(grad_x, [g.b, g.c, g.h, g.w]), grad_w)
+        let grad_x = match nhwc {
+            true => tensor(grad_x, [g.b, g.h, g.w, g.c]),
+            false => tensor(
+                channels_last(&grad_x, g.c, g.h * g.w, false),
+                [g.b, g.c, g.h, g.w],
+            ),
+        };
+        (grad_x, grad_w)
     }
 
     fn depthwise_conv2d(x: FlexTensor, weight: FlexTensor, padding: [usize; 2]) -> FlexTensor {
@@ -895,12 +1112,217 @@ impl ConvBackend for Flex {
             tensor(grad_w, [g.c, 1, g.kh, g.kw]),
         )
     }
+
+    fn depthwise_conv2d_nhwc(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        padding: [usize; 2],
+    ) -> FlexTensor {
+        if [x.dtype(), weight.dtype(), bias.dtype()] != [DType::F32; 3] {
+            let groups = x.layout().shape()[3];
+            let o = options([1, 1], padding, groups);
+            let x = permuted(x, [0, 3, 1, 2]);
+            return permuted(Flex::conv2d(x, weight, Some(bias), o), [0, 2, 3, 1]);
+        }
+        let g = Geometry::new(
+            &nchw_of(x.layout().shape()),
+            weight.layout().shape(),
+            [1, 1],
+            padding,
+        );
+        let (x, weight, bias) = (
+            x.to_contiguous(),
+            weight.to_contiguous(),
+            bias.to_contiguous(),
+        );
+        let taps = transpose_blocks(slice(&weight), g.c, g.kh * g.kw);
+        let y = depthwise_nhwc(slice(&x), &taps, Some(slice(&bias)), &g);
+        tensor(y, [g.b, g.ho, g.wo, g.c])
+    }
+
+    fn depthwise_conv2d_nhwc_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        padding: [usize; 2],
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        if [x.dtype(), weight.dtype(), grad.dtype()] != [DType::F32; 3] {
+            let groups = x.layout().shape()[3];
+            let o = options([1, 1], padding, groups);
+            let (x, grad) = (permuted(x, [0, 3, 1, 2]), permuted(grad, [0, 3, 1, 2]));
+            let gx = Flex::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), o.clone());
+            let gb = Flex::float_sum_dim(Flex::float_sum_dim(grad.clone(), 3), 2);
+            let gb = Flex::float_reshape(Flex::float_sum_dim(gb, 0), Shape::from(vec![groups]));
+            return (
+                permuted(gx, [0, 2, 3, 1]),
+                Flex::conv2d_weight_backward(x, weight, grad, o),
+                gb,
+            );
+        }
+        let g = Geometry::new(
+            &nchw_of(x.layout().shape()),
+            weight.layout().shape(),
+            [1, 1],
+            padding,
+        );
+        let (x, weight, grad) = (
+            x.to_contiguous(),
+            weight.to_contiguous(),
+            grad.to_contiguous(),
+        );
+        let (xs, gs) = (slice(&x), slice(&grad));
+        let taps = g.kh * g.kw;
+        // dX is the output gradient convolved with the flipped kernel, padded by `k - 1 - p`
+        // (stride 1): the forward kernel on the output's map.
+        let wt = transpose_blocks(slice(&weight), g.c, taps);
+        let mut flipped = vec![0f32; wt.len()];
+        for (t, row) in wt.chunks(g.c).enumerate() {
+            flipped[(taps - 1 - t) * g.c..][..g.c].copy_from_slice(row);
+        }
+        let back = Geometry {
+            h: g.ho,
+            w: g.wo,
+            ho: g.h,
+            wo: g.w,
+            padding: [g.kh - 1 - g.padding[0], g.kw - 1 - g.padding[1]],
+            ..g
+        };
+        let grad_x = depthwise_nhwc(gs, &flipped, None, &back);
+        let (grad_w, grad_b) = depthwise_nhwc_weight_grad(xs, gs, &g);
+        (
+            tensor(grad_x, [g.b, g.h, g.w, g.c]),
+            tensor(transpose_blocks(&grad_w, taps, g.c), [g.c, 1, g.kh, g.kw]),
+            tensor(grad_b, [g.c]),
+        )
+    }
+}
+
+/// Output rows per parallel task of the channels-last depthwise loops (about [`PIECE_VALUES`]
+/// / 64 values each).
+fn dw_rows(g: &Geometry) -> usize {
+    ((PIECE_VALUES / 64) / (g.wo * g.c).max(1)).max(1)
+}
+
+/// For kernel column `j`: the output columns `ow0..ow1` whose input column `ow + j - pad` lies
+/// inside the map (stride 1).
+fn dw_cols(j: usize, g: &Geometry) -> (usize, usize) {
+    let lo = g.padding[1].saturating_sub(j).min(g.wo);
+    let hi = (g.w + g.padding[1]).saturating_sub(j).min(g.wo);
+    (lo, hi.max(lo))
+}
+
+/// A stride-1 depthwise convolution of channels-last maps `x` `[B, H, W, C]` with taps-first
+/// weights `[kh, kw, C]`, plus `bias` when given: `[B, Ho, Wo, C]`. Each output row is
+/// `bias + sum over taps of (input row segment) * (tap's C weights)`, vectorised over the
+/// channels, and the rows run in parallel.
+fn depthwise_nhwc(x: &[f32], taps: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+    let (c, row) = (g.c, g.wo * g.c);
+    let rows = dw_rows(g);
+    par_filled(g.b * g.ho * row, rows * row, |t, out| {
+        for (r, out) in out.chunks_mut(row).enumerate() {
+            let (b, oh) = ((t * rows + r) / g.ho, (t * rows + r) % g.ho);
+            for px in out.chunks_mut(c) {
+                match bias {
+                    Some(bias) => {
+                        px.write_copy_of_slice(bias);
+                    }
+                    None => px.iter_mut().for_each(|v| {
+                        v.write(0.0);
+                    }),
+                }
+            }
+            // SAFETY: every value of the row was just written.
+            let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            for i in 0..g.kh {
+                let Some(ih) = g.in_row(oh, i) else { continue };
+                let xrow = &x[(b * g.h + ih) * g.w * c..][..g.w * c];
+                for j in 0..g.kw {
+                    let (ow0, ow1) = dw_cols(j, g);
+                    if ow0 == ow1 {
+                        continue;
+                    }
+                    let wt = &taps[(i * g.kw + j) * c..][..c];
+                    let iw0 = ow0 + j - g.padding[1];
+                    let src = &xrow[iw0 * c..(iw0 + ow1 - ow0) * c];
+                    let dst = &mut out[ow0 * c..ow1 * c];
+                    for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+                        for ((d, s), w) in d.iter_mut().zip(s).zip(wt) {
+                            *d += s * w;
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The weight gradient (taps-first `[kh, kw, C]`) and bias gradient `[C]` of
+/// [`depthwise_nhwc`] from the input `x` and the output gradient `grad`: each task sums its
+/// samples' products in f32 (vectorised over the channels), and the tasks' shares are added
+/// in f64 in task order.
+fn depthwise_nhwc_weight_grad(x: &[f32], grad: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>) {
+    let (c, taps) = (g.c, g.kh * g.kw);
+    let pieces = (rayon::current_num_threads().max(1) * 4).min(g.b.max(1));
+    let per = g.b.div_ceil(pieces.max(1)).max(1);
+    let shares: Vec<Vec<f32>> = (0..g.b.div_ceil(per))
+        .into_par_iter()
+        .map(|p| {
+            crate::fused::widest(
+                #[inline(always)]
+                || {
+                    // `taps` rows of weight gradient, then the bias's row.
+                    let mut acc = vec![0f32; (taps + 1) * c];
+                    for b in p * per..((p + 1) * per).min(g.b) {
+                        for oh in 0..g.ho {
+                            let gy = &grad[(b * g.ho + oh) * g.wo * c..][..g.wo * c];
+                            let (wacc, bacc) = acc.split_at_mut(taps * c);
+                            for px in gy.chunks_exact(c) {
+                                for (a, v) in bacc.iter_mut().zip(px) {
+                                    *a += v;
+                                }
+                            }
+                            for i in 0..g.kh {
+                                let Some(ih) = g.in_row(oh, i) else { continue };
+                                let xrow = &x[(b * g.h + ih) * g.w * c..][..g.w * c];
+                                for j in 0..g.kw {
+                                    let (ow0, ow1) = dw_cols(j, g);
+                                    if ow0 == ow1 {
+                                        continue;
+                                    }
+                                    let iw0 = ow0 + j - g.padding[1];
+                                    let a = &mut wacc[(i * g.kw + j) * c..][..c];
+                                    let src = &xrow[iw0 * c..(iw0 + ow1 - ow0) * c];
+                                    let dy = &gy[ow0 * c..ow1 * c];
+                                    for (s, d) in src.chunks_exact(c).zip(dy.chunks_exact(c)) {
+                                        for ((a, s), d) in a.iter_mut().zip(s).zip(d) {
+                                            *a += s * d;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    acc
+                },
+            )
+        })
+        .collect();
+    let mut total = vec![0f64; (taps + 1) * c];
+    for share in &shares {
+        for (t, v) in total.iter_mut().zip(share) {
+            *t += f64::from(*v);
+        }
+    }
+    let mut w: Vec<f32> = total.into_iter().map(|v| v as f32).collect();
+    let bias = w.split_off(taps * c);
+    (w, bias)
 }
 
 /// Which kernel a convolution node ran.
 #[derive(Clone, Copy, Debug)]
 enum Kind {
-    Dense { stride: [usize; 2] },
+    Dense { stride: [usize; 2], nhwc: bool },
     Depthwise,
 }
 
@@ -924,7 +1346,7 @@ impl<B: ConvBackend> ConvState<B> {
         padding: [usize; 2],
     ) -> FloatTensor<B> {
         match kind {
-            Kind::Dense { stride } => B::dense_conv2d(x, weight, stride, padding),
+            Kind::Dense { stride, nhwc } => B::dense_conv2d(x, weight, stride, padding, nhwc),
             Kind::Depthwise => B::depthwise_conv2d(x, weight, padding),
         }
     }
@@ -945,9 +1367,9 @@ impl<B: ConvBackend> Backward<B, 2> for ConvNode {
             padding,
         } = ops.state;
         let (grad_x, grad_w) = match kind {
-            Kind::Dense { stride } => {
+            Kind::Dense { stride, nhwc } => {
                 let input_grad = ops.parents[0].is_some();
-                B::dense_conv2d_backward(x, weight, grad, stride, padding, input_grad)
+                B::dense_conv2d_backward(x, weight, grad, stride, padding, input_grad, nhwc)
             }
             Kind::Depthwise => B::depthwise_conv2d_backward(x, weight, grad, padding),
         };
@@ -976,7 +1398,9 @@ fn record<B: ConvBackend, C: CheckpointStrategy>(
             // The dense kernel hands back its input and weight in the layouts its backward
             // pass reads, so they are converted once per step instead of twice.
             let (y, x, weight) = match kind {
-                Kind::Dense { stride } => B::dense_conv2d_saving(x, weight, stride, padding),
+                Kind::Dense { stride, nhwc } => {
+                    B::dense_conv2d_saving(x, weight, stride, padding, nhwc)
+                }
                 Kind::Depthwise => {
                     let y = B::depthwise_conv2d(x.clone(), weight.clone(), padding);
                     (y, x, weight)
@@ -994,14 +1418,35 @@ fn record<B: ConvBackend, C: CheckpointStrategy>(
     }
 }
 
+/// The channels-last depthwise convolution's node: input, weight and bias.
+#[derive(Debug)]
+struct DepthwiseNhwcNode;
+
+impl<B: ConvBackend> Backward<B, 3> for DepthwiseNhwcNode {
+    /// The input, the weight and the padding.
+    type State = (FloatTensor<B>, FloatTensor<B>, [usize; 2]);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight, padding) = ops.state;
+        let (gx, gw, gb) = B::depthwise_conv2d_nhwc_backward(x, weight, grad, padding);
+        crate::fused::register_grads::<B, 3>(
+            grads,
+            ops.parents.map(|p| p.map(|n| n.id)),
+            [gx, gw, gb],
+        );
+    }
+}
+
 impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
     fn dense_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         stride: [usize; 2],
         padding: [usize; 2],
+        nhwc: bool,
     ) -> FloatTensor<Self> {
-        record::<B, C>(x, weight, Kind::Dense { stride }, padding)
+        record::<B, C>(x, weight, Kind::Dense { stride, nhwc }, padding)
     }
 
     fn depthwise_conv2d(
@@ -1010,5 +1455,25 @@ impl<B: ConvBackend, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
         padding: [usize; 2],
     ) -> FloatTensor<Self> {
         record::<B, C>(x, weight, Kind::Depthwise, padding)
+    }
+
+    fn depthwise_conv2d_nhwc(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let ((x, xn), (w, wn), (b, bn)) = (x.into_parts(), weight.into_parts(), bias.into_parts());
+        match DepthwiseNhwcNode
+            .prepare::<C>([xn, wn, bn])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = B::depthwise_conv2d_nhwc(x.clone(), w.clone(), b, padding);
+                prep.finish((x, w, padding), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::depthwise_conv2d_nhwc(x, w, b, padding)),
+        }
     }
 }

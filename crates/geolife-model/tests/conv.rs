@@ -9,7 +9,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use geolife_model::conv::{self, dense_conv2d, depthwise_conv2d};
+use geolife_model::conv::{
+    self, dense_conv2d, dense_conv2d_nhwc, depthwise_conv2d, depthwise_conv2d_nhwc,
+};
 
 fn device() -> Device {
     Device::flex().autodiff()
@@ -89,7 +91,17 @@ fn dense_kernel_equals_burns_convolution_and_its_gradients() {
         let ours = run(|x, w| dense_conv2d(x, w, [s, s], [p, p]), &x, &wt);
         let opts = ConvOptions::new([s, s], [p, p], [1, 1], 1);
         let burn = run(|x, w| conv2d(x, w, None, opts.clone()), &x, &wt);
-        assert_same(ours, burn, &format!("{b} {ci} {co} {h}x{w} k{k} s{s} p{p}"));
+        // The channels-last kernel, between permutations (whose gradients burn computes).
+        let nhwc = run(
+            |x, w| {
+                dense_conv2d_nhwc(x.permute([0, 2, 3, 1]), w, [s, s], [p, p]).permute([0, 3, 1, 2])
+            },
+            &x,
+            &wt,
+        );
+        let case = format!("{b} {ci} {co} {h}x{w} k{k} s{s} p{p}");
+        assert_same(nhwc, burn.clone(), &format!("{case}, channels-last"));
+        assert_same(ours, burn, &case);
     }
 }
 
@@ -101,23 +113,30 @@ fn dense_kernel_on_untracked_input_gives_burns_weight_gradient() {
     for &(b, ci, co, h, w, k, s, p) in DENSE {
         let x = random([b, ci, h, w], 1.0, &d).detach();
         let wt = random([co, ci, k, k], 0.2, &d);
-        let weight_grad = |ours: bool| {
+        let weight_grad = |ours: Option<bool>| {
             let w = wt.clone().detach().require_grad();
             let opts = ConvOptions::new([s, s], [p, p], [1, 1], 1);
             let y = match ours {
-                true => dense_conv2d(x.clone(), w.clone(), [s, s], [p, p]),
-                false => conv2d(x.clone(), w.clone(), None, opts),
+                Some(false) => dense_conv2d(x.clone(), w.clone(), [s, s], [p, p]),
+                Some(true) => {
+                    let x = x.clone().permute([0, 2, 3, 1]);
+                    dense_conv2d_nhwc(x, w.clone(), [s, s], [p, p]).permute([0, 3, 1, 2])
+                }
+                None => conv2d(x.clone(), w.clone(), None, opts),
             };
             let grads = (y.clone().sin() * y).sum().backward();
             assert!(x.grad(&grads).is_none(), "data gets no gradient");
             w.grad(&grads).expect("the weight gets a gradient")
         };
-        let e = rel(weight_grad(true), weight_grad(false));
+        let want = weight_grad(None);
         let case = format!("{b} {ci} {co} {h}x{w} k{k} s{s} p{p}");
-        assert!(
-            e < 1e-5,
-            "weight grad: relative difference {e}, case {case}"
-        );
+        for nhwc in [false, true] {
+            let e = rel(weight_grad(Some(nhwc)), want.clone());
+            assert!(
+                e < 1e-5,
+                "weight grad: relative difference {e}, case {case}, channels-last {nhwc}"
+            );
+        }
     }
 }
 
@@ -138,6 +157,61 @@ fn depthwise_kernel_equals_burns_grouped_convolution_and_its_gradients() {
         let opts = ConvOptions::new([1, 1], [p, p], [1, 1], c);
         let burn = run(|x, w| conv2d(x, w, None, opts.clone()), &x, &wt);
         assert_same(ours, burn, &format!("{b} {c} {h}x{w} k{k} p{p}"));
+    }
+}
+
+/// The channels-last depthwise kernel with its bias (ConvNeXt's `block.0`) against burn's grouped
+/// convolution on the permuted maps: output and the input, weight and bias gradients.
+#[test]
+fn depthwise_nhwc_kernel_equals_burns_grouped_convolution_and_its_gradients() {
+    let d = device();
+    // (batch, channels, H, W, kernel, padding)
+    for &(b, c, h, w, k, p) in &[
+        (2, 16, 16, 16, 7, 3), // a ConvNeXt stage (16 channels: one AVX-512 vector)
+        (3, 5, 4, 4, 7, 3),    // kernel wider than the map
+        (2, 4, 9, 5, 3, 1),
+        (1, 3, 6, 6, 3, 0),  // no padding
+        (2, 6, 1, 1, 7, 3),  // ConvNeXt's last stage on a 32-pixel patch
+        (9, 33, 5, 7, 7, 3), // more samples than tasks, odd channels
+        (2, 4, 6, 5, 5, 4),  // padding of kernel - 1: border outputs see one tap
+    ] {
+        let x0 = random([b, h, w, c], 1.0, &d);
+        let w0 = random([c, 1, k, k], 0.2, &d);
+        let b0: Tensor<1> = Tensor::random([c], Distribution::Normal(0.0, 1.0), &d);
+        let grads_of = |ours: bool| {
+            let x = x0.clone().detach().require_grad();
+            let wt = w0.clone().detach().require_grad();
+            let bias = b0.clone().detach().require_grad();
+            let y = match ours {
+                true => depthwise_conv2d_nhwc(x.clone(), wt.clone(), bias.clone(), [p, p]),
+                false => {
+                    let opts = ConvOptions::new([1, 1], [p, p], [1, 1], c);
+                    let xt = x.clone().permute([0, 3, 1, 2]);
+                    conv2d(xt, wt.clone(), Some(bias.clone()), opts).permute([0, 2, 3, 1])
+                }
+            };
+            let g = (y.clone().sin() * y.clone()).sum().backward();
+            (
+                y.inner(),
+                x.grad(&g).expect("x grad"),
+                wt.grad(&g).expect("weight grad"),
+                bias.grad(&g).expect("bias grad"),
+            )
+        };
+        let (y1, x1, w1, b1) = grads_of(true);
+        let (y2, x2, w2, b2) = grads_of(false);
+        assert_eq!(y1.dims(), y2.dims());
+        for (what, e) in [
+            ("output", rel(y1, y2)),
+            ("x grad", rel(x1, x2)),
+            ("weight grad", rel(w1, w2)),
+            ("bias grad", rel1(b1, b2)),
+        ] {
+            assert!(
+                e < 1e-5,
+                "{what}: relative difference {e}, case {b} {c} {h}x{w} k{k} p{p}"
+            );
+        }
     }
 }
 
@@ -190,12 +264,14 @@ fn module_forward_matches_burn_with_bias_gradients() {
             &d,
         )));
         let x0 = random(shape, 1.0, &d);
-        let grads_of = |ours: bool| {
+        // Ours channels-first (`Some(false)`), ours channels-last (`Some(true)`), burn's.
+        let grads_of = |ours: Option<bool>| {
             let x = x0.clone().detach().require_grad();
-            let y = if ours {
-                conv::forward(&layer, x.clone())
-            } else {
-                layer.forward(x.clone())
+            let y = match ours {
+                Some(false) => conv::forward(&layer, x.clone()),
+                Some(true) => conv::forward_nhwc(&layer, x.clone().permute([0, 2, 3, 1]))
+                    .permute([0, 3, 1, 2]),
+                None => layer.forward(x.clone()),
             };
             let g = (y.clone().cos() * y.clone()).sum().backward();
             let gx = x.grad(&g).expect("x grad");
@@ -207,18 +283,20 @@ fn module_forward_matches_burn_with_bias_gradients() {
                 .expect("bias grad");
             (y.inner(), gx, gw, gb)
         };
-        let (y1, x1, w1, b1) = grads_of(true);
-        let (y2, x2, w2, b2) = grads_of(false);
-        for (what, e) in [
-            ("output", rel(y1, y2)),
-            ("x grad", rel(x1, x2)),
-            ("weight grad", rel(w1, w2)),
-            ("bias grad", rel1(b1, b2)),
-        ] {
-            assert!(
-                e < 1e-5,
-                "{what}: relative difference {e} for input {shape:?}"
-            );
+        let (y2, x2, w2, b2) = grads_of(None);
+        for nhwc in [false, true] {
+            let (y1, x1, w1, b1) = grads_of(Some(nhwc));
+            for (what, e) in [
+                ("output", rel(y1, y2.clone())),
+                ("x grad", rel(x1, x2.clone())),
+                ("weight grad", rel(w1, w2.clone())),
+                ("bias grad", rel1(b1, b2.clone())),
+            ] {
+                assert!(
+                    e < 1e-5,
+                    "{what}: relative difference {e} for input {shape:?}, channels-last {nhwc}"
+                );
+            }
         }
     }
 }
