@@ -264,21 +264,33 @@ pub fn layer_norm<const D: usize>(
 /// weight and the input in place, transposed through strides (burn flex copies a transposed
 /// operand first: 46 MB per step for the 11,255-way head's weight).
 pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
-    if !on_cpu_f32(&x) || D < 2 || linear.weight.dtype() != DType::F32 {
-        return linear.forward(x);
+    linear_with(
+        x,
+        linear.weight.val(),
+        linear.bias.as_ref().map(|b| b.val()),
+    )
+}
+
+/// `x W + b` over the last axis (`burn::tensor::module::linear`) for a weight `[d_in, d_out]`
+/// and bias `[d_out]` given as tensors (a layer whose weight is computed, such as ConvNeXt's
+/// projection with its layer scale folded in), through the kernel of [`linear`] on the CPU.
+pub fn linear_with<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    if !on_cpu_f32(&x) || D < 2 || weight.dtype() != DType::F32 {
+        return burn::tensor::module::linear(x, weight, bias);
     }
     let dims = x.dims();
-    let [_, d_out] = linear.weight.dims();
+    let [_, d_out] = weight.dims();
     let x2: Tensor<2> = x.reshape([-1, dims[D - 1] as i32]);
     // The bias is added by the product itself (a layer without one adds zeros, which take no
     // gradient).
-    let bias = match &linear.bias {
-        Some(b) => b.val(),
-        None => Tensor::zeros([d_out], &x2.device()),
-    };
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([d_out], &x2.device()));
     let y: Tensor<2> = Tensor::from_dispatch(Dispatch::fused_linear(
         x2.into_dispatch(),
-        linear.weight.val().into_dispatch(),
+        weight.into_dispatch(),
         bias.into_dispatch(),
     ));
     let mut out = dims;

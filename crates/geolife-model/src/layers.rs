@@ -78,6 +78,11 @@ impl LayerNorm2d {
         let x = crate::fused::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.epsilon);
         x.permute([0, 3, 1, 2])
     }
+
+    /// The same norm on channels-last values: over the last axis (`[B, H, W, C]` or `[B, C]`).
+    pub fn forward_last<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        crate::fused::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.epsilon)
+    }
 }
 
 /// Stochastic depth in torchvision's "row" mode: drops whole residual branches per sample

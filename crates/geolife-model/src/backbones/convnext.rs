@@ -175,6 +175,34 @@ impl CnBlock {
         let y = y * self.layer_scale.val().unsqueeze::<4>();
         self.drop_path.forward(y) + x
     }
+
+    /// The block on channels-last maps, as the CPU runs it: no permutation, the depthwise
+    /// bias added inside its kernel, LayerNorm over contiguous channels, and the layer scale
+    /// folded into the projection's weight and bias (`(y W + b) * s = y (W * s) + b * s`, a
+    /// `[4C, C]` product instead of a pass over the activations each way).
+    ///
+    /// # Shapes
+    /// - input/output `[B, H, W, C]`
+    pub fn forward_nhwc(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = conv::forward_nhwc(&self.dwconv, x.clone());
+        let y = fused::layer_norm(
+            y,
+            self.norm.gamma.val(),
+            self.norm.beta.as_ref().map(|b| b.val()),
+            EPS,
+        );
+        let y = fused::gelu(fused::linear(&self.pwconv1, y));
+        let [c, _, _] = self.layer_scale.dims();
+        let scale: Tensor<2> = self.layer_scale.val().reshape([1, c]);
+        let weight = self.pwconv2.weight.val() * scale.clone();
+        let bias = self
+            .pwconv2
+            .bias
+            .as_ref()
+            .map(|b| b.val() * scale.reshape([c]));
+        let y = fused::linear_with(y, weight, bias);
+        self.drop_path.forward(y) + x
+    }
 }
 
 /// torchvision ConvNeXt. Field paths map to state-dict keys through [`torch_key`].
@@ -193,9 +221,23 @@ pub struct ConvNext {
 }
 
 impl ConvNext {
+    /// The feature map, channels-last on the CPU ([`ConvNext::forward_features_nhwc`], returned
+    /// as a permuted view), channels-first elsewhere.
+    ///
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H/32, W/32]`
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
+        match fused::on_cpu_f32(&x) {
+            true => self.forward_features_nhwc(x).permute([0, 3, 1, 2]),
+            false => self.forward_features_nchw(x),
+        }
+    }
+
+    /// The feature map computed channels-first, as every device but the CPU runs it.
+    ///
+    /// # Shapes
+    /// - input `[B, Cin, H, W]` -> output `[B, C4, H/32, W/32]`
+    pub fn forward_features_nchw(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = self.stem.norm.forward(conv::forward(&self.stem.conv, x));
         for (s, stage) in self.stages.iter().enumerate() {
             for block in stage {
@@ -208,6 +250,48 @@ impl ConvNext {
         x
     }
 
+    /// The feature map computed channels-last, as the CPU runs it: the stem reads the
+    /// channels-first input once, and every layer after it reads and writes `[B, H, W, C]`.
+    ///
+    /// # Shapes
+    /// - input `[B, Cin, H, W]` -> output `[B, H/32, W/32, C4]`
+    pub fn forward_features_nhwc(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = conv::forward_nhwc(&self.stem.conv, x.permute([0, 2, 3, 1]));
+        let mut x = self.stem.norm.forward_last(x);
+        for (s, stage) in self.stages.iter().enumerate() {
+            for block in stage {
+                x = block.forward_nhwc(x);
+            }
+            if let Some(down) = self.downsamples.get(s) {
+                x = conv::forward_nhwc(&down.conv, down.norm.forward_last(x));
+            }
+        }
+        x
+    }
+
+    /// `forward_head(forward_features(x), pre_logits)`, pooling the channels-last map directly
+    /// on the CPU.
+    ///
+    /// # Shapes
+    /// - input `[B, Cin, H, W]` -> output `[B, num_classes]` or `[B, C4]`
+    pub fn forward_with(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
+        if !fused::on_cpu_f32(&x) {
+            return self.forward_head(self.forward_features_nchw(x), pre_logits);
+        }
+        let x = self.forward_features_nhwc(x);
+        let [b, _, _, c] = x.dims();
+        let pooled = x.mean_dim(2).mean_dim(1).reshape([b, c]);
+        self.classify(self.norm.forward_last(pooled), pre_logits)
+    }
+
+    /// `classifier.2` on normalised pooled features, unless `pre_logits` (or no head).
+    fn classify(&self, x: Tensor<2>, pre_logits: bool) -> Tensor<2> {
+        match (&self.head, pre_logits) {
+            (Some(head), false) => fused::linear(head, x),
+            _ => x,
+        }
+    }
+
     /// Average pool, `classifier.0` norm, then `classifier.2` unless `pre_logits`.
     ///
     /// # Shapes
@@ -216,15 +300,12 @@ impl ConvNext {
         let [b, c, _, _] = x.dims();
         let pooled = x.mean_dim(3).mean_dim(2); // [b, c, 1, 1]
         let x = self.norm.forward(pooled).reshape([b, c]); // LayerNorm2d
-        match (&self.head, pre_logits) {
-            (Some(head), false) => fused::linear(head, x),
-            _ => x,
-        }
+        self.classify(x, pre_logits)
     }
 
     /// `forward_head(forward_features(x), false)`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(x), false)
+        self.forward_with(x, false)
     }
 }
 
