@@ -444,27 +444,32 @@ pub(crate) fn matmul_new(
     v
 }
 
-/// `lhs * rhs` written into `dst`, a row-major `m x n` matrix not yet initialised (every value
-/// is written, none read).
+/// `lhs * rhs` written into `dst`, an `m x n` matrix with strides `dst_strides` covering all
+/// of `dst`, not yet initialised (every value is written, none read).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_into(
     m: usize,
     n: usize,
     k: usize,
     dst: &mut [MaybeUninit<f32>],
+    dst_strides: [isize; 2],
     lhs: &[f32],
     lhs_strides: [isize; 2],
     rhs: &[f32],
     rhs_strides: [isize; 2],
     parallelism: gemm::Parallelism,
 ) {
+    assert_eq!(
+        dst.len(),
+        m * n,
+        "matmul_into: the destination is the whole matrix"
+    );
     if k == 0 || m * n == 0 {
-        for v in dst.iter_mut().take(m * n) {
+        for v in dst.iter_mut() {
             v.write(0.0);
         }
         return;
     }
-    let dst_strides = [n as isize, 1];
     check_fits(
         m,
         n,
@@ -477,8 +482,8 @@ pub(crate) fn matmul_into(
         rhs_strides,
     );
     // SAFETY: `check_fits` keeps every element the strides reach inside its buffer; with
-    // `k > 0` the product writes all `m * n` values of the row-major destination and reads
-    // none of them (`read_dst` false).
+    // `k > 0` the product writes all `m * n` elements and reads none (`read_dst` false), and
+    // the `m * n` elements are the whole buffer (asserted), so every value is written.
     unsafe {
         gemm_raw(
             m,
@@ -808,15 +813,18 @@ fn dense_forward(
         let xs = &xv[i * per * g.h * g.w * g.c..][..n * g.h * g.w * g.c];
         let patches = im2col(xs, n, &g);
         if nhwc {
-            // [n*S, Co] = patches [n*S, K] x W^T [K, Co]
+            // [Co, n*S] = W [Co, K] x patches^T [K, n*S], written transposed: the output
+            // `[n*S, Co]` (this orientation keeps the patches the right-hand side, which the
+            // product reads in place; the other packs them first).
             matmul_into(
-                n * s,
                 g.co,
+                n * s,
                 k,
                 out,
-                &patches,
-                [k as isize, 1],
+                [1, g.co as isize],
                 &weight,
+                [k as isize, 1],
+                &patches,
                 [1, k as isize],
                 parallelism,
             );
@@ -969,21 +977,38 @@ impl ConvBackend for Flex {
                 if !input_grad {
                     return grad_w;
                 }
-                // dPatches [n*S, K] = dY^T [n*S, Co] x W [Co, K]
+                // dPatches [n*S, K] = dY^T [n*S, Co] x W [Co, K]. Channels-last, dY^T is
+                // `[n*S, Co]` row-major, which the product would pack first; its transpose
+                // dPatches^T [K, n*S] = W^T [K, Co] x dY [Co, n*S] reads it in place.
                 let mut grad_patches = patches;
-                matmul(
-                    ns,
-                    k,
-                    g.co,
-                    &mut grad_patches,
-                    [k as isize, 1],
-                    dy,
-                    [dy_strides[1], dy_strides[0]],
-                    weight,
-                    [k as isize, 1],
-                    parallelism,
-                    false,
-                );
+                match nhwc {
+                    true => matmul(
+                        k,
+                        ns,
+                        g.co,
+                        &mut grad_patches,
+                        [1, k as isize],
+                        weight,
+                        [1, k as isize],
+                        dy,
+                        dy_strides,
+                        parallelism,
+                        false,
+                    ),
+                    false => matmul(
+                        ns,
+                        k,
+                        g.co,
+                        &mut grad_patches,
+                        [k as isize, 1],
+                        dy,
+                        [dy_strides[1], dy_strides[0]],
+                        weight,
+                        [k as isize, 1],
+                        parallelism,
+                        false,
+                    ),
+                }
                 col2im(&grad_patches, gx, n, &g);
                 grad_w
             })

@@ -43,14 +43,16 @@ pub trait FusedBackend: Backend {
         unreachable!("fused_gelu_backward is only called by its autodiff node")
     }
 
-    /// BatchNorm over `[B, C, ...]` with the batch's statistics, then ReLU when `relu`:
-    /// `(output, mean, biased variance)`; the statistics carry no gradient.
+    /// BatchNorm over `[B, C, ...]` (channels-last `[..., C]` with `nhwc`) with the batch's
+    /// statistics, then ReLU when `relu`: `(output, mean, biased variance)`; the statistics
+    /// carry no gradient.
     fn fused_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
+        nhwc: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// The gradients of [`fused_batch_norm_train`](FusedBackend::fused_batch_norm_train):
@@ -65,12 +67,14 @@ pub trait FusedBackend: Backend {
         grad: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
+        nhwc: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let _ = (x, gamma, beta, mean, variance, grad, epsilon, relu);
+        let _ = (x, gamma, beta, mean, variance, grad, epsilon, relu, nhwc);
         unreachable!("fused_batch_norm_train_backward is only called by its autodiff node")
     }
 
     /// BatchNorm with fixed statistics (inference), then ReLU when `relu`.
+    #[allow(clippy::too_many_arguments)]
     fn fused_batch_norm_eval(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -79,6 +83,7 @@ pub trait FusedBackend: Backend {
         variance: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
+        nhwc: bool,
     ) -> FloatTensor<Self>;
 
     /// LayerNorm over the last axis of `x` (rows of `gamma.len()` values), then `* gamma + beta`.
@@ -177,17 +182,40 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// `bn.forward(x)`, then ReLU when `relu`: with the fused kernels on the CPU (the running
 /// statistics updated exactly as burn's `BatchNorm` does), burn's layers elsewhere.
 pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> Tensor<D> {
-    let fallback = |x: Tensor<D>| {
-        let y = bn.forward(x);
-        if relu {
-            burn::tensor::activation::relu(y)
-        } else {
-            y
-        }
-    };
     if !on_cpu_f32(&x) || D < 2 {
-        return fallback(x);
+        return bn_relu(bn, x, relu);
     }
+    batch_norm_kernel(bn, x, relu, false)
+}
+
+/// [`batch_norm`] of channels-last maps `[B, H, W, C]`: on the CPU the statistics and the
+/// affine map run over rows of contiguous channels (vectorised across them); elsewhere burn's
+/// layer runs between two permutations.
+pub fn batch_norm_nhwc(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
+    if !on_cpu_f32(&x) {
+        return bn_relu(bn, x.permute([0, 3, 1, 2]), relu).permute([0, 2, 3, 1]);
+    }
+    batch_norm_kernel(bn, x, relu, true)
+}
+
+/// burn's `BatchNorm`, then ReLU when `relu`.
+fn bn_relu<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> Tensor<D> {
+    let y = bn.forward(x);
+    if relu {
+        burn::tensor::activation::relu(y)
+    } else {
+        y
+    }
+}
+
+/// The fused BatchNorm (+ ReLU) kernels, with the running statistics updated as burn's
+/// `BatchNorm` does; `nhwc` for channels-last values.
+fn batch_norm_kernel<const D: usize>(
+    bn: &BatchNorm,
+    x: Tensor<D>,
+    relu: bool,
+    nhwc: bool,
+) -> Tensor<D> {
     let device = x.device();
     if device.is_autodiff() && bn.training.is_enabled() {
         let (y, mean, variance) = Dispatch::fused_batch_norm_train(
@@ -196,6 +224,7 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> T
             bn.beta.val().into_dispatch(),
             bn.epsilon,
             relu,
+            nhwc,
         );
         let (mean, variance): (Tensor<1>, Tensor<1>) =
             (Tensor::from_dispatch(mean), Tensor::from_dispatch(variance));
@@ -222,6 +251,7 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> T
             variance.into_dispatch(),
             bn.epsilon,
             relu,
+            nhwc,
         ))
     }
 }
@@ -454,6 +484,9 @@ fn sum1(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 
 /// Per-channel statistics of `[B, C, plane]` values: `(mean, biased variance)`.
 fn channel_stats(x: &[f32], c: usize, plane: usize) -> (Vec<f32>, Vec<f32>) {
+    if plane == 1 {
+        return channel_stats_rows(x, c);
+    }
     let b = x.len() / (c * plane).max(1);
     let n = (b * plane).max(1) as f64;
     let stats: Vec<(f32, f32)> = (0..c)
@@ -487,7 +520,9 @@ fn affine(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f64) -> V
 /// `y = x * scale + shift` per channel plane of `[B, C, plane]`, then ReLU when `relu`.
 fn apply_affine(x: &[f32], ab: &[(f32, f32)], plane: usize, relu: bool) -> Vec<f32> {
     let c = ab.len();
-    let plane = plane.max(1);
+    if plane <= 1 {
+        return apply_affine_rows(x, ab, relu);
+    }
     let per = (CHUNK / plane).max(1) * plane;
     par_filled(x.len(), per, |k, y| {
         let x = &x[k * per..][..y.len()];
@@ -516,7 +551,9 @@ fn batch_norm_backward(
     plane: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let c = gamma.len();
-    let plane = plane.max(1);
+    if plane <= 1 {
+        return batch_norm_backward_rows(x, grad, gamma, beta, mean, var, eps, relu);
+    }
     let b = x.len() / (c * plane).max(1);
     let n = (b * plane).max(1) as f64;
     let ab = affine(gamma, beta, mean, var, eps);
@@ -577,6 +614,178 @@ fn batch_norm_backward(
     });
     let grad_gamma = sums.iter().map(|s| s.1 as f32).collect();
     let grad_beta = sums.iter().map(|s| s.0 as f32).collect();
+    (grad_x, grad_gamma, grad_beta)
+}
+
+/// Per-channel sums over rows of `c` values (channels-last): each task adds its rows' terms
+/// `f(x row, y row, acc1, acc2)` into two f32 accumulators of `c` lanes (vectorised over the
+/// channels, a few hundred rows each), and the tasks' shares are added in f64 in order.
+fn row_sums(
+    x: &[f32],
+    y: &[f32],
+    c: usize,
+    f: impl Fn(&[f32], &[f32], &mut [f32], &mut [f32]) + Sync,
+) -> (Vec<f64>, Vec<f64>) {
+    let c = c.max(1);
+    let per = ln_rows(c) * c;
+    let shares: Vec<Vec<f32>> = x
+        .par_chunks(per)
+        .zip(y.par_chunks(per))
+        .map(|(x, y)| {
+            widest(
+                #[inline(always)]
+                || {
+                    let mut acc = vec![0f32; 2 * c];
+                    let (a1, a2) = acc.split_at_mut(c);
+                    for (x, y) in x.chunks_exact(c).zip(y.chunks_exact(c)) {
+                        f(x, y, a1, a2);
+                    }
+                    acc
+                },
+            )
+        })
+        .collect();
+    let mut total = vec![0f64; 2 * c];
+    for share in &shares {
+        for (t, v) in total.iter_mut().zip(share) {
+            *t += f64::from(*v);
+        }
+    }
+    let second = total.split_off(c);
+    (total, second)
+}
+
+/// [`channel_stats`] of channels-last values `[N, C]`.
+fn channel_stats_rows(x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = (x.len() / c.max(1)).max(1) as f64;
+    let (sum, _) = row_sums(
+        x,
+        x,
+        c,
+        #[inline(always)]
+        |x, _, a, _| {
+            for (a, v) in a.iter_mut().zip(x) {
+                *a += v;
+            }
+        },
+    );
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let (sq, _) = row_sums(
+        x,
+        x,
+        c,
+        #[inline(always)]
+        |x, _, a, _| {
+            for ((a, v), m) in a.iter_mut().zip(x).zip(&mean) {
+                *a += (v - m) * (v - m);
+            }
+        },
+    );
+    (mean, sq.iter().map(|s| (s / n) as f32).collect())
+}
+
+/// [`apply_affine`] of channels-last values `[N, C]`.
+fn apply_affine_rows(x: &[f32], ab: &[(f32, f32)], relu: bool) -> Vec<f32> {
+    let c = ab.len().max(1);
+    let (scale, shift): (Vec<f32>, Vec<f32>) = ab.iter().copied().unzip();
+    let per = ln_rows(c) * c;
+    par_filled(x.len(), per, |k, y| {
+        let x = &x[k * per..][..y.len()];
+        widest(
+            #[inline(always)]
+            || {
+                for (y, x) in y.chunks_mut(c).zip(x.chunks(c)) {
+                    for (((y, &x), &a), &b) in y.iter_mut().zip(x).zip(&scale).zip(&shift) {
+                        let v = x * a + b;
+                        y.write(if relu { v.max(0.0) } else { v });
+                    }
+                }
+            },
+        )
+    })
+}
+
+/// [`batch_norm_backward`] of channels-last values `[N, C]`.
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_backward_rows(
+    x: &[f32],
+    grad: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = gamma.len().max(1);
+    let n = (x.len() / c).max(1) as f64;
+    let (scale, shift): (Vec<f32>, Vec<f32>) =
+        affine(gamma, beta, mean, var, eps).into_iter().unzip();
+    let inv: Vec<f32> = var
+        .iter()
+        .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
+        .collect();
+    // Per channel: sum of g (beta's gradient) and of g * (x - mean), where g is zero where
+    // the ReLU cut the output.
+    let (sg, sgx) = row_sums(
+        x,
+        grad,
+        c,
+        #[inline(always)]
+        |x, gy, a1, a2| {
+            let per_channel = scale.iter().zip(&shift).zip(mean);
+            for ((((x, g), a1), a2), ((a, b), m)) in x
+                .iter()
+                .zip(gy)
+                .zip(a1.iter_mut())
+                .zip(a2.iter_mut())
+                .zip(per_channel)
+            {
+                let g = if !relu || x * a + b > 0.0 { *g } else { 0.0 };
+                *a1 += g;
+                *a2 += g * (x - m);
+            }
+        },
+    );
+    let sgx: Vec<f64> = sgx
+        .iter()
+        .zip(&inv)
+        .map(|(s, &i)| s * f64::from(i))
+        .collect();
+    // dx = gamma * inv * (g - mean(g) - xhat * mean(g * xhat)), per channel constants folded.
+    let k1: Vec<f32> = gamma.iter().zip(&inv).map(|(g, i)| g * i).collect();
+    let mg: Vec<f32> = sg.iter().map(|s| (s / n) as f32).collect();
+    let mgx: Vec<f32> = sgx
+        .iter()
+        .zip(&inv)
+        .map(|(s, &i)| (s / n) as f32 * i)
+        .collect();
+    let per = ln_rows(c) * c;
+    let grad_x = par_filled(x.len(), per, |k, gx| {
+        let (x, gy) = (&x[k * per..][..gx.len()], &grad[k * per..][..gx.len()]);
+        widest(
+            #[inline(always)]
+            || {
+                for ((gx, x), gy) in gx.chunks_mut(c).zip(x.chunks(c)).zip(gy.chunks(c)) {
+                    let per_channel = scale
+                        .iter()
+                        .zip(&shift)
+                        .zip(mean)
+                        .zip(&k1)
+                        .zip(&mg)
+                        .zip(&mgx);
+                    for (((o, x), g), (((((a, b), m), k1), mg), mgx)) in
+                        gx.iter_mut().zip(x).zip(gy).zip(per_channel)
+                    {
+                        let g = if !relu || x * a + b > 0.0 { *g } else { 0.0 };
+                        o.write(k1 * (g - mg - (x - m) * mgx));
+                    }
+                }
+            },
+        )
+    });
+    let grad_gamma = sgx.iter().map(|&s| s as f32).collect();
+    let grad_beta = sg.iter().map(|&s| s as f32).collect();
     (grad_x, grad_gamma, grad_beta)
 }
 
@@ -792,8 +1001,13 @@ fn whole(t: FlexTensor) -> FlexTensor {
     }
 }
 
-/// `[B, C, plane]` sizes of a `[B, C, ...]` shape: `(C, plane)`.
-fn channels_plane(shape: &Shape) -> (usize, usize) {
+/// `[B, C, plane]` sizes of a `[B, C, ...]` shape: `(C, plane)`; channels-last `[..., C]`
+/// with `nhwc` (planes of one value).
+fn channels_plane(shape: &Shape, nhwc: bool) -> (usize, usize) {
+    if nhwc {
+        // `[..., C]`: rows of one value per channel, the layout of `[N, C]` with planes of 1.
+        return (shape[shape.num_dims() - 1], 1);
+    }
     let c = shape[1];
     (c, shape.num_elements() / (shape[0] * c).max(1))
 }
@@ -823,9 +1037,10 @@ impl FusedBackend for Flex {
         beta: FlexTensor,
         epsilon: f64,
         relu: bool,
+        nhwc: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let shape = x.layout().shape().clone();
-        let (c, plane) = channels_plane(&shape);
+        let (c, plane) = channels_plane(&shape, nhwc);
         let (x, gamma, beta) = (
             x.to_contiguous(),
             gamma.to_contiguous(),
@@ -850,9 +1065,10 @@ impl FusedBackend for Flex {
         grad: FlexTensor,
         epsilon: f64,
         relu: bool,
+        nhwc: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let shape = x.layout().shape().clone();
-        let (c, plane) = channels_plane(&shape);
+        let (c, plane) = channels_plane(&shape, nhwc);
         let [x, gamma, beta, mean, variance, grad] =
             [x, gamma, beta, mean, variance, grad].map(|t| t.to_contiguous());
         let (gx, gg, gb) = batch_norm_backward(
@@ -873,6 +1089,7 @@ impl FusedBackend for Flex {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn fused_batch_norm_eval(
         x: FlexTensor,
         gamma: FlexTensor,
@@ -881,9 +1098,10 @@ impl FusedBackend for Flex {
         variance: FlexTensor,
         epsilon: f64,
         relu: bool,
+        nhwc: bool,
     ) -> FlexTensor {
         let shape = x.layout().shape().clone();
-        let (_, plane) = channels_plane(&shape);
+        let (_, plane) = channels_plane(&shape, nhwc);
         let [x, gamma, beta, mean, variance] =
             [x, gamma, beta, mean, variance].map(|t| t.to_contiguous());
         let ab = affine(
@@ -1102,6 +1320,7 @@ type BnState<B> = (
     FloatTensor<B>,
     f64,
     bool,
+    bool,
 );
 
 #[derive(Debug)]
@@ -1112,9 +1331,10 @@ impl<B: FusedBackend> Backward<B, 3> for BatchNormNode {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
-        let (x, gamma, beta, mean, variance, epsilon, relu) = ops.state;
-        let (gx, gg, gb) =
-            B::fused_batch_norm_train_backward(x, gamma, beta, mean, variance, grad, epsilon, relu);
+        let (x, gamma, beta, mean, variance, epsilon, relu, nhwc) = ops.state;
+        let (gx, gg, gb) = B::fused_batch_norm_train_backward(
+            x, gamma, beta, mean, variance, grad, epsilon, relu, nhwc,
+        );
         register_grads::<B, 3>(grads, ops.parents.map(|p| p.map(|n| n.id)), [gx, gg, gb]);
     }
 }
@@ -1203,6 +1423,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         beta: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
+        nhwc: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let ((x, nx), (gamma, ng), (beta, nb)) =
             (x.into_parts(), gamma.into_parts(), beta.into_parts());
@@ -1218,8 +1439,18 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
                     beta.clone(),
                     epsilon,
                     relu,
+                    nhwc,
                 );
-                let state = (x, gamma, beta, mean.clone(), var.clone(), epsilon, relu);
+                let state = (
+                    x,
+                    gamma,
+                    beta,
+                    mean.clone(),
+                    var.clone(),
+                    epsilon,
+                    relu,
+                    nhwc,
+                );
                 (
                     prep.finish(state, y),
                     untracked::<B, C>(mean),
@@ -1227,7 +1458,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
                 )
             }
             OpsKind::UnTracked(prep) => {
-                let (y, mean, var) = B::fused_batch_norm_train(x, gamma, beta, epsilon, relu);
+                let (y, mean, var) = B::fused_batch_norm_train(x, gamma, beta, epsilon, relu, nhwc);
                 (
                     prep.finish(y),
                     untracked::<B, C>(mean),
@@ -1237,6 +1468,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn fused_batch_norm_eval(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -1245,6 +1477,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         variance: FloatTensor<Self>,
         epsilon: f64,
         relu: bool,
+        nhwc: bool,
     ) -> FloatTensor<Self> {
         // Reached only for a frozen layer on the autodiff device: no gradient is taken.
         untracked::<B, C>(B::fused_batch_norm_eval(
@@ -1255,6 +1488,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
             constant::<B, C>(variance),
             epsilon,
             relu,
+            nhwc,
         ))
     }
 

@@ -65,21 +65,36 @@ fn norms(c: usize, momentum: f64, d: &Device) -> (BatchNorm, BatchNorm) {
     (make(), make())
 }
 
+/// The fused BatchNorm on `[B, C, H, W]` maps, or on their channels-last view (`nhwc`: the
+/// kernel reads `[B, H, W, C]`, burn permutes around it and takes the permutations' gradients).
+fn ours_bn(bn: &BatchNorm, x: Tensor<4>, act: bool, nhwc: bool) -> Tensor<4> {
+    match nhwc {
+        true => fused::batch_norm_nhwc(bn, x.permute([0, 2, 3, 1]), act).permute([0, 3, 1, 2]),
+        false => fused::batch_norm(bn, x, act),
+    }
+}
+
 #[test]
 fn batch_norm_training_matches_burn() {
     let d = autodiff();
     // [B, C, H, W] with maps from one pixel to a cube-sized one; values off-centre per channel.
-    for (case, shape) in [[4, 6, 3, 5], [64, 8, 1, 3], [2, 3, 19, 12], [5, 2, 1, 1]]
-        .into_iter()
-        .enumerate()
+    for (case, shape) in [
+        [4, 6, 3, 5],
+        [64, 8, 1, 3],
+        [2, 3, 19, 12],
+        [5, 2, 1, 1],
+        [64, 64, 4, 21], // a cube layer: more rows than one task takes
+    ]
+    .into_iter()
+    .enumerate()
     {
-        for act in [false, true] {
+        for (act, nhwc) in [(false, false), (true, false), (false, true), (true, true)] {
             let (ours, burns) = norms(shape[1], 0.1, &d);
             let x = Tensor::<4>::random(shape, Distribution::Normal(0.7, 3.0), &d);
             let run = |bn: &BatchNorm, fused: bool| {
                 let x = x.clone().detach().require_grad();
                 let y = if fused {
-                    fused::batch_norm(bn, x.clone(), act)
+                    ours_bn(bn, x.clone(), act, nhwc)
                 } else if act {
                     relu(bn.forward(x.clone()))
                 } else {
@@ -94,7 +109,7 @@ fn batch_norm_training_matches_burn() {
                 )
             };
             let (a, b) = (run(&ours, true), run(&burns, false));
-            let at = format!("case {case} {shape:?} relu {act}");
+            let at = format!("case {case} {shape:?} relu {act} channels-last {nhwc}");
             for (what, e) in [
                 ("output", rel(a.0, b.0)),
                 ("x grad", rel(a.1, b.1)),
@@ -122,7 +137,7 @@ fn batch_norm_training_matches_burn() {
             for act in [false, true] {
                 let want = burns.forward(xi.clone());
                 let want = if act { relu(want) } else { want };
-                let e = rel(fused::batch_norm(&ours, xi.clone(), act), want);
+                let e = rel(ours_bn(&ours, xi.clone(), act, nhwc), want);
                 assert!(e < 1e-5, "inference: relative difference {e}, {at}");
             }
         }

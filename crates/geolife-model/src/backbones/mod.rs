@@ -363,7 +363,7 @@ impl Backbone {
     /// - input `[B, C, H, W]` -> `[B, classes]` or `[B, features]`
     pub fn forward_out(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
         match self {
-            Self::ResNet(m) => m.forward_head(m.forward_features(x), pre_logits),
+            Self::ResNet(m) => m.forward_with(x, pre_logits),
             Self::ConvNext(m) => m.forward_with(x, pre_logits),
             Self::SwinV2(m) => m.forward_head(m.forward_features(x), pre_logits),
             Self::MaxVit(m) => m.forward_head(m.forward_features(x), pre_logits),

@@ -248,6 +248,27 @@ impl Block {
         }
         burn::tensor::activation::relu(y + identity)
     }
+
+    /// [`Block::forward`] on channels-last maps, as the CPU runs it (its convolution and
+    /// BatchNorm kernels read and write `[B, H, W, C]`, so nothing is converted between layers).
+    ///
+    /// # Shapes
+    /// - input `[B, H, W, Cin]` -> output `[B, H/s, W/s, Cout]`
+    pub fn forward_nhwc(&self, x: Tensor<4>) -> Tensor<4> {
+        let bn = fused::batch_norm_nhwc;
+        let identity = match &self.downsample {
+            Some(d) => bn(&d.bn, conv::forward_nhwc(&d.conv, x.clone()), false),
+            None => x.clone(),
+        };
+        let mut y = bn(&self.bn1, conv::forward_nhwc(&self.conv1, x), true);
+        if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
+            y = bn(&self.bn2, conv::forward_nhwc(&self.conv2, y), true);
+            y = bn(b3, conv::forward_nhwc(c3, y), false);
+        } else {
+            y = bn(&self.bn2, conv::forward_nhwc(&self.conv2, y), false);
+        }
+        burn::tensor::activation::relu(y + identity)
+    }
 }
 
 /// torchvision ResNet; field names equal the state-dict keys (`downsample.{conv,bn}` map to
@@ -273,11 +294,47 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    /// Feature map before pooling.
+    /// Feature map before pooling: computed channels-last on the CPU
+    /// ([`ResNet::forward_features_nhwc`], returned as a permuted view), channels-first
+    /// elsewhere.
     ///
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H', W']`
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
+        match fused::on_cpu_f32(&x) {
+            true => self.forward_features_nhwc(x).permute([0, 3, 1, 2]),
+            false => self.forward_features_nchw(x),
+        }
+    }
+
+    /// The feature map computed channels-last, as the CPU runs it: the stem reads the
+    /// channels-first input once, every layer after it reads and writes `[B, H, W, C]`.
+    ///
+    /// # Shapes
+    /// - input `[B, Cin, H, W]` -> output `[B, H', W', C4]`
+    pub fn forward_features_nhwc(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = conv::forward_nhwc(&self.conv1, x.permute([0, 2, 3, 1]));
+        let mut x = fused::batch_norm_nhwc(&self.bn1, x, true);
+        if let Some(pool) = &self.maxpool {
+            x = pool.forward(x.permute([0, 3, 1, 2])).permute([0, 2, 3, 1]);
+        }
+        for block in self
+            .layer1
+            .iter()
+            .chain(&self.layer2)
+            .chain(&self.layer3)
+            .chain(&self.layer4)
+        {
+            x = block.forward_nhwc(x);
+        }
+        x
+    }
+
+    /// The feature map computed channels-first, as every device but the CPU runs it.
+    ///
+    /// # Shapes
+    /// - input `[B, Cin, H, W]` -> output `[B, C4, H', W']`
+    pub fn forward_features_nchw(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = fused::batch_norm(&self.bn1, conv::forward(&self.conv1, x), true);
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
@@ -299,7 +356,25 @@ impl ResNet {
     /// # Shapes
     /// - input `[B, C4, H', W']` -> output `[B, num_classes]` or `[B, C4]`
     pub fn forward_head(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
-        let x = global_avg_pool(x);
+        self.classify(global_avg_pool(x), pre_logits)
+    }
+
+    /// `forward_head(forward_features(x), pre_logits)`, pooling the channels-last map directly
+    /// on the CPU.
+    ///
+    /// # Shapes
+    /// - input `[B, Cin, H, W]` -> output `[B, num_classes]` or `[B, C4]`
+    pub fn forward_with(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
+        if !fused::on_cpu_f32(&x) {
+            return self.forward_head(self.forward_features_nchw(x), pre_logits);
+        }
+        let x = self.forward_features_nhwc(x);
+        let [b, _, _, c] = x.dims();
+        self.classify(x.mean_dim(2).mean_dim(1).reshape([b, c]), pre_logits)
+    }
+
+    /// `fc` on pooled features, unless `pre_logits` (or no `fc`).
+    fn classify(&self, x: Tensor<2>, pre_logits: bool) -> Tensor<2> {
         match (&self.fc, pre_logits) {
             (Some(fc), false) => fused::linear(fc, x),
             _ => x,
@@ -308,7 +383,7 @@ impl ResNet {
 
     /// `forward_head(forward_features(x), false)`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(x), false)
+        self.forward_with(x, false)
     }
 }
 
