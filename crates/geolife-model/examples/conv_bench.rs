@@ -1,14 +1,17 @@
 //! Forward + backward time of burn's convolution against `geolife_model::conv`'s CPU kernels
-//! (dense: one batch-wide matrix product; depthwise: direct gradients), at the shapes of the seed
-//! network's cube ResNet18s and ConvNeXt, with the largest relative difference of the outputs
-//! and of both gradients.
+//! (dense: one batch-wide matrix product; depthwise: direct gradients), channels-first and
+//! channels-last (the layout the backbones run in on the CPU), at the shapes of the seed
+//! network's cube ResNet18s and ConvNeXt, with the largest relative difference of the
+//! channels-last outputs and of both gradients from burn's.
 //!
 //!     cargo run --release -p geolife-model --example conv_bench [REPEATS]
 
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use geolife_model::conv::{dense_conv2d, depthwise_conv2d};
+use geolife_model::conv::{
+    dense_conv2d, dense_conv2d_nhwc, depthwise_conv2d, depthwise_conv2d_nhwc,
+};
 
 /// (name, batch, in channels, out channels, H, W, kernel, stride, padding)
 type Case = (
@@ -72,8 +75,8 @@ fn main() {
     let peak = 2.0 * (n * n * n) as f64 * repeats as f64 / t.elapsed().as_secs_f64() / 1e9;
     println!("reference: {n}x{n}x{n} f32 matmul at {peak:.1} GFLOP/s");
     println!(
-        "{:<24} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>8}",
-        "case", "burn ms", "ours ms", "ratio", "d out", "d x", "d w", "GFLOP/s"
+        "{:<24} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>8}",
+        "case", "burn ms", "NCHW ms", "NHWC ms", "ratio", "d out", "d x", "d w", "GFLOP/s"
     );
     for &(name, b, ci, co, h, w, k, st, p) in CASES {
         let x0 = Tensor::random([b, ci, h, w], Distribution::Normal(0.0, 1.0), &device);
@@ -84,6 +87,7 @@ fn main() {
             &x0,
             &w0,
             |x, w| dense_conv2d(x, w, [st, st], [p, p]),
+            |x, w| dense_conv2d_nhwc(x, w, [st, st], [p, p]),
             |x, w| burn::tensor::module::conv2d(x, w, None, options.clone()),
             repeats,
             // Forward, input gradient and weight gradient: three products of 2*B*Ho*Wo*Co*C*k*k.
@@ -94,11 +98,13 @@ fn main() {
         let x0 = Tensor::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
         let w0 = Tensor::random([c, 1, k, k], Distribution::Normal(0.0, 0.1), &device);
         let options = burn::tensor::ops::ConvOptions::new([1, 1], [p, p], [1, 1], c);
+        let bias = Tensor::<1>::zeros([c], &device);
         compare(
             name,
             &x0,
             &w0,
             |x, w| depthwise_conv2d(x, w, [p, p]),
+            |x, w| depthwise_conv2d_nhwc(x, w, bias.clone(), [p, p]),
             |x, w| burn::tensor::module::conv2d(x, w, None, options.clone()),
             repeats,
             |_| None,
@@ -106,19 +112,27 @@ fn main() {
     }
 }
 
-/// Times forward + backward of `ours` and `burn` on the same input and weight, and prints the
-/// times, their ratio, the largest relative differences and (given the FLOPs for the output
-/// shape) our rate.
+/// Times forward + backward of `ours` (channels-first), `nhwc` (channels-last: its input, output
+/// and input gradient are `[B, H, W, C]`) and `burn` on the same input and weight, and prints the
+/// times, burn's time over the channels-last one, the largest relative differences of the
+/// channels-last kernel from burn and (given the FLOPs for the output shape) its rate.
+#[allow(clippy::too_many_arguments)]
 fn compare(
     name: &str,
     x0: &Tensor<4>,
     w0: &Tensor<4>,
     ours: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
+    nhwc: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
     burn: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
     repeats: usize,
     flop: impl Fn([usize; 4]) -> Option<f64>,
 ) {
-    let run = |f: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<4>| {
+    // The channels-last input, contiguous (as the previous layer writes it).
+    let x0_last = Tensor::<4>::from_data(
+        x0.clone().inner().permute([0, 2, 3, 1]).into_data(),
+        &x0.device(),
+    );
+    let run = |f: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<4>, x0: &Tensor<4>| {
         let x = x0.clone().detach().require_grad();
         let wt = w0.clone().detach().require_grad();
         let y = f(x.clone(), wt.clone());
@@ -127,27 +141,29 @@ fn compare(
         let gw = wt.grad(&g).expect("w grad");
         (y.inner(), gx, gw)
     };
-    let time = |f: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<4>| {
-        run(f);
+    let time = |f: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<4>, x0: &Tensor<4>| {
+        run(f, x0);
         let t = Instant::now();
         for _ in 0..repeats {
-            run(f);
+            run(f, x0);
         }
         t.elapsed().as_secs_f64() * 1e3 / repeats as f64
     };
-    let (yb, xb, wb) = run(&burn);
-    let (yg, xg, wg) = run(&ours);
-    let (tb, tg) = (time(&burn), time(&ours));
-    let rate = flop(yg.dims()).map_or(String::new(), |f| format!("{:.1}", f / (tg * 1e-3) / 1e9));
+    let (yb, xb, wb) = run(&burn, x0);
+    let (yl, xl, wl) = run(&nhwc, &x0_last);
+    let (yl, xl) = (yl.permute([0, 3, 1, 2]), xl.permute([0, 3, 1, 2]));
+    let (tb, tg, tl) = (time(&burn, x0), time(&ours, x0), time(&nhwc, &x0_last));
+    let rate = flop(yl.dims()).map_or(String::new(), |f| format!("{:.1}", f / (tl * 1e-3) / 1e9));
     println!(
-        "{:<24} {:>10.2} {:>10.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e} {:>8}",
+        "{:<24} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>9.1e} {:>9.1e} {:>9.1e} {:>8}",
         name,
         tb,
         tg,
-        tb / tg,
-        max_rel(yg, yb),
-        max_rel(xg, xb),
-        max_rel(wg, wb),
+        tl,
+        tb / tl,
+        max_rel(yl, yb),
+        max_rel(xl, xb),
+        max_rel(wl, wb),
         rate
     );
 }

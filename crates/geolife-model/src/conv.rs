@@ -15,6 +15,11 @@
 //! - burn's weight gradient of a grouped convolution loops over the groups with a slice, a
 //!   convolution and a slice-assign each: for ConvNeXt's depthwise 7x7 (up to 1,536 groups) that
 //!   is thousands of small operations per layer. Here both depthwise gradients are direct loops.
+//! - The backbones run channels-last on the CPU ([`forward_nhwc`]): every kernel then reads and
+//!   writes `[B, H, W, C]`, so no layer converts its input or its output (the channels-first
+//!   entry points transpose both ways, and the permuted LayerNorm inputs of ConvNeXt were
+//!   copied twice more). The channels-last depthwise kernel adds its bias itself and loops over
+//!   contiguous channels, vectorised, instead of over one plane at a time.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
