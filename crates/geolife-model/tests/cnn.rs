@@ -213,45 +213,13 @@ fn bce_with_logits_matches_hand_computation() {
 
 /// (parameters visited, those without a non-zero gradient) of `model` after a backward pass.
 fn gradient_check<M: Module>(model: &M, grads: &burn::tensor::Gradients) -> (usize, Vec<String>) {
-    let mut check = GradCheck {
-        grads,
-        path: Vec::new(),
-        zero: Vec::new(),
-        checked: 0,
-    };
-    model.visit(&mut check);
-    (check.checked, check.zero)
-}
-
-struct GradCheck<'a> {
-    grads: &'a burn::tensor::Gradients,
-    path: Vec<String>,
-    zero: Vec<String>,
-    checked: usize,
-}
-
-impl ModuleVisitor for GradCheck<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let path = self.path.join(".");
-        if path.ends_with("running_mean") || path.ends_with("running_var") {
-            return;
-        }
-        self.checked += 1;
-        let nonzero = param
-            .val()
-            .grad(self.grads)
-            .map(|g| g.abs().sum().into_data().try_to_vec::<f32>().unwrap()[0] > 0.0)
-            .unwrap_or(false);
-        if !nonzero {
-            self.zero.push(path);
-        }
-    }
+    let all = grads_by_path(model, grads);
+    let zero = all
+        .iter()
+        .filter(|(_, g)| !g.iter().any(|v| *v != 0.0))
+        .map(|(path, _)| path.clone())
+        .collect();
+    (all.len(), zero)
 }
 
 fn tiny_input(b: usize, d: &Device) -> FusionInput {

@@ -235,18 +235,7 @@ impl Block {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, Cout, H/s, W/s]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let identity = match &self.downsample {
-            Some(d) => fused::batch_norm(&d.bn, conv::forward(&d.conv, x.clone()), false),
-            None => x.clone(),
-        };
-        let mut y = fused::batch_norm(&self.bn1, conv::forward(&self.conv1, x), true);
-        if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
-            y = fused::batch_norm(&self.bn2, conv::forward(&self.conv2, y), true);
-            y = fused::batch_norm(b3, conv::forward(c3, y), false);
-        } else {
-            y = fused::batch_norm(&self.bn2, conv::forward(&self.conv2, y), false);
-        }
-        burn::tensor::activation::relu(y + identity)
+        self.forward_in(x, false)
     }
 
     /// [`Block::forward`] on channels-last maps, as the CPU runs it (its convolution and
@@ -255,17 +244,29 @@ impl Block {
     /// # Shapes
     /// - input `[B, H, W, Cin]` -> output `[B, H/s, W/s, Cout]`
     pub fn forward_nhwc(&self, x: Tensor<4>) -> Tensor<4> {
-        let bn = fused::batch_norm_nhwc;
+        self.forward_in(x, true)
+    }
+
+    /// The block on maps channels-last when `nhwc`, channels-first otherwise.
+    fn forward_in(&self, x: Tensor<4>, nhwc: bool) -> Tensor<4> {
+        let conv = |c: &Conv2d, x| match nhwc {
+            true => conv::forward_nhwc(c, x),
+            false => conv::forward(c, x),
+        };
+        let bn = |b: &BatchNorm, x, relu| match nhwc {
+            true => fused::batch_norm_nhwc(b, x, relu),
+            false => fused::batch_norm(b, x, relu),
+        };
         let identity = match &self.downsample {
-            Some(d) => bn(&d.bn, conv::forward_nhwc(&d.conv, x.clone()), false),
+            Some(d) => bn(&d.bn, conv(&d.conv, x.clone()), false),
             None => x.clone(),
         };
-        let mut y = bn(&self.bn1, conv::forward_nhwc(&self.conv1, x), true);
+        let mut y = bn(&self.bn1, conv(&self.conv1, x), true);
         if let (Some(c3), Some(b3)) = (&self.conv3, &self.bn3) {
-            y = bn(&self.bn2, conv::forward_nhwc(&self.conv2, y), true);
-            y = bn(b3, conv::forward_nhwc(c3, y), false);
+            y = bn(&self.bn2, conv(&self.conv2, y), true);
+            y = bn(b3, conv(c3, y), false);
         } else {
-            y = bn(&self.bn2, conv::forward_nhwc(&self.conv2, y), false);
+            y = bn(&self.bn2, conv(&self.conv2, y), false);
         }
         burn::tensor::activation::relu(y + identity)
     }
@@ -318,16 +319,7 @@ impl ResNet {
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x.permute([0, 3, 1, 2])).permute([0, 2, 3, 1]);
         }
-        for block in self
-            .layer1
-            .iter()
-            .chain(&self.layer2)
-            .chain(&self.layer3)
-            .chain(&self.layer4)
-        {
-            x = block.forward_nhwc(x);
-        }
-        x
+        self.blocks().fold(x, |x, block| block.forward_nhwc(x))
     }
 
     /// The feature map computed channels-first, as every device but the CPU runs it.
@@ -339,16 +331,16 @@ impl ResNet {
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }
-        for block in self
-            .layer1
+        self.blocks().fold(x, |x, block| block.forward(x))
+    }
+
+    /// The residual blocks of the four stages, in order.
+    fn blocks(&self) -> impl Iterator<Item = &Block> {
+        self.layer1
             .iter()
             .chain(&self.layer2)
             .chain(&self.layer3)
             .chain(&self.layer4)
-        {
-            x = block.forward(x);
-        }
-        x
     }
 
     /// Pooling and classifier; `pre_logits` (or no `fc`) returns the pooled features.
