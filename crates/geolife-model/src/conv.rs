@@ -1338,12 +1338,7 @@ fn depthwise_nhwc_weight_grad(x: &[f32], grad: &[f32], g: &Geometry) -> (Vec<f32
             )
         })
         .collect();
-    let mut total = vec![0f64; (taps + 1) * c];
-    for share in &shares {
-        for (t, v) in total.iter_mut().zip(share) {
-            *t += f64::from(*v);
-        }
-    }
+    let total = crate::fused::add_shares(&shares, (taps + 1) * c);
     let mut w: Vec<f32> = total.into_iter().map(|v| v as f32).collect();
     let bias = w.split_off(taps * c);
     (w, bias)

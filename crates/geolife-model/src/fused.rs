@@ -645,14 +645,22 @@ fn row_sums(
             )
         })
         .collect();
-    let mut total = vec![0f64; 2 * c];
-    for share in &shares {
+    let mut total = add_shares(&shares, 2 * c);
+    let second = total.split_off(c);
+    (total, second)
+}
+
+/// The element-wise sum of parallel tasks' f32 partial sums (each `len` long), added in f64 in
+/// task order: the last step of every per-task reduction here (a task sums a few hundred rows
+/// in f32 lanes, vectorised; the tasks' shares are few).
+pub(crate) fn add_shares(shares: &[Vec<f32>], len: usize) -> Vec<f64> {
+    let mut total = vec![0f64; len];
+    for share in shares {
         for (t, v) in total.iter_mut().zip(share) {
             *t += f64::from(*v);
         }
     }
-    let second = total.split_off(c);
-    (total, second)
+    total
 }
 
 /// [`channel_stats`] of channels-last values `[N, C]`.
@@ -965,11 +973,27 @@ fn bce_mean(x: &[f32], t: &[f32]) -> f32 {
     (sum / x.len().max(1) as f64) as f32
 }
 
-/// The sums of the columns of a row-major `[M, n]` matrix (a bias's gradient), in f64, over
-/// column blocks in parallel.
+/// The sums of the columns of a row-major `[M, n]` matrix (a bias's gradient): a wide matrix
+/// (the 11,255-way head) in f64 over column blocks in parallel, a narrow one (ConvNeXt's
+/// pointwise layers: 16 to 512 columns of 65,536 rows) over blocks of rows in parallel
+/// ([`row_sums`]), where one column block would be a single serial task.
 fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
     const COLS: usize = 1024;
     let n = n.max(1);
+    if n < COLS {
+        let sums = row_sums(
+            g,
+            g,
+            n,
+            #[inline(always)]
+            |x, _, a, _| {
+                for (a, v) in a.iter_mut().zip(x) {
+                    *a += v;
+                }
+            },
+        );
+        return sums.0.into_iter().map(|v| v as f32).collect();
+    }
     par_filled(n, COLS, |ci, out| {
         let j0 = ci * COLS;
         let mut acc = vec![0f64; out.len()];

@@ -238,16 +238,7 @@ impl ConvNext {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H/32, W/32]`
     pub fn forward_features_nchw(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self.stem.norm.forward(conv::forward(&self.stem.conv, x));
-        for (s, stage) in self.stages.iter().enumerate() {
-            for block in stage {
-                x = block.forward(x);
-            }
-            if let Some(down) = self.downsamples.get(s) {
-                x = conv::forward(&down.conv, down.norm.forward(x));
-            }
-        }
-        x
+        self.features_in(x, false)
     }
 
     /// The feature map computed channels-last, as the CPU runs it: the stem reads the
@@ -256,14 +247,30 @@ impl ConvNext {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, H/32, W/32, C4]`
     pub fn forward_features_nhwc(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = conv::forward_nhwc(&self.stem.conv, x.permute([0, 2, 3, 1]));
-        let mut x = self.stem.norm.forward_last(x);
+        self.features_in(x.permute([0, 2, 3, 1]), true)
+    }
+
+    /// The feature map of maps channels-last when `nhwc`, channels-first otherwise (the input
+    /// and output in that layout).
+    fn features_in(&self, x: Tensor<4>, nhwc: bool) -> Tensor<4> {
+        let conv = |c: &Conv2d, x| match nhwc {
+            true => conv::forward_nhwc(c, x),
+            false => conv::forward(c, x),
+        };
+        let norm = |n: &LayerNorm2d, x| match nhwc {
+            true => n.forward_last(x),
+            false => n.forward(x),
+        };
+        let mut x = norm(&self.stem.norm, conv(&self.stem.conv, x));
         for (s, stage) in self.stages.iter().enumerate() {
             for block in stage {
-                x = block.forward_nhwc(x);
+                x = match nhwc {
+                    true => block.forward_nhwc(x),
+                    false => block.forward(x),
+                };
             }
             if let Some(down) = self.downsamples.get(s) {
-                x = conv::forward_nhwc(&down.conv, down.norm.forward_last(x));
+                x = conv(&down.conv, norm(&down.norm, x));
             }
         }
         x
