@@ -508,12 +508,19 @@ fn channel_stats(x: &[f32], c: usize, plane: usize) -> (Vec<f32>, Vec<f32>) {
 
 /// Per channel: `(scale, shift)` with `y = x * scale + shift`.
 fn affine(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f64) -> Vec<(f32, f32)> {
+    let inv = inv_std(var, eps);
     (0..gamma.len())
         .map(|ch| {
-            let inv = (1.0 / (f64::from(var[ch]) + eps).sqrt()) as f32;
-            let scale = gamma[ch] * inv;
+            let scale = gamma[ch] * inv[ch];
             (scale, beta[ch] - mean[ch] * scale)
         })
+        .collect()
+}
+
+/// Per channel `1 / sqrt(variance + eps)`, computed in f64.
+fn inv_std(var: &[f32], eps: f64) -> Vec<f32> {
+    var.iter()
+        .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
         .collect()
 }
 
@@ -557,10 +564,7 @@ fn batch_norm_backward(
     let b = x.len() / (c * plane).max(1);
     let n = (b * plane).max(1) as f64;
     let ab = affine(gamma, beta, mean, var, eps);
-    let inv: Vec<f32> = var
-        .iter()
-        .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
-        .collect();
+    let inv = inv_std(var, eps);
     // The gradient that reaches the norm: zero where the ReLU cut the output.
     let g = |xv: f32, gv: f32, ch: usize| -> f32 {
         if relu && xv * ab[ch].0 + ab[ch].1 <= 0.0 {
@@ -729,10 +733,7 @@ fn batch_norm_backward_rows(
     let n = (x.len() / c).max(1) as f64;
     let (scale, shift): (Vec<f32>, Vec<f32>) =
         affine(gamma, beta, mean, var, eps).into_iter().unzip();
-    let inv: Vec<f32> = var
-        .iter()
-        .map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32)
-        .collect();
+    let inv = inv_std(var, eps);
     // Per channel: sum of g (beta's gradient) and of g * (x - mean), where g is zero where
     // the ReLU cut the output.
     let (sg, sgx) = row_sums(
