@@ -5,9 +5,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use common::{fixture, fixtures, formula_dict, rel_err, tensor};
+use common::{
+    fixture, fixtures, formula_dict, grads_by_path, output_and_grads, rel_err, rel_vec, tensor,
+};
 use geolife_model::backbones::BackboneKind;
 use geolife_model::backbones::convnext::ConvNextConfig;
 use geolife_model::backbones::resnet::ResNetConfig;
@@ -461,69 +463,6 @@ fn parameter_ids_move_to_a_rebuilt_model() {
     );
 }
 
-/// Every parameter's gradient by module path (BatchNorm running statistics left out).
-fn grads_by_path<M: Module>(
-    model: &M,
-    grads: &burn::tensor::Gradients,
-) -> BTreeMap<String, Vec<f32>> {
-    struct Collect<'a> {
-        grads: &'a burn::tensor::Gradients,
-        path: Vec<String>,
-        out: BTreeMap<String, Vec<f32>>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let path = self.path.join(".");
-            if path.ends_with("running_mean") || path.ends_with("running_var") {
-                return;
-            }
-            let g = param
-                .val()
-                .grad(self.grads)
-                .map(|g| g.into_data().try_to_vec::<f32>().unwrap());
-            self.out.insert(path, g.unwrap_or_default());
-        }
-    }
-    let mut c = Collect {
-        grads,
-        path: Vec::new(),
-        out: BTreeMap::new(),
-    };
-    model.visit(&mut c);
-    c.out
-}
-
-/// Largest difference relative to the largest magnitude of `want`.
-fn rel_vec(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    got.iter()
-        .zip(want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale
-}
-
-/// Outputs and gradients of `forward` (a scalar loss weighting every output differently) and
-/// of the parameters, by path.
-fn output_and_grads<M: Module>(
-    model: &M,
-    x: &Tensor<4>,
-    forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
-) -> (Vec<f32>, BTreeMap<String, Vec<f32>>) {
-    let y = forward(model, x.clone());
-    let grads = (y.clone().sin() * y.clone()).sum().backward();
-    (
-        y.inner().into_data().try_to_vec::<f32>().unwrap(),
-        grads_by_path(model, &grads),
-    )
-}
-
 /// The CPU runs ConvNeXt channels-last (its own depthwise and dense kernels, layer scale folded
 /// into the projection); every other device runs it channels-first. Both give the same outputs
 /// and the same gradient for every parameter, with a layer scale large enough that the blocks
@@ -556,46 +495,5 @@ fn convnext_channels_last_equals_channels_first_with_gradients() {
         assert!(!want.is_empty(), "{path} has no gradient channels-first");
         let e = rel_vec(&g1[path], want);
         assert!(e < 1e-4, "{path}: gradients differ by {e}");
-    }
-}
-
-/// The CPU runs ResNets channels-last (convolution and BatchNorm kernels on `[B, H, W, C]`);
-/// every other device runs them channels-first. Both give the same outputs and parameter
-/// gradients: the seed's cube ResNet18, and a small Bottleneck ResNet with the 7x7 stem and
-/// max-pool.
-#[test]
-fn resnet_channels_last_equals_channels_first_with_gradients() {
-    use geolife_model::backbones::resnet::BlockKind;
-    let d = dev().autodiff();
-    let cases = [
-        (
-            ResNetConfig::cube(6).with_num_classes(Some(10)),
-            [4, 6, 4, 21],
-        ),
-        (
-            ResNetConfig::smoke(4)
-                .with_block(BlockKind::Bottleneck)
-                .with_stem_kernel(7)
-                .with_stem_stride(2)
-                .with_maxpool(true),
-            [3, 4, 32, 32],
-        ),
-    ];
-    for (config, shape) in cases {
-        let model = config.init(&d);
-        let x = Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &d);
-        let (y1, g1) = output_and_grads(&model, &x, |m, x| m.forward_with(x, false));
-        let (y2, g2) = output_and_grads(&model, &x, |m, x| {
-            m.forward_head(m.forward_features_nchw(x), false)
-        });
-        let e = rel_vec(&y1, &y2);
-        assert!(e < 1e-4, "outputs differ by {e} for {shape:?}");
-        assert_eq!(g1.keys().collect::<Vec<_>>(), g2.keys().collect::<Vec<_>>());
-        assert!(g1.len() > 20, "{} parameters", g1.len());
-        for (path, want) in &g2 {
-            assert!(!want.is_empty(), "{path} has no gradient channels-first");
-            let e = rel_vec(&g1[path], want);
-            assert!(e < 1e-3, "{path}: gradients differ by {e} for {shape:?}");
-        }
     }
 }

@@ -67,19 +67,22 @@ fn random(shape: [usize; 4], std: f64, d: &Device) -> Tensor<4> {
 type DenseCase = (usize, usize, usize, usize, usize, usize, usize, usize);
 
 const DENSE: &[DenseCase] = &[
-    (4, 6, 8, 4, 21, 3, 1, 1),   // Landsat stem
-    (3, 8, 16, 4, 21, 3, 2, 1),  // stride 2 on an even / odd map
-    (2, 16, 16, 1, 3, 3, 1, 1),  // a one-row map: only the middle kernel row sees data
-    (2, 16, 32, 2, 11, 1, 2, 0), // 1x1 strided shortcut
-    (2, 5, 7, 19, 12, 3, 1, 1),  // Bioclim-sized map
-    (2, 4, 6, 16, 16, 4, 4, 0),  // ConvNeXt stem (patchify)
-    (2, 6, 6, 8, 8, 2, 2, 0),    // ConvNeXt downsampling
-    (1, 3, 5, 5, 7, 5, 3, 2),    // kernel 5, stride 3
-    (2, 3, 4, 2, 2, 7, 1, 3),    // kernel wider than the map
-    (1, 2, 3, 3, 3, 3, 3, 0),    // one output pixel
-    (1, 2, 2, 2, 2, 1, 1, 2),    // padding wider than the kernel: border outputs see no pixel
-    (3, 64, 8, 32, 32, 3, 1, 1), // one sample per cache-sized piece of the batch
-    (5, 32, 4, 32, 32, 3, 1, 1), // on two threads, pieces of 3 and 2 samples (a ragged last one)
+    (4, 6, 8, 4, 21, 3, 1, 1),     // Landsat stem
+    (3, 8, 16, 4, 21, 3, 2, 1),    // stride 2 on an even / odd map
+    (2, 16, 16, 1, 3, 3, 1, 1),    // a one-row map: only the middle kernel row sees data
+    (2, 16, 32, 2, 11, 1, 2, 0),   // 1x1 strided shortcut
+    (2, 5, 7, 19, 12, 3, 1, 1),    // Bioclim-sized map
+    (2, 4, 6, 16, 16, 4, 4, 0),    // ConvNeXt stem (patchify)
+    (2, 6, 6, 8, 8, 2, 2, 0),      // ConvNeXt downsampling
+    (1, 3, 5, 5, 7, 5, 3, 2),      // kernel 5, stride 3
+    (2, 3, 4, 2, 2, 7, 1, 3),      // kernel wider than the map
+    (1, 2, 3, 3, 3, 3, 3, 0),      // one output pixel
+    (1, 2, 2, 2, 2, 1, 1, 2),      // padding wider than the kernel: border outputs see no pixel
+    (3, 64, 8, 32, 32, 3, 1, 1),   // one sample per cache-sized piece of the batch
+    (5, 32, 4, 32, 32, 3, 1, 1),   // on two threads, pieces of 3 and 2 samples (a ragged last one)
+    (16, 64, 128, 4, 21, 3, 2, 1), // Landsat layer2.0 at batch 16
+    (16, 64, 128, 4, 21, 1, 2, 0), // its 1x1 shortcut
+    (16, 64, 64, 4, 21, 3, 1, 1),  // Landsat layer1 at batch 16
 ];
 
 #[test]
