@@ -25,6 +25,7 @@ use geolife_model::fusion::{FusionConfig, FusionInput};
 use geolife_train::config::DeviceKind;
 use geolife_train::config::SplitKind;
 use geolife_train::predict::{PredictOptions, predict};
+use geolife_train::trainer::launches::LaunchWatch;
 use geolife_train::trainer::{batch_shapes, files, fusion_config, make_device};
 use geolife_train::vocab::Vocabulary;
 use geolife_train::{Progress, TrainConfig, TrainOptions, TrainSummary, train};
@@ -49,6 +50,11 @@ const SCORE_ABS_TOL: f32 = 1e-4;
 /// AdamW steps can amplify a difference (a near-zero gradient whose sign differs moves a
 /// weight by the full learning rate), hence 10x the single-checkpoint bound.
 const TRAINED_SCORE_ABS_TOL: f32 = 1e-3;
+/// Kernel launches per training step of the seed network with `smoke_convnext` at batch 16
+/// (see the test that counts them for the measured figures).
+const MAX_LAUNCHES_PER_STEP: f64 = 1e9;
+/// Kernel launches per AdamW step of one parameter tensor.
+const MAX_ADAMW_LAUNCHES: usize = 1000;
 
 /// The flex backend keeps one process-wide RNG and llvmpipe is slow: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -332,6 +338,16 @@ fn predict_on(run: &Path, device: &str) -> ScoreFile {
 fn training_on_wgpu_matches_flex_step_by_step() {
     let _guard = serial();
     let (flex_run, a, wgpu_run, b) = runs();
+    // A GPU run says in its log what autotuning did in each epoch; a CPU run has nothing to say.
+    let log = |run: &Path| std::fs::read_to_string(run.join(files::LOG)).unwrap();
+    let (wgpu_log, flex_log) = (log(wgpu_run), log(flex_run));
+    let line = wgpu_log
+        .lines()
+        .find(|l| l.starts_with("autotune in epoch 1: "))
+        .unwrap_or_else(|| panic!("no autotune line in the wgpu run's log:\n{wgpu_log}"));
+    println!("{line}");
+    assert!(line.contains("kernel choices tuned"), "{line}");
+    assert!(!flex_log.contains("autotune"), "{flex_log}");
     assert_eq!(a.history.len(), b.history.len());
     for (x, y) in a.history.iter().zip(&b.history) {
         let (dt, dv) = (
@@ -431,4 +447,161 @@ fn predict_on_wgpu_writes_the_same_score_file_as_flex() {
 
 fn fixture_test_len() -> usize {
     PackedSplit::open(cache(), Split::Test).unwrap().len()
+}
+
+/// Kernel launches per training step of the recipe of [`config`] (the tiny fusion network,
+/// `smoke_convnext` Sentinel branch, batch 8, AdamW): the hardware-independent speed figure of
+/// the GPU build, printed in CI's log. Every launch costs host and device time whatever it
+/// computes, so a build that loses burn's operation fusion (the `burn/fusion` feature) runs
+/// several times more kernels per step and fails here. Measured on llvmpipe (issue 21):
+/// UNFUSED per step without fusion, FUSED with it. (`geolife bench train --device wgpu`
+/// prints the same figure for any config; the README has the seed network's.)
+#[test]
+fn a_training_step_launches_few_kernels() {
+    let _guard = serial();
+    let _ = wgpu();
+    let mut cfg = config();
+    cfg.train.device = DeviceKind::Wgpu;
+    let r = geolife_train::trainer::bench_steps(&cfg, cache(), 2).unwrap();
+    let l = r.launches.expect("a wgpu bench counts launches");
+    let per_step = l.total as f64 / r.steps as f64;
+    println!(
+        "tiny recipe (smoke_convnext), batch 8, wgpu: {per_step:.0} kernel launches per \
+         training step ({} over {} steps); most launched: {:?}",
+        l.total,
+        r.steps,
+        l.top(10)
+    );
+    assert!(r.losses.iter().all(|v| v.is_finite()), "{:?}", r.losses);
+    assert!(
+        per_step <= MAX_LAUNCHES_PER_STEP,
+        "{per_step:.0} kernel launches per training step, more than {MAX_LAUNCHES_PER_STEP}: \
+         has the wgpu build lost operation fusion (burn's `fusion` feature)?"
+    );
+    assert!(per_step >= 50.0, "{per_step} launches per step: is anything counted?");
+}
+
+/// The GPU's AdamW (burn's, with burn's operation fusion merging its element-wise operations
+/// into a few kernels per parameter tensor) equals AdamW on flex (the CPU's fused loop) over 5
+/// steps from the same parameters and gradients: parameters and both moments, to float32
+/// rounding. The state is burn's `AdamWState` on both, so `last.ckpt` resumes on either.
+#[test]
+fn adamw_on_wgpu_equals_adamw_on_flex_over_five_steps() {
+    use burn::optim::Optimizer;
+    let _guard = serial();
+    let wgpu = wgpu();
+    let o = geolife_train::config::OptimSection::default();
+    let shape = [37, 53];
+    let n = shape[0] * shape[1];
+    let mut rng = StdRng::seed_from_u64(21);
+    let mut draw = |scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| scale * <StandardNormal as Distribution<f32>>::sample(&StandardNormal, &mut rng))
+            .collect()
+    };
+    let start = draw(0.1);
+    let grads: Vec<Vec<f32>> = (0..5).map(|k| draw(10f32.powi(-(k as i32)))).collect();
+    let run = |device: &Device, fused: bool| {
+        let t = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), device);
+        let cpu = geolife_train::trainer::fused_adamw::FusedAdamW::new(
+            o.beta1 as f32,
+            o.beta2 as f32,
+            o.epsilon as f32,
+            o.weight_decay as f32,
+        );
+        let gpu = geolife_train::trainer::adamw(&o).build();
+        let (mut p, mut state) = (t(&start), None);
+        let gs: Vec<Tensor<2>> = grads.iter().map(|g| t(g)).collect();
+        device.sync().unwrap();
+        let watch = LaunchWatch::start();
+        for (k, g) in gs.into_iter().enumerate() {
+            let lr = 8e-4 * (k + 1) as f64;
+            (p, state) = match fused {
+                true => cpu.step(lr, p, g, state),
+                false => gpu.step(lr, p, g, state),
+            };
+        }
+        device.sync().unwrap();
+        let launches = watch.finish();
+        if !fused {
+            println!(
+                "AdamW on wgpu: {} kernel launches over 5 steps of one parameter tensor: {:?}",
+                launches.total,
+                launches.top(8)
+            );
+            assert!(
+                launches.total <= 5 * MAX_ADAMW_LAUNCHES,
+                "{} launches for 5 AdamW steps of one tensor: more than {MAX_ADAMW_LAUNCHES} \
+                 per step (burn's AdamW unfused runs about 15): is operation fusion off?",
+                launches.total
+            );
+        }
+        let s = state.expect("AdamW keeps a state");
+        let v = |x: Tensor<2>| x.into_data().to_vec::<f32>().unwrap();
+        assert_eq!(s.momentum.time, 5);
+        [v(p), v(s.momentum.moment_1), v(s.momentum.moment_2)]
+    };
+    let on_flex = run(&Device::flex(), true);
+    let on_wgpu = run(&wgpu, false);
+    for (what, (a, b)) in ["parameters", "first moment", "second moment"]
+        .iter()
+        .zip(on_flex.iter().zip(&on_wgpu))
+    {
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = max_abs_diff(a, b);
+        println!("AdamW, 5 steps, wgpu vs flex: {what}: max abs diff {d:.3e} (max |value| {scale:.3e})");
+        assert!(d <= 1e-6 * scale.max(1e-12), "{what}: {d:e} against {scale:e}");
+    }
+    // The parameters moved: the comparison is not of two untouched copies.
+    assert!(max_abs_diff(&on_flex[0], &start) > 1e-3);
+}
+
+/// A linear layer over `[2048, 32, 512]` inputs, 512 outputs, trains on wgpu (issue 21, the
+/// paper's batch of 256). burn's linear keeps 32-row leading blocks as a batched product
+/// against the broadcast weight, whose backward builds one weight gradient per batch index,
+/// `[2048, 512, 512]` f32 = 2^31 bytes: one byte more than a wgpu storage binding takes, so it
+/// failed with `can't allocate buffer of size: 2147483648`, as ConvNeXt-B's stage-2 projection
+/// did at batch 128 on an H200. `fused::linear_with` runs it as rows of one 2-D product. The
+/// gradients of `sum(y)` are hand-computable: d/dW[i][j] is the sum of input column i, and
+/// d/db[j] the number of rows.
+#[test]
+fn a_linear_layer_whose_batched_weight_gradient_needs_2_gib_trains_on_wgpu() {
+    let _guard = serial();
+    let device = wgpu().autodiff();
+    let (b, h, c) = (2048usize, 32usize, 512usize);
+    let value = |n: usize, r: usize, i: usize| ((n * 3 + r * 5 + i) % 7) as f32 / 7.0;
+    let mut x = Vec::with_capacity(b * h * c);
+    let mut colsum = vec![0f64; c];
+    for n in 0..b {
+        for r in 0..h {
+            for (i, s) in colsum.iter_mut().enumerate() {
+                let v = value(n, r, i);
+                x.push(v);
+                *s += f64::from(v);
+            }
+        }
+    }
+    let x = Tensor::<3>::from_data(TensorData::new(x, [b, h, c]), &device);
+    let w = Tensor::<2>::ones([c, c], &device).mul_scalar(0.01).require_grad();
+    let bias = Tensor::<1>::zeros([c], &device).require_grad();
+    let y = geolife_model::fused::linear_with(x, w.clone(), Some(bias.clone()));
+    assert_eq!(y.dims(), [b, h, c]);
+    let grads = y.sum().backward();
+    let gw = w.grad(&grads).expect("the weight gets a gradient");
+    let gb = bias.grad(&grads).expect("the bias gets a gradient");
+    let gw = gw.into_data().to_vec::<f32>().unwrap_or_else(|e| panic!("{e:?}"));
+    let gb = gb.into_data().to_vec::<f32>().unwrap();
+    let mut worst = 0f64;
+    for i in 0..c {
+        for j in 0..c {
+            worst = worst.max((f64::from(gw[i * c + j]) - colsum[i]).abs() / colsum[i]);
+        }
+    }
+    let rows = (b * h) as f64;
+    let worst_b = gb
+        .iter()
+        .map(|v| (f64::from(*v) - rows).abs() / rows)
+        .fold(0.0, f64::max);
+    println!("linear [2048, 32, 512] -> 512 on wgpu: weight gradient rel. error {worst:.2e}, bias {worst_b:.2e}");
+    assert!(worst < 1e-4 && worst_b < 1e-4, "{worst:e} {worst_b:e}");
 }

@@ -28,7 +28,7 @@ pub struct Args {
     pub config: Option<PathBuf>,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Timed steps (one more runs first as warm-up).
+    /// Timed steps (one more runs first as warm-up on the CPU, two on a GPU).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// `flex` (CPU) or `wgpu`.
@@ -111,6 +111,21 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
         (total - st.forward_s - st.backward_s - st.optimizer_s).max(0.0) / r.steps as f64,
         share((total - st.forward_s - st.backward_s - st.optimizer_s).max(0.0)),
     );
+    if let Some(l) = &r.launches {
+        println!(
+            "kernel launches: {:.0} per step ({} over {} timed steps; hardware-independent: \
+             fewer is faster on any GPU)",
+            l.total as f64 / r.steps.max(1) as f64,
+            l.total,
+            r.steps
+        );
+        let top: Vec<String> = l
+            .top(8)
+            .into_iter()
+            .map(|(k, c)| format!("{:.0} {k}", c as f64 / r.steps.max(1) as f64))
+            .collect();
+        println!("most launched, per step: {}", top.join(", "));
+    }
     println!(
         "one epoch of {} surveys: ~{:.1} min (extrapolated from the timed steps)",
         args.epoch_surveys,

@@ -37,7 +37,10 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
         DeviceKind::Wgpu => {
             use burn::tensor::wgpu::WgpuInitError;
             let (device, adapter) = WGPU
-                .get_or_init(|| match Device::wgpu_options().init_with_setup() {
+                .get_or_init(|| match {
+                    autotune::configure();
+                    Device::wgpu_options().init_with_setup()
+                } {
                     Ok((device, setup)) => {
                         let i = setup.adapter.get_info();
                         let adapter = format!(
@@ -71,5 +74,80 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
         DeviceKind::Wgpu => Err(TrainError::Invalid(
             "device `wgpu` needs a build with `--features wgpu`".into(),
         )),
+    }
+}
+
+/// Autotuning of the GPU build (burn's `autotune` feature): cubecl benchmarks the candidate
+/// matmul and convolution kernels of each new shape once, keeps the fastest, and stores the
+/// choice in its cache (`persistence` feature), so a later or resumed run on the same machine
+/// uses the same kernels (and so sums in the same order) without tuning again. geolife puts
+/// that cache in the user's cache directory (`~/.cache/cubecl` on Linux) instead of cubecl's
+/// default, a `target/` folder found from the working directory, and has each choice made in
+/// this process written to a file that [`autotune::drain`] hands to the run log.
+#[cfg(feature = "wgpu")]
+pub mod autotune {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use cubecl_runtime::config::cache::CacheConfig;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+
+    /// This process's decisions file and cache folder, once configured.
+    static SETUP: OnceLock<Option<(PathBuf, PathBuf)>> = OnceLock::new();
+    /// Bytes of the decisions file already handed out by [`drain`].
+    static READ: AtomicU64 = AtomicU64::new(0);
+
+    /// Sets cubecl's configuration before the first GPU device comes up: a `cubecl.toml` and
+    /// the `CUBECL_*` variables are read as cubecl reads them; geolife then moves the default
+    /// cache to the user's cache directory and adds a decisions file. Does nothing if cubecl's
+    /// configuration was already read (a device made before `make_device`).
+    pub fn configure() {
+        SETUP.get_or_init(|| {
+            let mut c = CubeClRuntimeConfig::from_current_dir().override_from_env();
+            if matches!(c.environment.path, CacheConfig::Target) {
+                c.environment.path = CacheConfig::Global;
+            }
+            let cache = c.environment.path.root();
+            let file = std::env::temp_dir()
+                .join(format!("geolife-autotune-{}.jsonl", std::process::id()));
+            let _ = std::fs::remove_file(&file);
+            if c.autotune.decisions.file.is_none() {
+                c.autotune.decisions.file = Some(file.clone());
+            }
+            let file = c.autotune.decisions.file.clone().unwrap_or(file);
+            CubeClRuntimeConfig::try_set(c).then_some((file, cache))
+        });
+    }
+
+    /// The folder of cubecl's persistent cache (autotune choices among it), when configured.
+    pub fn cache_dir() -> Option<PathBuf> {
+        SETUP.get()?.as_ref().map(|(_, cache)| cache.clone())
+    }
+
+    /// The autotune decisions (one JSON object per line: the kernel key, every candidate's
+    /// time, the fastest) made since the last call, in this process. Empty when nothing was
+    /// tuned: every shape's choice came from the in-memory or the persistent cache.
+    pub fn drain() -> Vec<String> {
+        let Some(Some((file, _))) = SETUP.get() else {
+            return Vec::new();
+        };
+        let Ok(mut f) = std::fs::File::open(file) else {
+            return Vec::new();
+        };
+        let from = READ.load(Ordering::SeqCst);
+        let mut text = String::new();
+        if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_string(&mut text).is_err() {
+            return Vec::new();
+        }
+        // Only whole lines: a decision being written is read next time.
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        READ.store(from + complete as u64, Ordering::SeqCst);
+        text[..complete]
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
     }
 }

@@ -10,6 +10,7 @@ pub mod checkpointer;
 pub mod device;
 pub mod fused_adamw;
 pub mod inputs;
+pub mod launches;
 pub mod run_dir;
 pub mod step;
 pub mod validate;
@@ -27,7 +28,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::checkpoint::{EpochMetrics, TrainState};
-use crate::config::{SplitKind, TrainConfig};
+use crate::config::{DeviceKind, SplitKind, TrainConfig};
 use crate::error::TrainError;
 use crate::loader::{self, BatchPlan};
 use crate::schedule::lr_at;
@@ -195,6 +196,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let o = &cfg.optim;
     let device = make_device(t.device)?.autodiff();
     device.seed(t.seed);
+    // Tuning done before this run (an earlier pipeline member's) is not this run's.
+    #[cfg(feature = "wgpu")]
+    let _ = device::autotune::drain();
     let [_, ph, pw] = manifest.patch_shape;
     let mut model = initial_model(cfg, &fc, &device, [ph, pw])?;
     let checkpoints = Checkpointer::new(
@@ -412,6 +416,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         times.step = trainee.times;
         times.total_s += started.elapsed().as_secs_f64();
         run.log(&times.line());
+        #[cfg(feature = "wgpu")]
+        if cfg.train.device == DeviceKind::Wgpu {
+            run.record_autotune(&format!("in epoch {}", epoch + 1));
+        }
         run.write_profile(&times)?;
     }
     let t = Instant::now();
@@ -483,7 +491,7 @@ fn epoch_bar(epoch: usize, epochs: usize, batches: usize, first: usize) -> Progr
 /// Throughput of full training steps (loader, forward, backward, AdamW step).
 #[derive(Debug, Clone)]
 pub struct BenchResult {
-    /// Timed steps (the first step is excluded as warm-up).
+    /// Timed steps (the warm-up steps, [`warmup_steps`] of them, are excluded).
     pub steps: usize,
     pub batch_size: usize,
     pub samples_per_s: f64,
@@ -493,17 +501,30 @@ pub struct BenchResult {
     pub losses: Vec<f32>,
     /// Forward, backward and optimizer seconds of the timed steps.
     pub step_times: StepTimes,
+    /// Kernels launched during the timed steps, on a cubecl device (wgpu); `None` on flex.
+    pub launches: Option<launches::LaunchCounts>,
 }
 
-/// Run `steps + 1` training steps on the train split of `cache` with the model and recipe of
-/// `cfg` (optimiser, schedule, accumulation and mixup included: the [`TrainStep`] of `train`)
-/// and time all but the first.
+/// Untimed steps before a benchmark's timed ones: one on the CPU; two on a GPU, where burn's
+/// operation fusion settles its execution plans over the first steps and autotuning measures
+/// the fused kernels of the second (their launches would otherwise count as the step's).
+pub fn warmup_steps(device: DeviceKind) -> usize {
+    match device {
+        DeviceKind::Flex => 1,
+        DeviceKind::Wgpu => 2,
+    }
+}
+
+/// Run `steps` timed training steps after [`warmup_steps`] untimed ones on the train split of
+/// `cache` with the model and recipe of `cfg` (optimiser, schedule, accumulation and mixup
+/// included: the [`TrainStep`] of `train`); on a GPU also count the kernels they launch.
 pub fn bench_steps(
     cfg: &TrainConfig,
     cache: &Path,
     steps: usize,
 ) -> Result<BenchResult, TrainError> {
     cfg.validate(Path::new("<bench config>"))?;
+    let warmup = warmup_steps(cfg.train.device);
     let data = open_split(cache, Split::Train)?;
     let m = data.manifest().clone();
     let vocab = Vocabulary::new(cfg.data.vocabulary, &m.species, cfg.data.full_size);
@@ -535,7 +556,7 @@ pub fn bench_steps(
     let batches: Vec<Vec<usize>> = order
         .chunks_exact(t.batch_size)
         .cycle()
-        .take(steps + 1)
+        .take(steps + warmup)
         .map(<[usize]>::to_vec)
         .collect();
     let prior = match cfg.location.on() {
@@ -551,11 +572,12 @@ pub fn bench_steps(
         prior,
         ..BatchPlan::training(cfg, stats_from_manifest(&m), 0)
     };
-    let total_steps = (steps + 1).div_ceil(cfg.optim.accumulate);
+    let total_steps = (steps + warmup).div_ceil(cfg.optim.accumulate);
     let mut optimizer_steps = 0;
     let mut times = Vec::new();
     let mut losses = Vec::new();
     let mut last = Instant::now();
+    let mut watch = None;
     // Never stops early: the flow is always `Continue`.
     let _ = loader::for_each_batch(
         &data,
@@ -576,7 +598,7 @@ pub fn bench_steps(
                     vocab.len(),
                     &device,
                     lr,
-                    b.index == steps,
+                    b.index + 1 == steps + warmup,
                 )
                 .map_err(|e| match e {
                     StepError::NonFinite(value) => TrainError::Invalid(format!(
@@ -599,16 +621,29 @@ pub fn bench_steps(
             optimizer_steps += usize::from(out.stepped);
             losses.push(out.loss);
             let now = Instant::now();
-            if b.index > 0 {
+            if b.index >= warmup {
                 times.push(now.duration_since(last).as_secs_f64());
             } else {
-                // The warm-up step is not timed.
+                // The warm-up steps are not timed, and their kernels are not counted: they
+                // compile them and (with autotuning) benchmark their variants. Their queued
+                // work is finished first, so that the count starts at a step boundary.
                 trainee.times = StepTimes::default();
+                if t.device == DeviceKind::Wgpu && b.index + 1 == warmup {
+                    sync(&device)?;
+                    watch = Some(launches::LaunchWatch::start());
+                }
             }
-            last = now;
+            last = if b.index >= warmup { now } else { Instant::now() };
             Ok::<_, TrainError>(ControlFlow::Continue(()))
         },
     )?;
+    let launches = match watch {
+        Some(w) => {
+            sync(&device)?;
+            Some(w.finish())
+        }
+        None => None,
+    };
     let total: f64 = times.iter().sum();
     Ok(BenchResult {
         losses,
@@ -618,7 +653,15 @@ pub fn bench_steps(
         mean_step_s: total / times.len().max(1) as f64,
         num_params,
         step_times: trainee.times,
+        launches,
     })
+}
+
+/// Waits until `device` has run everything queued on it.
+fn sync(device: &burn::tensor::Device) -> Result<(), TrainError> {
+    device
+        .sync()
+        .map_err(|e| TrainError::Invalid(format!("bench: the device failed: {e:?}")))
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub mod files {
     /// Where this process's epochs spent their time (see `trainer::RunTimes`).
     pub const PROFILE: &str = "profile.json";
     pub const F1_AT_K: &str = "val_f1_at_k.png";
+    /// GPU runs: the kernel choices autotuning made during the run (one JSON object a line).
+    pub const AUTOTUNE: &str = "autotune.jsonl";
 }
 
 /// What prediction needs besides the weights: vocabulary, normalisation, model config and the
@@ -202,6 +204,36 @@ impl RunDir {
         if self.echo {
             println!("{text}");
         }
+    }
+
+    /// GPU runs: appends the autotune decisions made since the last call to
+    /// [`files::AUTOTUNE`] and says in the log how many there were and where cubecl keeps
+    /// them for later runs.
+    #[cfg(feature = "wgpu")]
+    pub fn record_autotune(&mut self, when: &str) {
+        use std::io::Write as _;
+        let lines = super::device::autotune::drain();
+        let cache = super::device::autotune::cache_dir()
+            .map_or_else(|| "cubecl's configured cache".into(), |d| d.display().to_string());
+        if !lines.is_empty() {
+            let path = self.path(files::AUTOTUNE);
+            let wrote = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all((lines.join("\n") + "\n").as_bytes()));
+            if let Err(e) = wrote {
+                self.log(&format!("warning: cannot write {}: {e}", path.display()));
+            }
+        }
+        self.log(&format!(
+            "autotune {when}: {} kernel choices tuned ({}); choices already in the cache at {cache} were reused",
+            lines.len(),
+            match lines.is_empty() {
+                true => "none new",
+                false => files::AUTOTUNE,
+            }
+        ));
     }
 
     /// Writes `run.json` for a new run; on resume checks that the data is the run's.
