@@ -601,7 +601,10 @@ impl PartitionAttention {
         let a = attn.forward(norm.forward(x.clone()));
         let x = x + stochastic_depth(a, sd, &self.training);
         let (norm, fc1, act, fc2, _) = &self.mlp_layer;
-        let m = fused::linear(fc2, act.forward(fused::linear(fc1, norm.forward(x.clone()))));
+        let m = fused::linear(
+            fc2,
+            act.forward(fused::linear(fc1, norm.forward(x.clone()))),
+        );
         let x = x + stochastic_depth(m, sd, &self.training);
         let x = if self.grid { x.swap_dims(1, 2) } else { x };
         x.reshape([b, gh, gw, p, p, c])

@@ -395,9 +395,10 @@ impl SwinBlockV2 {
         let a = self.norm1.forward(self.attn.forward(x.clone()));
         let x = x + stochastic_depth(a, p, &self.training);
         let (fc1, act, _, fc2, _) = &self.mlp;
-        let m = self
-            .norm2
-            .forward(fused::linear(fc2, act.forward(fused::linear(fc1, x.clone()))));
+        let m = self.norm2.forward(fused::linear(
+            fc2,
+            act.forward(fused::linear(fc1, x.clone())),
+        ));
         x + stochastic_depth(m, p, &self.training)
     }
 }

@@ -37,33 +37,35 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
         DeviceKind::Wgpu => {
             use burn::tensor::wgpu::WgpuInitError;
             let (device, adapter) = WGPU
-                .get_or_init(|| match {
-                    autotune::configure();
-                    Device::wgpu_options().init_with_setup()
-                } {
-                    Ok((device, setup)) => {
-                        let i = setup.adapter.get_info();
-                        let adapter = format!(
-                            "{} ({:?}, {:?}, driver {} {})",
-                            i.name, i.backend, i.device_type, i.driver, i.driver_info
-                        );
-                        Ok((device, adapter))
-                    }
-                    // Already brought up lazily (a tensor made on `Device::wgpu` before the
-                    // first call): reuse it; its identity still names the adapter.
-                    Err(WgpuInitError::Registration { .. }) => {
-                        let device = Device::wgpu(Default::default());
-                        let adapter = device
-                            .identity()
-                            .map(|i| i.name)
-                            .unwrap_or_else(|| "unknown adapter".into());
-                        Ok((device, adapter))
-                    }
-                    Err(e) => Err(format!(
-                        "device `wgpu`: no usable adapter: {e}. Without a GPU, install a \
+                .get_or_init(|| {
+                    match {
+                        autotune::configure();
+                        Device::wgpu_options().init_with_setup()
+                    } {
+                        Ok((device, setup)) => {
+                            let i = setup.adapter.get_info();
+                            let adapter = format!(
+                                "{} ({:?}, {:?}, driver {} {})",
+                                i.name, i.backend, i.device_type, i.driver, i.driver_info
+                            );
+                            Ok((device, adapter))
+                        }
+                        // Already brought up lazily (a tensor made on `Device::wgpu` before the
+                        // first call): reuse it; its identity still names the adapter.
+                        Err(WgpuInitError::Registration { .. }) => {
+                            let device = Device::wgpu(Default::default());
+                            let adapter = device
+                                .identity()
+                                .map(|i| i.name)
+                                .unwrap_or_else(|| "unknown adapter".into());
+                            Ok((device, adapter))
+                        }
+                        Err(e) => Err(format!(
+                            "device `wgpu`: no usable adapter: {e}. Without a GPU, install a \
                          software Vulkan driver (Debian/Ubuntu: `apt-get install \
                          mesa-vulkan-drivers`, llvmpipe) or use `--device flex`"
-                    )),
+                        )),
+                    }
                 })
                 .clone()
                 .map_err(TrainError::Invalid)?;
@@ -110,8 +112,8 @@ pub mod autotune {
                 c.environment.path = CacheConfig::Global;
             }
             let cache = c.environment.path.root();
-            let file = std::env::temp_dir()
-                .join(format!("geolife-autotune-{}.jsonl", std::process::id()));
+            let file =
+                std::env::temp_dir().join(format!("geolife-autotune-{}.jsonl", std::process::id()));
             let _ = std::fs::remove_file(&file);
             if c.autotune.decisions.file.is_none() {
                 c.autotune.decisions.file = Some(file.clone());

@@ -20,8 +20,11 @@ pub struct LaunchCounts {
 impl LaunchCounts {
     /// The `n` kernels launched most often, most first (ties by name).
     pub fn top(&self, n: usize) -> Vec<(&str, usize)> {
-        let mut v: Vec<(&str, usize)> =
-            self.by_kernel.iter().map(|(k, c)| (k.as_str(), *c)).collect();
+        let mut v: Vec<(&str, usize)> = self
+            .by_kernel
+            .iter()
+            .map(|(k, c)| (k.as_str(), *c))
+            .collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         v.truncate(n);
         v
@@ -74,7 +77,9 @@ mod observe {
             let mut out = LaunchCounts::default();
             for (k, c) in m.iter() {
                 out.total += c;
-                *out.by_kernel.entry(type_name_format(k, TypeNameFormatLevel::Short)).or_default() += c;
+                *out.by_kernel
+                    .entry(type_name_format(k, TypeNameFormatLevel::Short))
+                    .or_default() += c;
             }
             out
         }

@@ -633,7 +633,11 @@ pub fn bench_steps(
                     watch = Some(launches::LaunchWatch::start());
                 }
             }
-            last = if b.index >= warmup { now } else { Instant::now() };
+            last = if b.index >= warmup {
+                now
+            } else {
+                Instant::now()
+            };
             Ok::<_, TrainError>(ControlFlow::Continue(()))
         },
     )?;

@@ -213,8 +213,10 @@ impl RunDir {
     pub fn record_autotune(&mut self, when: &str) {
         use std::io::Write as _;
         let lines = super::device::autotune::drain();
-        let cache = super::device::autotune::cache_dir()
-            .map_or_else(|| "cubecl's configured cache".into(), |d| d.display().to_string());
+        let cache = super::device::autotune::cache_dir().map_or_else(
+            || "cubecl's configured cache".into(),
+            |d| d.display().to_string(),
+        );
         if !lines.is_empty() {
             let path = self.path(files::AUTOTUNE);
             let wrote = std::fs::OpenOptions::new()
