@@ -511,7 +511,7 @@ fn adamw_on_wgpu_equals_adamw_on_flex_over_five_steps() {
             .collect()
     };
     let start = draw(0.1);
-    let grads: Vec<Vec<f32>> = (0..5).map(|k| draw(10f32.powi(-(k as i32)))).collect();
+    let grads: Vec<Vec<f32>> = (0..5).map(|k| draw(10f32.powi(-k))).collect();
     let run = |device: &Device, fused: bool| {
         let t = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), device);
         let cpu = geolife_train::trainer::fused_adamw::FusedAdamW::new(

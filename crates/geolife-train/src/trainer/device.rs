@@ -38,10 +38,9 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
             use burn::tensor::wgpu::WgpuInitError;
             let (device, adapter) = WGPU
                 .get_or_init(|| {
-                    match {
-                        autotune::configure();
-                        Device::wgpu_options().init_with_setup()
-                    } {
+                    // cubecl reads its configuration once, when the first device comes up.
+                    autotune::configure();
+                    match Device::wgpu_options().init_with_setup() {
                         Ok((device, setup)) => {
                             let i = setup.adapter.get_info();
                             let adapter = format!(
