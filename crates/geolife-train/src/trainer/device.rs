@@ -111,6 +111,7 @@ pub mod autotune {
                 c.environment.path = CacheConfig::Global;
             }
             let cache = c.environment.path.root();
+            remove_stale_decision_files();
             let file =
                 std::env::temp_dir().join(format!("geolife-autotune-{}.jsonl", std::process::id()));
             let _ = std::fs::remove_file(&file);
@@ -120,6 +121,30 @@ pub mod autotune {
             let file = c.autotune.decisions.file.clone().unwrap_or(file);
             CubeClRuntimeConfig::try_set(c).then_some((file, cache))
         });
+    }
+
+    /// Deletes the decisions files of geolife processes that have ended (Linux: no
+    /// `/proc/PID`), so that GPU runs do not pile them up in the temporary folder.
+    fn remove_stale_decision_files() {
+        if !std::path::Path::new("/proc/self").exists() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("geolife-autotune-"))
+                .and_then(|n| n.strip_suffix(".jsonl"))
+                .and_then(|n| n.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// The folder of cubecl's persistent cache (autotune choices among it), when configured.
