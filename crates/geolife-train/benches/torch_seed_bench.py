@@ -191,6 +191,25 @@ def sync(a):
         torch.cuda.synchronize()
 
 
+def train_step(a, model, opt, crit, scaler, batch):
+    """One optimiser step; with --amp as Lightning's `precision=16` trains: the forward and the
+    loss under fp16 autocast, the loss scaled by a GradScaler (a step whose gradients overflow
+    is skipped and the scale lowered)."""
+    t, l, b, s, y = batch
+    opt.zero_grad()
+    if scaler is None:
+        loss = crit(model(t, l, b, s), y)
+        loss.backward()
+        opt.step()
+        return loss
+    with torch.autocast(device_type=a.device.split(":")[0], dtype=torch.float16):
+        loss = crit(model(t, l, b, s), y)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss
+
+
 def mixup(batch, beta):
     """The seed's mixup on 40% of batches."""
     t, l, b, s, y = batch
@@ -201,7 +220,7 @@ def mixup(batch, beta):
     return t, l, b, s, y
 
 
-def run_epoch(a, ds, model, opt, crit, beta):
+def run_epoch(a, ds, model, opt, crit, beta, scaler):
     """One seed-recipe epoch from memory: read every sample once (not timed), train on
     --train-count random surveys, then a validation forward (loss) over the rest."""
     t0 = time.perf_counter()
@@ -218,24 +237,20 @@ def run_epoch(a, ds, model, opt, crit, beta):
     steps = 0
     for i in range(0, len(shuffled), a.batch_size):
         idx = shuffled[i: i + a.batch_size]
-        t, l, b, s, y = mixup([c[idx] for c in cols], beta)
-        loss = crit(model(t, l, b, s), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(a, model, opt, crit, scaler, mixup([c[idx] for c in cols], beta))
         steps += 1
     sync(a)
     t2 = time.perf_counter()
     model.eval()
     vloss = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=a.amp):
         for i in range(0, len(val), a.batch_size):
             idx = val[i: i + a.batch_size]
             t, l, b, s, y = (c[idx] for c in cols)
-            vloss += crit(model(t, l, b, s), y).item() * len(idx)
+            vloss += crit(model(t, l, b, s).float(), y).item() * len(idx)
     sync(a)
     t3 = time.perf_counter()
-    print(f"pytorch {torch.__version__} {a.device} threads {torch.get_num_threads()}: epoch {t3 - t1:.1f} s "
+    print(f"pytorch {torch.__version__} {a.device}{' amp' if a.amp else ''} threads {torch.get_num_threads()}: epoch {t3 - t1:.1f} s "
           f"(train {t2 - t1:.1f} s over {len(train)} surveys in {steps} steps of {a.batch_size}, "
           f"validation {t3 - t2:.1f} s over {len(val)} surveys, val loss {vloss / max(len(val), 1):.5f}); "
           f"reading {n} samples into memory first: {load:.1f} s")
@@ -252,10 +267,10 @@ def run_predict(a, model):
     model.eval()
     t0 = time.perf_counter()
     n = 0
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=a.amp):
         for t, l, b, s, _ in loader:
             t, l, b, s = (x.to(a.device, non_blocking=True) for x in (t, l, b, s))
-            torch.sigmoid(model(t, l, b, s)).cpu()
+            torch.sigmoid(model(t, l, b, s).float()).cpu()
             n += t.shape[0]
     sync(a)
     wall = time.perf_counter() - t0
@@ -286,6 +301,9 @@ def main():
                     help="time the scoring of every test survey")
     ap.add_argument("--device", default="cpu",
                     help="torch device: cpu (default) or cuda (the GPU baseline of the wgpu build)")
+    ap.add_argument("--amp", action="store_true",
+                    help="train as the seed does on a GPU (Lightning precision=16): fp16 autocast "
+                         "and a GradScaler; predict under fp16 autocast (CUDA only)")
     a = ap.parse_args()
     torch.manual_seed(666)
     labels = {}
@@ -311,11 +329,14 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=8e-4, weight_decay=0.01)
     crit = nn.BCEWithLogitsLoss()
     beta = torch.distributions.Beta(0.4, 0.4)
+    if a.amp and not a.device.startswith("cuda"):
+        ap.error("--amp needs --device cuda (fp16 autocast, as the seed's precision=16)")
+    scaler = torch.amp.GradScaler("cuda") if a.amp else None
     if a.predict:
         return run_predict(a, model)
     if a.epoch:
         a.train_count = a.train_count or int(0.9 * len(ds))
-        return run_epoch(a, ds, model, opt, crit, beta)
+        return run_epoch(a, ds, model, opt, crit, beta, scaler)
     dl = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, shuffle=True, num_workers=a.workers, drop_last=True)
     model.train()
     times, n = [], 0
@@ -328,11 +349,7 @@ def main():
             it = iter(dl)
             t, l, b, s, y = next(it)
         t, l, b, s, y = (x.to(a.device) for x in (t, l, b, s, y))
-        t, l, b, s, y = mixup((t, l, b, s, y), beta)
-        loss = crit(model(t, l, b, s), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = train_step(a, model, opt, crit, scaler, mixup((t, l, b, s, y), beta))
         sync(a)
         now = time.perf_counter()
         dt = now - t_prev
@@ -342,7 +359,7 @@ def main():
         t_prev = now
         print(f"step {step}: loss {loss.item():.5f} ({dt:.2f}s)", flush=True)
     sps = n / sum(times)
-    print(f"pytorch {torch.__version__} {a.device} threads {torch.get_num_threads()}: {sps:.2f} samples/s "
+    print(f"pytorch {torch.__version__} {a.device}{' amp' if a.amp else ''} threads {torch.get_num_threads()}: {sps:.2f} samples/s "
           f"(batch {a.batch_size}, {len(times)} timed steps); one epoch of {a.epoch_surveys} surveys "
           f"~ {a.epoch_surveys / sps / 60:.1f} min (extrapolated)")
 
