@@ -309,26 +309,23 @@ pub fn linear_with<const D: usize>(
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
-    if D <= 2 {
-        if D < 2 || !on_cpu_f32(&x) || weight.dtype() != DType::F32 {
-            return burn::tensor::module::linear(x, weight, bias);
-        }
-    } else if !on_cpu_f32(&x) || weight.dtype() != DType::F32 {
+    let off_cpu = !on_cpu_f32(&x) || weight.dtype() != DType::F32;
+    if D < 2 || (D == 2 && off_cpu) {
+        return burn::tensor::module::linear(x, weight, bias);
+    }
+    let dims = x.dims();
+    let [_, d_out] = weight.dims();
+    let x2: Tensor<2> = x.reshape([-1, dims[D - 1] as i32]);
+    let mut out = dims;
+    out[D - 1] = d_out;
+    if off_cpu {
         // Off the CPU, burn's linear may keep the leading axes as a batched product against
         // the broadcast weight; its backward then builds one weight gradient per leading
         // index ([B, H, d_in, d_out]: 2 GiB for ConvNeXt-B's stage-2 projection at batch 128,
         // more than a GPU binding takes) before summing them. As rows of one 2-D product the
         // weight gradient is a single [d_in, d_out] product.
-        let dims = x.dims();
-        let [_, d_out] = weight.dims();
-        let x2: Tensor<2> = x.reshape([-1, dims[D - 1] as i32]);
-        let mut out = dims;
-        out[D - 1] = d_out;
         return burn::tensor::module::linear(x2, weight, bias).reshape(out);
     }
-    let dims = x.dims();
-    let [_, d_out] = weight.dims();
-    let x2: Tensor<2> = x.reshape([-1, dims[D - 1] as i32]);
     // The bias is added by the product itself (a layer without one adds zeros, which take no
     // gradient).
     let bias = bias.unwrap_or_else(|| Tensor::zeros([d_out], &x2.device()));
@@ -337,8 +334,6 @@ pub fn linear_with<const D: usize>(
         weight.into_dispatch(),
         bias.into_dispatch(),
     ));
-    let mut out = dims;
-    out[D - 1] = d_out;
     y.reshape(out)
 }
 
