@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::cubes::{BIOCLIM_SHAPE, LANDSAT_SHAPE, NanPolicy, read_cube};
-use crate::env::{EnvGroup, TabularTable, read_tabular};
+use crate::env::{EnvGroup, TabularTable, group_columns, read_tabular_with};
 use crate::layout::{CubeKind, Layout, PatchKind, metadata_csv};
 use crate::metadata::{PaMetadata, SurveyMeta, read_pa_metadata};
 use crate::patches::read_patch_pair;
@@ -124,11 +124,24 @@ impl Dataset {
     /// [`Dataset::tabular`] that lists surveys with conflicting rows in `coverage` (their
     /// first row's values in the table) instead of failing: for callers that report or skip
     /// them per survey (`prepare --skip-bad`, `inspect`).
+    ///
+    /// Column order is the seed's: each train CSV's header order, file after file; the test
+    /// split takes the train files' order (read by name) so its columns align with train's, or
+    /// its own files' order when the root has no train CSV.
     pub fn tabular_report(&self, split: Split) -> Result<TabularTable> {
         let ids: Vec<u64> = self.surveys(split)?.iter().map(|s| s.survey_id).collect();
-        read_tabular(&self.opts.env_groups, &ids, |g| {
-            self.layout.require_env(g, split)
-        })
+        read_tabular_with(
+            &self.opts.env_groups,
+            &ids,
+            |g| self.layout.require_env(g, split),
+            |g| {
+                let order = self
+                    .layout
+                    .require_env(g, Split::Train)
+                    .or_else(|_| self.layout.require_env(g, split))?;
+                group_columns(&order, g)
+            },
+        )
     }
 
     /// Path of the cube file of a survey (both name templates tried).

@@ -20,12 +20,15 @@ pub const BIOCLIM_COLUMNS: [&str; 19] = [
 ];
 /// The elevation column.
 pub const ELEVATION_COLUMNS: [&str; 1] = ["Elevation"];
-/// The 16 human-footprint columns, in the official CSV's order.
+/// The 16 human-footprint columns, in the official CSV's header order as public GLC24 code
+/// lists it (not alphabetical: `croplands` after `Built`, the `HFP` totals last). geolife reads
+/// the order from each file's own header ([`group_columns`]); this list is the set it requires,
+/// the order `synth` writes and the order [`official_feature_names`] records.
 pub const HUMAN_FOOTPRINT_COLUMNS: [&str; 16] = [
     "HumanFootprint-Built1994",
     "HumanFootprint-Built2009",
-    "HumanFootprint-HFP1993",
-    "HumanFootprint-HFP2009",
+    "HumanFootprint-croplands1992",
+    "HumanFootprint-croplands2005",
     "HumanFootprint-Lights1994",
     "HumanFootprint-Lights2009",
     "HumanFootprint-NavWater1994",
@@ -36,8 +39,8 @@ pub const HUMAN_FOOTPRINT_COLUMNS: [&str; 16] = [
     "HumanFootprint-Popdensity2010",
     "HumanFootprint-Railways",
     "HumanFootprint-Roads",
-    "HumanFootprint-croplands1992",
-    "HumanFootprint-croplands2005",
+    "HumanFootprint-HFP1993",
+    "HumanFootprint-HFP2009",
 ];
 /// The 9 SoilGrids columns.
 pub const SOILGRIDS_COLUMNS: [&str; 9] = [
@@ -90,8 +93,9 @@ impl EnvGroup {
         EnvGroup::MonthlyClimate,
     ];
 
-    /// The fixed columns of the group; `None` for the monthly climate table (all columns but
-    /// `surveyId`, in header order).
+    /// The fixed columns of the group (in the official header order; a file may order them
+    /// otherwise, see [`group_columns`]); `None` for the monthly climate table (all columns but
+    /// `surveyId`).
     pub fn columns(self) -> Option<&'static [&'static str]> {
         match self {
             EnvGroup::Bioclim => Some(&BIOCLIM_COLUMNS),
@@ -128,6 +132,47 @@ impl std::str::FromStr for EnvGroup {
                     "unknown env group `{s}`: expected one of bioclim, elevation, human-footprint, soilgrids, landcover, monthly-climate"
                 ))
             })
+    }
+}
+
+/// The seed's 46 tabular features in the official files' order: the groups in the seed's merge
+/// order, each in its CSV's official header order. What a seed model's tabular MLP expects when
+/// it was trained on the official files.
+pub fn official_feature_names() -> Vec<String> {
+    EnvGroup::SEED
+        .iter()
+        .flat_map(|g| g.columns().unwrap_or_default())
+        .map(|c| c.to_string())
+        .collect()
+}
+
+/// The feature columns of group `g` in the CSV at `path`, in that file's header order: the
+/// seed's rule (`list(df.columns)` of its merge on `surveyId`, file after file). A fixed group
+/// gives its known columns (every one required, other columns ignored); the monthly table gives
+/// every column but `surveyId`.
+pub fn group_columns(path: &Path, g: EnvGroup) -> Result<Vec<String>> {
+    let csv = CsvFile::open(path, &format!("{} CSV", g.name()))?;
+    let c_id = csv.column("surveyId")?;
+    let header = csv.header_names();
+    match g.columns() {
+        Some(cols) => {
+            for c in cols {
+                csv.column(c)?;
+            }
+            let mut names: Vec<String> = Vec::with_capacity(cols.len());
+            for h in header {
+                if cols.contains(&h.as_str()) && !names.contains(&h) {
+                    names.push(h);
+                }
+            }
+            Ok(names)
+        }
+        None => Ok(header
+            .into_iter()
+            .enumerate()
+            .filter(|&(i, _)| i != c_id)
+            .map(|(_, n)| n)
+            .collect()),
     }
 }
 
@@ -211,13 +256,27 @@ impl TabularTable {
 }
 
 /// Reads `groups` for the surveys in `survey_ids` (sorted or not) and merges them on
-/// `surveyId`. `csv_of` gives each group's CSV path (checked to exist by the caller).
-/// Lenient: conflicting rows of a survey are listed in [`TabularTable::coverage`] (the first
-/// row is kept), not refused; see [`TabularTable::check_conflicts`].
+/// `surveyId`, each group's columns in its own file's header order ([`group_columns`]).
+/// `csv_of` gives each group's CSV path (checked to exist by the caller). Lenient: conflicting
+/// rows of a survey are listed in [`TabularTable::coverage`] (the first row is kept), not
+/// refused; see [`TabularTable::check_conflicts`].
 pub fn read_tabular(
     groups: &[EnvGroup],
     survey_ids: &[u64],
-    csv_of: impl Fn(EnvGroup) -> Result<std::path::PathBuf>,
+    csv_of: impl Fn(EnvGroup) -> Result<PathBuf>,
+) -> Result<TabularTable> {
+    read_tabular_with(groups, survey_ids, &csv_of, |g| {
+        group_columns(&csv_of(g)?, g)
+    })
+}
+
+/// [`read_tabular`] with each group's columns named by `columns_of` (read by name, in that
+/// order): how a test split takes the train files' order.
+pub fn read_tabular_with(
+    groups: &[EnvGroup],
+    survey_ids: &[u64],
+    csv_of: impl Fn(EnvGroup) -> Result<PathBuf>,
+    columns_of: impl Fn(EnvGroup) -> Result<Vec<String>>,
 ) -> Result<TabularTable> {
     if groups.is_empty() {
         return Err(DataError::Invalid("no environmental group selected".into()));
@@ -231,7 +290,8 @@ pub fn read_tabular(
     let mut parts = Vec::with_capacity(groups.len());
     for &g in groups {
         let path = csv_of(g)?;
-        parts.push((g, read_group(&path, g, &index, survey_ids)?));
+        let names = columns_of(g)?;
+        parts.push((g, read_group(&path, g, names, &index, survey_ids)?));
     }
     let f: usize = parts.iter().map(|(_, p)| p.names.len()).sum();
     let mut table = TabularTable {
@@ -273,31 +333,21 @@ fn same(a: f32, b: f32) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
 }
 
+/// The columns `names` of group `g`'s CSV at `path`, by name.
 fn read_group(
     path: &Path,
     g: EnvGroup,
+    names: Vec<String>,
     index: &HashMap<u64, usize>,
     survey_ids: &[u64],
 ) -> Result<GroupPart> {
     let n = survey_ids.len();
     let mut csv = CsvFile::open(path, &format!("{} CSV", g.name()))?;
     let c_id = csv.column("surveyId")?;
-    let (names, cols): (Vec<String>, Vec<usize>) = match g.columns() {
-        Some(cols) => {
-            let idx = cols
-                .iter()
-                .map(|c| csv.column(c))
-                .collect::<Result<Vec<_>>>()?;
-            (cols.iter().map(|c| c.to_string()).collect(), idx)
-        }
-        None => csv
-            .header_names()
-            .into_iter()
-            .enumerate()
-            .filter(|&(i, _)| i != c_id)
-            .map(|(i, n)| (n, i))
-            .unzip(),
-    };
+    let cols = names
+        .iter()
+        .map(|c| csv.column(c))
+        .collect::<Result<Vec<_>>>()?;
     let w = names.len();
     let mut values = vec![f32::NAN; n * w];
     // Line of each survey's first row (0 = not seen yet).

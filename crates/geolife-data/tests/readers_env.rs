@@ -101,9 +101,12 @@ fn write_dataset(root: &Path) -> BTreeMap<(String, u64), BTreeMap<String, String
         std::fs::write(root.join(format!("GLC24_PA_metadata_{split}.csv")), meta).unwrap();
         let sp: Split = split.parse().unwrap();
         for g in EnvGroup::SEED {
-            // Columns reversed, plus an unrelated column first: reading must go by name.
+            // Train columns reversed, test columns in the official order, plus an unrelated
+            // column first: reading must go by name, in the train header's order.
             let mut cols: Vec<&String> = names.iter().filter(|c| group_of(c) == g).collect();
-            cols.reverse();
+            if split == "train" {
+                cols.reverse();
+            }
             let mut csv = String::from("unused,");
             csv.push_str(
                 &cols
@@ -144,11 +147,26 @@ fn anchor_values_land_in_the_named_features() {
     let dir = tempfile::tempdir().unwrap();
     let anchors = write_dataset(dir.path());
     let ds = Dataset::open(dir.path(), DatasetOptions::default()).unwrap();
-    let names = seed_names();
+    // The seed's order: each train CSV's header order (reversed above), file after file.
+    let names: Vec<String> = EnvGroup::SEED
+        .iter()
+        .flat_map(|&g| {
+            let mut cols: Vec<String> = seed_names()
+                .into_iter()
+                .filter(|c| group_of(c) == g)
+                .collect();
+            cols.reverse();
+            cols
+        })
+        .collect();
+    assert_ne!(names, seed_names());
     let mut checked = 0;
     for split in Split::ALL {
         let table = ds.tabular(split).unwrap();
-        assert_eq!(table.feature_names, names);
+        assert_eq!(
+            table.feature_names, names,
+            "{split}: the train headers' order"
+        );
         assert_eq!(table.n_features(), 46);
         assert_eq!(table.categorical.iter().filter(|&&c| c).count(), 1);
         assert!(table.categorical[45] && is_categorical("LandCover"));

@@ -46,6 +46,9 @@ pub struct BatchPlan {
     /// Location prior rows of the source's surveys, when the model takes them (mixed with
     /// the other inputs under mixup).
     pub prior: Option<std::sync::Arc<crate::location::PriorRows>>,
+    /// The cache's tabular columns in the model's order, when the two differ (matched by name;
+    /// `stats.tabular` is then in the model's order too).
+    pub tabular_columns: Option<std::sync::Arc<transform::TabularColumns>>,
 }
 
 impl BatchPlan {
@@ -61,6 +64,7 @@ impl BatchPlan {
             seed: cfg.train.seed,
             epoch,
             prior: None,
+            tabular_columns: None,
         }
     }
 
@@ -77,6 +81,7 @@ impl BatchPlan {
             seed: 0,
             epoch: 0,
             prior: None,
+            tabular_columns: None,
         }
     }
 }
@@ -142,6 +147,10 @@ pub fn build_batch<S: SampleSource + ?Sized>(
     let mut inputs = Inputs {
         n: indices.len(),
         ..Inputs::default()
+    };
+    let tab = match &plan.tabular_columns {
+        Some(columns) => columns.apply(&tab),
+        None => tab,
     };
     transform::tabular(plan.mode, &plan.stats.tabular, &tab, &mut inputs.tabular);
     transform::cube(
@@ -315,6 +324,7 @@ pub(crate) mod tests {
             seed: 1,
             epoch: 0,
             prior: None,
+            tabular_columns: None,
         }
     }
 

@@ -13,6 +13,7 @@ use crate::error::TrainError;
 use crate::loader::BatchPlan;
 use crate::source::stats_from_manifest;
 use crate::trainer::{RunInfo, files, make_device, score_surveys};
+use crate::transform::TabularColumns;
 use crate::vocab::Vocabulary;
 
 /// What to predict with and on.
@@ -105,21 +106,24 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
             path: weights.clone(),
             message: e.to_string(),
         })?;
-    if fc.use_tabular && fc.num_features != manifest.feature_names.len() {
-        return Err(TrainError::Invalid(format!(
-            "{}: the model expects {} tabular features, the cache has {}",
-            weights.display(),
-            fc.num_features,
-            manifest.feature_names.len()
-        )));
-    }
+    let tabular_columns = match fc.use_tabular {
+        true => tabular_columns(&weights, info.as_ref(), &fc, &manifest, &opts.cache)?,
+        false => None,
+    };
     let (vocab, stats) = match &info {
+        // The run's statistics are in the model's order already.
         Some(i) => (Vocabulary::from_species(i.species.clone()), i.stats.clone()),
-        None => (
-            // An imported seed checkpoint has max-id + 1 outputs: column = species id.
-            Vocabulary::from_species((0..fc.num_classes as u32).collect()),
-            stats_from_manifest(&manifest),
-        ),
+        None => {
+            let mut stats = stats_from_manifest(&manifest);
+            if let Some(c) = &tabular_columns {
+                stats.tabular = c.reorder(&stats.tabular);
+            }
+            (
+                // An imported seed checkpoint has max-id + 1 outputs: column = species id.
+                Vocabulary::from_species((0..fc.num_classes as u32).collect()),
+                stats,
+            )
+        }
     };
     if vocab.len() != fc.num_classes {
         return Err(TrainError::Invalid(format!(
@@ -161,6 +165,7 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
     };
     let plan = BatchPlan {
         prior,
+        tabular_columns: tabular_columns.map(std::sync::Arc::new),
         ..BatchPlan::inference(cfg.transforms.mode, stats)
     };
     let all: Vec<usize> = (0..data.len()).collect();
@@ -182,6 +187,64 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
         species: vocab.species().to_vec(),
         scores: Scores::Dense { data: scored.probs },
     })
+}
+
+/// The cache's tabular columns matched by name onto the names the model was trained on: those
+/// the checkpoint records, else the run's (`run.json`). A checkpoint that records none (imported
+/// or trained before geolife recorded them) takes the cache's columns in the cache's order, with
+/// a warning, when their count fits.
+fn tabular_columns(
+    weights: &Path,
+    info: Option<&RunInfo>,
+    fc: &geolife_model::fusion::FusionConfig,
+    manifest: &geolife_data::cache::Manifest,
+    cache: &Path,
+) -> Result<Option<TabularColumns>, TrainError> {
+    let recorded = geolife_model::checkpoint::read_feature_names(weights).map_err(|e| {
+        TrainError::Checkpoint {
+            path: weights.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    let cache_names = &manifest.feature_names;
+    let Some(names) = recorded.or_else(|| info.map(|i| i.feature_names.clone())) else {
+        if fc.num_features != cache_names.len() {
+            return Err(TrainError::Invalid(format!(
+                "{}: the model expects {} tabular features, the cache {} has {}",
+                weights.display(),
+                fc.num_features,
+                cache.display(),
+                cache_names.len()
+            )));
+        }
+        tracing::warn!(
+            "{}: the checkpoint records no tabular feature names, so the cache's {} columns \
+             are taken in the cache's order; re-import it with `geolife import-weights \
+             --features-from DATASET` to match them by name",
+            weights.display(),
+            cache_names.len()
+        );
+        return Ok(None);
+    };
+    if names.len() != fc.num_features {
+        return Err(TrainError::Checkpoint {
+            path: weights.to_path_buf(),
+            message: format!(
+                "records {} tabular feature names for a model with {} tabular inputs",
+                names.len(),
+                fc.num_features
+            ),
+        });
+    }
+    TabularColumns::between(
+        &names,
+        cache_names,
+        &format!(
+            "{} against the cache {}",
+            weights.display(),
+            cache.display()
+        ),
+    )
 }
 
 fn model_name(run: Option<&Path>, weights: &Path) -> String {

@@ -57,6 +57,106 @@ fn stat(stats: &[MeanStd], i: usize) -> MeanStd {
     })
 }
 
+/// The model's tabular inputs located in a cache row, by name: model input `j` is cache column
+/// `pick[j]`. Models record the names they were trained on (checkpoint metadata, `run.json`),
+/// and a cache may hold the same features in another order (the seed's rule follows each train
+/// CSV's header), so columns are matched by name, never by position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TabularColumns {
+    pick: Vec<usize>,
+    cache_len: usize,
+}
+
+impl TabularColumns {
+    /// The mapping of `cache` columns onto `model` names; `None` when they are the same list.
+    /// A model name the cache lacks, a cache column the model does not take, or a repeated
+    /// name is an error naming it (`context` says which model and which cache).
+    pub fn between(
+        model: &[String],
+        cache: &[String],
+        context: &str,
+    ) -> Result<Option<Self>, crate::error::TrainError> {
+        if model == cache {
+            return Ok(None);
+        }
+        let bad = |what: String| crate::error::TrainError::Invalid(format!("{context}: {what}"));
+        let position = |names: &[String], n: &String| names.iter().position(|c| c == n);
+        for (names, whose) in [(model, "the model's"), (cache, "the cache's")] {
+            if let Some((i, n)) = names
+                .iter()
+                .enumerate()
+                .find(|&(i, n)| position(names, n) != Some(i))
+            {
+                return Err(bad(format!(
+                    "tabular feature `{n}` appears twice in {whose} names (at {} and {i})",
+                    position(names, n).unwrap_or(i)
+                )));
+            }
+        }
+        let missing: Vec<&str> = model
+            .iter()
+            .filter(|n| position(cache, n).is_none())
+            .map(String::as_str)
+            .collect();
+        let unexpected: Vec<&str> = cache
+            .iter()
+            .filter(|n| position(model, n).is_none())
+            .map(String::as_str)
+            .collect();
+        let mut problems = Vec::new();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "the model takes tabular feature(s) {} that the cache does not have",
+                quoted(&missing)
+            ));
+        }
+        if !unexpected.is_empty() {
+            problems.push(format!(
+                "the cache has tabular feature(s) {} that the model was not trained with",
+                quoted(&unexpected)
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(bad(format!(
+                "{} (prepare the cache from data with the environmental columns the model was \
+                 trained on)",
+                problems.join("; ")
+            )));
+        }
+        Ok(Some(Self {
+            pick: model.iter().filter_map(|n| position(cache, n)).collect(),
+            cache_len: cache.len(),
+        }))
+    }
+
+    /// `rows` (cache order, `cache.len()` values a row) in the model's order.
+    pub fn apply(&self, rows: &[f32]) -> Vec<f32> {
+        rows.chunks_exact(self.cache_len.max(1))
+            .flat_map(|row| self.pick.iter().map(move |&c| row[c]))
+            .collect()
+    }
+
+    /// Per-column values (e.g. statistics) in cache order, put in the model's order.
+    pub fn reorder<T: Clone>(&self, per_column: &[T]) -> Vec<T> {
+        self.pick.iter().map(|&c| per_column[c].clone()).collect()
+    }
+}
+
+/// `a`, `b` and 3 more: the first names of a list, quoted.
+fn quoted(names: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
 /// Tabular features. Geolife: (x - mean) / std, non-finite -> 0 (the mean); LandCover is
 /// standardised as-is like the other columns (not one-hot). Seed: non-finite -> -1, raw.
 pub fn tabular(mode: TransformMode, stats: &[MeanStd], raw: &[f32], out: &mut Vec<f32>) {
@@ -211,6 +311,43 @@ fn mix_rows(buf: &mut [f32], n: usize, perm: &[usize], lambda: f32) {
 
 #[cfg(test)]
 mod tests {
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn tabular_columns_are_matched_by_name() {
+        use super::TabularColumns;
+        let model = names(&["b", "c", "a"]);
+        let cache = names(&["a", "b", "c"]);
+        assert_eq!(TabularColumns::between(&cache, &cache, "x").unwrap(), None);
+        let m = TabularColumns::between(&model, &cache, "x")
+            .unwrap()
+            .unwrap();
+        // Two cache rows (a, b, c) = (1, 2, 3) and (4, 5, 6), read as (b, c, a).
+        assert_eq!(
+            m.apply(&[1., 2., 3., 4., 5., 6.]),
+            vec![2., 3., 1., 5., 6., 4.]
+        );
+        assert_eq!(m.reorder(&["A", "B", "C"]), vec!["B", "C", "A"]);
+        let e = TabularColumns::between(&names(&["a", "z"]), &names(&["a", "b"]), "ckpt")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ckpt") && e.contains("`z` that the cache does not have"),
+            "{e}"
+        );
+        assert!(e.contains("`b` that the model was not trained with"), "{e}");
+        let e = TabularColumns::between(&names(&["a"]), &names(&["a", "b"]), "ckpt")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not trained with") && e.contains("`b`"), "{e}");
+        let e = TabularColumns::between(&names(&["a", "a"]), &names(&["a", "b"]), "ckpt")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`a` appears twice"), "{e}");
+    }
+
     use super::*;
     use rand::SeedableRng;
 

@@ -61,6 +61,17 @@ pub struct Args {
     /// input records.
     #[arg(long, value_enum)]
     transforms: Option<Transforms>,
+    /// Where the order of the tabular features comes from (fusion target). geolife records the
+    /// names in the checkpoint, and `predict` matches a cache's columns to them by name.
+    /// Give the model's training data here: a GLC24 dataset root or a cache from `geolife prepare`.
+    /// From a dataset root, the seed's rule applies: each train CSV's header order, file after
+    /// file (bioclim, elevation, human footprint, soilgrids, landcover, then the monthly table
+    /// when the model takes it). From a cache, its recorded names are used.
+    /// Without this flag, a geolife safetensors input keeps the names it records, and a
+    /// 46-feature seed model gets the official GLC24 files' order. Any other model is refused:
+    /// geolife does not guess an order.
+    #[arg(long, value_name = "DATASET|CACHE")]
+    features_from: Option<PathBuf>,
 }
 
 /// Input transforms of a fusion model.
@@ -143,7 +154,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             check(&report, &args)?;
             let transforms = transforms_json(&args)?;
             println!("recorded input transforms: {transforms}");
-            checkpoint::save_safetensors_with(&model, &config, Some(&transforms), &args.output)?;
+            let features = feature_names(&args, &config)?;
+            let inputs = checkpoint::InputsMeta {
+                transforms_json: Some(&transforms),
+                feature_names: features.as_deref(),
+            };
+            checkpoint::save_safetensors_with(&model, &config, inputs, &args.output)?;
             report
         }
         Target::Backbone => {
@@ -185,11 +201,7 @@ fn transforms_json(args: &Args) -> anyhow::Result<String> {
             ..TransformSection::default()
         },
         None => {
-            let is_safetensors = args
-                .input
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-            let recorded = if is_safetensors {
+            let recorded = if is_safetensors(&args.input) {
                 TransformSection::from_checkpoint(&args.input)?
             } else {
                 None
@@ -198,6 +210,83 @@ fn transforms_json(args: &Args) -> anyhow::Result<String> {
         }
     };
     Ok(section.to_json())
+}
+
+/// The tabular feature names to record, in input order (see `--features-from`); `None` for a
+/// model without the tabular branch.
+fn feature_names(args: &Args, config: &FusionConfig) -> anyhow::Result<Option<Vec<String>>> {
+    use geolife_data::Split;
+    use geolife_data::env::{EnvGroup, group_columns, official_feature_names};
+    if !config.use_tabular {
+        return Ok(None);
+    }
+    let want = config.num_features;
+    let (names, source) = match &args.features_from {
+        Some(from) if geolife_train::data::is_cache(from) => {
+            let split = geolife_data::cache::PackedSplit::open(from, Split::Train)
+                .with_context(|| format!("--features-from {}", from.display()))?;
+            (
+                split.manifest().feature_names.clone(),
+                from.display().to_string(),
+            )
+        }
+        Some(root) => {
+            let layout = geolife_data::layout::Layout::scan(root)
+                .with_context(|| format!("--features-from {}", root.display()))?;
+            let mut names = Vec::new();
+            for g in EnvGroup::SEED {
+                let csv = layout.require_env(g, Split::Train)?;
+                names.extend(group_columns(&csv, g)?);
+            }
+            if names.len() < want
+                && let Ok(csv) = layout.require_env(EnvGroup::MonthlyClimate, Split::Train)
+            {
+                names.extend(group_columns(&csv, EnvGroup::MonthlyClimate)?);
+            }
+            (
+                names,
+                format!("the train CSV headers of {}", root.display()),
+            )
+        }
+        None => {
+            let recorded = match is_safetensors(&args.input) {
+                true => checkpoint::read_feature_names(&args.input)?,
+                false => None,
+            };
+            match recorded {
+                Some(names) => (names, format!("{}", args.input.display())),
+                None if want == official_feature_names().len() => (
+                    official_feature_names(),
+                    "the official GLC24 files' column order (pass --features-from DATASET if \
+                     the model was trained on files ordered otherwise)"
+                        .to_string(),
+                ),
+                None => bail!(
+                    "{}: the model takes {want} tabular features and the file does not say in \
+                     which order; pass --features-from with the dataset root or cache it was \
+                     trained on",
+                    args.input.display()
+                ),
+            }
+        }
+    };
+    if names.len() != want {
+        bail!(
+            "{source} gives {} tabular features, but the model in {} takes {want}",
+            names.len(),
+            args.input.display()
+        );
+    }
+    println!(
+        "recorded {} tabular feature names from {source}",
+        names.len()
+    );
+    Ok(Some(names))
+}
+
+fn is_safetensors(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
 }
 
 fn check(report: &geolife_model::state::LoadReport, args: &Args) -> anyhow::Result<()> {

@@ -22,6 +22,18 @@ pub const KIND_KEY: &str = "geolife_model";
 /// training crate's `[transforms]` section, e.g. `{"mode":"seed",...}`), so that prediction
 /// feeds the model what it learned from.
 pub const TRANSFORMS_KEY: &str = "geolife_transforms";
+/// Metadata key holding the tabular feature names in the order the model's tabular input takes
+/// them, as a JSON list: `predict` and `train --resume` map a cache's columns onto them by name.
+pub const FEATURES_KEY: &str = "geolife_features";
+
+/// What a fusion checkpoint records besides its config: how its inputs were built.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InputsMeta<'a> {
+    /// The input transforms as JSON ([`TRANSFORMS_KEY`]).
+    pub transforms_json: Option<&'a str>,
+    /// The tabular feature names in input order ([`FEATURES_KEY`]).
+    pub feature_names: Option<&'a [String]>,
+}
 
 /// One tensor to serialise: name, bytes (borrowed from the state dict when they can be), shape
 /// and dtype.
@@ -114,17 +126,17 @@ pub fn save_safetensors(
     config: &FusionConfig,
     path: &Path,
 ) -> Result<(), ModelError> {
-    save_safetensors_with(model, config, None, path)
+    save_safetensors_with(model, config, InputsMeta::default(), path)
 }
 
-/// [`save_safetensors`] that also records the input transforms JSON under [`TRANSFORMS_KEY`].
+/// [`save_safetensors`] that also records how the inputs were built (transforms, feature names).
 pub fn save_safetensors_with(
     model: &FusionModel,
     config: &FusionConfig,
-    transforms_json: Option<&str>,
+    inputs: InputsMeta<'_>,
     path: &Path,
 ) -> Result<(), ModelError> {
-    let meta = fusion_metadata(config, transforms_json, path)?;
+    let meta = fusion_metadata(config, inputs, path)?;
     save_module(model, meta, path)
 }
 
@@ -132,31 +144,67 @@ pub fn save_safetensors_with(
 pub fn fusion_to_bytes(
     model: &FusionModel,
     config: &FusionConfig,
-    transforms_json: Option<&str>,
+    inputs: InputsMeta<'_>,
     path: &Path,
 ) -> Result<Vec<u8>, ModelError> {
-    let meta = fusion_metadata(config, transforms_json, path)?;
+    let meta = fusion_metadata(config, inputs, path)?;
     serialize_state_dict(&state_dict(model), meta, path)
 }
 
-/// Checkpoint metadata of a fusion model: its config, kind and (optionally) transforms.
+/// Checkpoint metadata of a fusion model: its config, kind and what `inputs` records.
 fn fusion_metadata(
     config: &FusionConfig,
-    transforms_json: Option<&str>,
+    inputs: InputsMeta<'_>,
     path: &Path,
 ) -> Result<HashMap<String, String>, ModelError> {
-    let json = serde_json::to_string(config).map_err(|e| ModelError::BadCheckpointConfig {
+    let bad = |e: serde_json::Error| ModelError::BadCheckpointConfig {
         path: path.to_path_buf(),
-        reason: format!("cannot serialise the config: {e}"),
-    })?;
+        reason: format!("cannot serialise the metadata: {e}"),
+    };
+    if let Some(names) = inputs.feature_names
+        && config.use_tabular
+        && names.len() != config.num_features
+    {
+        return Err(ModelError::BadCheckpointConfig {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{} tabular feature names for a model with {} tabular inputs",
+                names.len(),
+                config.num_features
+            ),
+        });
+    }
     let mut meta = HashMap::from([
-        (CONFIG_KEY.to_string(), json),
+        (
+            CONFIG_KEY.to_string(),
+            serde_json::to_string(config).map_err(bad)?,
+        ),
         (KIND_KEY.to_string(), "fusion".to_string()),
     ]);
-    if let Some(t) = transforms_json {
+    if let Some(t) = inputs.transforms_json {
         meta.insert(TRANSFORMS_KEY.to_string(), t.to_string());
     }
+    if let Some(names) = inputs.feature_names {
+        meta.insert(
+            FEATURES_KEY.to_string(),
+            serde_json::to_string(names).map_err(bad)?,
+        );
+    }
     Ok(meta)
+}
+
+/// The tabular feature names a checkpoint records ([`FEATURES_KEY`]), in input order; `None`
+/// for checkpoints written before geolife recorded them.
+pub fn read_feature_names(path: &Path) -> Result<Option<Vec<String>>, ModelError> {
+    read_metadata(path)?
+        .get(FEATURES_KEY)
+        .map(|json| {
+            serde_json::from_str(json).map_err(|e| ModelError::BadCheckpointConfig {
+                path: path.to_path_buf(),
+                reason: format!("unreadable `{FEATURES_KEY}` metadata: {e}"),
+            })
+        })
+        .transpose()
 }
 
 /// The metadata of a safetensors file (empty when it has none). Reads only the 8-byte length

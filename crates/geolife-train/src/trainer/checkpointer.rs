@@ -28,16 +28,24 @@ pub struct Checkpointer {
     best: PathBuf,
     /// The run's `[transforms]` as JSON, recorded in `best.safetensors`.
     transforms_json: String,
+    /// The tabular feature names in the model's input order, recorded in `best.safetensors`.
+    feature_names: Vec<String>,
     /// The write of the newest `last.ckpt`, if it may still be running.
     pending: Mutex<Option<JoinHandle<Result<(), TrainError>>>>,
 }
 
 impl Checkpointer {
-    pub fn new(last: PathBuf, best: PathBuf, transforms_json: String) -> Self {
+    pub fn new(
+        last: PathBuf,
+        best: PathBuf,
+        transforms_json: String,
+        feature_names: Vec<String>,
+    ) -> Self {
         Self {
             last,
             best,
             transforms_json,
+            feature_names,
             pending: Mutex::new(None),
         }
     }
@@ -63,7 +71,11 @@ impl Checkpointer {
         fc: &FusionConfig,
         path: &Path,
     ) -> Result<Weights, TrainError> {
-        geolife_model::checkpoint::fusion_to_bytes(model, fc, Some(&self.transforms_json), path)
+        let inputs = geolife_model::checkpoint::InputsMeta {
+            transforms_json: Some(&self.transforms_json),
+            feature_names: Some(&self.feature_names),
+        };
+        geolife_model::checkpoint::fusion_to_bytes(model, fc, inputs, path)
             .map(Arc::new)
             .map_err(|e| TrainError::Checkpoint {
                 path: path.to_path_buf(),

@@ -134,6 +134,44 @@ fn initial_model(
     Ok(model)
 }
 
+/// The tabular feature names the model takes, in its input order, and the cache's columns
+/// matched onto them by name when the orders differ: a resumed run's own names (`run.json`),
+/// else those the starting checkpoint (`model.weights`) records, else the cache's.
+fn model_features(
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    run: &RunDir,
+    manifest: &geolife_data::cache::Manifest,
+) -> Result<(Vec<String>, Option<crate::transform::TabularColumns>), TrainError> {
+    let (names, whose) = if opts.resume {
+        let path = run.path(files::RUN);
+        (RunInfo::load(run.root())?.feature_names, path)
+    } else {
+        let recorded = match &cfg.model.weights {
+            Some(w) => geolife_model::checkpoint::read_feature_names(w)
+                .map_err(|e| TrainError::Checkpoint {
+                    path: w.clone(),
+                    message: e.to_string(),
+                })?
+                .map(|n| (n, w.clone())),
+            None => None,
+        };
+        match recorded {
+            Some(r) => r,
+            None => return Ok((manifest.feature_names.clone(), None)),
+        }
+    };
+    if !cfg.model.use_tabular {
+        return Ok((names, None));
+    }
+    let columns = crate::transform::TabularColumns::between(
+        &names,
+        &manifest.feature_names,
+        &format!("{} against the cache", whose.display()),
+    )?;
+    Ok((names, columns))
+}
+
 /// The batches of `epoch`: the train surveys shuffled by (seed, epoch), cut into batches, the
 /// first `count` kept.
 fn epoch_batches(
@@ -171,11 +209,23 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     }
     let manifest = data.manifest().clone();
     let vocab = Vocabulary::new(cfg.data.vocabulary, &manifest.species, cfg.data.full_size);
-    let stats = stats_from_manifest(&manifest);
+    let mut stats = stats_from_manifest(&manifest);
     let fc = fusion_config(cfg, &manifest, vocab.len())?;
+    let (features, tabular_columns) = model_features(cfg, opts, &run, &manifest)?;
+    if let Some(c) = &tabular_columns {
+        stats.tabular = c.reorder(&stats.tabular);
+        run.log(&format!(
+            "tabular features: the cache's {} columns matched by name onto the model's order",
+            features.len()
+        ));
+    }
+    let tabular_columns = tabular_columns.map(std::sync::Arc::new);
     let split = train_val_split(cfg, &data)?;
     let val_ids = split.val.iter().map(|&i| data.survey_ids()[i]).collect();
-    let info = RunInfo::new(&manifest, &vocab, &stats, &fc, val_ids);
+    let info = RunInfo {
+        feature_names: features.clone(),
+        ..RunInfo::new(&manifest, &vocab, &stats, &fc, val_ids)
+    };
     run.record_info(&info, opts.resume, &opts.cache)?;
     let prior = match cfg.location.on() {
         true => {
@@ -205,6 +255,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         run.path(files::LAST),
         run.path(files::BEST),
         cfg.transforms.to_json(),
+        features,
     );
     let mut optim = optimizer(o, t.device);
     let mut state = TrainState::start();
@@ -241,6 +292,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         indices: &split.val,
         plan: BatchPlan {
             prior: prior.clone(),
+            tabular_columns: tabular_columns.clone(),
             ..BatchPlan::inference(cfg.transforms.mode, stats.clone())
         },
         vocab: &vocab,
@@ -257,6 +309,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         let batches = epoch_batches(&split.train, t, epoch, batches_per_epoch);
         let plan = BatchPlan {
             prior: prior.clone(),
+            tabular_columns: tabular_columns.clone(),
             ..BatchPlan::training(cfg, stats.clone(), epoch)
         };
         let bar = run
