@@ -280,3 +280,120 @@ fn nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint() {
     let log = std::fs::read_to_string(run.join(files::LOG)).unwrap();
     assert!(log.contains("loss is"), "{log}");
 }
+
+/// A copy of the dataset root whose human-footprint and SoilGrids CSVs (train and test) hold
+/// their columns in reverse order, with every file's size and modification time kept: the same
+/// dataset by fingerprint, as when a newer geolife re-packs the same files in another column
+/// order.
+fn reversed_columns_copy(from: &Path, to: &Path) {
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.unwrap();
+        let rel = entry.path().strip_prefix(from).unwrap();
+        let dest = to.join(rel);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            continue;
+        }
+        let name = rel.to_string_lossy();
+        if name.ends_with("human_footprint.csv") || name.ends_with("soilgrids.csv") {
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            let mut out = String::with_capacity(text.len());
+            for line in text.lines() {
+                let mut cells: Vec<&str> = line.split(',').collect();
+                cells[1..].reverse();
+                out.push_str(&cells.join(","));
+                out.push('\n');
+            }
+            assert_eq!(out.len(), text.len());
+            std::fs::write(&dest, out).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+        let mtime = entry.metadata().unwrap().modified().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&dest)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+}
+
+#[test]
+fn resume_on_a_cache_with_another_column_order_maps_the_columns_by_name() {
+    let _guard = serial();
+    let (data, cache) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let reversed = dir.path().join("data");
+    reversed_columns_copy(data, &reversed);
+    let reversed_cache =
+        geolife_train::data::resolve_cache(&reversed, &dir.path().join("cache")).unwrap();
+    let names = |c: &Path| {
+        PackedSplit::open(c, Split::Train)
+            .unwrap()
+            .manifest()
+            .feature_names
+            .clone()
+    };
+    let (before, after) = (names(cache), names(&reversed_cache));
+    assert_ne!(before, after, "the second cache has another column order");
+    let (mut a, mut b) = (before.clone(), after.clone());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "... of the same columns");
+
+    let mut cfg = tiny(2);
+    cfg.train.max_batches_per_epoch = 4;
+    assert!(cfg.model.use_tabular);
+    let whole = train(&options(cfg.clone(), &dir.path().join("whole"))).unwrap();
+    // Stopped mid-run on the first cache, resumed on the reordered one.
+    let parts = dir.path().join("parts");
+    let mut o = options(cfg.clone(), &parts);
+    o.stop_after_batches = Some(3);
+    assert!(!train(&o).unwrap().finished);
+    o.resume = true;
+    o.stop_after_batches = None;
+    o.cache = reversed_cache.clone();
+    let resumed = train(&o).unwrap();
+    assert!(resumed.finished);
+    for (x, y) in whole.history.iter().zip(&resumed.history) {
+        assert!((x.train_loss - y.train_loss).abs() < 1e-6, "{x:?} vs {y:?}");
+        assert!((x.val_loss - y.val_loss).abs() < 1e-6, "{x:?} vs {y:?}");
+    }
+    let log = std::fs::read_to_string(parts.join(files::LOG)).unwrap();
+    assert!(log.contains("matched by name"), "{log}");
+    // The run and its checkpoint still name the columns in the model's (first cache's) order,
+    // and predict on the reordered cache gives the scores of the first one.
+    let best = parts.join(files::BEST);
+    assert_eq!(
+        geolife_model::checkpoint::read_feature_names(&best).unwrap(),
+        Some(before)
+    );
+    let scores = |cache: &Path| {
+        let f = predict(&PredictOptions {
+            run_dir: Some(parts.clone()),
+            weights: None,
+            config: None,
+            cache: cache.to_path_buf(),
+            split: Split::Test,
+            batch_size: 16,
+            workers: 1,
+            device: None,
+        })
+        .unwrap();
+        match f.scores {
+            Scores::Dense { data } => data,
+            other => panic!("dense scores expected, got {}", other.kind()),
+        }
+    };
+    let (x, y) = (scores(cache), scores(&reversed_cache));
+    let diff = x
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff < 1e-6,
+        "predict on the reordered cache differs by {diff}"
+    );
+}
