@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
+use geolife_io::torchfile::{DType, load_tensor_for};
+
 use crate::Result;
-use crate::torchfile::{DType, load_tensor_for};
 
 /// Landsat cube shape: (band R,G,B,NIR,SWIR1,SWIR2; quarter; year 2000-2020).
 pub const LANDSAT_SHAPE: [usize; 3] = [6, 4, 21];

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use geolife_io::torchfile::TorchError;
+
 /// A survey id attached to an error, printed as ` (survey 123)` or nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SurveyTag(pub Option<u64>);
@@ -186,6 +188,90 @@ impl DataError {
     }
 }
 
+/// The torch reader's errors (geolife-io) as the variant of the same name: same message, same
+/// [`DataError::kind`].
+impl From<TorchError> for DataError {
+    fn from(e: TorchError) -> Self {
+        match e {
+            TorchError::Io {
+                path,
+                survey,
+                source,
+            } => DataError::Io {
+                path,
+                survey: survey.into(),
+                source,
+            },
+            TorchError::Missing {
+                path,
+                survey,
+                what,
+                hint,
+            } => DataError::Missing {
+                path,
+                survey: survey.into(),
+                what,
+                hint,
+            },
+            TorchError::NotZip {
+                path,
+                survey,
+                reason,
+            } => DataError::NotZip {
+                path,
+                survey: survey.into(),
+                reason,
+            },
+            TorchError::Truncated {
+                path,
+                survey,
+                reason,
+            } => DataError::Truncated {
+                path,
+                survey: survey.into(),
+                reason,
+            },
+            TorchError::ForbiddenPickle { path, survey, what } => DataError::ForbiddenPickle {
+                path,
+                survey: survey.into(),
+                what,
+            },
+            TorchError::Pickle {
+                path,
+                survey,
+                reason,
+            } => DataError::Pickle {
+                path,
+                survey: survey.into(),
+                reason,
+            },
+            TorchError::Shape {
+                path,
+                survey,
+                expected,
+                found,
+            } => DataError::Shape {
+                path,
+                survey: survey.into(),
+                expected,
+                found,
+            },
+            TorchError::Dtype {
+                path,
+                survey,
+                expected,
+                found,
+            } => DataError::Dtype {
+                path,
+                survey: survey.into(),
+                expected,
+                found,
+            },
+            TorchError::Invalid(reason) => DataError::Invalid(reason),
+        }
+    }
+}
+
 /// Two rows of one survey in one CSV that disagree on `column` (the first differing one).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RowConflict {
@@ -217,3 +303,80 @@ impl RowConflict {
 
 /// Result alias of the data crate.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every torch-reader error keeps its message and variant name through the conversion.
+    #[test]
+    fn torch_errors_convert_with_the_same_message_and_kind() {
+        let p = || PathBuf::from("x.pt");
+        let s = |r: &str| r.to_string();
+        for survey in [None, Some(7)] {
+            let errors = [
+                TorchError::Io {
+                    path: p(),
+                    survey,
+                    source: std::io::Error::other("disk"),
+                },
+                TorchError::Missing {
+                    path: p(),
+                    survey,
+                    what: s("torch file"),
+                    hint: s("check"),
+                },
+                TorchError::NotZip {
+                    path: p(),
+                    survey,
+                    reason: s("r"),
+                },
+                TorchError::Truncated {
+                    path: p(),
+                    survey,
+                    reason: s("r"),
+                },
+                TorchError::ForbiddenPickle {
+                    path: p(),
+                    survey,
+                    what: s("w"),
+                },
+                TorchError::Pickle {
+                    path: p(),
+                    survey,
+                    reason: s("r"),
+                },
+                TorchError::Shape {
+                    path: p(),
+                    survey,
+                    expected: vec![1, 2],
+                    found: vec![3],
+                },
+                TorchError::Dtype {
+                    path: p(),
+                    survey,
+                    expected: s("float32"),
+                    found: s("int64"),
+                },
+                TorchError::Invalid(s("empty stack")),
+            ];
+            // The variant's name, as the fuzz verdicts record it.
+            let variant = |debug: String| {
+                debug
+                    .split(|c: char| !c.is_alphanumeric())
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            };
+            for e in errors {
+                let (text, name) = (e.to_string(), variant(format!("{e:?}")));
+                let d = DataError::from(e);
+                assert_eq!(d.to_string(), text);
+                assert_eq!(variant(format!("{d:?}")), name);
+                if !matches!(d, DataError::Invalid(_)) {
+                    assert_eq!(text.contains(" (survey 7)"), survey.is_some(), "{text}");
+                }
+            }
+        }
+    }
+}

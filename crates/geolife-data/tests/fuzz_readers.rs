@@ -88,8 +88,7 @@ mod found {
     use std::path::Path;
     use std::time::{Duration, Instant};
 
-    use geolife_data::DataError;
-    use geolife_data::torchfile::{load_state_dict_from_bytes, load_tensor_from_bytes};
+    use geolife_io::torchfile::{TorchError, load_state_dict_from_bytes, load_tensor_from_bytes};
     use zip::CompressionMethod::{Deflated, Stored};
 
     use crate::fuzz_common::measure;
@@ -99,8 +98,8 @@ mod found {
         (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect()
     }
 
-    fn is_pickle_error(e: &DataError, needle: &str) -> bool {
-        matches!(e, DataError::Pickle { reason, .. } if reason.contains(needle))
+    fn is_pickle_error(e: &TorchError, needle: &str) -> bool {
+        matches!(e, TorchError::Pickle { reason, .. } if reason.contains(needle))
     }
 
     /// A 230-byte "billion laughs" pickle: `[] q0` then 40 x `( h0 h0 t q0`. Memoised values
@@ -137,7 +136,7 @@ mod found {
         let e = load_tensor_from_bytes(Path::new("b.pt"), &file).unwrap_err();
         assert!(is_pickle_error(&e, "broadcast views are not read"), "{e}");
         let e = load_state_dict_from_bytes(Path::new("b.pt"), &file).unwrap_err();
-        assert!(matches!(e, DataError::Pickle { .. }), "{e}");
+        assert!(matches!(e, TorchError::Pickle { .. }), "{e}");
     }
 
     /// A size whose product overflows but contains a 0 skipped the extent check, and
@@ -172,7 +171,7 @@ mod found {
         set_central_size(&mut file, "t/data/0", 16);
         let (r, _, live) = measure(|| load_tensor_from_bytes(Path::new("d.pt"), &file));
         let e = r.unwrap_err();
-        assert!(matches!(e, DataError::NotZip { .. }), "{e}");
+        assert!(matches!(e, TorchError::NotZip { .. }), "{e}");
         assert!(live < 1 << 20, "{live}");
     }
 }

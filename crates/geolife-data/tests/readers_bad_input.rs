@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use geolife_data::cubes::{BIOCLIM_SHAPE, LANDSAT_SHAPE, NanPolicy, read_cube};
 use geolife_data::metadata::read_pa_metadata;
 use geolife_data::patches::{read_nir, read_rgb};
-use geolife_data::torchfile::{load_state_dict, load_tensor};
 use geolife_data::{DataError, Split};
+use geolife_io::torchfile::{TorchError, load_state_dict, load_tensor};
 
 fn mini() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/glc24-real/mini")
@@ -119,7 +119,7 @@ fn forbidden_globals_and_opcodes_are_refused() {
         }
         assert!(matches!(
             load_state_dict(&p),
-            Err(DataError::ForbiddenPickle { .. })
+            Err(TorchError::ForbiddenPickle { .. })
         ));
     }
 }
@@ -142,7 +142,7 @@ fn malformed_pickles_are_errors_not_panics() {
         let p = dir.path().join(format!("{name}.pt"));
         write_pt(&p, &pkl, &storage, "little");
         let e = load_tensor(&p).unwrap_err();
-        assert!(matches!(e, DataError::Pickle { .. }), "{name}: {e}");
+        assert!(matches!(e, TorchError::Pickle { .. }), "{name}: {e}");
     }
 }
 

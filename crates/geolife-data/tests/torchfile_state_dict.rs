@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 
-use geolife_data::DataError;
-use geolife_data::torchfile::{DType, load_state_dict, load_tensor};
+use geolife_io::torchfile::{DType, TorchError, load_state_dict, load_tensor};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -73,6 +72,6 @@ fn state_dict_matches_pytorch() {
 #[test]
 fn a_state_dict_is_not_a_bare_tensor() {
     let err = load_tensor(&fixture("torchfile_state_dict.pth")).unwrap_err();
-    assert!(matches!(err, DataError::Pickle { .. }), "{err}");
+    assert!(matches!(err, TorchError::Pickle { .. }), "{err}");
     assert!(err.to_string().contains("bare tensor"));
 }

@@ -6,10 +6,10 @@ use std::path::Path;
 
 use crate::MetricsError;
 
-/// Writes `bytes` (produced by `fill`) to `path` atomically ([`geolife_data::atomic`]).
+/// Writes `bytes` (produced by `fill`) to `path` atomically ([`geolife_io::atomic`]).
 pub fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), MetricsError> {
-    geolife_data::atomic::write_with(path, fill).map_err(|e| MetricsError::io(path, e))
+    geolife_io::atomic::write_with(path, fill).map_err(|e| MetricsError::io(path, e))
 }

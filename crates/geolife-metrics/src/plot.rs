@@ -49,7 +49,7 @@ pub fn plot_f1_at_k(path: &Path, curve: &[f64], title: &str) -> Result<(), Metri
             message: "empty F1@K curve".into(),
         });
     }
-    geolife_data::atomic::write_via_path(path, ".png", |tmp| draw(tmp, curve, title)).map_err(
+    geolife_io::atomic::write_via_path(path, ".png", |tmp| draw(tmp, curve, title)).map_err(
         |message| MetricsError::Plot {
             path: path.to_path_buf(),
             message,

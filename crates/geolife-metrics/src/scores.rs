@@ -327,7 +327,7 @@ impl ScoreFile {
         }
         let mut buffer = safetensors::serialize(views, &Some(meta))
             .map_err(|e| bad(path, format!("serialising: {e}")))?;
-        geolife_data::reproducible::sort_safetensors_header(&mut buffer);
+        geolife_io::reproducible::sort_safetensors_header(&mut buffer);
         write_atomic(path, |w| w.write_all(&buffer))
     }
 

@@ -1,5 +1,5 @@
 //! Weight import: reads safetensors and PyTorch `.pth` state dicts (the latter through the safe
-//! reader in `geolife_data::torchfile`), adapts pretrained RGB stems to other channel counts and
+//! reader in `geolife_io::torchfile`), adapts pretrained RGB stems to other channel counts and
 //! loads torchvision backbones or the seed's `MultimodalEnsemble` into geolife modules.
 
 use std::path::Path;
@@ -118,10 +118,10 @@ pub fn unwrap_checkpoint(dict: StateDict) -> (StateDict, Vec<String>) {
     (dict, stripped)
 }
 
-/// A `torch.save` state dict read with the safe, opcode-restricted reader of `geolife-data`
+/// A `torch.save` state dict read with the safe, opcode-restricted reader of `geolife-io`
 /// (nothing in the file is executed). Integer tensors are skipped.
 fn read_torch(path: &Path) -> Result<StateDict, ModelError> {
-    use geolife_data::torchfile::{DType, load_state_dict};
+    use geolife_io::torchfile::{DType, load_state_dict};
     let entries = load_state_dict(path).map_err(|e| ModelError::BadWeightFile {
         path: path.to_path_buf(),
         reason: e.to_string(),

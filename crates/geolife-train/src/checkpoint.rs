@@ -92,7 +92,7 @@ pub fn save(
     let ids: Vec<u8> = param_ids.iter().flat_map(|id| id.to_le_bytes()).collect();
     // Streamed into the file and the checksum together: no second copy of the sections.
     let mut hash = crc32fast::Hasher::new();
-    geolife_data::atomic::write_with(path, |w| {
+    geolife_io::atomic::write_with(path, |w| {
         let mut put = |bytes: &[u8]| {
             hash.update(bytes);
             w.write_all(bytes)
@@ -261,7 +261,7 @@ mod tests {
 
     /// A write that fails (here: the target is a folder, so the final rename fails) leaves
     /// no temporary file behind and the target untouched; the mechanism itself (a failed
-    /// write keeps the previous file) is tested in `geolife_data::atomic`.
+    /// write keeps the previous file) is tested in `geolife_io::atomic`.
     #[test]
     fn a_failed_write_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();

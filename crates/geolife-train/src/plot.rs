@@ -15,7 +15,7 @@ pub fn plot_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), String> 
     if history.is_empty() {
         return Err("no epochs to plot".into());
     }
-    geolife_data::atomic::write_via_path(path, ".png", |tmp| draw(tmp, history))
+    geolife_io::atomic::write_via_path(path, ".png", |tmp| draw(tmp, history))
 }
 
 #[allow(clippy::type_complexity)]
@@ -96,7 +96,7 @@ pub fn plot_bars(
     if labels.is_empty() || series.is_empty() {
         return Err("nothing to plot".into());
     }
-    geolife_data::atomic::write_via_path(path, ".png", |tmp| draw_bars(tmp, title, labels, series))
+    geolife_io::atomic::write_via_path(path, ".png", |tmp| draw_bars(tmp, title, labels, series))
 }
 
 fn draw_bars(

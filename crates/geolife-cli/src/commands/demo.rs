@@ -100,7 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if !data.join(geolife_data::synth::MANIFEST_FILE).is_file() {
         let s = write_dataset(&data, &synth)?;
-        geolife_data::atomic::write_bytes(&stamp, wanted.as_bytes())
+        geolife_io::atomic::write_bytes(&stamp, wanted.as_bytes())
             .with_context(|| format!("writing {}", stamp.display()))?;
         println!(
             "synth: {} train / {} test surveys, {} species -> {} ({:.1}s)",

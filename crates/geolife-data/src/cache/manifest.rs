@@ -141,7 +141,7 @@ impl Manifest {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        crate::atomic::write_bytes(path, text.as_bytes()).map_err(|e| CacheError::io(path, e))
+        geolife_io::atomic::write_bytes(path, text.as_bytes()).map_err(|e| CacheError::io(path, e))
     }
 
     /// Number of tabular features per row.

@@ -19,7 +19,7 @@ use geolife_data::metadata::read_pa_metadata;
 use geolife_data::patches::{read_nir, read_rgb};
 use geolife_data::po::{PoReader, po_labels};
 use geolife_data::synth::torch_pt::{PtTensor, crc32, encode_pt, serialization_id};
-use geolife_data::torchfile::{
+use geolife_io::torchfile::{
     TorchTensor, load_state_dict, load_state_dict_from_bytes, load_tensor, load_tensor_from_bytes,
 };
 

@@ -102,13 +102,13 @@ pub fn serialize_state_dict(
             path: path.to_path_buf(),
             reason: format!("serialisation failed: {e}"),
         })?;
-    geolife_data::reproducible::sort_safetensors_header(&mut buffer);
+    geolife_io::reproducible::sort_safetensors_header(&mut buffer);
     Ok(buffer)
 }
 
-/// Write `bytes` to `path` atomically ([`geolife_data::atomic`]).
+/// Write `bytes` to `path` atomically ([`geolife_io::atomic`]).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    geolife_data::atomic::write_bytes(path, bytes)
+    geolife_io::atomic::write_bytes(path, bytes)
 }
 
 /// Save any torch-named module with the given metadata.

@@ -8,7 +8,100 @@ use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::{DataError, Result, SurveyTag};
+/// What can go wrong reading a torch file. Every variant names the file and, when known, the
+/// survey (printed as ` (survey 123)`); geolife-data turns each into the `DataError` variant of
+/// the same name and message.
+#[derive(Debug, thiserror::Error)]
+pub enum TorchError {
+    /// An OS-level read failure.
+    #[error("{path}{}: {source}", survey_tag(.survey))]
+    Io {
+        path: PathBuf,
+        survey: Option<u64>,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is absent; `hint` says how to fix it.
+    #[error("missing {what}{}: expected at {path}; {hint}", survey_tag(.survey))]
+    Missing {
+        path: PathBuf,
+        survey: Option<u64>,
+        what: String,
+        hint: String,
+    },
+    /// Not a readable zip archive.
+    #[error("{path}{}: not a torch.save zip archive: {reason}", survey_tag(.survey))]
+    NotZip {
+        path: PathBuf,
+        survey: Option<u64>,
+        reason: String,
+    },
+    /// A file that ends before the data it declares (zip entry, tensor storage).
+    #[error("{path}{}: truncated: {reason}", survey_tag(.survey))]
+    Truncated {
+        path: PathBuf,
+        survey: Option<u64>,
+        reason: String,
+    },
+    /// A pickle that uses an opcode or global outside the allowed tensor subset.
+    #[error(
+        "{path}{}: refused pickle content {what} (only plain tensors and state dicts are read; nothing is executed)",
+        survey_tag(.survey)
+    )]
+    ForbiddenPickle {
+        path: PathBuf,
+        survey: Option<u64>,
+        what: String,
+    },
+    /// A pickle that is structurally invalid (stack underflow, bad argument, ...).
+    #[error("{path}{}: malformed pickle: {reason}", survey_tag(.survey))]
+    Pickle {
+        path: PathBuf,
+        survey: Option<u64>,
+        reason: String,
+    },
+    /// A tensor with an unexpected shape.
+    #[error(
+        "{path}{}: wrong shape: expected {expected:?}, found {found:?}",
+        survey_tag(.survey)
+    )]
+    Shape {
+        path: PathBuf,
+        survey: Option<u64>,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A tensor with an unexpected element type (or storages that are not little-endian).
+    #[error("{path}{}: wrong dtype: expected {expected}, found {found}", survey_tag(.survey))]
+    Dtype {
+        path: PathBuf,
+        survey: Option<u64>,
+        expected: String,
+        found: String,
+    },
+    /// An internal inconsistency of the pickle machine.
+    #[error("invalid option: {0}")]
+    Invalid(String),
+}
+
+impl TorchError {
+    fn io(path: &Path, survey: Option<u64>, source: std::io::Error) -> Self {
+        TorchError::Io {
+            path: path.to_path_buf(),
+            survey,
+            source,
+        }
+    }
+}
+
+/// ` (survey 123)`, or nothing without a survey.
+fn survey_tag(survey: &Option<u64>) -> String {
+    survey
+        .map(|id| format!(" (survey {id})"))
+        .unwrap_or_default()
+}
+
+type Result<T, E = TorchError> = std::result::Result<T, E>;
 
 /// Element type of a tensor storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,13 +218,13 @@ impl TorchTensor {
     pub fn expect(
         &self,
         path: &Path,
-        survey: impl Into<SurveyTag>,
+        survey: impl Into<Option<u64>>,
         dtype: DType,
         shape: &[usize],
     ) -> Result<()> {
         let survey = survey.into();
         if self.dtype != dtype {
-            return Err(DataError::Dtype {
+            return Err(TorchError::Dtype {
                 path: path.to_path_buf(),
                 survey,
                 expected: dtype.name().into(),
@@ -139,7 +232,7 @@ impl TorchTensor {
             });
         }
         if self.shape != shape {
-            return Err(DataError::Shape {
+            return Err(TorchError::Shape {
                 path: path.to_path_buf(),
                 survey,
                 expected: shape.to_vec(),
@@ -227,48 +320,48 @@ fn state_dict_from<R: Read + Seek>(reader: R, ctx: &Ctx) -> Result<Vec<(String, 
         .collect()
 }
 
-fn io_or_missing(path: &Path, survey: Option<u64>, e: std::io::Error) -> DataError {
+fn io_or_missing(path: &Path, survey: Option<u64>, e: std::io::Error) -> TorchError {
     if e.kind() == std::io::ErrorKind::NotFound {
-        DataError::Missing {
+        TorchError::Missing {
             path: path.to_path_buf(),
-            survey: survey.into(),
+            survey,
             what: "torch file".into(),
             hint: "check the path and that the archive is fully unzipped".into(),
         }
     } else {
-        DataError::io(path, survey, e)
+        TorchError::io(path, survey, e)
     }
 }
 
 /// Error context: the file and survey being read.
 struct Ctx {
     path: PathBuf,
-    survey: SurveyTag,
+    survey: Option<u64>,
 }
 
 impl Ctx {
     fn new(path: &Path, survey: Option<u64>) -> Ctx {
         Ctx {
             path: path.to_path_buf(),
-            survey: survey.into(),
+            survey,
         }
     }
-    fn pickle(&self, reason: impl Into<String>) -> DataError {
-        DataError::Pickle {
+    fn pickle(&self, reason: impl Into<String>) -> TorchError {
+        TorchError::Pickle {
             path: self.path.clone(),
             survey: self.survey,
             reason: reason.into(),
         }
     }
-    fn forbidden(&self, what: impl Into<String>) -> DataError {
-        DataError::ForbiddenPickle {
+    fn forbidden(&self, what: impl Into<String>) -> TorchError {
+        TorchError::ForbiddenPickle {
             path: self.path.clone(),
             survey: self.survey,
             what: what.into(),
         }
     }
-    fn truncated(&self, reason: impl Into<String>) -> DataError {
-        DataError::Truncated {
+    fn truncated(&self, reason: impl Into<String>) -> TorchError {
+        TorchError::Truncated {
             path: self.path.clone(),
             survey: self.survey,
             reason: reason.into(),
@@ -294,12 +387,12 @@ const MAX_PICKLE_BYTES: u64 = 64 << 20;
 fn read_archive<R: Read + Seek>(mut file: R, ctx: &Ctx) -> Result<(Value, Archive<R>)> {
     let mut magic = [0u8; 4];
     let n =
-        read_up_to(&mut file, &mut magic).map_err(|e| DataError::io(&ctx.path, ctx.survey, e))?;
+        read_up_to(&mut file, &mut magic).map_err(|e| TorchError::io(&ctx.path, ctx.survey, e))?;
     let len = file
         .seek(std::io::SeekFrom::End(0))
-        .map_err(|e| DataError::io(&ctx.path, ctx.survey, e))?;
+        .map_err(|e| TorchError::io(&ctx.path, ctx.survey, e))?;
     file.rewind()
-        .map_err(|e| DataError::io(&ctx.path, ctx.survey, e))?;
+        .map_err(|e| TorchError::io(&ctx.path, ctx.survey, e))?;
     let looks_zip = n == 4 && magic == *b"PK\x03\x04";
     let zip = match zip::ZipArchive::new(file) {
         Ok(z) => z,
@@ -309,7 +402,7 @@ fn read_archive<R: Read + Seek>(mut file: R, ctx: &Ctx) -> Result<(Value, Archiv
             )));
         }
         Err(e) => {
-            return Err(DataError::NotZip {
+            return Err(TorchError::NotZip {
                 path: ctx.path.clone(),
                 survey: ctx.survey,
                 reason: format!(
@@ -322,7 +415,7 @@ fn read_archive<R: Read + Seek>(mut file: R, ctx: &Ctx) -> Result<(Value, Archiv
         .file_names()
         .find(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
         .map(str::to_owned)
-        .ok_or_else(|| DataError::NotZip {
+        .ok_or_else(|| TorchError::NotZip {
             path: ctx.path.clone(),
             survey: ctx.survey,
             reason: "zip archive without a `*/data.pkl` entry".into(),
@@ -332,7 +425,7 @@ fn read_archive<R: Read + Seek>(mut file: R, ctx: &Ctx) -> Result<(Value, Archiv
     if let Some(order) = archive.read_optional("byteorder", ctx, 64)? {
         let order = String::from_utf8_lossy(&order).trim().to_string();
         if order != "little" {
-            return Err(DataError::Dtype {
+            return Err(TorchError::Dtype {
                 path: ctx.path.clone(),
                 survey: ctx.survey,
                 expected: "little-endian storages".into(),
@@ -382,7 +475,7 @@ impl<R: Read + Seek> Archive<R> {
             .read_to_end(&mut buf)
             .map_err(|e| ctx.truncated(format!("entry {full}: {e}")))?;
         if buf.len() as u64 > size {
-            return Err(DataError::NotZip {
+            return Err(TorchError::NotZip {
                 path: ctx.path.clone(),
                 survey: ctx.survey,
                 reason: format!("entry {full} holds more than its declared {size} bytes"),
@@ -654,7 +747,7 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn err(&self, pos: usize, reason: impl std::fmt::Display) -> DataError {
+    fn err(&self, pos: usize, reason: impl std::fmt::Display) -> TorchError {
         self.ctx.pickle(format!("at byte {pos}: {reason}"))
     }
 
@@ -712,7 +805,7 @@ impl<'a> Machine<'a> {
         }
         self.stack
             .last_mut()
-            .ok_or_else(|| DataError::Invalid("empty stack".into()))
+            .ok_or_else(|| TorchError::Invalid("empty stack".into()))
     }
 
     fn run(mut self, data: &[u8]) -> Result<Value> {
