@@ -16,14 +16,6 @@ pub mod po;
 pub mod split;
 pub mod synth;
 
-/// Transitional: `geolife_io::atomic::write_bytes` under its former path, for the two callers in
-/// geolife-train's `trainer/` (`checkpointer.rs`, `run_dir.rs`) that were not switched to
-/// geolife-io in the same change. Remove once they call `geolife_io::atomic` directly.
-#[doc(hidden)]
-pub mod atomic {
-    pub use geolife_io::atomic::write_bytes;
-}
-
 pub use cubes::NanPolicy;
 pub use dataset::{Dataset, DatasetOptions};
 pub use env::{EnvCoverage, EnvGroup, TabularTable};

@@ -71,6 +71,12 @@ pub enum PriorInput {
 /// `ln(PRIOR_EPS)` instead of minus infinity.
 pub const PRIOR_EPS: f64 = 1e-3;
 
+/// The seed's dropout (after each branch and after `fc1`): the one default of
+/// [`FusionConfig::dropout`] and of the training config's `model.dropout`.
+pub const SEED_DROPOUT: f64 = 0.15;
+/// The seed's `fc1` width: the one default of [`FusionConfig::hidden`] and `model.hidden`.
+pub const SEED_HIDDEN: usize = 1024;
+
 /// Configuration of [`FusionModel`]; serialisable, saved into run folders and checkpoints.
 #[derive(Config, Debug)]
 pub struct FusionConfig {
@@ -91,10 +97,10 @@ pub struct FusionConfig {
     #[config(default = "CubeBackbone::Resnet18")]
     pub cube_backbone: CubeBackbone,
     /// Dropout after each branch and after `fc1`.
-    #[config(default = 0.15)]
+    #[config(default = "SEED_DROPOUT")]
     pub dropout: f64,
     /// Width of `fc1`.
-    #[config(default = 1024)]
+    #[config(default = "SEED_HIDDEN")]
     pub hidden: usize,
     /// Tabular branch on.
     #[config(default = true)]

@@ -135,8 +135,8 @@ impl Default for ModelSection {
         Self {
             size: ModelSize::Paper,
             backbone: BackboneKind::ConvnextBase,
-            dropout: 0.15,
-            hidden: 1024,
+            dropout: geolife_model::fusion::SEED_DROPOUT,
+            hidden: geolife_model::fusion::SEED_HIDDEN,
             use_tabular: true,
             use_landsat: true,
             use_bioclim: true,

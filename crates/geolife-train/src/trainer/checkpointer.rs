@@ -195,7 +195,7 @@ impl Checkpointer {
     pub fn save_best(&self, weights: Weights) -> Result<(), TrainError> {
         let path = self.best.clone();
         self.chain(move || {
-            geolife_data::atomic::write_bytes(&path, &weights).map_err(|e| TrainError::Checkpoint {
+            geolife_io::atomic::write_bytes(&path, &weights).map_err(|e| TrainError::Checkpoint {
                 message: format!("cannot write: {e}"),
                 path,
             })

@@ -100,7 +100,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError
 
 /// Atomic write through a temporary file in the same folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    geolife_data::atomic::write_bytes(path, bytes).map_err(|source| TrainError::Io {
+    geolife_io::atomic::write_bytes(path, bytes).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
         source,
     })
