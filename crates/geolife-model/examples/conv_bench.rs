@@ -1,15 +1,15 @@
-//! Forward + backward time of burn's convolution against `geolife_model::conv`'s CPU kernels
-//! (dense: one batch-wide matrix product; depthwise: direct gradients), channels-first and
-//! channels-last (the layout the backbones run in on the CPU), at the shapes of the seed
-//! network's cube ResNet18s and ConvNeXt, with the largest relative difference of the
-//! channels-last outputs and of both gradients from burn's.
+//! Forward + backward time of burn's convolution against the CPU kernels of
+//! `geolife_model::kernels::conv` (dense: one batch-wide matrix product; depthwise: direct
+//! gradients), channels-first and channels-last (the layout the backbones run in on the CPU), at
+//! the shapes of the seed network's cube ResNet18s and ConvNeXt, with the largest relative
+//! difference of the channels-last outputs and of both gradients from burn's.
 //!
 //!     cargo run --release -p geolife-model --example conv_bench [REPEATS]
 
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use geolife_model::conv::{
+use geolife_model::kernels::conv::{
     dense_conv2d, dense_conv2d_nhwc, depthwise_conv2d, depthwise_conv2d_nhwc,
 };
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::backbones::resnet::{self, ResNet, ResNetConfig};
 use crate::backbones::{Backbone, BackboneConfig, BackboneKind, SentinelInput};
 use crate::error::ModelError;
-use crate::fused;
+use crate::kernels;
 use crate::state::TorchNamed;
 
 /// What an image/cube backbone hands to the fusion head.
@@ -320,7 +320,7 @@ impl TabMlp {
     /// - `[B, F]` -> `[B, 32]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let relu = burn::tensor::activation::relu;
-        let lin = fused::linear;
+        let lin = kernels::linear;
         lin(&self.l4, relu(lin(&self.l2, relu(lin(&self.l0, x)))))
     }
 }
@@ -396,7 +396,7 @@ const LN_EPS: f64 = 1e-5;
 
 /// `ln.forward(x)` for the fusion network's LayerNorms, through the fused CPU kernel.
 fn ln_forward<const D: usize>(ln: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
-    fused::layer_norm(x, ln.gamma.val(), ln.beta.as_ref().map(|b| b.val()), LN_EPS)
+    kernels::layer_norm(x, ln.gamma.val(), ln.beta.as_ref().map(|b| b.val()), LN_EPS)
 }
 
 fn cube_norm(norm: &LayerNorm, x: Tensor<4>) -> Tensor<4> {
@@ -550,11 +550,14 @@ impl FusionModel {
             // ln(1 + p / eps) / ln(1 + 1 / eps): 0 without evidence, 1 at p = 1.
             let scale = (1.0 / PRIOR_EPS).ln_1p();
             let z = (p.clone() / PRIOR_EPS).log1p() / scale;
-            parts.push(self.dropout.forward(ln_forward(ln, fused::linear(proj, z))));
+            parts.push(
+                self.dropout
+                    .forward(ln_forward(ln, kernels::linear(proj, z))),
+            );
         }
         let x = Tensor::cat(parts, 1); // [b, fusion_width]
-        let x = burn::tensor::activation::relu(fused::linear(&self.fc1, x));
-        let logits = fused::linear(&self.fc2, self.dropout.forward(x));
+        let x = burn::tensor::activation::relu(kernels::linear(&self.fc1, x));
+        let logits = kernels::linear(&self.fc2, self.dropout.forward(x));
         match (&self.prior_scale, input.prior) {
             (Some(scale), Some(p)) => {
                 let log_p = (p + PRIOR_EPS).log(); // [b, classes]

@@ -75,13 +75,14 @@ impl LayerNorm2d {
     /// - input/output: `[B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = x.permute([0, 2, 3, 1]); // [b, h, w, c]
-        let x = crate::fused::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.epsilon);
+        let x =
+            crate::kernels::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.epsilon);
         x.permute([0, 3, 1, 2])
     }
 
     /// The same norm on channels-last values: over the last axis (`[B, H, W, C]` or `[B, C]`).
     pub fn forward_last<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        crate::fused::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.epsilon)
+        crate::kernels::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.epsilon)
     }
 }
 

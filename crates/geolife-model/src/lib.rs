@@ -3,16 +3,15 @@
 //! export (`checkpoint`) are direct; the renames that burn forces live in `state`.
 
 pub mod backbones;
-pub mod conv;
 pub mod error;
 /// Checkpoint export.
 pub mod export {
     pub mod checkpoint;
 }
 pub mod formula;
-pub mod fused;
 pub mod fusion;
 pub mod import;
+pub mod kernels;
 pub mod layers;
 pub mod loss;
 pub mod state;

@@ -5,13 +5,13 @@ use burn::tensor::Tensor;
 
 /// Mean binary cross-entropy between `logits` and soft `targets` in `[0, 1]`, as PyTorch's
 /// `BCEWithLogitsLoss()`: `max(x, 0) - x t + log(1 + exp(-|x|))`, stable for any logit. On the
-/// CPU through the fused kernel (`crate::fused::bce_with_logits`), elsewhere as burn operations.
+/// CPU through its own kernel (`crate::kernels::bce_with_logits`), elsewhere as burn operations.
 ///
 /// # Shapes
 /// - logits, targets: `[B, K]`
 /// - output: `[1]`
 pub fn bce_with_logits(logits: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
-    if let Some(loss) = crate::fused::bce_with_logits(logits.clone(), targets.clone()) {
+    if let Some(loss) = crate::kernels::bce_with_logits(logits.clone(), targets.clone()) {
         return loss;
     }
     let positive = logits.clone().clamp_min(0.0);

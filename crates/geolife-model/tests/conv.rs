@@ -1,5 +1,5 @@
-//! The CPU convolution kernels of `geolife_model::conv` against burn's own convolution (an
-//! independent implementation): equal outputs and equal gradients of the input, the weight and
+//! The CPU convolution kernels of `geolife_model::kernels::conv` against burn's own convolution
+//! (an independent implementation): equal outputs and equal gradients of the input, the weight and
 //! the bias, at the shapes the seed network uses and at awkward ones (odd sizes, strides larger
 //! than the map, kernels wider than the map with padding, one output pixel).
 
@@ -9,7 +9,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use geolife_model::conv::{
+use geolife_model::kernels::conv::{
     self, dense_conv2d, dense_conv2d_nhwc, depthwise_conv2d, depthwise_conv2d_nhwc,
 };
 

@@ -1,4 +1,4 @@
-//! The fused CPU kernels of `geolife_model::fused` against burn's own layers (an independent
+//! The CPU kernels of `geolife_model::kernels` against burn's own layers (an independent
 //! implementation): GELU and BatchNorm (+ ReLU) give the same outputs, the same gradients of
 //! the input and the parameters, and BatchNorm the same running statistics; plus a BatchNorm
 //! computed by hand.
@@ -7,7 +7,7 @@ use burn::module::{Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use geolife_model::fused;
+use geolife_model::kernels;
 
 fn autodiff() -> Device {
     Device::flex().autodiff()
@@ -41,14 +41,14 @@ fn gelu_matches_burn_values_and_gradient() {
         let g = loss(y.clone()).backward();
         (y.inner(), x.grad(&g).expect("x gets a gradient"))
     };
-    let (y, gx) = run(&|x| fused::gelu(x));
+    let (y, gx) = run(&|x| kernels::gelu(x));
     let (y_ref, gx_ref) = run(&|x| gelu(x));
     let (ey, eg) = (rel(y, y_ref), rel(gx, gx_ref));
     assert!(ey < 1e-6, "output: relative difference {ey}");
     assert!(eg < 2e-6, "gradient: relative difference {eg}");
     // Inference (no autodiff): the same values.
     let xi = x.clone().inner();
-    let e = rel(fused::gelu(xi.clone()), gelu(xi));
+    let e = rel(kernels::gelu(xi.clone()), gelu(xi));
     assert!(e < 1e-6, "inference output: relative difference {e}");
 }
 
@@ -69,8 +69,8 @@ fn norms(c: usize, momentum: f64, d: &Device) -> (BatchNorm, BatchNorm) {
 /// kernel reads `[B, H, W, C]`, burn permutes around it and takes the permutations' gradients).
 fn ours_bn(bn: &BatchNorm, x: Tensor<4>, act: bool, nhwc: bool) -> Tensor<4> {
     match nhwc {
-        true => fused::batch_norm_nhwc(bn, x.permute([0, 2, 3, 1]), act).permute([0, 3, 1, 2]),
-        false => fused::batch_norm(bn, x, act),
+        true => kernels::batch_norm_nhwc(bn, x.permute([0, 2, 3, 1]), act).permute([0, 3, 1, 2]),
+        false => kernels::batch_norm(bn, x, act),
     }
 }
 
@@ -160,7 +160,7 @@ fn batch_norm_by_hand() {
         &d,
     )
     .require_grad();
-    let y = fused::batch_norm(&bn, x.clone(), false);
+    let y = kernels::batch_norm(&bn, x.clone(), false);
     let s = (1.25f64 + 1e-5).sqrt();
     let want: Vec<f32> = [1.0, 2.0, 3.0, 4.0]
         .iter()
@@ -184,7 +184,7 @@ fn batch_norm_by_hand() {
         (gb - 4.0).abs() < 1e-5 && gg.abs() < 1e-5,
         "beta {gb}, gamma {gg}"
     );
-    let relu_out = fused::batch_norm(&bn, x.detach(), true)
+    let relu_out = kernels::batch_norm(&bn, x.detach(), true)
         .inner()
         .into_data()
         .try_to_vec::<f32>()
@@ -195,7 +195,7 @@ fn batch_norm_by_hand() {
     }
 }
 
-/// `fused::linear` against `Linear::forward`: 2-D and 4-D (channels-last ConvNeXt) inputs,
+/// `kernels::linear` against `Linear::forward`: 2-D and 4-D (channels-last ConvNeXt) inputs,
 /// with and without a bias, and the head's shape (few rows, many columns).
 #[test]
 fn linear_matches_burn_values_and_gradients() {
@@ -220,14 +220,14 @@ fn linear_matches_burn_values_and_gradients() {
             let y: Tensor<2> = if shape.len() == 2 {
                 let x2 = x.clone().reshape([shape[0], shape[1]]);
                 if fused {
-                    fused::linear(&lin, x2)
+                    kernels::linear(&lin, x2)
                 } else {
                     lin.forward(x2)
                 }
             } else {
                 let x4 = x.clone().reshape([shape[0], shape[1], shape[2], shape[3]]);
                 let y = if fused {
-                    fused::linear(&lin, x4)
+                    kernels::linear(&lin, x4)
                 } else {
                     lin.forward(x4)
                 };
@@ -261,7 +261,7 @@ fn linear_matches_burn_values_and_gradients() {
     }
 }
 
-/// `fused::layer_norm` against `burn::tensor::module::layer_norm`: rows of 1 to 1,000 values
+/// `kernels::layer_norm` against `burn::tensor::module::layer_norm`: rows of 1 to 1,000 values
 /// (the fusion network's widths and ConvNeXt's channels-last maps), a permuted (strided) input
 /// as `LayerNorm2d` passes, and inference.
 #[test]
@@ -288,7 +288,7 @@ fn layer_norm_matches_burn_values_and_gradients() {
                     x.clone()
                 };
                 let y = if fused {
-                    fused::layer_norm(input, g.clone(), Some(b.clone()), 1e-6)
+                    kernels::layer_norm(input, g.clone(), Some(b.clone()), 1e-6)
                 } else {
                     layer_norm(input, g.clone(), Some(b.clone()), 1e-6)
                 };
@@ -317,7 +317,7 @@ fn layer_norm_matches_burn_values_and_gradients() {
                 beta.clone().inner(),
             );
             let e = rel(
-                fused::layer_norm(xi.clone(), gi.clone(), Some(bi.clone()), 1e-6),
+                kernels::layer_norm(xi.clone(), gi.clone(), Some(bi.clone()), 1e-6),
                 layer_norm(xi, gi, Some(bi), 1e-6),
             );
             assert!(e < 1e-5, "inference: relative difference {e}, {at}");

@@ -514,7 +514,7 @@ fn adamw_on_wgpu_equals_adamw_on_flex_over_five_steps() {
     let grads: Vec<Vec<f32>> = (0..5).map(|k| draw(10f32.powi(-k))).collect();
     let run = |device: &Device, fused: bool| {
         let t = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), shape), device);
-        let cpu = geolife_train::trainer::fused_adamw::FusedAdamW::new(
+        let cpu = geolife_model::kernels::FusedAdamW::new(
             o.beta1 as f32,
             o.beta2 as f32,
             o.epsilon as f32,
@@ -577,7 +577,7 @@ fn adamw_on_wgpu_equals_adamw_on_flex_over_five_steps() {
 /// against the broadcast weight, whose backward builds one weight gradient per batch index,
 /// `[2048, 512, 512]` f32 = 2^31 bytes: one byte more than a wgpu storage binding takes, so it
 /// failed with `can't allocate buffer of size: 2147483648`, as ConvNeXt-B's stage-2 projection
-/// did at batch 128 on an H200. `fused::linear_with` runs it as rows of one 2-D product. The
+/// did at batch 128 on an H200. `kernels::linear_with` runs it as rows of one 2-D product. The
 /// gradients of `sum(y)` are hand-computable: d/dW[i][j] is the sum of input column i, and
 /// d/db[j] the number of rows.
 #[test]
@@ -602,7 +602,7 @@ fn a_linear_layer_whose_batched_weight_gradient_needs_2_gib_trains_on_wgpu() {
         .mul_scalar(0.01)
         .require_grad();
     let bias = Tensor::<1>::zeros([c], &device).require_grad();
-    let y = geolife_model::fused::linear_with(x, w.clone(), Some(bias.clone()));
+    let y = geolife_model::kernels::linear_with(x, w.clone(), Some(bias.clone()));
     assert_eq!(y.dims(), [b, h, c]);
     let grads = y.sum().backward();
     let gw = w.grad(&grads).expect("the weight gets a gradient");

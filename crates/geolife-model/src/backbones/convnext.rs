@@ -7,8 +7,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels::{self, conv};
 use crate::layers::{LayerNorm2d, StochasticDepth, stochastic_depth_rates, tv_conv, tv_linear};
-use crate::{conv, fused};
 
 const EPS: f64 = 1e-6;
 
@@ -164,14 +164,14 @@ impl CnBlock {
     /// - input/output `[B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = conv::forward(&self.dwconv, x.clone()).permute([0, 2, 3, 1]); // [b, h, w, c]
-        let y = fused::layer_norm(
+        let y = kernels::layer_norm(
             y,
             self.norm.gamma.val(),
             self.norm.beta.as_ref().map(|b| b.val()),
             EPS,
         );
-        let y = fused::gelu(fused::linear(&self.pwconv1, y));
-        let y = fused::linear(&self.pwconv2, y).permute([0, 3, 1, 2]); // [b, c, h, w]
+        let y = kernels::gelu(kernels::linear(&self.pwconv1, y));
+        let y = kernels::linear(&self.pwconv2, y).permute([0, 3, 1, 2]); // [b, c, h, w]
         let y = y * self.layer_scale.val().unsqueeze::<4>();
         self.drop_path.forward(y) + x
     }
@@ -185,13 +185,13 @@ impl CnBlock {
     /// - input/output `[B, H, W, C]`
     pub fn forward_nhwc(&self, x: Tensor<4>) -> Tensor<4> {
         let y = conv::forward_nhwc(&self.dwconv, x.clone());
-        let y = fused::layer_norm(
+        let y = kernels::layer_norm(
             y,
             self.norm.gamma.val(),
             self.norm.beta.as_ref().map(|b| b.val()),
             EPS,
         );
-        let y = fused::gelu(fused::linear(&self.pwconv1, y));
+        let y = kernels::gelu(kernels::linear(&self.pwconv1, y));
         let [c, _, _] = self.layer_scale.dims();
         let scale: Tensor<2> = self.layer_scale.val().reshape([1, c]);
         let weight = self.pwconv2.weight.val() * scale.clone();
@@ -200,7 +200,7 @@ impl CnBlock {
             .bias
             .as_ref()
             .map(|b| b.val() * scale.reshape([c]));
-        let y = fused::linear_with(y, weight, bias);
+        let y = kernels::linear_with(y, weight, bias);
         self.drop_path.forward(y) + x
     }
 }
@@ -227,7 +227,7 @@ impl ConvNext {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H/32, W/32]`
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
-        match fused::on_cpu_f32(&x) {
+        match kernels::on_cpu_f32(&x) {
             true => self.forward_features_nhwc(x).permute([0, 3, 1, 2]),
             false => self.forward_features_nchw(x),
         }
@@ -282,7 +282,7 @@ impl ConvNext {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, num_classes]` or `[B, C4]`
     pub fn forward_with(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
-        if !fused::on_cpu_f32(&x) {
+        if !kernels::on_cpu_f32(&x) {
             return self.forward_head(self.forward_features_nchw(x), pre_logits);
         }
         let x = self.forward_features_nhwc(x);
@@ -294,7 +294,7 @@ impl ConvNext {
     /// `classifier.2` on normalised pooled features, unless `pre_logits` (or no head).
     fn classify(&self, x: Tensor<2>, pre_logits: bool) -> Tensor<2> {
         match (&self.head, pre_logits) {
-            (Some(head), false) => fused::linear(head, x),
+            (Some(head), false) => kernels::linear(head, x),
             _ => x,
         }
     }

@@ -32,7 +32,7 @@ use burn::nn::{
 use burn::tensor::activation::{sigmoid, silu, softmax};
 use burn::tensor::{Device, Tensor};
 
-use crate::fused;
+use crate::kernels;
 use crate::layers::{
     relative_position_index, stochastic_depth, stochastic_depth_rates, tv_conv, tv_linear as linear,
 };
@@ -601,9 +601,9 @@ impl PartitionAttention {
         let a = attn.forward(norm.forward(x.clone()));
         let x = x + stochastic_depth(a, sd, &self.training);
         let (norm, fc1, act, fc2, _) = &self.mlp_layer;
-        let m = fused::linear(
+        let m = kernels::linear(
             fc2,
-            act.forward(fused::linear(fc1, norm.forward(x.clone()))),
+            act.forward(kernels::linear(fc1, norm.forward(x.clone()))),
         );
         let x = x + stochastic_depth(m, sd, &self.training);
         let x = if self.grid { x.swap_dims(1, 2) } else { x };
@@ -632,7 +632,7 @@ impl RelativePositionalMultiHeadAttention {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, g, p, d] = x.dims();
         let (nh, dh) = (self.n_heads, d / self.n_heads);
-        let qkv = fused::linear(&self.to_qkv, x);
+        let qkv = kernels::linear(&self.to_qkv, x);
         let split = |i: usize| {
             qkv.clone()
                 .narrow(3, i * d, d)
@@ -655,6 +655,6 @@ impl RelativePositionalMultiHeadAttention {
             .unsqueeze_dim::<4>(0); // [1, H, P, P]
         let attn = softmax(q.matmul(k.swap_dims(2, 3)) + bias, 3);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, g, p, d]);
-        fused::linear(&self.merge, out)
+        kernels::linear(&self.merge, out)
     }
 }

@@ -8,8 +8,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels::{self, conv};
 use crate::layers::global_avg_pool;
-use crate::{conv, fused};
 
 /// Residual block family.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -254,8 +254,8 @@ impl Block {
             false => conv::forward(c, x),
         };
         let bn = |b: &BatchNorm, x, relu| match nhwc {
-            true => fused::batch_norm_nhwc(b, x, relu),
-            false => fused::batch_norm(b, x, relu),
+            true => kernels::batch_norm_nhwc(b, x, relu),
+            false => kernels::batch_norm(b, x, relu),
         };
         let identity = match &self.downsample {
             Some(d) => bn(&d.bn, conv(&d.conv, x.clone()), false),
@@ -302,7 +302,7 @@ impl ResNet {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H', W']`
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
-        match fused::on_cpu_f32(&x) {
+        match kernels::on_cpu_f32(&x) {
             true => self.forward_features_nhwc(x).permute([0, 3, 1, 2]),
             false => self.forward_features_nchw(x),
         }
@@ -315,7 +315,7 @@ impl ResNet {
     /// - input `[B, Cin, H, W]` -> output `[B, H', W', C4]`
     pub fn forward_features_nhwc(&self, x: Tensor<4>) -> Tensor<4> {
         let x = conv::forward_nhwc(&self.conv1, x.permute([0, 2, 3, 1]));
-        let mut x = fused::batch_norm_nhwc(&self.bn1, x, true);
+        let mut x = kernels::batch_norm_nhwc(&self.bn1, x, true);
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x.permute([0, 3, 1, 2])).permute([0, 2, 3, 1]);
         }
@@ -327,7 +327,7 @@ impl ResNet {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H', W']`
     pub fn forward_features_nchw(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = fused::batch_norm(&self.bn1, conv::forward(&self.conv1, x), true);
+        let mut x = kernels::batch_norm(&self.bn1, conv::forward(&self.conv1, x), true);
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }
@@ -357,7 +357,7 @@ impl ResNet {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, num_classes]` or `[B, C4]`
     pub fn forward_with(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
-        if !fused::on_cpu_f32(&x) {
+        if !kernels::on_cpu_f32(&x) {
             return self.forward_head(self.forward_features_nchw(x), pre_logits);
         }
         let x = self.forward_features_nhwc(x);
@@ -368,7 +368,7 @@ impl ResNet {
     /// `fc` on pooled features, unless `pre_logits` (or no `fc`).
     fn classify(&self, x: Tensor<2>, pre_logits: bool) -> Tensor<2> {
         match (&self.fc, pre_logits) {
-            (Some(fc), false) => fused::linear(fc, x),
+            (Some(fc), false) => kernels::linear(fc, x),
             _ => x,
         }
     }

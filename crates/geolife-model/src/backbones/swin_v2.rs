@@ -25,7 +25,7 @@ use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
-use crate::fused;
+use crate::kernels;
 use crate::layers::{
     relative_position_index, stochastic_depth, stochastic_depth_rates, tv_linear as linear,
 };
@@ -395,9 +395,9 @@ impl SwinBlockV2 {
         let a = self.norm1.forward(self.attn.forward(x.clone()));
         let x = x + stochastic_depth(a, p, &self.training);
         let (fc1, act, _, fc2, _) = &self.mlp;
-        let m = self.norm2.forward(fused::linear(
+        let m = self.norm2.forward(kernels::linear(
             fc2,
-            act.forward(fused::linear(fc1, x.clone())),
+            act.forward(kernels::linear(fc1, x.clone())),
         ));
         x + stochastic_depth(m, p, &self.training)
     }
@@ -480,7 +480,7 @@ impl ShiftedWindowAttentionV2 {
             .bias
             .as_ref()
             .map(|bias| bias.val() * qkv_bias_mask(c, &device));
-        let qkv = fused::linear_with(x, self.qkv.weight.val(), bias)
+        let qkv = kernels::linear_with(x, self.qkv.weight.val(), bias)
             .reshape([bn, n, 3, heads, hd])
             .permute([2, 0, 3, 1, 4]); // [3, bn, heads, n, hd]
         let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([bn, heads, n, hd]);
@@ -499,7 +499,7 @@ impl ShiftedWindowAttentionV2 {
         }
         let attn = softmax(attn, 3);
         let x = attn.matmul(v).swap_dims(1, 2).reshape([bn, n, c]);
-        let x = fused::linear(&self.proj, x);
+        let x = kernels::linear(&self.proj, x);
         let mut x = x
             .reshape([b, nh, nw, ws, ws, c])
             .permute([0, 1, 3, 2, 4, 5])

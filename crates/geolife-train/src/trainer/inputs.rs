@@ -111,11 +111,12 @@ pub fn adamw(o: &OptimSection) -> AdamWConfig {
 }
 
 /// The optimiser of a run: the recipe's AdamW, fused into one pass per parameter on the CPU
-/// (see [`super::fused_adamw`]), burn's own on other devices; gradient clipping as configured.
+/// (see [`geolife_model::kernels::adamw`]), burn's own on other devices; gradient clipping as
+/// configured.
 pub fn optimizer(o: &OptimSection, device: DeviceKind) -> ModuleOptimizer {
     match device {
         DeviceKind::Flex => {
-            let fused = ModuleOptimizer::from(super::fused_adamw::FusedAdamW::new(
+            let fused = ModuleOptimizer::from(geolife_model::kernels::FusedAdamW::new(
                 o.beta1 as f32,
                 o.beta2 as f32,
                 o.epsilon as f32,

@@ -8,7 +8,10 @@
 
 pub mod checkpointer;
 pub mod device;
-pub mod fused_adamw;
+/// The fused CPU AdamW, moved next to its kernel: [`geolife_model::kernels::adamw`].
+pub mod fused_adamw {
+    pub use geolife_model::kernels::FusedAdamW;
+}
 pub mod inputs;
 pub mod launches;
 pub mod run_dir;

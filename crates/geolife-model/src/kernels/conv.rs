@@ -1,40 +1,26 @@
-//! Faster CPU convolutions for the seed network: a few large matrix products over the batch for
-//! dense convolutions, and a direct backward pass for depthwise ones. Registered for burn flex through
-//! burn's backend-extension API (a custom primitive with its own autodiff node); every other
-//! device, and every convolution these kernels do not cover, runs burn's own convolution.
-//!
-//! Why (issue 12, measured with `examples/conv_bench.rs`):
-//! - burn flex runs a dense convolution as one small matrix product per sample and per tile of
-//!   output pixels, and its weight gradient as a convolution whose "batch" is the input channels
-//!   and whose output is the `kh x kw` kernel pixels. On the cube branches' small maps (4x21 down
-//!   to 1x3 pixels) every product has a handful of rows, and the GEMM microkernels run far below
-//!   their peak. Here the channels-last patches of as many samples as fill about 4 MiB form one
-//!   `[n*Ho*Wo, kh*kw*C]` matrix (the whole batch on the cube maps), so the forward pass and both
-//!   gradients are a few large products, and each piece's patches are multiplied (and, backward,
-//!   scattered) while still in cache. The pieces run in parallel.
-//! - burn's weight gradient of a grouped convolution loops over the groups with a slice, a
-//!   convolution and a slice-assign each: for ConvNeXt's depthwise 7x7 (up to 1,536 groups) that
-//!   is thousands of small operations per layer. Here both depthwise gradients are direct loops.
-//! - The backbones run channels-last on the CPU ([`forward_nhwc`]): every kernel then reads and
-//!   writes `[B, H, W, C]`, so no layer converts its input or its output (the channels-first
-//!   entry points transpose both ways, and the permuted LayerNorm inputs of ConvNeXt were
-//!   copied twice more). The channels-last depthwise kernel adds its bias itself and loops over
-//!   contiguous channels, vectorised, instead of over one plane at a time.
+//! Dense and depthwise 2-D convolutions on the CPU, channels-first and channels-last: a dense one
+//! as a few large matrix products over cache-sized pieces of the batch (burn flex runs one small
+//! product per sample and tile), a depthwise one as direct loops (burn's loop over the groups).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::{Bytes, DType, Shape, Tensor};
+use burn::tensor::{DType, Shape, Tensor};
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
+
+use super::shared::{
+    add_shares, matmul, matmul_into, matmul_new, on_cpu_f32, par_filled, register_grads, slice,
+    tensor, widest,
+};
 
 /// Patch-matrix values per piece of the batch (4 MiB): small enough to stay in cache between
 /// being built and multiplied, large enough for full-speed products.
@@ -254,7 +240,7 @@ enum Kernel {
 /// Which of this module's kernels runs `conv` on `x`, if any; `[c, h, w]` are the input's
 /// channels and map size (whatever its layout).
 fn kernel_for(conv: &Conv2d, x: &Tensor<4>, [c, h, w]: [usize; 3]) -> Option<Kernel> {
-    if conv.dilation != [1, 1] || !crate::fused::on_cpu_f32(x) {
+    if conv.dilation != [1, 1] || !on_cpu_f32(x) {
         return None;
     }
     let padding = match conv.padding {
@@ -330,274 +316,6 @@ impl Geometry {
             .checked_sub(self.padding[0])
             .filter(|&r| r < self.h)
     }
-}
-
-/// The values of a contiguous f32 flex tensor (`to_contiguous` first), in row-major order.
-pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>()
-        .unwrap_or_else(|| unreachable!("a contiguous f32 tensor has a slice"))
-}
-
-/// A contiguous f32 flex tensor of shape `shape` holding `v`.
-pub(crate) fn tensor(v: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(v),
-        Layout::contiguous(shape.into()),
-        DType::F32,
-    )
-}
-
-/// `dst = lhs * rhs` (`m x k` times `k x n`), or `dst += lhs * rhs` when `accumulate`, each
-/// matrix given by its row and column strides.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_strides: [isize; 2],
-    lhs: &[f32],
-    lhs_strides: [isize; 2],
-    rhs: &[f32],
-    rhs_strides: [isize; 2],
-    parallelism: gemm::Parallelism,
-    accumulate: bool,
-) {
-    check_fits(
-        m,
-        n,
-        k,
-        dst.len(),
-        dst_strides,
-        lhs,
-        lhs_strides,
-        rhs,
-        rhs_strides,
-    );
-    if accumulate && k == 0 {
-        return; // nothing to add (gemm would scale the destination by its alpha)
-    }
-    // SAFETY: `check_fits` keeps every element the strides reach inside its slice, the
-    // destination is borrowed mutably (no overlap with the inputs) and its values are
-    // initialised, so reading them (`accumulate`) is sound.
-    unsafe {
-        gemm_raw(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_strides,
-            lhs,
-            lhs_strides,
-            rhs,
-            rhs_strides,
-            parallelism,
-            accumulate,
-        )
-    }
-}
-
-/// `lhs * rhs` as a new row-major `m x n` vector, written by the product itself (no zero-fill
-/// of the destination first).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_new(
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: &[f32],
-    lhs_strides: [isize; 2],
-    rhs: &[f32],
-    rhs_strides: [isize; 2],
-    parallelism: gemm::Parallelism,
-) -> Vec<f32> {
-    if k == 0 || m * n == 0 {
-        return vec![0f32; m * n];
-    }
-    let dst_strides = [n as isize, 1];
-    check_fits(
-        m,
-        n,
-        k,
-        m * n,
-        dst_strides,
-        lhs,
-        lhs_strides,
-        rhs,
-        rhs_strides,
-    );
-    let mut v = Vec::with_capacity(m * n);
-    // SAFETY: `check_fits` keeps every element the strides reach inside its buffer (the
-    // capacity is `m * n`); with `k > 0` the product writes all `m * n` values of the dense
-    // row-major destination and reads none of them (`read_dst` false), so every value is
-    // initialised before `set_len`.
-    unsafe {
-        gemm_raw(
-            m,
-            n,
-            k,
-            v.as_mut_ptr(),
-            dst_strides,
-            lhs,
-            lhs_strides,
-            rhs,
-            rhs_strides,
-            parallelism,
-            false,
-        );
-        v.set_len(m * n);
-    }
-    v
-}
-
-/// `lhs * rhs` written into `dst`, an `m x n` matrix with strides `dst_strides` covering all
-/// of `dst`, not yet initialised (every value is written, none read).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_into(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [MaybeUninit<f32>],
-    dst_strides: [isize; 2],
-    lhs: &[f32],
-    lhs_strides: [isize; 2],
-    rhs: &[f32],
-    rhs_strides: [isize; 2],
-    parallelism: gemm::Parallelism,
-) {
-    assert_eq!(
-        dst.len(),
-        m * n,
-        "matmul_into: the destination is the whole matrix"
-    );
-    if k == 0 || m * n == 0 {
-        for v in dst.iter_mut() {
-            v.write(0.0);
-        }
-        return;
-    }
-    check_fits(
-        m,
-        n,
-        k,
-        dst.len(),
-        dst_strides,
-        lhs,
-        lhs_strides,
-        rhs,
-        rhs_strides,
-    );
-    // SAFETY: `check_fits` keeps every element the strides reach inside its buffer; with
-    // `k > 0` the product writes all `m * n` elements and reads none (`read_dst` false), and
-    // the `m * n` elements are the whole buffer (asserted), so every value is written.
-    unsafe {
-        gemm_raw(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().cast::<f32>(),
-            dst_strides,
-            lhs,
-            lhs_strides,
-            rhs,
-            rhs_strides,
-            parallelism,
-            false,
-        );
-    }
-}
-
-/// Panics unless each matrix's last element, as its strides reach it, lies inside its buffer.
-#[allow(clippy::too_many_arguments)]
-fn check_fits(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst_len: usize,
-    dst_strides: [isize; 2],
-    lhs: &[f32],
-    lhs_strides: [isize; 2],
-    rhs: &[f32],
-    rhs_strides: [isize; 2],
-) {
-    let last = |s: [isize; 2], rows: usize, cols: usize| {
-        (rows.saturating_sub(1)) as isize * s[0] + (cols.saturating_sub(1)) as isize * s[1]
-    };
-    assert!(
-        m * n == 0
-            || (last(dst_strides, m, n) < dst_len as isize
-                && last(lhs_strides, m, k) < lhs.len() as isize
-                && last(rhs_strides, k, n) < rhs.len() as isize),
-        "matmul: a matrix does not fit its buffer"
-    );
-}
-
-/// The `gemm` call: `dst = lhs * rhs`, or `dst += lhs * rhs` when `accumulate` (otherwise
-/// the destination's previous values are not read).
-///
-/// # Safety
-/// Every element `dst`'s strides reach for an `m x n` matrix must be writable and not
-/// overlap `lhs` or `rhs` (see `check_fits`), and initialised when `accumulate`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_strides: [isize; 2],
-    lhs: &[f32],
-    lhs_strides: [isize; 2],
-    rhs: &[f32],
-    rhs_strides: [isize; 2],
-    parallelism: gemm::Parallelism,
-    accumulate: bool,
-) {
-    // SAFETY: the caller's contract; the inputs are slices the strides stay inside.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_strides[1],
-            dst_strides[0],
-            accumulate,
-            lhs.as_ptr(),
-            lhs_strides[1],
-            lhs_strides[0],
-            rhs.as_ptr(),
-            rhs_strides[1],
-            rhs_strides[0],
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
-/// `n` values, each chunk of `chunk` values written in parallel by `fill(chunk index, chunk)`,
-/// without zeroing them first (on the calling thread, that was a serial memset of every
-/// output). `fill` must write every value of its chunk.
-pub(crate) fn par_filled(
-    n: usize,
-    chunk: usize,
-    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
-) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    v.spare_capacity_mut()[..n]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .for_each(|(i, c)| {
-            crate::fused::widest(
-                #[inline(always)]
-                || fill(i, c),
-            )
-        });
-    // SAFETY: the capacity is `n`, and `fill` wrote all `n` values (its contract).
-    unsafe { v.set_len(n) };
-    v
 }
 
 /// The sum of the pieces' equal-length weight-gradient shares, added in piece order (the first
@@ -1078,7 +796,7 @@ impl ConvBackend for Flex {
             .par_chunks_mut(plane)
             .enumerate()
             .for_each(|(p, gx)| {
-                crate::fused::widest(
+                widest(
                     #[inline(always)]
                     || {
                         let (c, gy) = (p % g.c, &gs[p * out_plane..][..out_plane]);
@@ -1108,7 +826,7 @@ impl ConvBackend for Flex {
         // dW[c, i, j] = sum over samples and output pixels of dY[oh, ow] * X[ih, iw].
         let mut grad_w = vec![0f32; g.c * taps];
         grad_w.par_chunks_mut(taps).enumerate().for_each(|(c, gw)| {
-            crate::fused::widest(
+            widest(
                 #[inline(always)]
                 || {
                     for b in 0..g.b {
@@ -1298,7 +1016,7 @@ fn depthwise_nhwc_weight_grad(x: &[f32], grad: &[f32], g: &Geometry) -> (Vec<f32
     let shares: Vec<Vec<f32>> = (0..g.b.div_ceil(per))
         .into_par_iter()
         .map(|p| {
-            crate::fused::widest(
+            widest(
                 #[inline(always)]
                 || {
                     // `taps` rows of weight gradient, then the bias's row.
@@ -1338,7 +1056,7 @@ fn depthwise_nhwc_weight_grad(x: &[f32], grad: &[f32], g: &Geometry) -> (Vec<f32
             )
         })
         .collect();
-    let total = crate::fused::add_shares(&shares, (taps + 1) * c);
+    let total = add_shares(&shares, (taps + 1) * c);
     let mut w: Vec<f32> = total.into_iter().map(|v| v as f32).collect();
     let bias = w.split_off(taps * c);
     (w, bias)
@@ -1398,7 +1116,7 @@ impl<B: ConvBackend> Backward<B, 2> for ConvNode {
             }
             Kind::Depthwise => B::depthwise_conv2d_backward(x, weight, grad, padding),
         };
-        crate::fused::register_grads::<B, 2>(
+        register_grads::<B, 2>(
             grads,
             ops.parents.map(|p| p.map(|n| n.id)),
             [grad_x, grad_w],
@@ -1455,11 +1173,7 @@ impl<B: ConvBackend> Backward<B, 3> for DepthwiseNhwcNode {
         let grad = grads.consume::<B>(&ops.node);
         let (x, weight, padding) = ops.state;
         let (gx, gw, gb) = B::depthwise_conv2d_nhwc_backward(x, weight, grad, padding);
-        crate::fused::register_grads::<B, 3>(
-            grads,
-            ops.parents.map(|p| p.map(|n| n.id)),
-            [gx, gw, gb],
-        );
+        register_grads::<B, 3>(grads, ops.parents.map(|p| p.map(|n| n.id)), [gx, gw, gb]);
     }
 }
 

@@ -1,0 +1,18 @@
+//! The CPU kernels of the seed network's layers, registered for burn flex through burn's
+//! backend-extension API with their own autodiff nodes; every other device and dtype runs burn's
+//! own operations. One module per computation, all built on `shared.rs` (README, "Measured speed").
+
+pub mod adamw;
+pub mod bce;
+pub mod conv;
+pub mod gelu;
+pub mod linear;
+pub mod norm;
+mod shared;
+
+pub use adamw::{FusedAdamW, adamw_applies, adamw_step};
+pub use bce::bce_with_logits;
+pub use gelu::gelu;
+pub use linear::{linear, linear_with};
+pub use norm::{batch_norm, batch_norm_nhwc, layer_norm};
+pub(crate) use shared::on_cpu_f32;
