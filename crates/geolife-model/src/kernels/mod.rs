@@ -16,3 +16,4 @@ pub use gelu::gelu;
 pub use linear::{linear, linear_with};
 pub use norm::{batch_norm, batch_norm_nhwc, layer_norm};
 pub(crate) use shared::on_cpu_f32;
+pub use shared::set_cpu_kernels;

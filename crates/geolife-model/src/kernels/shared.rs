@@ -13,10 +13,23 @@ use burn::backend::{Autodiff, Backend};
 use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
 use rayon::prelude::*;
 
+/// Whether the CPU kernels (and the channels-last layouts built on them) run; see
+/// [`set_cpu_kernels`].
+static CPU_KERNELS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the CPU kernels on (the default) or off for the whole process. Off, every layer, the
+/// loss and AdamW run burn's own operations: the reference a whole training run with the
+/// kernels is tested against (`geolife-train/tests/kernels_vs_burn.rs`).
+pub fn set_cpu_kernels(on: bool) {
+    CPU_KERNELS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether `t` lives on burn flex (with or without autodiff) and holds f32 values: the tensors
-/// these kernels take.
+/// these kernels take (while they are on, see [`set_cpu_kernels`]).
 pub(crate) fn on_cpu_f32<const D: usize>(t: &Tensor<D>) -> bool {
-    t.dtype() == DType::F32 && t.device().without_autodiff() == Device::flex()
+    t.dtype() == DType::F32
+        && t.device().without_autodiff() == Device::flex()
+        && CPU_KERNELS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Values per parallel task of the element-wise loops.
