@@ -11,7 +11,6 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use geolife_model::backbones::BackboneKind;
 use geolife_model::fusion::{FusionConfig, FusionInput, FusionModel};
-use geolife_model::state::state_dict;
 use geolife_train::config::{DeviceKind, OptimSection};
 use geolife_train::trainer::inputs::optimizer;
 
@@ -87,7 +86,7 @@ struct Grads<'a> {
 impl burn::module::ModuleVisitor for Grads<'_> {
     fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            self.out.push(g.into_data().to_vec::<f32>().unwrap());
+            self.out.push(g.into_data().try_to_vec::<f32>().unwrap());
         }
     }
 }
