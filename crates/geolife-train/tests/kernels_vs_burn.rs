@@ -171,7 +171,7 @@ fn the_seed_network_trains_with_the_cpu_kernels_as_with_burns_layers() {
         burn::module::Module::valid(m)
             .forward(input)
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap()
     };
     let (x, y) = (held_out(&model), held_out(&burn_model));
