@@ -295,43 +295,24 @@ fn imported_seed_models_record_their_tabular_feature_order() {
     let wide = dir.path().join("wide.safetensors");
     plain_fusion(&wide, 47);
     let refused = dir.path().join("refused.safetensors");
-    let (_, stderr) = run_expect(
-        &[
-            "import-weights",
-            "--backbone",
-            "smoke_convnext",
-            "--input",
-            s(&wide),
-            "--output",
-            s(&refused),
-        ],
-        1,
-    );
+    let refuse = |extra: &[&str]| {
+        let out = import_fusion(&wide, &refused, extra);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+        assert!(
+            !refused.exists(),
+            "nothing is written when the order is unknown"
+        );
+        stderr
+    };
+    let stderr = refuse(&[]);
     assert!(
         stderr.contains("47 tabular features") && stderr.contains("--features-from"),
         "{stderr}"
     );
-    assert!(
-        !refused.exists(),
-        "nothing is written when the order is unknown"
-    );
-    let (_, stderr) = run_expect(
-        &[
-            "import-weights",
-            "--backbone",
-            "smoke_convnext",
-            "--input",
-            s(&wide),
-            "--output",
-            s(&refused),
-            "--features-from",
-            s(&root),
-        ],
-        1,
-    );
+    let stderr = refuse(&["--features-from", s(&root)]);
     assert!(
         stderr.contains("gives 46 tabular features") && stderr.contains("takes 47"),
         "{stderr}"
     );
-    assert!(!refused.exists());
 }
