@@ -1,0 +1,142 @@
+//! Blending: the members' (and the prior's) score files into one, with fixed weights or
+//! weights fitted on validation, and `ensemble.toml`, which records them. Shared by the
+//! pipeline and the demo, which blends its own rows the same way.
+
+use std::path::Path;
+
+use geolife_metrics::{FitTarget, FittedWeights, ScoreFile, Solution, blend, fit_weights};
+
+use super::members::MemberScores;
+use super::report::best_k_f1;
+use super::{EnsembleSpec, ResolvedPipeline, outputs};
+use crate::error::TrainError;
+use crate::trainer::files;
+
+/// A blend of score files and its weights (see [`fit_blend`]).
+#[derive(Debug, Clone)]
+pub struct Blend {
+    /// Normalised weights, one per input file.
+    pub weights: Vec<f64>,
+    /// Whether they were fitted on validation (else fixed).
+    pub fitted: bool,
+    pub val: ScoreFile,
+    pub test: ScoreFile,
+}
+
+/// Blends `val` and `test` (one file per member, in the same order) with `spec`'s fixed
+/// weights, or with weights fitted on the validation files against `labels` (coordinate
+/// search maximising the best top-K samples-F1, K <= `max_k`). `model` names the blend.
+pub fn fit_blend(
+    val: &[ScoreFile],
+    test: &[ScoreFile],
+    labels: &Solution,
+    spec: &EnsembleSpec,
+    max_k: usize,
+    model: &str,
+) -> Result<Blend, TrainError> {
+    let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
+    let (weights, fitted) = match &spec.weights {
+        Some(w) => {
+            let s: f64 = w.iter().sum();
+            (w.iter().map(|x| x / s).collect::<Vec<_>>(), false)
+        }
+        None => {
+            let target = FitTarget::BestTopK { max_k };
+            let fitted = fit_weights(val, labels, spec.method, &target).map_err(metrics)?;
+            (fitted.weights, true)
+        }
+    };
+    let (val, _) = blend(val, &weights, spec.method).map_err(metrics)?;
+    let (test, _) = blend(test, &weights, spec.method).map_err(metrics)?;
+    Ok(Blend {
+        weights,
+        fitted,
+        val: ScoreFile {
+            model: model.into(),
+            ..val
+        },
+        test: ScoreFile {
+            model: model.into(),
+            ..test
+        },
+    })
+}
+
+impl Blend {
+    /// `fitted` or `fixed` (the report's and `ensemble.toml`'s word for the weights).
+    pub(super) fn weights_kind(&self) -> &'static str {
+        if self.fitted { "fitted" } else { "fixed" }
+    }
+}
+
+/// The pipeline's blend of every member's scores, its validation and test files written.
+pub(super) fn blend_members(
+    p: &ResolvedPipeline,
+    out: &Path,
+    scores: &MemberScores,
+    labels: &Solution,
+) -> Result<Blend, TrainError> {
+    let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
+    let blend = fit_blend(
+        &scores.val,
+        &scores.test,
+        labels,
+        &p.ensemble,
+        p.policy.max_k,
+        "geolife-pipeline-ensemble",
+    )?;
+    blend
+        .val
+        .write(&out.join(outputs::VAL_SCORES))
+        .map_err(metrics)?;
+    blend
+        .test
+        .write(&out.join(outputs::TEST_SCORES))
+        .map_err(metrics)?;
+    Ok(blend)
+}
+
+/// `ensemble.toml`: the weights, the blend's validation F1 at its best K (`f1`), that of
+/// equal weights (`f1_equal`), and the members' validation files in blend order.
+pub(super) fn write_ensemble_file(
+    p: &ResolvedPipeline,
+    out: &Path,
+    val: &[ScoreFile],
+    labels: &Solution,
+    blended: &Blend,
+    f1: f64,
+) -> Result<(), TrainError> {
+    let method = p.ensemble.method;
+    let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
+    let f1_equal = if val.len() == 1 {
+        f1
+    } else {
+        let equal = vec![1.0 / val.len() as f64; val.len()];
+        let (eq, _) = blend(val, &equal, method).map_err(metrics)?;
+        best_k_f1(&eq, labels, p.policy.max_k).1
+    };
+    FittedWeights {
+        weights: blended.weights.clone(),
+        method,
+        f1: Some(f1),
+        f1_equal: Some(f1_equal),
+        paper_f1: None,
+        target: format!(
+            "best top-K (K <= {}), {} weights",
+            p.policy.max_k,
+            blended.weights_kind()
+        ),
+        files: p
+            .members
+            .iter()
+            .map(|m| format!("{}/{}/{}", outputs::MEMBERS, m.name, files::VAL_SCORES))
+            .chain(
+                p.prior
+                    .iter()
+                    .map(|_| format!("{}/{}", outputs::PRIOR, outputs::VAL_SCORES)),
+            )
+            .collect(),
+    }
+    .save(&out.join(outputs::ENSEMBLE))
+    .map_err(metrics)
+}

@@ -1,0 +1,273 @@
+//! The report: one row per member, the prior and the ensemble (validation F1, the policy
+//! chosen on validation, test F1 when test labels are known), written as `report.json`,
+//! `report.md` and a bar plot. Recomputed from the members' files on every run.
+
+use std::path::Path;
+
+use geolife_metrics::{
+    FitOptions, PolicyKind, RankTable, ScoreFile, Solution, best_k, calibrate_all, samples_f1,
+};
+use serde::{Deserialize, Serialize};
+
+use super::blend::Blend;
+use super::members::{MemberRecord, MemberScores};
+use super::{PipelineOptions, PolicySpec, outputs};
+use crate::error::TrainError;
+use crate::trainer::run_dir::write_json;
+use crate::trainer::write_atomic;
+
+/// One row of the report (a member or the ensemble).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReportRow {
+    pub name: String,
+    /// Sentinel backbone (members) or `ensemble`.
+    pub model: String,
+    /// Weight in the blend (members).
+    pub weight: Option<f64>,
+    pub best_epoch: Option<usize>,
+    /// Validation samples-F1 of the best fixed K (and that K).
+    pub val_f1_best_k: f64,
+    pub best_k: usize,
+    /// The policy kind chosen on this row's validation scores, what it chose, and its
+    /// cross-validated F1 (and top-25's, for comparison).
+    pub policy: String,
+    pub policy_fitted: String,
+    pub val_f1_policy_cv: f64,
+    pub val_f1_top25_cv: f64,
+    /// Test samples-F1 with that policy, when test labels were given.
+    pub test_f1: Option<f64>,
+}
+
+/// The report (`report.json`; `report.md` is the same as a table).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub members: Vec<ReportRow>,
+    /// The location prior member (`[prior]`), blended with the members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<ReportRow>,
+    pub ensemble: ReportRow,
+    /// `fitted` or `fixed`.
+    pub weights: String,
+    pub n_val_surveys: usize,
+    pub n_test_surveys: usize,
+}
+
+/// The rank table of a score file's labelled rows.
+fn table_of(scores: &ScoreFile, labels: &Solution, depth: usize) -> RankTable {
+    let al = labels.align(&scores.survey_ids);
+    RankTable::new(scores, &al.truth, depth)
+}
+
+/// (best K, its F1) on validation.
+pub(super) fn best_k_f1(scores: &ScoreFile, labels: &Solution, max_k: usize) -> (usize, f64) {
+    best_k(&table_of(scores, labels, max_k).f1_at_k_curve(max_k))
+}
+
+/// A report row for one score file pair (validation, test), and the policy chosen for it on
+/// validation (with its kind); `test_f1` when the test labels are given.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_row(
+    name: &str,
+    model: &str,
+    val: &ScoreFile,
+    test: &ScoreFile,
+    labels: &Solution,
+    test_solution: Option<&Solution>,
+    spec: &PolicySpec,
+    opts: &FitOptions,
+) -> Result<(ReportRow, (geolife_metrics::Policy, PolicyKind)), TrainError> {
+    let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
+    // One rank table for the F1@K curve and every policy fit.
+    let table = table_of(val, labels, spec.max_k.max(25));
+    let (best_k, val_f1_best_k) = best_k(&table.f1_at_k_curve(spec.max_k));
+    let (fitted, _skipped) = calibrate_all(&table, opts, spec.folds, spec.seed).map_err(metrics)?;
+    let chosen = spec.kind.pick(&fitted).ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "{name}: policy `{}` could not be fitted on the validation scores",
+            <&str>::from(spec.kind)
+        ))
+    })?;
+    let top25 = fitted
+        .iter()
+        .find(|c| c.kind == PolicyKind::Top25)
+        .map_or(0.0, |c| c.cv_f1);
+    let test_f1 = match test_solution {
+        Some(sol) => {
+            let picks = chosen.policy.try_select(test).map_err(metrics)?;
+            Some(samples_f1(&picks, &sol.align(&test.survey_ids).truth))
+        }
+        None => None,
+    };
+    Ok((
+        ReportRow {
+            name: name.into(),
+            model: model.into(),
+            weight: None,
+            best_epoch: None,
+            val_f1_best_k,
+            best_k,
+            policy: chosen.kind.name().into(),
+            policy_fitted: chosen.policy.describe(),
+            val_f1_policy_cv: chosen.cv_f1,
+            val_f1_top25_cv: top25,
+            test_f1,
+        },
+        (chosen.policy.clone(), chosen.kind),
+    ))
+}
+
+/// The report as a Markdown table.
+pub fn report_markdown(r: &Report) -> String {
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    let mut s = String::from("# geolife pipeline report\n\n");
+    s.push_str(&format!(
+        "{} validation surveys (one split shared by every member), {} test surveys; ensemble \
+         weights {}.\n\n",
+        r.n_val_surveys, r.n_test_surveys, r.weights
+    ));
+    s.push_str(
+        "| row | model | weight | best epoch | val F1 @ best K | policy | chosen | val F1 (policy, CV) | val F1 (top-25, CV) | test F1 |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for row in r.members.iter().chain(&r.prior).chain([&r.ensemble]) {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.4} (K={}) | {} | {} | {:.4} | {:.4} | {} |\n",
+            row.name,
+            row.model,
+            opt(row.weight, 3),
+            row.best_epoch.map_or("-".into(), |e| e.to_string()),
+            row.val_f1_best_k,
+            row.best_k,
+            row.policy,
+            row.policy_fitted,
+            row.val_f1_policy_cv,
+            row.val_f1_top25_cv,
+            opt(row.test_f1, 4),
+        ));
+    }
+    s.push_str(
+        "\nWall times are in timings.json (they differ between runs; everything here does not).\n",
+    );
+    s
+}
+
+fn plot_report(path: &Path, r: &Report) -> Result<(), String> {
+    use plotters::style::{BLUE, GREEN, RGBColor};
+    let rows: Vec<&ReportRow> = r
+        .members
+        .iter()
+        .chain(&r.prior)
+        .chain([&r.ensemble])
+        .collect();
+    let labels: Vec<String> = rows.iter().map(|row| row.name.clone()).collect();
+    let mut series: Vec<(&str, RGBColor, Vec<Option<f64>>)> = vec![(
+        "validation F1 (policy, CV)",
+        BLUE,
+        rows.iter().map(|row| Some(row.val_f1_policy_cv)).collect(),
+    )];
+    if rows.iter().any(|row| row.test_f1.is_some()) {
+        series.push((
+            "test F1",
+            GREEN,
+            rows.iter().map(|row| row.test_f1).collect(),
+        ));
+    }
+    crate::plot::plot_bars(
+        path,
+        "members and their ensemble: samples-F1",
+        &labels,
+        &series,
+    )
+}
+
+/// The report's rows, and the ensemble's policy (with its kind) for the submission.
+pub(super) struct Rows {
+    pub members: Vec<ReportRow>,
+    pub prior: Option<ReportRow>,
+    pub ensemble: ReportRow,
+    pub policy: (geolife_metrics::Policy, PolicyKind),
+}
+
+/// Fits a policy on each member's, the prior's and the blend's validation scores (the
+/// blend's is the submission's) and evaluates it; one row each, with the blend weights.
+pub(super) fn evaluate_rows(
+    opts: &PipelineOptions,
+    scores: &MemberScores,
+    labels: &Solution,
+    records: &[MemberRecord],
+    blend: &Blend,
+) -> Result<Rows, TrainError> {
+    let p = &opts.pipeline;
+    let fit_opts = FitOptions {
+        min_k: p.policy.min_k,
+        max_k: p.policy.max_k,
+        ..FitOptions::default()
+    };
+    let row = |name: &str, model: &str, val: &ScoreFile, test: &ScoreFile| {
+        evaluate_row(
+            name,
+            model,
+            val,
+            test,
+            labels,
+            opts.test_solution.as_ref(),
+            &p.policy,
+            &fit_opts,
+        )
+    };
+    let mut members = Vec::with_capacity(p.members.len());
+    for (((m, v), t), r) in p
+        .members
+        .iter()
+        .zip(&scores.val)
+        .zip(&scores.test)
+        .zip(records)
+    {
+        let (r0, _) = row(&m.name, m.config.model.backbone.name(), v, t)?;
+        members.push(ReportRow {
+            best_epoch: r.best_epoch,
+            ..r0
+        });
+    }
+    for (r, w) in members.iter_mut().zip(&blend.weights) {
+        r.weight = Some(*w);
+    }
+    let prior = match &p.prior {
+        Some(spec) => {
+            let m = p.members.len();
+            let model = format!("prior ({})", spec.sources());
+            let (r0, _) = row(
+                outputs::PRIOR_MEMBER,
+                &model,
+                &scores.val[m],
+                &scores.test[m],
+            )?;
+            Some(ReportRow {
+                weight: Some(blend.weights[m]),
+                ..r0
+            })
+        }
+        None => None,
+    };
+    let (ensemble, policy) = row("ensemble", "ensemble", &blend.val, &blend.test)?;
+    Ok(Rows {
+        members,
+        prior,
+        ensemble,
+        policy,
+    })
+}
+
+/// Writes `report.json` and `report.md`, and `report.png` when it can be drawn (else a
+/// warning: the plot is not part of the result).
+pub(super) fn write_report(out: &Path, report: &Report) -> Result<(), TrainError> {
+    write_json(&out.join(outputs::REPORT_JSON), report)?;
+    write_atomic(
+        &out.join(outputs::REPORT_MD),
+        report_markdown(report).as_bytes(),
+    )?;
+    if let Err(e) = plot_report(&out.join(outputs::REPORT_PNG), report) {
+        tracing::warn!("no report plot: {e}");
+    }
+    Ok(())
+}
