@@ -46,7 +46,7 @@ pub use inputs::{
     optimizer, score_surveys,
 };
 pub use run_dir::{Progress, RunDir, RunInfo, files, write_atomic, write_labels};
-pub use step::{StepError, StepOutcome, StepTimes, TrainStep, device_failure};
+pub use step::{StepError, StepOutcome, StepShape, StepTimes, TrainStep, device_failure};
 pub use validate::{Validation, Validator};
 
 /// Everything `train` needs.
@@ -198,117 +198,185 @@ fn epoch_batches(
 /// appends to `metrics.csv`, and writes `last.ckpt` (and `best.safetensors` + validation scores
 /// and labels when validation F1 improves).
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
-    let cfg = &opts.config;
-    cfg.validate(Path::new("<resolved config>"))?;
-    crate::location::check_po_file(&cfg.location)?;
-    let mut run = RunDir::open(&opts.run_dir, cfg, opts.resume, opts.progress)?;
-
-    let data = open_split(&opts.cache, Split::Train)?;
-    if !data.has_labels() {
-        return Err(TrainError::Invalid(format!(
-            "{}: the train split has no labels",
-            opts.cache.display()
-        )));
-    }
-    let manifest = data.manifest().clone();
-    let vocab = Vocabulary::new(cfg.data.vocabulary, &manifest.species, cfg.data.full_size);
-    let mut stats = stats_from_manifest(&manifest);
-    let fc = fusion_config(cfg, &manifest, vocab.len())?;
-    let (features, tabular_columns) = model_features(cfg, opts, &run, &manifest)?;
-    if let Some(c) = &tabular_columns {
-        stats.tabular = c.reorder(&stats.tabular);
-        run.log(&format!(
-            "tabular features: the cache's {} columns matched by name onto the model's order",
-            features.len()
-        ));
-    }
-    let tabular_columns = tabular_columns.map(std::sync::Arc::new);
-    let split = train_val_split(cfg, &data)?;
-    let val_ids = split.val.iter().map(|&i| data.survey_ids()[i]).collect();
-    let info = RunInfo {
-        feature_names: features.clone(),
-        ..RunInfo::new(&manifest, &vocab, &stats, &fc, val_ids)
-    };
-    run.record_info(&info, opts.resume, &opts.cache)?;
-    let prior = match cfg.location.on() {
-        true => {
-            let t = Instant::now();
-            let rows = crate::location::for_training(cfg, &data, &split.train, &split.val, &vocab)?;
-            run.log(&format!(
-                "location prior ({:?} input) of {} surveys in {:.1} s",
-                cfg.location.input,
-                split.train.len() + split.val.len(),
-                t.elapsed().as_secs_f64()
-            ));
-            Some(rows)
-        }
-        false => None,
-    };
-
-    let t = &cfg.train;
-    let o = &cfg.optim;
-    let device = make_device(t.device)?.autodiff();
-    device.seed(t.seed);
-    // Tuning done before this run (an earlier pipeline member's) is not this run's.
-    #[cfg(feature = "wgpu")]
-    let _ = device::autotune::drain();
-    let [_, ph, pw] = manifest.patch_shape;
-    let mut model = initial_model(cfg, &fc, &device, [ph, pw])?;
-    let checkpoints = Checkpointer::new(
-        run.path(files::LAST),
-        run.path(files::BEST),
-        cfg.transforms.to_json(),
-        features,
-    );
-    let mut optim = optimizer(o, t.device);
-    let mut state = TrainState::start();
-    if opts.resume {
-        (state, model, optim) = checkpoints.load_last(&fc, &device, optim)?;
-        run.log(&format!(
-            "resumed from {} at epoch {}, batch {}",
-            run.path(files::LAST).display(),
-            state.epoch + 1,
-            state.batch
-        ));
-    } else {
-        run.log(&format!(
-            "run {}: {} train / {} validation surveys ({:?} split), {} classes, backbone {}, device {} ({})",
-            run.root().display(),
-            split.train.len(),
-            split.val.len(),
-            cfg.validation.split,
-            vocab.len(),
-            cfg.model.backbone.name(),
-            <&str>::from(t.device),
-            device_description(t.device)
-        ));
-    }
-    let mut trainee = TrainStep::new(model, optim, o.accumulate, t.seed);
-
-    let batches_per_epoch = match split.train.len().div_ceil(t.batch_size) {
-        full if t.max_batches_per_epoch > 0 => full.min(t.max_batches_per_epoch),
-        full => full,
-    };
-    let total_steps = batches_per_epoch.div_ceil(o.accumulate) * t.epochs;
-    let validator = Validator {
-        data: &data,
-        indices: &split.val,
-        plan: BatchPlan {
-            prior: prior.clone(),
-            tabular_columns: tabular_columns.clone(),
-            ..BatchPlan::inference(cfg.transforms.mode, stats.clone())
-        },
-        vocab: &vocab,
-        batch_size: t.batch_size,
-        workers: t.workers,
-        k_max: cfg.validation.k_max,
-        model_name: format!("geolife-fusion-{}", cfg.model.backbone.name()),
-    };
-    let mut batches_this_process = 0usize;
-    let mut times = RunTimes::default();
-
-    for epoch in state.epoch..t.epochs {
+    let mut session = Session::start(opts)?;
+    for epoch in session.state.epoch..opts.config.train.epochs {
         let started = Instant::now();
+        match session.train_epoch(epoch)? {
+            ControlFlow::Continue(lr) => session.end_epoch(epoch, started, lr)?,
+            ControlFlow::Break(()) => return session.stop(),
+        }
+    }
+    session.finish()
+}
+
+/// A run in progress: what its epochs share (set up once by [`Session::start`]) and where it
+/// stands.
+struct Session<'a> {
+    opts: &'a TrainOptions,
+    run: RunDir,
+    data: PackedSplit,
+    vocab: Vocabulary,
+    /// Normalisation in the model's column order.
+    stats: crate::transform::InputStats,
+    fc: geolife_model::fusion::FusionConfig,
+    tabular_columns: Option<std::sync::Arc<crate::transform::TabularColumns>>,
+    split: crate::split::TrainValSplit,
+    prior: Option<std::sync::Arc<crate::location::PriorRows>>,
+    device: burn::tensor::Device,
+    checkpoints: Checkpointer,
+    trainee: TrainStep,
+    state: TrainState,
+    batches_per_epoch: usize,
+    total_steps: usize,
+    batches_this_process: usize,
+    times: RunTimes,
+}
+
+impl<'a> Session<'a> {
+    /// Opens the run folder, reads the cache, builds (or resumes) the model and optimiser.
+    fn start(opts: &'a TrainOptions) -> Result<Self, TrainError> {
+        let cfg = &opts.config;
+        cfg.validate(Path::new("<resolved config>"))?;
+        crate::location::check_po_file(&cfg.location)?;
+        let mut run = RunDir::open(&opts.run_dir, cfg, opts.resume, opts.progress)?;
+
+        let data = open_split(&opts.cache, Split::Train)?;
+        if !data.has_labels() {
+            return Err(TrainError::Invalid(format!(
+                "{}: the train split has no labels",
+                opts.cache.display()
+            )));
+        }
+        let manifest = data.manifest().clone();
+        let vocab = Vocabulary::new(cfg.data.vocabulary, &manifest.species, cfg.data.full_size);
+        let mut stats = stats_from_manifest(&manifest);
+        let fc = fusion_config(cfg, &manifest, vocab.len())?;
+        let (features, tabular_columns) = model_features(cfg, opts, &run, &manifest)?;
+        if let Some(c) = &tabular_columns {
+            stats.tabular = c.reorder(&stats.tabular);
+            run.log(&format!(
+                "tabular features: the cache's {} columns matched by name onto the model's order",
+                features.len()
+            ));
+        }
+        let split = train_val_split(cfg, &data)?;
+        let val_ids = split.val.iter().map(|&i| data.survey_ids()[i]).collect();
+        let info = RunInfo {
+            feature_names: features.clone(),
+            ..RunInfo::new(&manifest, &vocab, &stats, &fc, val_ids)
+        };
+        run.record_info(&info, opts.resume, &opts.cache)?;
+        let prior = match cfg.location.on() {
+            true => {
+                let t = Instant::now();
+                let rows =
+                    crate::location::for_training(cfg, &data, &split.train, &split.val, &vocab)?;
+                run.log(&format!(
+                    "location prior ({:?} input) of {} surveys in {:.1} s",
+                    cfg.location.input,
+                    split.train.len() + split.val.len(),
+                    t.elapsed().as_secs_f64()
+                ));
+                Some(rows)
+            }
+            false => None,
+        };
+
+        let t = &cfg.train;
+        let o = &cfg.optim;
+        let device = make_device(t.device)?.autodiff();
+        device.seed(t.seed);
+        // Tuning done before this run (an earlier pipeline member's) is not this run's.
+        #[cfg(feature = "wgpu")]
+        let _ = device::autotune::drain();
+        let [_, ph, pw] = manifest.patch_shape;
+        let mut model = initial_model(cfg, &fc, &device, [ph, pw])?;
+        let checkpoints = Checkpointer::new(
+            run.path(files::LAST),
+            run.path(files::BEST),
+            cfg.transforms.to_json(),
+            features,
+        );
+        let mut optim = optimizer(o, t.device);
+        let mut state = TrainState::start();
+        if opts.resume {
+            (state, model, optim) = checkpoints.load_last(&fc, &device, optim)?;
+            run.log(&format!(
+                "resumed from {} at epoch {}, batch {}",
+                run.path(files::LAST).display(),
+                state.epoch + 1,
+                state.batch
+            ));
+        } else {
+            run.log(&format!(
+                "run {}: {} train / {} validation surveys ({:?} split), {} classes, backbone {}, device {} ({})",
+                run.root().display(),
+                split.train.len(),
+                split.val.len(),
+                cfg.validation.split,
+                vocab.len(),
+                cfg.model.backbone.name(),
+                <&str>::from(t.device),
+                device_description(t.device)
+            ));
+        }
+        let shape = StepShape {
+            fc: fc.clone(),
+            patch_hw: [ph, pw],
+            classes: vocab.len(),
+            device: device.clone(),
+        };
+        let trainee = TrainStep::new(model, optim, o.accumulate, t.seed, shape);
+        let batches_per_epoch = match split.train.len().div_ceil(t.batch_size) {
+            full if t.max_batches_per_epoch > 0 => full.min(t.max_batches_per_epoch),
+            full => full,
+        };
+        Ok(Self {
+            opts,
+            run,
+            data,
+            vocab,
+            stats,
+            fc,
+            tabular_columns: tabular_columns.map(std::sync::Arc::new),
+            split,
+            prior,
+            device,
+            checkpoints,
+            trainee,
+            state,
+            batches_per_epoch,
+            total_steps: batches_per_epoch.div_ceil(o.accumulate) * t.epochs,
+            batches_this_process: 0,
+            times: RunTimes::default(),
+        })
+    }
+
+    /// The training batches of `epoch` (from where the state stands): `Continue` with the last
+    /// learning rate, or `Break` when the run is to stop here (`stop_after_batches`).
+    fn train_epoch(&mut self, epoch: usize) -> Result<ControlFlow<(), f64>, TrainError> {
+        let Self {
+            opts,
+            run,
+            data,
+            vocab,
+            stats,
+            fc,
+            tabular_columns,
+            split,
+            prior,
+            checkpoints,
+            trainee,
+            state,
+            batches_per_epoch,
+            total_steps,
+            batches_this_process,
+            times,
+            ..
+        } = self;
+        let (cfg, batches_per_epoch, total_steps) =
+            (&opts.config, *batches_per_epoch, *total_steps);
+        let (t, o) = (&cfg.train, &cfg.optim);
         let batches = epoch_batches(&split.train, t, epoch, batches_per_epoch);
         let plan = BatchPlan {
             prior: prior.clone(),
@@ -321,11 +389,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         let mut lr = lr_at(&cfg.schedule, o.lr, state.optimizer_steps, total_steps);
         let mut batch_done = Instant::now();
         let flow = loader::for_each_batch(
-            &data,
+            data,
             &batches,
             state.batch,
             &plan,
-            &vocab,
+            vocab,
             t.workers,
             t.prefetch,
             |b| {
@@ -334,21 +402,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                 let index = b.index;
                 let last_of_epoch = index + 1 == batches_per_epoch;
                 lr = lr_at(&cfg.schedule, o.lr, state.optimizer_steps, total_steps);
-                let out = trainee
-                    .run(
-                        &b,
-                        epoch,
-                        &fc,
-                        [ph, pw],
-                        vocab.len(),
-                        &device,
-                        lr,
-                        last_of_epoch,
-                    )
-                    .map_err(|e| {
-                        let on = device_description(t.device);
-                        e.into_train_error(run.root(), epoch + 1, index, t.batch_size, &on)
-                    })?;
+                let out = trainee.run(&b, epoch, lr, last_of_epoch).map_err(|e| {
+                    let on = device_description(t.device);
+                    e.into_train_error(run.root(), epoch + 1, index, t.batch_size, &on)
+                })?;
                 state.loss_sum += f64::from(out.loss);
                 state.loss_count += 1;
                 if out.stepped {
@@ -361,13 +418,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                         && !last_of_epoch
                     {
                         let t = Instant::now();
-                        checkpoints.save_last(
-                            &state,
-                            trainee.model(),
-                            &fc,
-                            &trainee.optim,
-                            None,
-                        )?;
+                        checkpoints.save_last(state, trainee.model(), fc, &trainee.optim, None)?;
                         times.checkpoints_s += t.elapsed().as_secs_f64();
                     }
                 }
@@ -386,10 +437,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                         lr
                     ));
                 }
-                batches_this_process += 1;
+                *batches_this_process += 1;
                 let stop = opts
                     .stop_after_batches
-                    .is_some_and(|s| batches_this_process >= s)
+                    .is_some_and(|s| *batches_this_process >= s)
                     && trainee.pending() == 0;
                 batch_done = Instant::now();
                 Ok(if stop {
@@ -403,30 +454,49 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             bar.finish_and_clear();
         }
         match flow {
-            Ok(ControlFlow::Continue(())) => {}
-            Ok(ControlFlow::Break(())) => {
-                checkpoints.save_last(&state, trainee.model(), &fc, &trainee.optim, None)?;
-                checkpoints.wait()?;
-                return Ok(TrainSummary::of(run.root(), &state, false));
-            }
+            Ok(ControlFlow::Continue(())) => Ok(ControlFlow::Continue(lr)),
+            Ok(ControlFlow::Break(())) => Ok(ControlFlow::Break(())),
             Err(e) => {
                 run.log(&format!("error: {e}"));
-                return Err(e);
+                Err(e)
             }
         }
+    }
 
+    /// After the batches of `epoch` (begun at `started`, last learning rate `lr`): validation,
+    /// the metrics row, the best checkpoint and validation files when F1 improved, `last.ckpt`,
+    /// the profile.
+    fn end_epoch(&mut self, epoch: usize, started: Instant, lr: f64) -> Result<(), TrainError> {
+        let cfg = &self.opts.config;
+        let t = &cfg.train;
         let t_val = Instant::now();
-        let valid = trainee.model().valid();
+        let valid = self.trainee.model().valid();
+        let validator = Validator {
+            data: &self.data,
+            indices: &self.split.val,
+            plan: BatchPlan {
+                prior: self.prior.clone(),
+                tabular_columns: self.tabular_columns.clone(),
+                ..BatchPlan::inference(cfg.transforms.mode, self.stats.clone())
+            },
+            vocab: &self.vocab,
+            batch_size: t.batch_size,
+            workers: t.workers,
+            k_max: cfg.validation.k_max,
+            model_name: format!("geolife-fusion-{}", cfg.model.backbone.name()),
+        };
+        let run = &mut self.run;
         let v = validator
-            .run(&valid, &fc, &device.clone().inner(), |loss| {
+            .run(&valid, &self.fc, &self.device.clone().inner(), |loss| {
                 TrainError::NonFiniteLoss {
                     value: loss as f32,
                     epoch: epoch + 1,
-                    step: batches_per_epoch,
+                    step: self.batches_per_epoch,
                     run: run.root().to_path_buf(),
                 }
             })
             .inspect_err(|e| run.log(&format!("error: {e} (validation)")))?;
+        let (state, times) = (&mut self.state, &mut self.times);
         times.validation_s += t_val.elapsed().as_secs_f64();
         let row = EpochMetrics {
             epoch: epoch + 1,
@@ -449,8 +519,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             state.best_f1 = v.f1;
             state.best_epoch = Some(epoch + 1);
             let t = Instant::now();
-            let weights = checkpoints.weights(&valid, &fc)?;
-            checkpoints.save_best(weights.clone())?;
+            let weights = self.checkpoints.weights(&valid, &self.fc)?;
+            self.checkpoints.save_best(weights.clone())?;
             best_weights = Some(weights);
             times.checkpoints_s += t.elapsed().as_secs_f64();
             let t = Instant::now();
@@ -466,33 +536,48 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         run.write_metrics(&state.history)?;
         times.outputs_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        checkpoints.save_last(&state, trainee.model(), &fc, &trainee.optim, best_weights)?;
+        let (model, optim) = (self.trainee.model(), &self.trainee.optim);
+        self.checkpoints
+            .save_last(state, model, &self.fc, optim, best_weights)?;
         times.checkpoints_s += t.elapsed().as_secs_f64();
         times.epochs += 1;
-        times.step = trainee.times;
+        times.step = self.trainee.times;
         times.total_s += started.elapsed().as_secs_f64();
         run.log(&times.line());
         #[cfg(feature = "wgpu")]
         if cfg.train.device == DeviceKind::Wgpu {
             run.record_autotune(&format!("in epoch {}", epoch + 1));
         }
-        run.write_profile(&times)?;
+        run.write_profile(times)
     }
-    let t = Instant::now();
-    run.plot_curves(&state.history);
-    times.outputs_s += t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    checkpoints.wait()?;
-    times.checkpoints_s += t.elapsed().as_secs_f64();
-    if times.epochs > 0 {
-        run.write_profile(&times)?;
+
+    /// Stops mid-epoch (`stop_after_batches`): `last.ckpt` where the run stands.
+    fn stop(self) -> Result<TrainSummary, TrainError> {
+        let (model, optim) = (self.trainee.model(), &self.trainee.optim);
+        self.checkpoints
+            .save_last(&self.state, model, &self.fc, optim, None)?;
+        self.checkpoints.wait()?;
+        Ok(TrainSummary::of(self.run.root(), &self.state, false))
     }
-    run.log(&format!(
-        "done: best validation F1 {:.4} at epoch {}",
-        state.best_f1,
-        state.best_epoch.unwrap_or(0)
-    ));
-    Ok(TrainSummary::of(run.root(), &state, true))
+
+    /// After the last epoch: the curves, the last checkpoint write, the profile.
+    fn finish(mut self) -> Result<TrainSummary, TrainError> {
+        let t = Instant::now();
+        self.run.plot_curves(&self.state.history);
+        self.times.outputs_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        self.checkpoints.wait()?;
+        self.times.checkpoints_s += t.elapsed().as_secs_f64();
+        if self.times.epochs > 0 {
+            self.run.write_profile(&self.times)?;
+        }
+        self.run.log(&format!(
+            "done: best validation F1 {:.4} at epoch {}",
+            self.state.best_f1,
+            self.state.best_epoch.unwrap_or(0)
+        ));
+        Ok(TrainSummary::of(self.run.root(), &self.state, true))
+    }
 }
 
 /// Where the epochs of this process spent their time (`profile.json` in the run folder, and one
@@ -594,11 +679,18 @@ pub fn bench_steps(
     let [_, ph, pw] = m.patch_shape;
     check_model_input(&model, &fc, [ph, pw])?;
     let num_params = model.num_params();
+    let shape = StepShape {
+        fc: fc.clone(),
+        patch_hw: [ph, pw],
+        classes: vocab.len(),
+        device: device.clone(),
+    };
     let mut trainee = TrainStep::new(
         model,
         optimizer(&cfg.optim, t.device),
         cfg.optim.accumulate,
         t.seed,
+        shape,
     );
     if t.batch_size > data.len() {
         return Err(TrainError::Invalid(format!(
@@ -646,16 +738,7 @@ pub fn bench_steps(
         |b| {
             let lr = lr_at(&cfg.schedule, cfg.optim.lr, optimizer_steps, total_steps);
             let out = trainee
-                .run(
-                    &b,
-                    0,
-                    &fc,
-                    [ph, pw],
-                    vocab.len(),
-                    &device,
-                    lr,
-                    b.index + 1 == steps + warmup,
-                )
+                .run(&b, 0, lr, b.index + 1 == steps + warmup)
                 .map_err(|e| match e {
                     StepError::NonFinite(value) => TrainError::Invalid(format!(
                         "bench: loss is {value} at step {} ({} Sentinel backbone)",

@@ -26,8 +26,21 @@ pub struct TrainStep {
     accumulate: usize,
     /// Seed of the per-batch dropout streams.
     seed: u64,
+    /// What every batch of the run shares: the model's config, patch size, outputs, device.
+    shape: StepShape,
     /// Where the step's time went so far.
     pub times: StepTimes,
+}
+
+/// What does not change from one batch of a run to the next.
+#[derive(Debug, Clone)]
+pub struct StepShape {
+    pub fc: FusionConfig,
+    /// Sentinel patch `[height, width]`.
+    pub patch_hw: [usize; 2],
+    /// Model outputs (columns of the targets).
+    pub classes: usize,
+    pub device: Device,
 }
 
 /// Seconds spent in each part of the training steps run so far (flex executes eagerly, and
@@ -129,8 +142,14 @@ fn held(model: &Option<FusionModel>) -> &FusionModel {
 
 impl TrainStep {
     /// The step for `model` (its lazily initialised parameters are drawn now, see
-    /// [`FusionModel::materialize`]).
-    pub fn new(model: FusionModel, optim: ModuleOptimizer, accumulate: usize, seed: u64) -> Self {
+    /// [`FusionModel::materialize`]), stepping `optim` every `accumulate` batches of `shape`.
+    pub fn new(
+        model: FusionModel,
+        optim: ModuleOptimizer,
+        accumulate: usize,
+        seed: u64,
+        shape: StepShape,
+    ) -> Self {
         model.materialize();
         Self {
             model: Some(model),
@@ -139,6 +158,7 @@ impl TrainStep {
             pending: 0,
             accumulate: accumulate.max(1),
             seed,
+            shape,
             times: StepTimes::default(),
         }
     }
@@ -158,23 +178,25 @@ impl TrainStep {
     /// is returned as [`StepError::NonFinite`] before any gradient is taken: the model is
     /// unchanged. A device that cannot run the step (a GPU buffer larger than it allows) is
     /// [`StepError::Device`], not a panic.
-    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &mut self,
         b: &ReadyBatch,
         epoch: usize,
-        fc: &FusionConfig,
-        patch_hw: [usize; 2],
-        classes: usize,
-        device: &Device,
         lr: f64,
         force_step: bool,
     ) -> Result<StepOutcome, StepError> {
+        let StepShape {
+            fc,
+            patch_hw,
+            classes,
+            device,
+        } = &self.shape;
         // Dropout randomness per (seed, epoch, batch), so a resumed run draws the same masks.
         device.seed(loader::derive_seed(self.seed ^ 0xD50F, epoch, b.index));
         let t = Instant::now();
-        let logits = self.model().forward(batch_tensors(b, fc, patch_hw, device));
-        let loss = geolife_model::loss::bce_with_logits(logits, batch_targets(b, classes, device));
+        let inputs = batch_tensors(b, fc, *patch_hw, device);
+        let logits = self.model().forward(inputs);
+        let loss = geolife_model::loss::bce_with_logits(logits, batch_targets(b, *classes, device));
         let value: f32 = loss
             .clone()
             .try_into_scalar()
