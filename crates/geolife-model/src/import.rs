@@ -1,6 +1,8 @@
 //! Weight import: reads safetensors and PyTorch `.pth` state dicts (the latter through the safe
 //! reader in `geolife_io::torchfile`), adapts pretrained RGB stems to other channel counts and
 //! loads torchvision backbones or the seed's `MultimodalEnsemble` into geolife modules.
+//! Kept over burn-store 0.22.1's `PytorchStore`: stem channel adaptation, Lightning and wrapper
+//! unwrapping, and no index renumbering (which would break torchvision's names).
 
 use std::path::Path;
 

@@ -1,5 +1,7 @@
 //! Named-tensor view of a module: maps every burn parameter path to its PyTorch state-dict key
 //! (the one place where unavoidable renames live), exports f32 tensors and loads them back.
+//! Kept over burn-store 0.22.1's adapters: per-model torch names, flattened-norm reshapes and a
+//! per-key load report, which its regex remapping and strict shape check cannot express.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,8 @@
 //! geolife checkpoints: one safetensors file with torchvision/seed-compatible tensor names
 //! (loadable by PyTorch's `load_state_dict`) and the model config as JSON in its metadata.
 //! Files are written atomically (temporary name in the same folder, then rename).
+//! Kept over burn-store 0.22.1's `SafetensorsStore`: its hash-ordered, version-stamped metadata
+//! makes the bytes irreproducible, and it never writes `num_batches_tracked`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
