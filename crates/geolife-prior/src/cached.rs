@@ -53,12 +53,18 @@ impl CachedSurveys {
 /// Refuses a prior config that needs what a cache does not keep (years and regions).
 pub fn check_cache_config(cfg: &PriorConfig) -> Result<(), PriorError> {
     if cfg.pa.enabled && (cfg.pa.same_year || cfg.pa.same_region) {
-        return Err(PriorError::Invalid(
-            "prior.pa.same_year / same_region need each survey's year and region, which a \
-             packed cache does not keep: turn them off here (they work with `geolife prior \
-             --data ROOT` on the raw files)"
+        let key = if cfg.pa.same_year {
+            "prior.pa.same_year"
+        } else {
+            "prior.pa.same_region"
+        };
+        return Err(PriorError::Key {
+            key: key.into(),
+            message: "same_year / same_region need each survey's year and region, which a \
+                      packed cache does not keep: turn them off here (they work with \
+                      `geolife prior --data ROOT` on the raw files)"
                 .into(),
-        ));
+        });
     }
     Ok(())
 }

@@ -162,12 +162,16 @@ impl PriorConfig {
 
     /// Rejects values that cannot work, naming the key.
     pub fn validate(&self) -> Result<(), PriorError> {
-        let bad =
-            |key: &str, what: String| Err(PriorError::Invalid(format!("prior.{key}: {what}")));
+        let bad = |key: &str, message: String| {
+            Err(PriorError::Key {
+                key: format!("prior.{key}"),
+                message,
+            })
+        };
         if !self.pa.enabled && !self.po.enabled {
             return bad(
-                "pa.enabled / po.enabled",
-                "at least one source must be on".into(),
+                "pa.enabled",
+                "at least one source must be on (prior.pa.enabled or prior.po.enabled)".into(),
             );
         }
         if !(0.0..=1.0).contains(&self.po_weight) {

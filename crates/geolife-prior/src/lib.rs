@@ -44,6 +44,7 @@ pub mod cached;
 pub mod config;
 pub mod model;
 pub mod po;
+pub mod source;
 pub mod sphere;
 
 use std::collections::HashMap;
@@ -56,14 +57,28 @@ pub use cached::{CachedSurveys, check_cache_config};
 pub use config::{Kernel, PaConfig, PoConfig, PriorConfig};
 pub use model::{PaSource, PoSource, Prior, Query, Vocabulary};
 pub use po::PoRecords;
+pub use source::PriorSource;
 
 /// Errors of the prior.
 #[derive(Debug, thiserror::Error)]
 pub enum PriorError {
     #[error("{0}")]
     Invalid(String),
+    /// A setting that cannot work, by its key (`prior.pa.k`, `po_file`, ...).
+    #[error("{key}: {message}")]
+    Key { key: String, message: String },
     #[error(transparent)]
     Data(#[from] geolife_data::DataError),
+}
+
+impl PriorError {
+    /// The key of the setting at fault, when the error names one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            PriorError::Key { key, .. } => Some(key),
+            _ => None,
+        }
+    }
 }
 
 /// The labelled PA train surveys (sorted by id, as `read_pa_metadata` returns them).

@@ -77,6 +77,14 @@ impl LocationSection {
     pub fn needs_po(&self) -> bool {
         self.on() && self.prior.po.enabled
     }
+
+    /// The prior's settings and presence-only file as a [`geolife_prior::PriorSource`].
+    pub fn source(&self) -> geolife_prior::PriorSource {
+        geolife_prior::PriorSource {
+            config: self.prior.clone(),
+            po_file: self.po_file.clone(),
+        }
+    }
 }
 
 /// Where the data comes from and how labels map to output columns.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use geolife_data::cache::PackedSplit;
 use geolife_metrics::{ScoreFile, Scores};
+use geolife_prior::source::PO_FILE_KEY;
 use geolife_prior::{CachedSurveys, PoRecords, Target, score_split};
 
 use crate::config::{LocationSection, TrainConfig};
@@ -85,51 +86,42 @@ impl PriorRows {
 }
 
 /// Sets `location.po_file` to `data`'s presence-only file when the run needs one, none is set
-/// and `data` is a dataset root holding it; the saved config then names the file used.
+/// and `data` is a dataset root holding it ([`geolife_prior::PriorSource::resolve`]); the
+/// saved config then names the file used. Otherwise the config is left as it is, and
+/// [`check_po_file`] names what is missing.
 pub fn resolve_po_file(cfg: &mut TrainConfig, data: &Path) {
-    if cfg.location.needs_po() && cfg.location.po_file.is_none() {
-        let candidate = data.join(geolife_data::layout::PO_METADATA_TRAIN);
-        if candidate.is_file() {
-            cfg.location.po_file = Some(candidate);
-        }
+    let loc = &mut cfg.location;
+    if loc.needs_po()
+        && loc.po_file.is_none()
+        && let Ok(resolved) = loc.source().resolve(Some(data))
+    {
+        loc.po_file = resolved.po_file;
     }
 }
 
-/// The presence-only file of a run that needs one: an error naming what is missing when it
-/// is not given or not a file (checked before a run folder is created).
-pub fn check_po_file(loc: &LocationSection) -> Result<Option<&PathBuf>, TrainError> {
-    if !loc.needs_po() {
+/// The presence-only file of a run that needs one ([`geolife_prior::PriorSource::resolve`]
+/// of the config as [`resolve_po_file`] left it): an error naming what is missing when it is
+/// not given or not a file (checked before a run folder is created).
+pub fn check_po_file(loc: &LocationSection) -> Result<Option<PathBuf>, TrainError> {
+    if !loc.on() {
         return Ok(None);
     }
-    let path: &PathBuf = loc.po_file.as_ref().ok_or_else(|| {
-        TrainError::Invalid(format!(
-            "location: the presence-only source is on but no file is given: pass --data with a \
-             dataset root that holds {}, set location.po_file, or set \
-             location.prior.po.enabled = false",
-            geolife_data::layout::PO_METADATA_TRAIN
-        ))
-    })?;
-    if !path.is_file() {
-        return Err(TrainError::Invalid(format!(
-            "location.po_file {}: no such presence-only file",
-            path.display()
-        )));
-    }
-    Ok(Some(path))
+    Ok(loc.source().resolve(None).map_err(prior_err)?.po_file)
 }
 
 /// The presence-only records of the PO source, or `None` when the source is off.
 fn po_records(loc: &LocationSection) -> Result<Option<PoRecords>, TrainError> {
-    let Some(path) = check_po_file(loc)? else {
-        return Ok(None);
-    };
-    PoRecords::read(path, |_| {})
-        .map(Some)
-        .map_err(|e| TrainError::Invalid(format!("location: {}: {e}", path.display())))
+    loc.source().read_po(|_| {}).map_err(prior_err)
 }
 
+/// A prior error of the `[location]` input: a keyed `po_file` one under its table.
 fn prior_err(e: geolife_prior::PriorError) -> TrainError {
-    TrainError::Invalid(format!("location prior: {e}"))
+    match e {
+        geolife_prior::PriorError::Key { key, message } if key == PO_FILE_KEY => {
+            TrainError::Invalid(format!("location.{key}: {message}"))
+        }
+        other => TrainError::Invalid(format!("location prior: {other}")),
+    }
 }
 
 /// Prior rows of a run's training and validation surveys (rows of `data`, the train cache).

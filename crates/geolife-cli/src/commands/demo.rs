@@ -23,10 +23,10 @@ use geolife_data::cache::PackedSplit;
 use geolife_data::synth::{SynthConfig, write_dataset};
 use geolife_metrics::{FitOptions, ScoreFile, Scores, Solution, read_solution};
 use geolife_model::fusion::PriorInput;
-use geolife_prior::{CachedSurveys, PoRecords, PriorConfig};
+use geolife_prior::{CachedSurveys, PriorConfig};
 use geolife_train::pipeline::{
     PipelineOptions, PolicySpec, PriorSpec, ReportRow, ResolvedMember, ResolvedPipeline,
-    evaluate_row, fit_blend, outputs, prior_po_file, prior_scores, run_pipeline, val_labels,
+    evaluate_row, fit_blend, outputs, prior_scores, resolve_prior_source, run_pipeline, val_labels,
 };
 use geolife_train::trainer::files;
 use geolife_train::{Progress, TrainConfig};
@@ -349,9 +349,9 @@ fn location_rows(
         )
         .map(|(r, _)| r)
     };
-    let po_path = prior_po_file(spec, Some(data))?.context("the demo's prior reads PO records")?;
-    let po = PoRecords::read(&po_path, |_| {})
-        .with_context(|| format!("reading {}", po_path.display()))?;
+    let po = resolve_prior_source(spec, Some(data))?
+        .read_po(|_| {})?
+        .context("the demo's prior reads PO records")?;
     let train = CachedSurveys::of(&PackedSplit::open(cache, Split::Train)?);
     let test = CachedSurveys::of(&PackedSplit::open(cache, Split::Test)?).surveys;
     let mut rows = Vec::new();

@@ -10,8 +10,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use geolife_data::metadata::read_pa_metadata;
 use geolife_data::{Split, layout};
+use geolife_prior::source::PO_FILE_KEY;
 use geolife_prior::sphere::Search;
-use geolife_prior::{Kernel, PaTrain, PoRecords, PriorConfig, Target, score_split};
+use geolife_prior::{Kernel, PaTrain, PriorConfig, PriorSource, Target, score_split};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::named;
@@ -208,23 +209,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let po_path = args.data.join(layout::PO_METADATA_TRAIN);
-    let po = if cfg.po.enabled && po_path.is_file() {
-        let spinner = bar(0, "reading presence-only records: {pos} rows [{elapsed}]");
-        let records = PoRecords::read(&po_path, |n| spinner.set_position(n))
-            .with_context(|| format!("cannot read {}", po_path.display()))?;
-        spinner.finish_and_clear();
-        Some(records)
-    } else {
-        None
+    // The dataset root's presence-only file; without it the PO source is off (a note says so).
+    let po_path = PriorSource::default_po_file(&args.data);
+    let po = match PriorSource::new(cfg.clone()).resolve(Some(&args.data)) {
+        Ok(source) if source.po_file.is_some() => {
+            let spinner = bar(0, "reading presence-only records: {pos} rows [{elapsed}]");
+            let records = source
+                .read_po(|n| spinner.set_position(n))
+                .with_context(|| format!("cannot read {}", po_path.display()))?;
+            spinner.finish_and_clear();
+            records
+        }
+        Ok(_) => None,
+        Err(e) if e.key() == Some(PO_FILE_KEY) => {
+            eprintln!(
+                "note: {} not found: the PO source is off",
+                po_path.display()
+            );
+            None
+        }
+        Err(e) => return Err(e.into()),
     };
     let (po_rows, po_skipped) = po.as_ref().map_or((0, 0), |r| (r.len(), r.skipped));
-    if cfg.po.enabled && po.is_none() {
-        eprintln!(
-            "note: {} not found: the PO source is off",
-            po_path.display()
-        );
-    }
 
     let n_queries = match target {
         Target::Train => train.surveys.len(),

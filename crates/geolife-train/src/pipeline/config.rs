@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use geolife_metrics::{BlendMethod, PolicyChoice};
-use geolife_prior::PriorConfig;
+use geolife_prior::{PriorConfig, PriorSource};
 use serde::{Deserialize, Serialize};
 
 use super::outputs;
@@ -40,47 +40,46 @@ pub struct PipelineConfig {
 /// `pa.same_region` are refused here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "toml::Table", into = "toml::Table")]
-pub struct PriorSpec {
-    pub config: PriorConfig,
-    /// The presence-only CSV (`GLC24_P0_metadata_train.csv` layout), relative to the pipeline
-    /// file. Absent: the file of that name in the dataset root given as `--data` (a packed
-    /// cache does not keep presence-only records). Not read when `po.enabled = false`.
-    pub po_file: Option<PathBuf>,
+pub struct PriorSpec(
+    /// The settings and `po_file`: the presence-only CSV (`GLC24_P0_metadata_train.csv`
+    /// layout), relative to the pipeline file; absent: the file of that name in the dataset
+    /// root given as `--data` (a packed cache does not keep presence-only records). Not read
+    /// when `po.enabled = false`.
+    pub PriorSource,
+);
+
+impl std::ops::Deref for PriorSpec {
+    type Target = PriorSource;
+
+    fn deref(&self) -> &PriorSource {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PriorSpec {
+    fn deref_mut(&mut self) -> &mut PriorSource {
+        &mut self.0
+    }
 }
 
 /// Keys of `[prior]` beside those of [`PriorConfig`].
-const PRIOR_PO_FILE: &str = "po_file";
+const PRIOR_PO_FILE: &str = geolife_prior::source::PO_FILE_KEY;
 
 impl PriorSpec {
     /// The default prior (both sources; PO from the dataset root).
     pub fn new(config: PriorConfig) -> Self {
-        Self {
-            config,
-            po_file: None,
-        }
+        Self(PriorSource::new(config))
     }
 
     /// Refuses what cannot work, by key (`prior.pa.k`, ...): the prior's own checks, and the
     /// same-year / same-region restrictions that a packed cache cannot serve.
     pub fn validate(&self, path: &Path) -> Result<(), TrainError> {
-        let by_key = |e: geolife_prior::PriorError| {
-            let text = e.to_string();
-            match text.split_once(": ") {
-                Some((key, message)) if key.starts_with("prior.") => {
-                    config_err(path, key.split(' ').next().unwrap_or(key), message.into())
-                }
-                _ => config_err(path, "prior", text),
-            }
+        let by_key = |e: geolife_prior::PriorError| match e {
+            geolife_prior::PriorError::Key { key, message } => config_err(path, &key, message),
+            other => config_err(path, "prior", other.to_string()),
         };
         self.config.validate().map_err(by_key)?;
-        geolife_prior::check_cache_config(&self.config).map_err(|e| {
-            let key = if self.config.pa.same_year {
-                "prior.pa.same_year"
-            } else {
-                "prior.pa.same_region"
-            };
-            config_err(path, key, e.to_string())
-        })
+        geolife_prior::check_cache_config(&self.config).map_err(by_key)
     }
 
     /// A short name of the sources in use (`pa+po`, `pa`, `po`).
@@ -105,7 +104,7 @@ impl TryFrom<toml::Table> for PriorSpec {
         };
         let config = PriorConfig::deserialize(toml::Value::Table(table))
             .map_err(|e| format!("prior: {e}"))?;
-        Ok(Self { config, po_file })
+        Ok(Self(PriorSource { config, po_file }))
     }
 }
 
@@ -115,7 +114,7 @@ impl From<PriorSpec> for toml::Table {
             Ok(toml::Value::Table(t)) => t,
             _ => toml::Table::new(),
         };
-        if let Some(p) = spec.po_file {
+        if let Some(p) = spec.0.po_file {
             table.insert(
                 PRIOR_PO_FILE.into(),
                 toml::Value::String(p.to_string_lossy().into_owned()),
@@ -469,7 +468,7 @@ impl PipelineConfig {
         }
         // A relative PO file is relative to the pipeline file, as member configs are.
         let prior = self.prior.clone().map(|mut spec| {
-            spec.po_file = spec.po_file.map(|f| dir.join(f));
+            spec.po_file = spec.po_file.take().map(|f| dir.join(f));
             spec
         });
         Ok(ResolvedPipeline {

@@ -30,7 +30,7 @@ pub use config::{
     ResolvedPipeline, parse_override,
 };
 pub use members::{MemberRecord, val_labels};
-pub use prior::{PriorRecord, prior_po_file, prior_scores};
+pub use prior::{PriorRecord, prior_scores, resolve_prior_source};
 pub use report::{Report, ReportRow, evaluate_row, report_markdown};
 
 use crate::error::TrainError;
@@ -82,12 +82,12 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
     let started = Instant::now();
     let out = &opts.out;
     let p = &opts.pipeline;
-    let prior_po = start_folder(opts)?;
+    let prior_source = start_folder(opts)?;
     let records = members::train_members(opts)?;
     let t_ensemble = Instant::now();
     let mut scores = members::read_member_scores(p, out)?;
     let labels = val_labels(&opts.cache, &scores.val_ids)?;
-    let prior_record = prior::add_prior_member(opts, prior_po.as_deref(), &mut scores)?;
+    let prior_record = prior::add_prior_member(opts, prior_source.as_ref(), &mut scores)?;
     let blend = blend::blend_members(p, out, &scores, &labels)?;
     let rows = report::evaluate_rows(opts, &scores, &labels, &records, &blend)?;
     let ens_f1 = rows.ensemble.val_f1_best_k;
@@ -118,15 +118,16 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
 
 /// Checks the prior and finds its presence-only file before anything is written (a missing
 /// file fails now, not after the members have trained), then writes `pipeline.toml`, or
-/// refuses a folder whose `pipeline.toml` is another pipeline. Returns the prior's PO file.
-fn start_folder(opts: &PipelineOptions) -> Result<Option<PathBuf>, TrainError> {
+/// refuses a folder whose `pipeline.toml` is another pipeline. Returns the prior's source, its
+/// PO file resolved.
+fn start_folder(opts: &PipelineOptions) -> Result<Option<geolife_prior::PriorSource>, TrainError> {
     let out = &opts.out;
     let p = &opts.pipeline;
     let resolved_path = out.join(outputs::RESOLVED);
-    let prior_po = match &p.prior {
+    let prior_source = match &p.prior {
         Some(spec) => {
             spec.validate(&resolved_path)?;
-            prior_po_file(spec, opts.data_root.as_deref())?
+            Some(resolve_prior_source(spec, opts.data_root.as_deref())?)
         }
         None => None,
     };
@@ -153,7 +154,7 @@ fn start_folder(opts: &PipelineOptions) -> Result<Option<PathBuf>, TrainError> {
     } else {
         write_atomic(&resolved_path, text.as_bytes())?;
     }
-    Ok(prior_po)
+    Ok(prior_source)
 }
 
 /// `policy.toml` (the policy chosen on the blend's validation scores, and what it was

@@ -8,7 +8,8 @@ use std::time::Instant;
 use geolife_data::cache::PackedSplit;
 use geolife_data::{Split, SurveyMeta};
 use geolife_metrics::ScoreFile;
-use geolife_prior::{CachedSurveys, PoRecords, PriorConfig, Target};
+use geolife_prior::source::PO_FILE_KEY;
+use geolife_prior::{CachedSurveys, PoRecords, PriorConfig, PriorSource, Target};
 use serde::{Deserialize, Serialize};
 
 use super::members::MemberScores;
@@ -30,35 +31,24 @@ pub struct PriorRecord {
     pub seconds: f64,
 }
 
-/// The presence-only file the prior reads: `None` when its PO source is off; `po_file` when
-/// given, else the dataset root's. An error names the file expected when there is none.
-pub fn prior_po_file(
+/// The `[prior]` member's source with its presence-only file resolved once, before anything
+/// is written ([`PriorSource::resolve`]: `po_file` when given, else the dataset root's; `None`
+/// for `data_root`: a packed cache). An error names the file expected and the key to set.
+pub fn resolve_prior_source(
     spec: &PriorSpec,
     data_root: Option<&Path>,
-) -> Result<Option<PathBuf>, TrainError> {
-    if !spec.config.po.enabled {
-        return Ok(None);
-    }
-    let path = match (&spec.po_file, data_root) {
-        (Some(f), _) => f.clone(),
-        (None, Some(root)) => root.join(geolife_data::layout::PO_METADATA_TRAIN),
-        (None, None) => {
-            return Err(TrainError::Invalid(format!(
-                "prior.po is on but --data is a packed cache, which keeps no presence-only \
-                 records: pass the dataset root as --data (its {} is read), name the file \
-                 with `po_file` under [prior], or set `prior.po.enabled = false`",
-                geolife_data::layout::PO_METADATA_TRAIN
-            )));
+) -> Result<PriorSource, TrainError> {
+    spec.resolve(data_root).map_err(prior_err)
+}
+
+/// A prior error of the `[prior]` member, a keyed `po_file` one under its table.
+fn prior_err(e: geolife_prior::PriorError) -> TrainError {
+    match e {
+        geolife_prior::PriorError::Key { key, message } if key == PO_FILE_KEY => {
+            TrainError::Invalid(format!("prior.{key}: {message}"))
         }
-    };
-    if !path.is_file() {
-        return Err(TrainError::Invalid(format!(
-            "prior.po is on but the presence-only file {} does not exist: name another with \
-             `po_file` under [prior], or set `prior.po.enabled = false`",
-            path.display()
-        )));
+        other => TrainError::Invalid(format!("prior: {other}")),
     }
-    Ok(Some(path))
 }
 
 /// The prior member's validation and test scores. Validation: the train surveys `val_ids`
@@ -72,20 +62,19 @@ pub fn prior_scores(
     val_ids: &[u64],
     po: Option<&PoRecords>,
 ) -> Result<(ScoreFile, ScoreFile), TrainError> {
-    let prior = |e: geolife_prior::PriorError| TrainError::Invalid(format!("prior: {e}"));
     let none = || {};
     let val = geolife_prior::score_split(cfg, train.as_train(), Target::Val(val_ids), po, &none)
-        .map_err(prior)?;
+        .map_err(prior_err)?;
     let test = geolife_prior::score_split(cfg, train.as_train(), Target::Test(test), po, &none)
-        .map_err(prior)?;
+        .map_err(prior_err)?;
     Ok((val, test))
 }
 
 /// The prior member's score files in `dir`: read back when `prior.json` says both are
-/// written, else computed from the cache (and the PO file) and written atomically.
+/// written, else computed from the cache (and the resolved source's PO file) and written
+/// atomically.
 fn prior_member(
-    spec: &PriorSpec,
-    po_file: Option<&Path>,
+    source: &PriorSource,
     cache: &Path,
     val_ids: &[u64],
     dir: &Path,
@@ -106,16 +95,10 @@ fn prior_member(
         return Ok((val, test, record));
     }
     let t = Instant::now();
-    let po = match po_file {
-        Some(f) => Some(
-            PoRecords::read(f, |_| {})
-                .map_err(|e| TrainError::Invalid(format!("prior: {}: {e}", f.display())))?,
-        ),
-        None => None,
-    };
+    let po = source.read_po(|_| {}).map_err(prior_err)?;
     let train = CachedSurveys::of(&PackedSplit::open(cache, Split::Train)?);
     let test_surveys = CachedSurveys::of(&PackedSplit::open(cache, Split::Test)?).surveys;
-    let (val, test) = prior_scores(&spec.config, &train, &test_surveys, val_ids, po.as_ref())?;
+    let (val, test) = prior_scores(&source.config, &train, &test_surveys, val_ids, po.as_ref())?;
     std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
         path: dir.to_path_buf(),
         source,
@@ -128,7 +111,7 @@ fn prior_member(
         n_species: val.species.len().max(test.species.len()),
         n_train_surveys: train.surveys.len(),
         po_records: po.as_ref().map_or(0, PoRecords::len),
-        po_file: po_file.map(Path::to_path_buf),
+        po_file: source.po_file.clone(),
         seconds: t.elapsed().as_secs_f64(),
     };
     write_json(&done, &record)?;
@@ -139,15 +122,14 @@ fn prior_member(
 /// members') when the pipeline has a `[prior]`, and says what it scored; its record.
 pub(super) fn add_prior_member(
     opts: &PipelineOptions,
-    po_file: Option<&Path>,
+    source: Option<&PriorSource>,
     scores: &mut MemberScores,
 ) -> Result<Option<PriorRecord>, TrainError> {
-    let Some(spec) = &opts.pipeline.prior else {
+    let (Some(spec), Some(source)) = (&opts.pipeline.prior, source) else {
         return Ok(None);
     };
     let (v, t, record) = prior_member(
-        spec,
-        po_file,
+        source,
         &opts.cache,
         &scores.val_ids,
         &opts.out.join(outputs::PRIOR),
@@ -300,7 +282,7 @@ mod tests {
         .unwrap();
         // A relative po_file is relative to the pipeline file.
         let named = cfg.prior.clone().map(|mut s| {
-            s.po_file = s.po_file.map(|f| root.join(f));
+            s.po_file = s.po_file.take().map(|f| root.join(f));
             s
         });
         let named = named.unwrap();
@@ -308,7 +290,7 @@ mod tests {
             named.po_file.as_deref(),
             Some(root.join("po/x.csv").as_path())
         );
-        let e = prior_po_file(&named, None).unwrap_err().to_string();
+        let e = resolve_prior_source(&named, None).unwrap_err().to_string();
         assert!(
             e.contains(&root.join("po/x.csv").display().to_string()),
             "{e}"
@@ -316,22 +298,29 @@ mod tests {
         std::fs::create_dir_all(root.join("po")).unwrap();
         std::fs::write(root.join("po/x.csv"), "").unwrap();
         assert_eq!(
-            prior_po_file(&named, Some(Path::new("/elsewhere"))).unwrap(),
+            resolve_prior_source(&named, Some(Path::new("/elsewhere")))
+                .unwrap()
+                .po_file,
             Some(root.join("po/x.csv"))
         );
         // No po_file: the dataset root's file, and an error naming it when it is absent.
         let plain = PriorSpec::new(PriorConfig::default());
         let expected = root.join(geolife_data::layout::PO_METADATA_TRAIN);
-        let e = prior_po_file(&plain, Some(root)).unwrap_err().to_string();
+        let e = resolve_prior_source(&plain, Some(root))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&expected.display().to_string()), "{e}");
         std::fs::write(&expected, "").unwrap();
-        assert_eq!(prior_po_file(&plain, Some(root)).unwrap(), Some(expected));
+        assert_eq!(
+            resolve_prior_source(&plain, Some(root)).unwrap().po_file,
+            Some(expected)
+        );
         // From a cache alone there is no PO file to read.
-        let e = prior_po_file(&plain, None).unwrap_err().to_string();
+        let e = resolve_prior_source(&plain, None).unwrap_err().to_string();
         assert!(e.contains("po_file") && e.contains("packed cache"), "{e}");
         // With the PO source off nothing is read.
         let mut off = plain.clone();
         off.config.po.enabled = false;
-        assert_eq!(prior_po_file(&off, None).unwrap(), None);
+        assert_eq!(resolve_prior_source(&off, None).unwrap().po_file, None);
     }
 }
