@@ -73,6 +73,31 @@ impl LocationSection {
         self.input != geolife_model::fusion::PriorInput::Off
     }
 
+    /// JSON for a checkpoint's metadata (`geolife_model::checkpoint::LOCATION_KEY`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The location settings a checkpoint records, if any.
+    pub fn from_checkpoint(path: &Path) -> Result<Option<Self>, TrainError> {
+        let meta =
+            geolife_model::checkpoint::read_metadata(path).map_err(|e| TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        meta.get(geolife_model::checkpoint::LOCATION_KEY)
+            .map(|json| {
+                serde_json::from_str(json).map_err(|e| TrainError::Checkpoint {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "unreadable `{}` metadata: {e}",
+                        geolife_model::checkpoint::LOCATION_KEY
+                    ),
+                })
+            })
+            .transpose()
+    }
+
     /// Whether the run needs the presence-only file.
     pub fn needs_po(&self) -> bool {
         self.on() && self.prior.po.enabled

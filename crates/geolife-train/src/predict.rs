@@ -91,6 +91,13 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
                 }
                 cfg.transforms = t;
             }
+            // A prior-input model records its `[location]`: without a config, it is used.
+            if opts.config.is_none()
+                && w.is_file()
+                && let Some(l) = crate::config::LocationSection::from_checkpoint(&w)?
+            {
+                cfg.location = l;
+            }
             (cfg, None, w)
         }
     };
@@ -118,9 +125,18 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
             if let Some(c) = &tabular_columns {
                 stats.tabular = c.reorder(&stats.tabular);
             }
+            let species = geolife_model::checkpoint::read_species(&weights).map_err(|e| {
+                TrainError::Checkpoint {
+                    path: weights.clone(),
+                    message: e.to_string(),
+                }
+            })?;
             (
-                // An imported seed checkpoint has max-id + 1 outputs: column = species id.
-                Vocabulary::from_species((0..fc.num_classes as u32).collect()),
+                // The checkpoint's vocabulary; an imported seed checkpoint records none and has
+                // max-id + 1 outputs: column = species id.
+                Vocabulary::from_species(
+                    species.unwrap_or_else(|| (0..fc.num_classes as u32).collect()),
+                ),
                 stats,
             )
         }

@@ -98,11 +98,32 @@ fn tiny_prior_config_trains_and_predicts_with_the_prior_input() {
     let f1 = samples_f1(&pred, &solution.align(&scores.survey_ids).truth);
     assert!(f1 > 0.0, "test F1 {f1}");
 
-    // The checkpoint alone, with a config that has no [location], is refused by name.
-    let err = predict(&PredictOptions {
+    // The checkpoint alone records its [location]: the same scores as the run.
+    let alone = predict(&PredictOptions {
         run_dir: None,
         weights: Some(run.join("best.safetensors")),
         config: None,
+        ..opts.clone()
+    })
+    .unwrap();
+    assert_eq!(alone.survey_ids, scores.survey_ids);
+    assert_eq!(alone.species, scores.species, "the checkpoint's vocabulary");
+    let Scores::Dense { data: alone } = &alone.scores else {
+        panic!("dense scores expected")
+    };
+    let diff = alone
+        .iter()
+        .zip(probs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-6, "--weights alone vs --run: {diff}");
+    // A config without [location] is refused by name.
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(&bare, "preset = \"tiny\"\n").unwrap();
+    let err = predict(&PredictOptions {
+        run_dir: None,
+        weights: Some(run.join("best.safetensors")),
+        config: Some(bare),
         ..opts
     })
     .unwrap_err()

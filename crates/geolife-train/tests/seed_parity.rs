@@ -169,6 +169,8 @@ fn write_checkpoint_with(path: &Path, transforms: Option<&str>, features: Option
     let inputs = geolife_model::checkpoint::InputsMeta {
         transforms_json: transforms,
         feature_names: features,
+        location_json: None,
+        species: None,
     };
     geolife_model::checkpoint::save_safetensors_with(&model, &fc, inputs, path).unwrap();
 }

@@ -155,9 +155,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let transforms = transforms_json(&args)?;
             println!("recorded input transforms: {transforms}");
             let features = feature_names(&args, &config)?;
+            // A geolife file's location-prior settings and vocabulary travel with its weights.
+            let (location, species) = match is_safetensors(&args.input) {
+                true => (
+                    checkpoint::read_metadata(&args.input)?
+                        .get(checkpoint::LOCATION_KEY)
+                        .cloned(),
+                    checkpoint::read_species(&args.input)?,
+                ),
+                false => (None, None),
+            };
             let inputs = checkpoint::InputsMeta {
                 transforms_json: Some(&transforms),
                 feature_names: features.as_deref(),
+                location_json: location.as_deref(),
+                species: species.as_deref(),
             };
             checkpoint::save_safetensors_with(&model, &config, inputs, &args.output)?;
             report

@@ -40,7 +40,9 @@ pub struct Args {
     /// A geolife checkpoint (e.g. imported seed weights) instead of the run's best.
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Config TOML for transforms and device when predicting from --weights without --run.
+    /// Config TOML for --weights without --run (default: the paper preset). The transforms, the
+    /// tabular feature names and a prior-input model's [location] come from the checkpoint
+    /// when it records them.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]

@@ -27,6 +27,13 @@ pub const TRANSFORMS_KEY: &str = "geolife_transforms";
 /// Metadata key holding the tabular feature names in the order the model's tabular input takes
 /// them, as a JSON list: `predict` and `train --resume` map a cache's columns onto them by name.
 pub const FEATURES_KEY: &str = "geolife_features";
+/// Metadata key holding the location-prior settings of a model that takes the prior as an input
+/// (the training crate's `[location]` section as JSON), so `predict --weights` rebuilds the same
+/// prior without a config.
+pub const LOCATION_KEY: &str = "geolife_location";
+/// Metadata key holding the real species id of every output column, as a JSON list, for models
+/// trained with a compact vocabulary (without it, column = species id, as in the seed).
+pub const SPECIES_KEY: &str = "geolife_species";
 
 /// What a fusion checkpoint records besides its config: how its inputs were built.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,6 +42,10 @@ pub struct InputsMeta<'a> {
     pub transforms_json: Option<&'a str>,
     /// The tabular feature names in input order ([`FEATURES_KEY`]).
     pub feature_names: Option<&'a [String]>,
+    /// The location-prior settings as JSON ([`LOCATION_KEY`]).
+    pub location_json: Option<&'a str>,
+    /// The species id of every output column ([`SPECIES_KEY`]).
+    pub species: Option<&'a [u32]>,
 }
 
 /// One tensor to serialise: name, bytes (borrowed from the state dict when they can be), shape
@@ -192,7 +203,40 @@ fn fusion_metadata(
             serde_json::to_string(names).map_err(bad)?,
         );
     }
+    if let Some(l) = inputs.location_json {
+        meta.insert(LOCATION_KEY.to_string(), l.to_string());
+    }
+    if let Some(species) = inputs.species {
+        if species.len() != config.num_classes {
+            return Err(ModelError::BadCheckpointConfig {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{} species for a model with {} outputs",
+                    species.len(),
+                    config.num_classes
+                ),
+            });
+        }
+        meta.insert(
+            SPECIES_KEY.to_string(),
+            serde_json::to_string(species).map_err(bad)?,
+        );
+    }
     Ok(meta)
+}
+
+/// The species id of every output column a checkpoint records ([`SPECIES_KEY`]); `None` for
+/// checkpoints whose column is the species id (imported seed models, older geolife runs).
+pub fn read_species(path: &Path) -> Result<Option<Vec<u32>>, ModelError> {
+    read_metadata(path)?
+        .get(SPECIES_KEY)
+        .map(|json| {
+            serde_json::from_str(json).map_err(|e| ModelError::BadCheckpointConfig {
+                path: path.to_path_buf(),
+                reason: format!("unreadable `{SPECIES_KEY}` metadata: {e}"),
+            })
+        })
+        .transpose()
 }
 
 /// The tabular feature names a checkpoint records ([`FEATURES_KEY`]), in input order; `None`

@@ -30,6 +30,10 @@ pub struct Checkpointer {
     transforms_json: String,
     /// The tabular feature names in the model's input order, recorded in `best.safetensors`.
     feature_names: Vec<String>,
+    /// The `[location]` section as JSON when the model takes the prior, recorded there too.
+    location_json: Option<String>,
+    /// The species id of every output column, recorded there too.
+    species: Option<Vec<u32>>,
     /// The write of the newest `last.ckpt`, if it may still be running.
     pending: Mutex<Option<JoinHandle<Result<(), TrainError>>>>,
 }
@@ -46,8 +50,22 @@ impl Checkpointer {
             best,
             transforms_json,
             feature_names,
+            location_json: None,
+            species: None,
             pending: Mutex::new(None),
         }
+    }
+
+    /// Also records the location-prior settings (`[location]` as JSON) of a prior-input model.
+    pub fn with_location(mut self, location_json: Option<String>) -> Self {
+        self.location_json = location_json;
+        self
+    }
+
+    /// Also records the species id of every output column.
+    pub fn with_species(mut self, species: Vec<u32>) -> Self {
+        self.species = Some(species);
+        self
     }
 
     fn err(&self, message: String) -> TrainError {
@@ -74,6 +92,8 @@ impl Checkpointer {
         let inputs = geolife_model::checkpoint::InputsMeta {
             transforms_json: Some(&self.transforms_json),
             feature_names: Some(&self.feature_names),
+            location_json: self.location_json.as_deref(),
+            species: self.species.as_deref(),
         };
         geolife_model::checkpoint::fusion_to_bytes(model, fc, inputs, path)
             .map(Arc::new)

@@ -296,7 +296,9 @@ impl<'a> Session<'a> {
             run.path(files::BEST),
             cfg.transforms.to_json(),
             features,
-        );
+        )
+        .with_location(cfg.location.on().then(|| cfg.location.to_json()))
+        .with_species(vocab.species().to_vec());
         let mut optim = optimizer(o, t.device);
         let mut state = TrainState::start();
         if opts.resume {
