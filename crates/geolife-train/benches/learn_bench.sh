@@ -10,7 +10,9 @@
 #
 #   crates/geolife-train/benches/learn_bench.sh GEOLIFE_BINARY PYTHON WORKDIR [SEEDS...]
 #
-# LEARN_TOOLS=geolife (or pytorch) runs one side only.
+# LEARN_TOOLS=geolife (or pytorch) runs one side only; LEARN_SURVEYS, LEARN_TEST_SURVEYS and
+# LEARN_EPOCHS shrink the benchmark (the CLI tests run the geolife side at a tiny size).
+# Only the PyTorch side needs Python.
 # GEOLIFE_BINARY is a release build (`cargo build --release -p geolife-cli`). PYTHON has torch,
 # torchvision and PIL. WORKDIR gets the dataset, the runs and `results.jsonl`. On 2 cores one
 # run takes 4-6 minutes per tool.
@@ -24,7 +26,9 @@ seeds=("$@")
 here=$(dirname "$(realpath "$0")")
 mkdir -p "$work"
 cd "$work"
-[ -d data ] || "$geolife" synth --surveys 2339 --test-surveys 661 --out data
+epochs=${LEARN_EPOCHS:-15}
+[ -d data ] || "$geolife" synth --surveys "${LEARN_SURVEYS:-2339}" \
+  --test-surveys "${LEARN_TEST_SURVEYS:-661}" --out data
 [ -d cache ] || "$geolife" prepare data --out cache
 solution=data/GLC24_SOLUTION_FILE.csv
 : >>results.jsonl
@@ -41,7 +45,7 @@ preset = "paper"
 backbone = "smoke_convnext"
 [train]
 batch_size = 64
-epochs = 15
+epochs = $epochs
 seed = $s
 [validation]
 split = "random"
@@ -54,25 +58,28 @@ EOF
     "$geolife" predict --run "$run" --data cache --split test --out "$run/test_scores.safetensors" \
       --submission "$run/test_submission.csv" --top-k "$k" >/dev/null
     test_f1=$("$geolife" evaluate --predictions "$run/test_submission.csv" --solution "$solution" --json |
-      "$python" -c 'import json, sys; print(json.load(sys.stdin)["samples_f1"])')
+      sed -n 's/^ *"samples_f1": *\([-0-9.eE+]*\),*$/\1/p')
+    [ -n "$test_f1" ] || { echo "no samples_f1 in geolife evaluate's output" >&2; exit 1; }
     echo "{\"tool\": \"geolife\", \"seed\": $s, \"best_epoch\": $epoch, \"k\": $k, \"val_f1\": $val_f1, \"test_f1\": $test_f1, \"seconds\": $(($(date +%s) - start))}" >>results.jsonl
     touch "$run/done"
   fi
   if [[ $tools == *pytorch* ]] && ! grep -q "\"tool\": \"pytorch\", \"seed\": $s," results.jsonl; then
     "$python" "$here/learn_bench.py" --root data --solution "$solution" --seed "$s" \
-      >"runs/pytorch-$s.log" 2>&1
+      --epochs "$epochs" >"runs/pytorch-$s.log" 2>&1
     grep '^RESULT ' "runs/pytorch-$s.log" | sed 's/^RESULT //' >>results.jsonl
   fi
 done
 
-"$python" - <<'EOF'
-import json, statistics
-rows = [json.loads(l) for l in open("results.jsonl") if l.strip()]
-for tool in ("geolife", "pytorch"):
-    f1 = [r["test_f1"] for r in rows if r["tool"] == tool]
-    if not f1:
-        continue
-    sd = statistics.stdev(f1) if len(f1) > 1 else float("nan")
-    runs = ", ".join(f"{v:.4f}" for v in f1)
-    print(f"{tool}: test samples-F1 {statistics.mean(f1):.4f} +- {sd:.4f} over {len(f1)} seeds ({runs})")
-EOF
+# Mean +- sample sd of test F1 per tool.
+for tool in geolife pytorch; do
+  { grep "\"tool\": \"$tool\"" results.jsonl || true; } |
+    sed 's/.*"test_f1": *\([-0-9.eE+]*\).*/\1/' |
+    awk -v tool="$tool" '{ v[NR] = $1; sum += $1; runs = runs (NR > 1 ? ", " : "") sprintf("%.4f", $1) }
+      END {
+        if (NR == 0) exit
+        mean = sum / NR; ss = 0
+        for (i = 1; i <= NR; i++) ss += (v[i] - mean) ^ 2
+        sd = NR > 1 ? sprintf("%.4f", sqrt(ss / (NR - 1))) : "nan"
+        printf "%s: test samples-F1 %.4f +- %s over %d seeds (%s)\n", tool, mean, sd, NR, runs
+      }'
+done
