@@ -15,18 +15,24 @@ fn the_learning_benchmark_runs_its_geolife_side() {
     let dir = tempfile::tempdir().unwrap();
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../geolife-train/benches/learn_bench.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(env!("CARGO_BIN_EXE_geolife"))
-        .arg("no-python-needed")
-        .arg(dir.path())
-        .arg("1")
-        .env("LEARN_TOOLS", "geolife")
-        .env("LEARN_SURVEYS", "150")
-        .env("LEARN_TEST_SURVEYS", "30")
-        .env("LEARN_EPOCHS", "1")
-        .output()
-        .expect("run bash");
+    // The script with seed 1, the geolife side only, at the given sizes.
+    let bench = |sizes: &[(&str, &str)]| {
+        Command::new("bash")
+            .arg(&script)
+            .arg(env!("CARGO_BIN_EXE_geolife"))
+            .arg("no-python-needed")
+            .arg(dir.path())
+            .arg("1")
+            .env("LEARN_TOOLS", "geolife")
+            .envs(sizes.iter().copied())
+            .output()
+            .expect("run bash")
+    };
+    let out = bench(&[
+        ("LEARN_SURVEYS", "150"),
+        ("LEARN_TEST_SURVEYS", "30"),
+        ("LEARN_EPOCHS", "1"),
+    ]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let rows = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
@@ -50,15 +56,7 @@ fn the_learning_benchmark_runs_its_geolife_side() {
         "{stdout}"
     );
     // A second call finds the run done and only summarises.
-    let again = Command::new("bash")
-        .arg(&script)
-        .arg(env!("CARGO_BIN_EXE_geolife"))
-        .arg("no-python-needed")
-        .arg(dir.path())
-        .arg("1")
-        .env("LEARN_TOOLS", "geolife")
-        .output()
-        .unwrap();
+    let again = bench(&[]);
     assert!(again.status.success());
     let rows = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
     assert_eq!(rows.lines().count(), 1);

@@ -18,15 +18,12 @@ fn torch_weights() -> PathBuf {
     fixture("../geolife-model/tests/fixtures/cnn/convnext_smoke_weights.pth")
 }
 
-fn import(input: &Path, output: &Path, extra: &[&str]) -> Output {
+/// `geolife import-weights --backbone smoke_convnext --input INPUT --output OUTPUT EXTRA...`.
+fn import_smoke(input: &Path, output: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "import-weights",
-        "--target",
-        "backbone",
         "--backbone",
         "smoke_convnext",
-        "--in-channels",
-        "4",
         "--input",
         s(input),
         "--output",
@@ -34,6 +31,13 @@ fn import(input: &Path, output: &Path, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     geolife(&args)
+}
+
+/// A 4-channel smoke ConvNeXt backbone import.
+fn import(input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--target", "backbone", "--in-channels", "4"];
+    args.extend_from_slice(extra);
+    import_smoke(input, output, &args)
 }
 
 #[test]
@@ -242,20 +246,6 @@ fn header_only_root(root: &Path) -> Vec<String> {
     names
 }
 
-fn import_fusion(input: &Path, output: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "import-weights",
-        "--backbone",
-        "smoke_convnext",
-        "--input",
-        s(input),
-        "--output",
-        s(output),
-    ];
-    args.extend_from_slice(extra);
-    geolife(&args)
-}
-
 #[test]
 fn imported_seed_models_record_their_tabular_feature_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -263,7 +253,7 @@ fn imported_seed_models_record_their_tabular_feature_order() {
     plain_fusion(&plain, 46);
     // No flag: the official files' order.
     let official = dir.path().join("official.safetensors");
-    let out = import_fusion(&plain, &official, &[]);
+    let out = import_smoke(&plain, &official, &[]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(
@@ -281,13 +271,13 @@ fn imported_seed_models_record_their_tabular_feature_order() {
         "the fixture's SoilGrids header is shuffled"
     );
     let from_data = dir.path().join("from_data.safetensors");
-    let out = import_fusion(&plain, &from_data, &["--features-from", s(&root)]);
+    let out = import_smoke(&plain, &from_data, &["--features-from", s(&root)]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert_eq!(recorded_features(&from_data).unwrap(), headers);
     // A geolife checkpoint re-imported keeps what it records.
     let again = dir.path().join("again.safetensors");
-    let out = import_fusion(&from_data, &again, &[]);
+    let out = import_smoke(&from_data, &again, &[]);
     assert!(out.status.success(), "{}", text(&out).1);
     assert_eq!(recorded_features(&again).unwrap(), headers);
 
@@ -296,7 +286,7 @@ fn imported_seed_models_record_their_tabular_feature_order() {
     plain_fusion(&wide, 47);
     let refused = dir.path().join("refused.safetensors");
     let refuse = |extra: &[&str]| {
-        let out = import_fusion(&wide, &refused, extra);
+        let out = import_smoke(&wide, &refused, extra);
         let (stdout, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
         assert!(

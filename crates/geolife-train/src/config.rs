@@ -78,24 +78,16 @@ impl LocationSection {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The location settings a checkpoint records, if any.
-    pub fn from_checkpoint(path: &Path) -> Result<Option<Self>, TrainError> {
-        let meta =
-            geolife_model::checkpoint::read_metadata(path).map_err(|e| TrainError::Checkpoint {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        meta.get(geolife_model::checkpoint::LOCATION_KEY)
-            .map(|json| {
-                serde_json::from_str(json).map_err(|e| TrainError::Checkpoint {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "unreadable `{}` metadata: {e}",
-                        geolife_model::checkpoint::LOCATION_KEY
-                    ),
-                })
-            })
-            .transpose()
+    /// The location settings a checkpoint records (`recorded.location_json`), if any.
+    pub fn from_recorded(
+        recorded: &geolife_model::checkpoint::RecordedInputs,
+        path: &Path,
+    ) -> Result<Option<Self>, TrainError> {
+        parse_recorded(
+            recorded.location_json.as_deref(),
+            geolife_model::checkpoint::LOCATION_KEY,
+            path,
+        )
     }
 
     /// Whether the run needs the presence-only file.
@@ -383,24 +375,16 @@ impl TransformSection {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The transforms recorded in a checkpoint's metadata, if any.
-    pub fn from_checkpoint(path: &Path) -> Result<Option<Self>, TrainError> {
-        let meta =
-            geolife_model::checkpoint::read_metadata(path).map_err(|e| TrainError::Checkpoint {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        meta.get(geolife_model::checkpoint::TRANSFORMS_KEY)
-            .map(|json| {
-                serde_json::from_str(json).map_err(|e| TrainError::Checkpoint {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "unreadable `{}` metadata: {e}",
-                        geolife_model::checkpoint::TRANSFORMS_KEY
-                    ),
-                })
-            })
-            .transpose()
+    /// The transforms a checkpoint records (`recorded.transforms_json`), if any.
+    pub fn from_recorded(
+        recorded: &geolife_model::checkpoint::RecordedInputs,
+        path: &Path,
+    ) -> Result<Option<Self>, TrainError> {
+        parse_recorded(
+            recorded.transforms_json.as_deref(),
+            geolife_model::checkpoint::TRANSFORMS_KEY,
+            path,
+        )
     }
 }
 
@@ -420,6 +404,21 @@ impl Default for TransformSection {
 pub enum TransformMode {
     Geolife,
     Seed,
+}
+
+/// A section a checkpoint records as JSON under `key`, parsed; the error names the file.
+fn parse_recorded<T: serde::de::DeserializeOwned>(
+    json: Option<&str>,
+    key: &str,
+    path: &Path,
+) -> Result<Option<T>, TrainError> {
+    json.map(|j| {
+        serde_json::from_str(j).map_err(|e| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("unreadable `{key}` metadata: {e}"),
+        })
+    })
+    .transpose()
 }
 
 impl TrainConfig {

@@ -77,26 +77,26 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
                 Some(c) => TrainConfig::load(c)?,
                 None => TrainConfig::paper(crate::config::BackboneKind::ConvnextBase),
             };
-            // The checkpoint's recorded transforms are what its weights were trained with.
-            if w.is_file()
-                && let Some(t) = crate::config::TransformSection::from_checkpoint(&w)?
-            {
-                if opts.config.is_some() && t.mode != cfg.transforms.mode {
-                    tracing::warn!(
-                        "{}: trained with {:?} transforms, but the config asks for {:?}; using the checkpoint's",
-                        w.display(),
-                        t.mode,
-                        cfg.transforms.mode
-                    );
+            // The checkpoint's recorded transforms are what its weights were trained with, and
+            // a prior-input model's recorded `[location]` is used when no config is given.
+            if w.is_file() {
+                let recorded = read_recorded(&w)?;
+                if let Some(t) = crate::config::TransformSection::from_recorded(&recorded, &w)? {
+                    if opts.config.is_some() && t.mode != cfg.transforms.mode {
+                        tracing::warn!(
+                            "{}: trained with {:?} transforms, but the config asks for {:?}; using the checkpoint's",
+                            w.display(),
+                            t.mode,
+                            cfg.transforms.mode
+                        );
+                    }
+                    cfg.transforms = t;
                 }
-                cfg.transforms = t;
-            }
-            // A prior-input model records its `[location]`: without a config, it is used.
-            if opts.config.is_none()
-                && w.is_file()
-                && let Some(l) = crate::config::LocationSection::from_checkpoint(&w)?
-            {
-                cfg.location = l;
+                if opts.config.is_none()
+                    && let Some(l) = crate::config::LocationSection::from_recorded(&recorded, &w)?
+                {
+                    cfg.location = l;
+                }
             }
             (cfg, None, w)
         }
@@ -113,8 +113,16 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
             path: weights.clone(),
             message: e.to_string(),
         })?;
+    let recorded = read_recorded(&weights)?;
     let tabular_columns = match fc.use_tabular {
-        true => tabular_columns(&weights, info.as_ref(), &fc, &manifest, &opts.cache)?,
+        true => tabular_columns(
+            &weights,
+            recorded.feature_names,
+            info.as_ref(),
+            &fc,
+            &manifest,
+            &opts.cache,
+        )?,
         false => None,
     };
     let (vocab, stats) = match &info {
@@ -125,17 +133,13 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
             if let Some(c) = &tabular_columns {
                 stats.tabular = c.reorder(&stats.tabular);
             }
-            let species = geolife_model::checkpoint::read_species(&weights).map_err(|e| {
-                TrainError::Checkpoint {
-                    path: weights.clone(),
-                    message: e.to_string(),
-                }
-            })?;
             (
                 // The checkpoint's vocabulary; an imported seed checkpoint records none and has
                 // max-id + 1 outputs: column = species id.
                 Vocabulary::from_species(
-                    species.unwrap_or_else(|| (0..fc.num_classes as u32).collect()),
+                    recorded
+                        .species
+                        .unwrap_or_else(|| (0..fc.num_classes as u32).collect()),
                 ),
                 stats,
             )
@@ -211,17 +215,12 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
 /// a warning, when their count fits.
 fn tabular_columns(
     weights: &Path,
+    recorded: Option<Vec<String>>,
     info: Option<&RunInfo>,
     fc: &geolife_model::fusion::FusionConfig,
     manifest: &geolife_data::cache::Manifest,
     cache: &Path,
 ) -> Result<Option<TabularColumns>, TrainError> {
-    let recorded = geolife_model::checkpoint::read_feature_names(weights).map_err(|e| {
-        TrainError::Checkpoint {
-            path: weights.to_path_buf(),
-            message: e.to_string(),
-        }
-    })?;
     let cache_names = &manifest.feature_names;
     let Some(names) = recorded.or_else(|| info.map(|i| i.feature_names.clone())) else {
         if fc.num_features != cache_names.len() {
@@ -261,6 +260,14 @@ fn tabular_columns(
             cache.display()
         ),
     )
+}
+
+/// What the checkpoint at `path` records about its inputs; the error names the file.
+fn read_recorded(path: &Path) -> Result<geolife_model::checkpoint::RecordedInputs, TrainError> {
+    geolife_model::checkpoint::RecordedInputs::read(path).map_err(|e| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 fn model_name(run: Option<&Path>, weights: &Path) -> String {

@@ -366,7 +366,9 @@ fn resume_on_a_cache_with_another_column_order_maps_the_columns_by_name() {
     // and predict on the reordered cache gives the scores of the first one.
     let best = parts.join(files::BEST);
     assert_eq!(
-        geolife_model::checkpoint::read_feature_names(&best).unwrap(),
+        geolife_model::checkpoint::RecordedInputs::read(&best)
+            .unwrap()
+            .feature_names,
         Some(before)
     );
     let scores = |cache: &Path| {

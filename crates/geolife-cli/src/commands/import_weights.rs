@@ -152,24 +152,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             config.validate()?;
             let (model, report) = import_into(config.try_init(&device)?, &dict, "");
             check(&report, &args)?;
-            let transforms = transforms_json(&args)?;
-            println!("recorded input transforms: {transforms}");
-            let features = feature_names(&args, &config)?;
-            // A geolife file's location-prior settings and vocabulary travel with its weights.
-            let (location, species) = match is_safetensors(&args.input) {
-                true => (
-                    checkpoint::read_metadata(&args.input)?
-                        .get(checkpoint::LOCATION_KEY)
-                        .cloned(),
-                    checkpoint::read_species(&args.input)?,
-                ),
-                false => (None, None),
+            // What a geolife input records; a PyTorch file records nothing.
+            let recorded = match is_safetensors(&args.input) {
+                true => checkpoint::RecordedInputs::read(&args.input)?,
+                false => checkpoint::RecordedInputs::default(),
             };
+            let transforms = transforms_json(&args, &recorded)?;
+            println!("recorded input transforms: {transforms}");
+            let features = feature_names(&args, &config, recorded.feature_names.clone())?;
+            // A geolife file's location-prior settings and vocabulary travel with its weights.
             let inputs = checkpoint::InputsMeta {
                 transforms_json: Some(&transforms),
                 feature_names: features.as_deref(),
-                location_json: location.as_deref(),
-                species: species.as_deref(),
+                ..recorded.as_meta()
             };
             checkpoint::save_safetensors_with(&model, &config, inputs, &args.output)?;
             report
@@ -204,7 +199,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The transforms JSON to record: `--transforms`, else a geolife input's own, else the seed's.
-fn transforms_json(args: &Args) -> anyhow::Result<String> {
+fn transforms_json(args: &Args, recorded: &checkpoint::RecordedInputs) -> anyhow::Result<String> {
     use geolife_train::config::{TransformMode, TransformSection};
     let section = match args.transforms {
         Some(Transforms::Seed) => TransformSection::seed(),
@@ -212,21 +207,20 @@ fn transforms_json(args: &Args) -> anyhow::Result<String> {
             mode: TransformMode::Geolife,
             ..TransformSection::default()
         },
-        None => {
-            let recorded = if is_safetensors(&args.input) {
-                TransformSection::from_checkpoint(&args.input)?
-            } else {
-                None
-            };
-            recorded.unwrap_or_else(TransformSection::seed)
-        }
+        None => TransformSection::from_recorded(recorded, &args.input)?
+            .unwrap_or_else(TransformSection::seed),
     };
     Ok(section.to_json())
 }
 
 /// The tabular feature names to record, in input order (see `--features-from`); `None` for a
 /// model without the tabular branch.
-fn feature_names(args: &Args, config: &FusionConfig) -> anyhow::Result<Option<Vec<String>>> {
+/// `recorded`: the names a geolife input records.
+fn feature_names(
+    args: &Args,
+    config: &FusionConfig,
+    recorded: Option<Vec<String>>,
+) -> anyhow::Result<Option<Vec<String>>> {
     use geolife_data::Split;
     use geolife_data::env::{EnvGroup, group_columns, official_feature_names};
     if !config.use_tabular {
@@ -260,27 +254,21 @@ fn feature_names(args: &Args, config: &FusionConfig) -> anyhow::Result<Option<Ve
                 format!("the train CSV headers of {}", root.display()),
             )
         }
-        None => {
-            let recorded = match is_safetensors(&args.input) {
-                true => checkpoint::read_feature_names(&args.input)?,
-                false => None,
-            };
-            match recorded {
-                Some(names) => (names, format!("{}", args.input.display())),
-                None if want == official_feature_names().len() => (
-                    official_feature_names(),
-                    "the official GLC24 files' column order (pass --features-from DATASET if \
+        None => match recorded {
+            Some(names) => (names, format!("{}", args.input.display())),
+            None if want == official_feature_names().len() => (
+                official_feature_names(),
+                "the official GLC24 files' column order (pass --features-from DATASET if \
                      the model was trained on files ordered otherwise)"
-                        .to_string(),
-                ),
-                None => bail!(
-                    "{}: the model takes {want} tabular features and the file does not say in \
+                    .to_string(),
+            ),
+            None => bail!(
+                "{}: the model takes {want} tabular features and the file does not say in \
                      which order; pass --features-from with the dataset root or cache it was \
                      trained on",
-                    args.input.display()
-                ),
-            }
-        }
+                args.input.display()
+            ),
+        },
     };
     if names.len() != want {
         bail!(

@@ -225,32 +225,56 @@ fn fusion_metadata(
     Ok(meta)
 }
 
-/// The species id of every output column a checkpoint records ([`SPECIES_KEY`]); `None` for
-/// checkpoints whose column is the species id (imported seed models, older geolife runs).
-pub fn read_species(path: &Path) -> Result<Option<Vec<u32>>, ModelError> {
-    read_metadata(path)?
-        .get(SPECIES_KEY)
-        .map(|json| {
-            serde_json::from_str(json).map_err(|e| ModelError::BadCheckpointConfig {
-                path: path.to_path_buf(),
-                reason: format!("unreadable `{SPECIES_KEY}` metadata: {e}"),
-            })
-        })
-        .transpose()
+/// What a fusion checkpoint records about its inputs ([`InputsMeta`], owned), read from its
+/// header once. Each field is `None` when the checkpoint predates it or does not apply:
+/// without `species`, column = species id (imported seed models, older geolife runs); without
+/// `feature_names`, the tabular inputs are in an unknown order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordedInputs {
+    /// [`TRANSFORMS_KEY`], as JSON (the training crate parses it).
+    pub transforms_json: Option<String>,
+    /// [`FEATURES_KEY`]: the tabular feature names in input order.
+    pub feature_names: Option<Vec<String>>,
+    /// [`LOCATION_KEY`], as JSON.
+    pub location_json: Option<String>,
+    /// [`SPECIES_KEY`]: the species id of every output column.
+    pub species: Option<Vec<u32>>,
 }
 
-/// The tabular feature names a checkpoint records ([`FEATURES_KEY`]), in input order; `None`
-/// for checkpoints written before geolife recorded them.
-pub fn read_feature_names(path: &Path) -> Result<Option<Vec<String>>, ModelError> {
-    read_metadata(path)?
-        .get(FEATURES_KEY)
-        .map(|json| {
-            serde_json::from_str(json).map_err(|e| ModelError::BadCheckpointConfig {
-                path: path.to_path_buf(),
-                reason: format!("unreadable `{FEATURES_KEY}` metadata: {e}"),
+impl RecordedInputs {
+    /// The recorded inputs of the checkpoint at `path` (only its header is read).
+    pub fn read(path: &Path) -> Result<Self, ModelError> {
+        let mut meta = read_metadata(path)?;
+        fn parse<T: serde::de::DeserializeOwned>(
+            json: Option<String>,
+            key: &str,
+            path: &Path,
+        ) -> Result<Option<T>, ModelError> {
+            json.map(|j| {
+                serde_json::from_str(&j).map_err(|e| ModelError::BadCheckpointConfig {
+                    path: path.to_path_buf(),
+                    reason: format!("unreadable `{key}` metadata: {e}"),
+                })
             })
+            .transpose()
+        }
+        Ok(Self {
+            transforms_json: meta.remove(TRANSFORMS_KEY),
+            feature_names: parse(meta.remove(FEATURES_KEY), FEATURES_KEY, path)?,
+            location_json: meta.remove(LOCATION_KEY),
+            species: parse(meta.remove(SPECIES_KEY), SPECIES_KEY, path)?,
         })
-        .transpose()
+    }
+
+    /// As [`InputsMeta`], to write them again (e.g. `import-weights` of a geolife file).
+    pub fn as_meta(&self) -> InputsMeta<'_> {
+        InputsMeta {
+            transforms_json: self.transforms_json.as_deref(),
+            feature_names: self.feature_names.as_deref(),
+            location_json: self.location_json.as_deref(),
+            species: self.species.as_deref(),
+        }
+    }
 }
 
 /// The metadata of a safetensors file (empty when it has none). Reads only the 8-byte length

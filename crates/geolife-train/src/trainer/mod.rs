@@ -151,11 +151,12 @@ fn model_features(
         (RunInfo::load(run.root())?.feature_names, path)
     } else {
         let recorded = match &cfg.model.weights {
-            Some(w) => geolife_model::checkpoint::read_feature_names(w)
+            Some(w) => geolife_model::checkpoint::RecordedInputs::read(w)
                 .map_err(|e| TrainError::Checkpoint {
                     path: w.clone(),
                     message: e.to_string(),
                 })?
+                .feature_names
                 .map(|n| (n, w.clone())),
             None => None,
         };
