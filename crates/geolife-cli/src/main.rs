@@ -39,6 +39,9 @@ enum Command {
     Prior(commands::prior::Args),
     /// Throughput benchmarks.
     Bench(commands::bench::Args),
+    /// Draw a map of surveys over Europe: a run's split, per-survey F1, richness, one
+    /// species' scores, or presence-only density.
+    Map(commands::map::Args),
     /// Train the fusion network.
     #[cfg(feature = "dl")]
     Train(commands::train::Args),
@@ -139,6 +142,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Prepare(a) => commands::prepare::run(a),
         Command::Evaluate(a) => commands::evaluate::run(a),
+        Command::Map(a) => commands::map::run(a),
         Command::Calibrate(a) => commands::calibrate::run(a),
         Command::Ensemble(a) => commands::ensemble::run(a),
         Command::Submit(a) => commands::submit::run(a),

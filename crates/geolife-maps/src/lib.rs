@@ -28,8 +28,8 @@ pub use sites::{SiteSet, Sites};
 /// Anything that stops a map from being drawn; every variant names the file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
-    /// The operating system refused a read.
-    #[error("{path}: {source}")]
+    /// The operating system refused a read (the cause, printed after the path, says why).
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

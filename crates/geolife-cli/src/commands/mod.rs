@@ -6,6 +6,7 @@ pub mod ensemble;
 pub mod evaluate;
 pub mod inspect;
 pub mod labels;
+pub mod map;
 pub mod prepare;
 pub mod prior;
 pub mod submit;
