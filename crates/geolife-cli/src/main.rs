@@ -113,27 +113,22 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", error_chain(&err));
-            ExitCode::FAILURE
+            // `{:#}`: the error and its causes, each saying only its own part.
+            eprintln!("error: {err:#}");
+            exit_code(&err)
         }
     }
 }
 
-/// The error and its causes joined by ": ", leaving out a cause whose text already ends the
-/// message so far (typed errors often append their source to their own message).
-fn error_chain(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.ends_with(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
+/// 128 + the signal for training stopped by SIGTERM or SIGINT (as a shell reports a process
+/// the signal ended; Slurm and the pipeline's parent read it), else 1.
+fn exit_code(err: &anyhow::Error) -> ExitCode {
+    #[cfg(feature = "dl")]
+    if let Some(geolife_train::TrainError::Interrupted { signal, .. }) = err.downcast_ref() {
+        return ExitCode::from((128 + signal).clamp(1, 255) as u8);
     }
-    out
+    let _ = err;
+    ExitCode::FAILURE
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -142,12 +137,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Prepare(a) => commands::prepare::run(a),
         Command::Evaluate(a) => commands::evaluate::run(a),
-        Command::Map(a) => commands::map::run(a),
         Command::Calibrate(a) => commands::calibrate::run(a),
         Command::Ensemble(a) => commands::ensemble::run(a),
         Command::Submit(a) => commands::submit::run(a),
         Command::Prior(a) => commands::prior::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Map(a) => commands::map::run(a),
         #[cfg(feature = "dl")]
         Command::Train(a) => commands::train::run(a),
         #[cfg(feature = "dl")]
@@ -169,10 +164,22 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn, fmt, prelude::*};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let logs = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_filter(filter)
+        .with_filter(filter_fn(|m| m.target() != geolife_io::PROGRESS));
+    // The library's progress lines (members, epochs without a bar), bare on stdout.
+    let progress = fmt::layer()
+        .with_writer(std::io::stdout)
+        .with_ansi(false)
+        .without_time()
+        .with_level(false)
+        .with_target(false)
+        .with_filter(filter_fn(|m| m.target() == geolife_io::PROGRESS));
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(progress)
         .init();
 }

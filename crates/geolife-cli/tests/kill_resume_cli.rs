@@ -1,7 +1,8 @@
 //! `geolife train` killed with SIGKILL mid-epoch, then `--resume`d, ends exactly where an
 //! uninterrupted run ends: the same metrics.csv (wall-clock seconds aside) and the same tensors
 //! in best.safetensors. The kill is real (the process gets SIGKILL while it trains), not a
-//! simulated stop.
+//! simulated stop. SIGTERM (Slurm's preemption) instead makes it write `last.ckpt` and exit
+//! 143, and the resumed run ends at the same place too.
 #![cfg(all(feature = "dl", unix))]
 
 use std::path::Path;
@@ -127,12 +128,55 @@ fn sigkill_mid_epoch_then_resume_equals_uninterrupted() {
     );
 
     run_ok(train(&parts).arg("--resume"));
+    assert_same_run(&whole, &parts);
+
+    // SIGTERM once the run logs its first batches: it checkpoints where it stands and exits
+    // 143 (128 + 15) with a message that says how to continue.
+    let termed = d.join("termed");
+    let mut child = train(&termed)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let log = termed.join("train.log");
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("epoch 1/2 batch")) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it logged a batch"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no batch after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert!(
+        termed.join("last.ckpt").is_file(),
+        "no checkpoint at SIGTERM"
+    );
+    assert!(
+        !termed.join("metrics.csv").exists()
+            || metrics_without_seconds(&termed).len() < metrics_without_seconds(&whole).len(),
+        "the run was not interrupted"
+    );
+    run_ok(train(&termed).arg("--resume"));
+    assert_same_run(&whole, &termed);
+}
+
+/// Two runs with the same metrics.csv (wall-clock seconds aside) and best.safetensors.
+fn assert_same_run(whole: &Path, parts: &Path) {
     assert_eq!(
-        metrics_without_seconds(&whole),
-        metrics_without_seconds(&parts)
+        metrics_without_seconds(whole),
+        metrics_without_seconds(parts)
     );
     assert_eq!(
-        metrics_without_seconds(&whole).len(),
+        metrics_without_seconds(whole).len(),
         3,
         "header and 2 epochs"
     );

@@ -35,7 +35,7 @@ impl From<Option<u64>> for SurveyTag {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// An OS-level read/write failure.
-    #[error("{path}{survey}: {source}")]
+    #[error("{path}{survey}")]
     Io {
         path: PathBuf,
         survey: SurveyTag,

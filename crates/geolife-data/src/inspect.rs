@@ -341,7 +341,7 @@ fn failure(survey: Option<u64>, modality: &str, e: &DataError) -> Failure {
         survey,
         modality: modality.into(),
         kind: e.kind().into(),
-        reason: e.to_string(),
+        reason: geolife_io::error_text(e),
     }
 }
 
@@ -458,7 +458,7 @@ pub fn survey_record(ds: &Dataset, split: Split, survey_id: u64) -> Result<Value
             }
             match conflict {
                 Some(e) => {
-                    errors.insert("tabular".into(), json!(e.to_string()));
+                    errors.insert("tabular".into(), json!(geolife_io::error_text(&e)));
                     Value::Null
                 }
                 None => {
@@ -473,7 +473,7 @@ pub fn survey_record(ds: &Dataset, split: Split, survey_id: u64) -> Result<Value
             }
         }
         Err(e) => {
-            errors.insert("tabular".into(), json!(e.to_string()));
+            errors.insert("tabular".into(), json!(geolife_io::error_text(&e)));
             Value::Null
         }
     };
@@ -488,7 +488,7 @@ pub fn survey_record(ds: &Dataset, split: Split, survey_id: u64) -> Result<Value
         .map(|v| json_cube(&BIOCLIM_SHAPE, &v));
     for (name, r) in [("landsat", landsat), ("bioclim", bioclim)] {
         let v = r.unwrap_or_else(|e| {
-            errors.insert(name.into(), json!(e.to_string()));
+            errors.insert(name.into(), json!(geolife_io::error_text(&e)));
             Value::Null
         });
         rec.insert(name.into(), v);
@@ -525,7 +525,7 @@ pub fn survey_record(ds: &Dataset, split: Split, survey_id: u64) -> Result<Value
     rec.insert("patch_channel_means".into(), means);
     for (name, r) in [("rgb", rgb.err()), ("nir", nir.err())] {
         if let Some(e) = r {
-            errors.insert(name.into(), json!(e.to_string()));
+            errors.insert(name.into(), json!(geolife_io::error_text(&e)));
         }
     }
     rec.insert("errors".into(), Value::Object(errors));

@@ -68,6 +68,60 @@ pub fn random_split(n: usize, fraction: f64, seed: u64) -> TrainValSplit {
     partition(&in_val)
 }
 
+/// The fold (0..k) of every survey for k-fold validation: whole spatial blocks, in a seeded
+/// random order, each to the fold that has the fewest surveys so far, so the folds are about
+/// equal and every survey is in exactly one. Surveys with non-finite coordinates, which have no
+/// block, are dealt to the folds in turn.
+pub fn spatial_folds(coords: &[(f64, f64)], k: usize, block_arcmin: f64, seed: u64) -> Vec<usize> {
+    let k = k.max(1);
+    let mut blocks: BTreeMap<(i64, i64), Vec<usize>> = BTreeMap::new();
+    let mut loose = Vec::new();
+    for (i, &(lon, lat)) in coords.iter().enumerate() {
+        if lon.is_finite() && lat.is_finite() {
+            blocks
+                .entry(block_of(lon, lat, block_arcmin))
+                .or_default()
+                .push(i);
+        } else {
+            loose.push(i);
+        }
+    }
+    let mut keys: Vec<(i64, i64)> = blocks.keys().copied().collect();
+    keys.shuffle(&mut StdRng::seed_from_u64(seed));
+    let mut fold = vec![0; coords.len()];
+    let mut sizes = vec![0usize; k];
+    for key in keys {
+        // The first of the smallest folds: ties go to the lower fold index.
+        let f = (0..k).min_by_key(|&f| sizes[f]).unwrap_or(0);
+        for &i in &blocks[&key] {
+            fold[i] = f;
+        }
+        sizes[f] += blocks[&key].len();
+    }
+    for (j, i) in loose.into_iter().enumerate() {
+        fold[i] = j % k;
+    }
+    fold
+}
+
+/// The fold (0..k) of every survey for random k-fold validation: a seeded permutation dealt to
+/// the folds in turn.
+pub fn random_folds(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed));
+    let mut fold = vec![0; n];
+    for (j, &i) in order.iter().enumerate() {
+        fold[i] = j % k.max(1);
+    }
+    fold
+}
+
+/// Fold `f` of `folds` validates; the others train.
+pub fn fold_split(folds: &[usize], f: usize) -> TrainValSplit {
+    let in_val: Vec<bool> = folds.iter().map(|&x| x == f).collect();
+    partition(&in_val)
+}
+
 fn partition(in_val: &[bool]) -> TrainValSplit {
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for (i, &v) in in_val.iter().enumerate() {
@@ -106,6 +160,52 @@ mod tests {
         }
         assert_eq!(s, spatial_split(&coords, 0.2, 10.0, 3), "seeded");
         assert_ne!(s, spatial_split(&coords, 0.2, 10.0, 4), "seed matters");
+    }
+
+    #[test]
+    fn spatial_folds_cover_every_survey_once_and_never_cut_a_block() {
+        // 400 sites on a 20 x 20 grid of 0.05 degrees: 3 x 3 sites per 10' block, 49 blocks.
+        let mut coords: Vec<(f64, f64)> = (0..400)
+            .map(|i| (f64::from(i % 20) * 0.05, f64::from(i / 20) * 0.05))
+            .collect();
+        coords.push((f64::NAN, 1.0));
+        let folds = spatial_folds(&coords, 5, 10.0, 3);
+        assert_eq!(folds.len(), 401);
+        let mut sizes = [0usize; 5];
+        for &f in &folds {
+            sizes[f] += 1;
+        }
+        // Greedy by size: no fold is more than one block (at most 9 sites) above another.
+        let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+        assert!(hi - lo <= 9, "{sizes:?}");
+        let mut fold_of_block = std::collections::HashMap::new();
+        for (i, &(lon, lat)) in coords[..400].iter().enumerate() {
+            let b = block_of(lon, lat, 10.0);
+            assert_eq!(
+                *fold_of_block.entry(b).or_insert(folds[i]),
+                folds[i],
+                "block {b:?} cut"
+            );
+        }
+        // The folds' validation parts partition the surveys.
+        let mut seen = vec![0; 401];
+        for f in 0..5 {
+            let s = fold_split(&folds, f);
+            assert_eq!(s.train.len() + s.val.len(), 401);
+            for &i in &s.val {
+                seen[i] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1));
+        assert_eq!(folds, spatial_folds(&coords, 5, 10.0, 3), "seeded");
+        assert_ne!(folds, spatial_folds(&coords, 5, 10.0, 4), "seed matters");
+    }
+
+    #[test]
+    fn random_folds_deal_in_turn() {
+        let folds = random_folds(10, 3, 1);
+        let count = |f| folds.iter().filter(|&&x| x == f).count();
+        assert_eq!((count(0), count(1), count(2)), (4, 3, 3));
     }
 
     #[test]

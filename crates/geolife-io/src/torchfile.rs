@@ -16,7 +16,7 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum TorchError {
     /// An OS-level read failure.
-    #[error("{path}{}: {source}", survey_tag(.survey))]
+    #[error("{path}{}", survey_tag(.survey))]
     Io {
         path: PathBuf,
         survey: Option<u64>,

@@ -239,6 +239,77 @@ impl ScoreFile {
         }
     }
 
+    /// The rows of several files over disjoint surveys as one file, sorted by survey id (the
+    /// out-of-fold scores of k-fold copies): same vocabulary and layout required; the first
+    /// file's model and split names are kept.
+    pub fn concat(files: &[ScoreFile]) -> Result<ScoreFile, MetricsError> {
+        let first = files
+            .first()
+            .ok_or_else(|| MetricsError::Invalid("no score files to concatenate".into()))?;
+        let mut rows: Vec<(u64, usize, usize)> = Vec::new();
+        for (f, file) in files.iter().enumerate() {
+            if file.species != first.species || file.scores.kind() != first.scores.kind() {
+                return Err(MetricsError::Invalid(format!(
+                    "score files to concatenate differ: `{}` has {} species ({}), `{}` {} ({})",
+                    first.model,
+                    first.species.len(),
+                    first.scores.kind(),
+                    file.model,
+                    file.species.len(),
+                    file.scores.kind()
+                )));
+            }
+            rows.extend(
+                file.survey_ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &id)| (id, f, i)),
+            );
+        }
+        rows.sort_unstable();
+        if let Some(w) = rows.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(MetricsError::Invalid(format!(
+                "survey {} is in two of the score files to concatenate (`{}` and `{}`)",
+                w[0].0, files[w[0].1].model, files[w[1].1].model
+            )));
+        }
+        let v = first.species.len();
+        let scores = match &first.scores {
+            Scores::Dense { .. } => {
+                let mut out = Vec::with_capacity(rows.len() * v);
+                for &(_, f, i) in &rows {
+                    if let Scores::Dense { data } = &files[f].scores {
+                        out.extend_from_slice(&data[i * v..(i + 1) * v]);
+                    }
+                }
+                Scores::Dense { data: out }
+            }
+            Scores::Sparse { .. } => Scores::Sparse {
+                rows: (rows.iter())
+                    .map(|&(_, f, i)| match &files[f].scores {
+                        Scores::Sparse { rows } => rows[i].clone(),
+                        _ => Vec::new(),
+                    })
+                    .collect(),
+            },
+            Scores::Ranked { .. } => Scores::Ranked {
+                rows: (rows.iter())
+                    .map(|&(_, f, i)| match &files[f].scores {
+                        Scores::Ranked { rows } => rows[i].clone(),
+                        _ => Vec::new(),
+                    })
+                    .collect(),
+            },
+        };
+        Ok(ScoreFile {
+            model: first.model.clone(),
+            split: first.split.clone(),
+            survey_ids: rows.iter().map(|r| r.0).collect(),
+            species: first.species.clone(),
+            scores,
+        })
+    }
+
     /// Writes the file as safetensors with a metadata header, atomically.
     ///
     /// Layout: metadata `format`, `version`, `model`, `split`, `layout`, `species` (the
@@ -566,4 +637,33 @@ fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_sorts_disjoint_rows_by_survey() {
+        let file = |ids: Vec<u64>, data: Vec<f32>| ScoreFile {
+            model: "m".into(),
+            split: "val".into(),
+            survey_ids: ids,
+            species: vec![1, 2],
+            scores: Scores::Dense { data },
+        };
+        let a = file(vec![5, 1], vec![0.5, 0.6, 0.1, 0.2]);
+        let b = file(vec![3], vec![0.3, 0.4]);
+        let c = ScoreFile::concat(&[a.clone(), b]).unwrap();
+        assert_eq!(c.survey_ids, vec![1, 3, 5]);
+        assert_eq!(
+            c.scores,
+            Scores::Dense {
+                data: vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+            }
+        );
+        let e = ScoreFile::concat(&[a.clone(), a]).unwrap_err().to_string();
+        assert!(e.contains("survey 1 is in two"), "{e}");
+        assert!(ScoreFile::concat(&[]).is_err());
+    }
 }

@@ -28,7 +28,7 @@ pub enum ModelError {
         got: Vec<usize>,
     },
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -327,6 +327,21 @@ pub struct ValidationSection {
     pub seed: u64,
     /// Largest K of the F1@K curve.
     pub k_max: usize,
+    /// k-fold validation: the train surveys in `folds` parts (whole spatial blocks, or random),
+    /// this run validating on part `fold` (0-based) and training on the others; `fraction` is
+    /// then unused. 1: one split by `fraction`. A pipeline trains every fold of each member.
+    #[serde(skip_serializing_if = "is_one")]
+    pub folds: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub fold: usize,
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl Default for ValidationSection {
@@ -337,6 +352,8 @@ impl Default for ValidationSection {
             block_arcmin: 10.0,
             seed: 666,
             k_max: 50,
+            folds: 1,
+            fold: 0,
         }
     }
 }
@@ -647,6 +664,15 @@ impl TrainConfig {
         }
         if v.k_max == 0 {
             return Err(bad("validation.k_max", "must be at least 1, got 0".into()));
+        }
+        if v.folds == 0 || v.fold >= v.folds {
+            return Err(bad(
+                "validation.fold",
+                format!(
+                    "needs 0 <= fold < folds (folds >= 1), got fold {} of {}",
+                    v.fold, v.folds
+                ),
+            ));
         }
         let s = &self.schedule;
         if !(0.0..=1.0).contains(&s.min_lr_ratio) {

@@ -27,7 +27,6 @@ pub fn resolve_cache(data: &Path, cache_dir: &Path) -> Result<PathBuf, TrainErro
         )));
     }
     let opts = PrepareOptions::new(DatasetOptions::default());
-    geolife_data::cache::prepare(data, cache_dir, &opts, &NoProgress)
-        .map_err(|e| TrainError::Invalid(format!("preparing {}: {e}", data.display())))?;
+    geolife_data::cache::prepare(data, cache_dir, &opts, &NoProgress)?;
     Ok(cache_dir.to_path_buf())
 }

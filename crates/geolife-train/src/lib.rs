@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod interrupt;
 pub mod loader;
 pub mod location;
 pub mod pipeline;
@@ -16,6 +17,8 @@ pub mod split;
 pub mod trainer;
 pub mod transform;
 pub mod vocab;
+
+pub use geolife_io::PROGRESS;
 
 pub use config::TrainConfig;
 pub use error::TrainError;

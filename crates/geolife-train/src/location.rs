@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use geolife_data::cache::PackedSplit;
 use geolife_metrics::{ScoreFile, Scores};
-use geolife_prior::source::PO_FILE_KEY;
 use geolife_prior::{CachedSurveys, PoRecords, Target, score_split};
 
 use crate::config::{LocationSection, TrainConfig};
@@ -106,22 +105,18 @@ pub fn check_po_file(loc: &LocationSection) -> Result<Option<PathBuf>, TrainErro
     if !loc.on() {
         return Ok(None);
     }
-    Ok(loc.source().resolve(None).map_err(prior_err)?.po_file)
+    Ok(loc
+        .source()
+        .resolve(None)
+        .map_err(|e| TrainError::prior_in("location", e))?
+        .po_file)
 }
 
 /// The presence-only records of the PO source, or `None` when the source is off.
 fn po_records(loc: &LocationSection) -> Result<Option<PoRecords>, TrainError> {
-    loc.source().read_po(|_| {}).map_err(prior_err)
-}
-
-/// A prior error of the `[location]` input: a keyed `po_file` one under its table.
-fn prior_err(e: geolife_prior::PriorError) -> TrainError {
-    match e {
-        geolife_prior::PriorError::Key { key, message } if key == PO_FILE_KEY => {
-            TrainError::Invalid(format!("location.{key}: {message}"))
-        }
-        other => TrainError::Invalid(format!("location prior: {other}")),
-    }
+    loc.source()
+        .read_po(|_| {})
+        .map_err(|e| TrainError::prior_in("location", e))
 }
 
 /// Prior rows of a run's training and validation surveys (rows of `data`, the train cache).
@@ -148,7 +143,7 @@ pub fn for_training(
         po.as_ref(),
         none,
     )
-    .map_err(prior_err)?;
+    .map_err(|e| TrainError::prior_in("location", e))?;
     out.put(&own, data, vocab)?;
     let held_out = score_split(
         &loc.prior,
@@ -157,7 +152,7 @@ pub fn for_training(
         po.as_ref(),
         none,
     )
-    .map_err(prior_err)?;
+    .map_err(|e| TrainError::prior_in("location", e))?;
     out.put(&held_out, data, vocab)?;
     Ok(Arc::new(out))
 }
@@ -178,8 +173,8 @@ pub fn for_split(
         "train" => Target::Train,
         _ => Target::Test(&queries.surveys),
     };
-    let scores =
-        score_split(&loc.prior, pool.as_train(), target, po.as_ref(), &|| {}).map_err(prior_err)?;
+    let scores = score_split(&loc.prior, pool.as_train(), target, po.as_ref(), &|| {})
+        .map_err(|e| TrainError::prior_in("location", e))?;
     let mut out = PriorRows {
         width: vocab.len(),
         rows: vec![Vec::new(); split.len()],

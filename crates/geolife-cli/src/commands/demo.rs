@@ -4,31 +4,28 @@
 //! (`[prior]`: PA neighbours and presence-only density) -> predict test -> per-row selection
 //! policy fitted on validation -> test F1 against the synthetic solution -> a short report.
 //! One more member is the fusion model with the prior as a model input (`[location]`, logit).
-//! Besides the pipeline's rows it reports the species-frequency baseline, each prior source
-//! alone, and fusion blended with the prior (weights fitted on validation). Rerunning it
-//! continues where it stopped.
+//! The pipeline's comparison rows (`[report] comparisons`) add the species-frequency baseline,
+//! each prior source alone, and fusion blended with the prior (weights fitted on validation).
+//! Rerunning it continues where it stopped.
 //!
 //! Exit codes: 3 when fusion does not beat every single-modality model and the baseline;
 //! otherwise 4 when the best row with location evidence (a prior, fusion + prior, fusion with
 //! the prior as input, the ensemble that includes the prior) does not beat the best row
 //! without it; else 0.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use geolife_data::Split;
-use geolife_data::cache::PackedSplit;
 use geolife_data::synth::{SynthConfig, write_dataset};
-use geolife_metrics::{FitOptions, ScoreFile, Scores, Solution, read_solution};
+use geolife_metrics::read_solution;
 use geolife_model::fusion::PriorInput;
-use geolife_prior::{CachedSurveys, PriorConfig};
+use geolife_prior::PriorConfig;
 use geolife_train::pipeline::{
-    PipelineOptions, PolicySpec, PriorSpec, ReportRow, ResolvedMember, ResolvedPipeline,
-    evaluate_row, fit_blend, outputs, prior_scores, resolve_prior_source, run_pipeline, val_labels,
+    Comparison, PipelineOptions, PolicySpec, PriorSpec, ReportRow, ReportSpec, ResolvedMember,
+    ResolvedPipeline, outputs, run_pipeline,
 };
-use geolife_train::trainer::files;
 use geolife_train::{Progress, TrainConfig};
 
 /// The member that takes the location prior as a model input.
@@ -68,6 +65,7 @@ pub struct Args {
 const PIPELINE_DIR: &str = "pipeline";
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::stop_on_signals()?;
     let t0 = Instant::now();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -169,6 +167,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         predict: Default::default(),
         // The location prior with its defaults, PO records from the dataset's own file.
         prior: Some(PriorSpec::new(PriorConfig::default())),
+        // The frequency baseline, each prior source alone, fusion + prior.
+        report: ReportSpec { comparisons: true },
         members,
     };
     let dir = args.out.join(PIPELINE_DIR);
@@ -183,60 +183,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cache: cache.clone(),
         data_root: Some(data.clone()),
         out: dir.clone(),
-        test_solution: Some(solution.clone()),
+        test_solution: Some(solution),
         progress: Progress::Quiet,
+        executor: Default::default(),
     })?;
-
-    // Species-frequency baseline: every survey gets the train prevalences as scores.
-    let train = PackedSplit::open(&cache, Split::Train)?;
-    let freq = frequency_scores(&train, &solution_ids(&cache)?)?;
-    let val_ids = ScoreFile::read(&dir.join(outputs::VAL_SCORES))?.survey_ids;
-    let freq_val = ScoreFile {
-        survey_ids: val_ids.clone(),
-        split: "val".into(),
-        scores: Scores::Dense {
-            data: freq.scores_row().repeat(val_ids.len()),
-        },
-        ..freq.clone()
-    };
-    let val_labels = val_labels(&cache, &val_ids)?;
-    let fit_opts = FitOptions {
-        min_k: pipeline.policy.min_k,
-        max_k: pipeline.policy.max_k,
-        ..FitOptions::default()
-    };
-    let (freq_row, _) = evaluate_row(
-        "frequency",
-        "species-frequency",
-        &freq_val,
-        &freq,
-        &val_labels,
-        Some(&solution),
-        &pipeline.policy,
-        &FitOptions::default(),
-    )?;
-    let location = location_rows(
-        &pipeline,
-        &dir,
-        &data,
-        &cache,
-        &val_ids,
-        &val_labels,
-        &solution,
-        &fit_opts,
-    )?;
 
     let (in_model, mut without): (Vec<&ReportRow>, Vec<&ReportRow>) = report
         .members
         .iter()
         .partition(|r| takes_prior.contains(&r.name));
-    without.push(&freq_row);
+    let (location, baselines): (Vec<&Comparison>, Vec<&Comparison>) =
+        report.comparisons.iter().partition(|c| c.location);
+    without.extend(baselines.iter().map(|c| &c.row));
     // Each source alone, both (the pipeline's member), fusion + prior, then the ensemble.
-    let (alone, blended) = location.split_at(2);
+    let (alone, blended): (Vec<&Comparison>, Vec<&Comparison>) = location
+        .into_iter()
+        .partition(|c| c.row.name != "fusion+prior");
     let both = "both sources: the pipeline's prior member".to_string();
-    let mut with: Vec<(&ReportRow, String)> = alone.iter().map(|(r, w)| (r, w.clone())).collect();
+    let mut with: Vec<(&ReportRow, String)> =
+        alone.iter().map(|c| (&c.row, c.what.clone())).collect();
     with.extend(report.prior.iter().map(|r| (r, both.clone())));
-    with.extend(blended.iter().map(|(r, w)| (r, w.clone())));
+    with.extend(blended.iter().map(|c| (&c.row, c.what.clone())));
     with.extend(in_model.iter().map(|r| {
         (
             *r,
@@ -318,83 +285,6 @@ fn print_row(r: &ReportRow, what: Option<&str>) {
     );
 }
 
-/// The demo's own rows with location evidence, each with what it is: each prior source alone
-/// (scored like the pipeline's prior member: validation from the training part only), and
-/// fusion blended with the pipeline's prior (weights fitted on validation).
-#[allow(clippy::too_many_arguments)]
-fn location_rows(
-    pipeline: &ResolvedPipeline,
-    dir: &Path,
-    data: &Path,
-    cache: &Path,
-    val_ids: &[u64],
-    val_labels: &Solution,
-    solution: &Solution,
-    fit_opts: &FitOptions,
-) -> anyhow::Result<Vec<(ReportRow, String)>> {
-    let spec = pipeline
-        .prior
-        .as_ref()
-        .context("the demo pipeline has a prior")?;
-    let row = |name: &str, model: &str, val: &ScoreFile, test: &ScoreFile| {
-        evaluate_row(
-            name,
-            model,
-            val,
-            test,
-            val_labels,
-            Some(solution),
-            &pipeline.policy,
-            fit_opts,
-        )
-        .map(|(r, _)| r)
-    };
-    let po = resolve_prior_source(spec, Some(data))?
-        .read_po(|_| {})?
-        .context("the demo's prior reads PO records")?;
-    let train = CachedSurveys::of(&PackedSplit::open(cache, Split::Train)?);
-    let test = CachedSurveys::of(&PackedSplit::open(cache, Split::Test)?).surveys;
-    let mut rows = Vec::new();
-    for (name, pa, po_on, what) in [
-        ("pa-prior", true, false, "PA neighbours alone"),
-        ("po-prior", false, true, "presence-only density alone"),
-    ] {
-        let mut cfg = spec.config.clone();
-        cfg.pa.enabled = pa;
-        cfg.po.enabled = po_on;
-        let (v, t) = prior_scores(&cfg, &train, &test, val_ids, Some(&po))?;
-        rows.push((row(name, name, &v, &t)?, what.to_string()));
-    }
-    // Fusion and the pipeline's prior, blended with weights fitted on validation.
-    let read = |p: PathBuf| ScoreFile::read(&p).with_context(|| format!("reading {}", p.display()));
-    let fusion = dir.join(outputs::MEMBERS).join("fusion");
-    let prior = dir.join(outputs::PRIOR);
-    let val = [
-        read(fusion.join(files::VAL_SCORES))?,
-        read(prior.join(outputs::VAL_SCORES))?,
-    ];
-    let test = [
-        read(fusion.join(outputs::MEMBER_TEST_SCORES))?,
-        read(prior.join(outputs::TEST_SCORES))?,
-    ];
-    let b = fit_blend(
-        &val,
-        &test,
-        val_labels,
-        &pipeline.ensemble,
-        pipeline.policy.max_k,
-        "fusion+prior",
-    )?;
-    rows.push((
-        row("fusion+prior", "blend", &b.val, &b.test)?,
-        format!(
-            "fusion {:.2} + prior {:.2}, weights fitted on validation",
-            b.weights[0], b.weights[1]
-        ),
-    ));
-    Ok(rows)
-}
-
 /// The best (name, test F1) of the rows with location evidence and of those without.
 fn best_with_vs_without<'a>(
     with: &[&'a ReportRow],
@@ -424,48 +314,6 @@ fn fusion_vs_best_other(rows: &[&ReportRow]) -> (f64, f64) {
         .map(|r| f1(r))
         .fold(f64::NEG_INFINITY, f64::max);
     (fusion, best_other)
-}
-
-fn solution_ids(cache: &Path) -> anyhow::Result<Vec<u64>> {
-    Ok(PackedSplit::open(cache, Split::Test)?.survey_ids().to_vec())
-}
-
-/// Train prevalence of each species, the same for every test survey.
-fn frequency_scores(train: &PackedSplit, test_ids: &[u64]) -> anyhow::Result<ScoreFile> {
-    let species = train.manifest().species.clone();
-    let mut counts = vec![0f32; species.len()];
-    for i in 0..train.len() {
-        for &s in train.labels(i) {
-            if let Ok(c) = species.binary_search(&s) {
-                counts[c] += 1.0;
-            }
-        }
-    }
-    let n = train.len().max(1) as f32;
-    let row: Vec<f32> = counts.iter().map(|c| c / n).collect();
-    Ok(ScoreFile {
-        model: "species-frequency".into(),
-        split: "test".into(),
-        survey_ids: test_ids.to_vec(),
-        species,
-        scores: Scores::Dense {
-            data: row.repeat(test_ids.len()),
-        },
-    })
-}
-
-trait FirstRow {
-    fn scores_row(&self) -> Vec<f32>;
-}
-
-impl FirstRow for ScoreFile {
-    /// The first row of a dense score file (the frequency baseline's shared row).
-    fn scores_row(&self) -> Vec<f32> {
-        match &self.scores {
-            Scores::Dense { data } => data[..self.species.len().min(data.len())].to_vec(),
-            _ => Vec::new(),
-        }
-    }
 }
 
 #[cfg(test)]

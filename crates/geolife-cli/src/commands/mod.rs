@@ -25,6 +25,23 @@ pub mod predict;
 #[cfg(feature = "dl")]
 pub mod train;
 
+/// SIGTERM and SIGINT ask training to stop at its next optimiser step, after writing
+/// `last.ckpt` ([`geolife_train::interrupt`]); the process then exits with 128 + the signal. A
+/// second signal ends it at once. For the commands that train (`train`, `pipeline`, `demo`).
+#[cfg(feature = "dl")]
+pub fn stop_on_signals() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        // Runs first: a no-op until `seen` is set by an earlier signal.
+        flag::register_conditional_shutdown(signal, 128 + signal, seen.clone())?;
+        flag::register(signal, seen.clone())?;
+        flag::register_usize(signal, geolife_train::interrupt::flag(), signal as usize)?;
+    }
+    Ok(())
+}
+
 /// A clap value parser for a type with a fixed set of names (`FromStr`, e.g. strum's
 /// `EnumString`): the parser itself refuses a wrong name and lists the valid ones, and
 /// `--help` shows them.

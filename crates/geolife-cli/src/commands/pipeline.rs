@@ -10,7 +10,8 @@ use anyhow::Context;
 use geolife_metrics::read_solution;
 use geolife_train::Progress;
 use geolife_train::pipeline::{
-    PipelineConfig, PipelineOptions, outputs, parse_override, report_markdown, run_pipeline,
+    DeviceSlot, Executor, LocalJobs, PipelineConfig, PipelineOptions, outputs, parse_override,
+    report_markdown, run_member, run_pipeline,
 };
 
 #[derive(clap::Args)]
@@ -38,9 +39,29 @@ pub struct Args {
     /// test F1.
     #[arg(long)]
     pub test_solution: Option<PathBuf>,
+    /// Members trained at once, each in its own process (logs in members/<NAME>/member.log).
+    /// On the CPU the cores are divided between them; results are the same bytes as with 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+    /// Devices handed to the parallel members in turn: `wgpu:0,wgpu:1,...` (one GPU each;
+    /// members need `train.device = "wgpu"`) or `flex`.
+    #[arg(long, value_name = "LIST", value_parser = parse_devices)]
+    pub devices: Option<Vec<DeviceSlot>>,
+    /// Train (or resume) only this member and predict its test split, then stop: what each
+    /// process of --jobs (or a cluster task) runs. The blend and report need every member.
+    #[arg(long, value_name = "NAME")]
+    pub member: Option<String>,
+    /// With --member: only this fold (from 0) of a k-fold member (`[validation] folds`).
+    #[arg(long, requires = "member")]
+    pub fold: Option<usize>,
+}
+
+fn parse_devices(s: &str) -> Result<Vec<DeviceSlot>, String> {
+    DeviceSlot::parse_list(s)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::stop_on_signals()?;
     let overrides = args
         .set
         .iter()
@@ -62,18 +83,60 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let cache_dir = args.cache.clone().unwrap_or_else(|| args.out.join("cache"));
     let cache = geolife_train::data::resolve_cache(&args.data, &cache_dir)?;
-    let report = run_pipeline(&PipelineOptions {
+    let executor = if args.jobs > 1 && args.member.is_none() {
+        Executor::Local(LocalJobs {
+            jobs: usize::from(args.jobs),
+            devices: args.devices.clone().unwrap_or_default(),
+            program: std::env::current_exe().context("locating the geolife binary")?,
+            args: member_args(&args),
+        })
+    } else {
+        Executor::InProcess
+    };
+    let opts = PipelineOptions {
         pipeline,
         cache,
         data_root,
         out: args.out.clone(),
         test_solution,
         progress: Progress::Auto,
-    })?;
+        executor,
+    };
+    if let Some(name) = &args.member {
+        let record = run_member(&opts, name, args.fold)?;
+        println!(
+            "member `{name}`{}: best validation F1 {:.4} at epoch {}",
+            args.fold.map_or(String::new(), |f| format!(" fold {f}")),
+            record.best_val_f1,
+            record.best_epoch.unwrap_or(0)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = run_pipeline(&opts)?;
     print!("\n{}", report_markdown(&report));
     println!(
         "submission: {}",
         args.out.join(outputs::SUBMISSION).display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The arguments of one member's process: this pipeline's own (`--member NAME` is appended).
+fn member_args(args: &Args) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = vec!["pipeline".into()];
+    let mut flag = |name: &str, value: &std::path::Path| {
+        v.push(name.into());
+        v.push(value.as_os_str().to_owned());
+    };
+    flag("--config", &args.config);
+    flag("--data", &args.data);
+    flag("--out", &args.out);
+    if let Some(c) = &args.cache {
+        flag("--cache", c);
+    }
+    for s in &args.set {
+        v.push("--set".into());
+        v.push(s.into());
+    }
+    v
 }

@@ -12,7 +12,7 @@ pub enum CacheError {
     #[error(transparent)]
     Data(#[from] DataError),
     /// An OS-level read/write failure on a cache file.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -235,7 +235,10 @@ fn train_statistics(
             "the train cache at {} was packed from other data or options",
             t.dir().display()
         ))),
-        Err(e) => Err(need(format!("no usable train cache ({e})"))),
+        Err(e) => Err(need(format!(
+            "no usable train cache ({})",
+            geolife_io::error_text(&e)
+        ))),
     }
 }
 
@@ -542,11 +545,12 @@ fn skip(skipped: &mut Vec<SkippedSurvey>, id: u64, e: &CacheError) {
         CacheError::RowSize { .. } => "shape".to_string(),
         _ => "other".to_string(),
     };
-    tracing::warn!("skipping survey {id}: {e}");
+    let reason = geolife_io::error_text(&e);
+    tracing::warn!("skipping survey {id}: {reason}");
     skipped.push(SkippedSurvey {
         survey_id: id,
         kind,
-        reason: e.to_string(),
+        reason,
     });
 }
 

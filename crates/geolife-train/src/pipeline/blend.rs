@@ -26,7 +26,7 @@ pub struct Blend {
 /// Blends `val` and `test` (one file per member, in the same order) with `spec`'s fixed
 /// weights, or with weights fitted on the validation files against `labels` (coordinate
 /// search maximising the best top-K samples-F1, K <= `max_k`). `model` names the blend.
-pub fn fit_blend(
+pub(super) fn fit_blend(
     val: &[ScoreFile],
     test: &[ScoreFile],
     labels: &Solution,
@@ -34,7 +34,6 @@ pub fn fit_blend(
     max_k: usize,
     model: &str,
 ) -> Result<Blend, TrainError> {
-    let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
     let (weights, fitted) = match &spec.weights {
         Some(w) => {
             let s: f64 = w.iter().sum();
@@ -42,12 +41,13 @@ pub fn fit_blend(
         }
         None => {
             let target = FitTarget::BestTopK { max_k };
-            let fitted = fit_weights(val, labels, spec.method, &target).map_err(metrics)?;
+            let fitted =
+                fit_weights(val, labels, spec.method, &target).map_err(TrainError::from)?;
             (fitted.weights, true)
         }
     };
-    let (val, _) = blend(val, &weights, spec.method).map_err(metrics)?;
-    let (test, _) = blend(test, &weights, spec.method).map_err(metrics)?;
+    let (val, _) = blend(val, &weights, spec.method).map_err(TrainError::from)?;
+    let (test, _) = blend(test, &weights, spec.method).map_err(TrainError::from)?;
     Ok(Blend {
         weights,
         fitted,
@@ -76,7 +76,6 @@ pub(super) fn blend_members(
     scores: &MemberScores,
     labels: &Solution,
 ) -> Result<Blend, TrainError> {
-    let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
     let blend = fit_blend(
         &scores.val,
         &scores.test,
@@ -88,11 +87,11 @@ pub(super) fn blend_members(
     blend
         .val
         .write(&out.join(outputs::VAL_SCORES))
-        .map_err(metrics)?;
+        .map_err(TrainError::from)?;
     blend
         .test
         .write(&out.join(outputs::TEST_SCORES))
-        .map_err(metrics)?;
+        .map_err(TrainError::from)?;
     Ok(blend)
 }
 
@@ -107,12 +106,11 @@ pub(super) fn write_ensemble_file(
     f1: f64,
 ) -> Result<(), TrainError> {
     let method = p.ensemble.method;
-    let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
     let f1_equal = if val.len() == 1 {
         f1
     } else {
         let equal = vec![1.0 / val.len() as f64; val.len()];
-        let (eq, _) = blend(val, &equal, method).map_err(metrics)?;
+        let (eq, _) = blend(val, &equal, method).map_err(TrainError::from)?;
         best_k_f1(&eq, labels, p.policy.max_k).1
     };
     FittedWeights {
@@ -138,5 +136,5 @@ pub(super) fn write_ensemble_file(
             .collect(),
     }
     .save(&out.join(outputs::ENSEMBLE))
-    .map_err(metrics)
+    .map_err(TrainError::from)
 }

@@ -32,6 +32,19 @@ pub struct PipelineConfig {
     /// The location prior as one more blend member (absent: no prior).
     #[serde(default)]
     pub prior: Option<PriorSpec>,
+    #[serde(default)]
+    pub report: ReportSpec,
+}
+
+/// `[report]`: what the report shows besides the members, the prior and the ensemble.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSpec {
+    /// Comparison rows (not blended, no effect on the submission): the species-frequency
+    /// baseline; with a two-source `[prior]`, each source alone and the first member blended
+    /// with the prior (weights fitted on validation).
+    #[serde(default)]
+    pub comparisons: bool,
 }
 
 /// `[prior]`: the location prior as a blend member named `prior`. Its keys are those of
@@ -268,6 +281,8 @@ pub struct ResolvedPipeline {
     /// The location prior member, `po_file` relative to where the pipeline runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prior: Option<PriorSpec>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub report: ReportSpec,
     #[serde(rename = "member")]
     pub members: Vec<ResolvedMember>,
 }
@@ -277,6 +292,11 @@ pub struct ResolvedPipeline {
 pub struct ResolvedMember {
     pub name: String,
     pub config: TrainConfig,
+}
+
+/// For `skip_serializing_if`: an absent table reads back as its default.
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 pub(super) fn config_err(path: &Path, key: &str, message: String) -> TrainError {
@@ -476,6 +496,7 @@ impl PipelineConfig {
             policy: self.policy.clone(),
             predict: self.predict.clone(),
             prior,
+            report: self.report.clone(),
             members,
         })
     }
@@ -585,6 +606,7 @@ mod tests {
             policy: cfg.policy.clone(),
             predict: cfg.predict.clone(),
             prior: Some(spec),
+            report: Default::default(),
             members: vec![ResolvedMember {
                 name: "a".into(),
                 config: TrainConfig::tiny(),

@@ -14,7 +14,9 @@
 //! and reused. Wall times, which differ between runs, go to `timings.json` only.
 
 mod blend;
+mod compare;
 mod config;
+mod local;
 mod members;
 mod prior;
 mod report;
@@ -24,14 +26,19 @@ use std::time::Instant;
 
 use geolife_metrics::{FitInfo, PolicyFile, Solution, write_submission};
 
-pub use blend::{Blend, fit_blend};
+pub use blend::Blend;
+pub use compare::Comparison;
 pub use config::{
-    EnsembleSpec, MemberSpec, PipelineConfig, PolicySpec, PredictSpec, PriorSpec, ResolvedMember,
-    ResolvedPipeline, parse_override,
+    EnsembleSpec, MemberSpec, PipelineConfig, PolicySpec, PredictSpec, PriorSpec, ReportSpec,
+    ResolvedMember, ResolvedPipeline, parse_override,
 };
-pub use members::{MemberRecord, val_labels};
-pub use prior::{PriorRecord, prior_scores, resolve_prior_source};
-pub use report::{Report, ReportRow, evaluate_row, report_markdown};
+pub use local::{DeviceSlot, LocalJobs};
+pub use members::{FoldRecord, MemberRecord};
+pub use prior::PriorRecord;
+pub use report::{FoldRow, Report, ReportRow, report_markdown};
+
+use members::val_labels;
+use prior::resolve_prior_source;
 
 use crate::error::TrainError;
 use crate::trainer::run_dir::write_json;
@@ -45,6 +52,8 @@ pub mod outputs {
     /// Written in a member's run folder once its test scores exist: the member is done.
     pub const MEMBER_DONE: &str = "member.json";
     pub const MEMBER_TEST_SCORES: &str = "test_scores.safetensors";
+    /// A member's output when it runs as a child process (`--jobs`, Slurm).
+    pub const MEMBER_LOG: &str = "member.log";
     pub const ENSEMBLE: &str = "ensemble.toml";
     pub const VAL_SCORES: &str = "val_scores.safetensors";
     pub const TEST_SCORES: &str = "test_scores.safetensors";
@@ -75,6 +84,53 @@ pub struct PipelineOptions {
     /// Test labels (a solution CSV), when known: the report then has test F1 too.
     pub test_solution: Option<Solution>,
     pub progress: Progress,
+    /// How the members run.
+    pub executor: Executor,
+}
+
+/// How the members run: one after another in this process, or as child processes
+/// ([`LocalJobs`], `--jobs N`).
+#[derive(Debug, Clone, Default)]
+pub enum Executor {
+    #[default]
+    InProcess,
+    Local(LocalJobs),
+}
+
+/// Trains (or resumes) one member of the pipeline in `opts.out`, by name, and predicts its test
+/// split: what a child of `--jobs` or a Slurm task runs. With `fold`, only that fold of a
+/// k-fold member (its record); without, every fold and then the member's out-of-fold scores.
+/// The folder's `pipeline.toml` must be this pipeline (it is written when absent).
+pub fn run_member(
+    opts: &PipelineOptions,
+    name: &str,
+    fold: Option<usize>,
+) -> Result<MemberRecord, TrainError> {
+    start_folder(opts)?;
+    let p = &opts.pipeline;
+    let (i, m) = (p.members.iter().enumerate())
+        .find(|(_, m)| m.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = p.members.iter().map(|m| m.name.as_str()).collect();
+            TrainError::Invalid(format!(
+                "no member `{name}` in this pipeline; its members: {}",
+                names.join(", ")
+            ))
+        })?;
+    match fold {
+        None => members::train_member(opts, i),
+        Some(f) if f < members::folds_of(m) && members::folds_of(m) > 1 => members::train_unit(
+            opts,
+            members::Unit {
+                member: i,
+                fold: Some(f),
+            },
+        ),
+        Some(f) => Err(TrainError::Invalid(format!(
+            "member `{name}` has no fold {f}: it has {} (validation.folds; folds count from 0)",
+            members::folds_of(m)
+        ))),
+    }
 }
 
 /// Runs (or continues) the pipeline in `opts.out`; returns the report.
@@ -83,13 +139,22 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
     let out = &opts.out;
     let p = &opts.pipeline;
     let prior_source = start_folder(opts)?;
-    let records = members::train_members(opts)?;
+    let records = match &opts.executor {
+        Executor::InProcess => members::train_members(opts)?,
+        Executor::Local(jobs) => local::train_members_local(opts, jobs)?,
+    };
     let t_ensemble = Instant::now();
     let mut scores = members::read_member_scores(p, out)?;
     let labels = val_labels(&opts.cache, &scores.val_ids)?;
     let prior_record = prior::add_prior_member(opts, prior_source.as_ref(), &mut scores)?;
     let blend = blend::blend_members(p, out, &scores, &labels)?;
     let rows = report::evaluate_rows(opts, &scores, &labels, &records, &blend)?;
+    let comparisons = if p.report.comparisons {
+        let eval = report::RowEvaluator::new(opts, &labels);
+        compare::comparison_rows(opts, &scores, &labels, prior_source.as_ref(), &eval)?
+    } else {
+        Vec::new()
+    };
     let ens_f1 = rows.ensemble.val_f1_best_k;
     blend::write_ensemble_file(p, out, &scores.val, &labels, &blend, ens_f1)?;
     write_policy_and_submission(opts, &blend, &rows, labels.len())?;
@@ -97,6 +162,15 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
         members: rows.members,
         prior: rows.prior,
         ensemble: rows.ensemble,
+        folds: (p.members.iter().zip(&records))
+            .flat_map(|(m, r)| {
+                r.folds.iter().map(|f| FoldRow {
+                    member: m.name.clone(),
+                    fold: f.clone(),
+                })
+            })
+            .collect(),
+        comparisons,
         weights: blend.weights_kind().into(),
         n_val_surveys: labels.len(),
         n_test_surveys: blend.test.len(),
@@ -167,7 +241,6 @@ fn write_policy_and_submission(
 ) -> Result<(), TrainError> {
     let p = &opts.pipeline;
     let out = &opts.out;
-    let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
     let policy = &rows.policy.0;
     PolicyFile {
         policy: policy.clone(),
@@ -184,12 +257,12 @@ fn write_policy_and_submission(
         }),
     }
     .save(&out.join(outputs::POLICY))
-    .map_err(metrics)?;
-    let picks = policy.try_select(&blend.test).map_err(metrics)?;
+    .map_err(TrainError::from)?;
+    let picks = policy.try_select(&blend.test).map_err(TrainError::from)?;
     write_submission(
         &out.join(outputs::SUBMISSION),
         &blend.test.survey_ids,
         &picks,
     )
-    .map_err(metrics)
+    .map_err(TrainError::from)
 }

@@ -8,7 +8,6 @@ use std::time::Instant;
 use geolife_data::cache::PackedSplit;
 use geolife_data::{Split, SurveyMeta};
 use geolife_metrics::ScoreFile;
-use geolife_prior::source::PO_FILE_KEY;
 use geolife_prior::{CachedSurveys, PoRecords, PriorConfig, PriorSource, Target};
 use serde::{Deserialize, Serialize};
 
@@ -34,39 +33,39 @@ pub struct PriorRecord {
 /// The `[prior]` member's source with its presence-only file resolved once, before anything
 /// is written ([`PriorSource::resolve`]: `po_file` when given, else the dataset root's; `None`
 /// for `data_root`: a packed cache). An error names the file expected and the key to set.
-pub fn resolve_prior_source(
+pub(super) fn resolve_prior_source(
     spec: &PriorSpec,
     data_root: Option<&Path>,
 ) -> Result<PriorSource, TrainError> {
-    spec.resolve(data_root).map_err(prior_err)
+    spec.resolve(data_root)
+        .map_err(|e| TrainError::prior_in("prior", e))
 }
 
-/// A prior error of the `[prior]` member, a keyed `po_file` one under its table.
-fn prior_err(e: geolife_prior::PriorError) -> TrainError {
-    match e {
-        geolife_prior::PriorError::Key { key, message } if key == PO_FILE_KEY => {
-            TrainError::Invalid(format!("prior.{key}: {message}"))
-        }
-        other => TrainError::Invalid(format!("prior: {other}")),
-    }
-}
-
-/// The prior member's validation and test scores. Validation: the train surveys `val_ids`
-/// (exactly those), scored from the other train surveys only (`Target::Val`: no validation
-/// label reaches a validation score). Test: the `test` surveys, scored from every train
-/// survey. `po`: the presence-only records (visible to both; they are not PA labels).
-pub fn prior_scores(
+/// The prior member's validation and test scores. Validation: the train surveys of `groups`
+/// (the validation split, or each fold of k-fold), each group scored from the train surveys
+/// outside it only (`Target::Val`: no validation label reaches a validation score), as one
+/// file sorted by survey. Test: the `test` surveys, scored from every train survey. `po`: the
+/// presence-only records (visible to both; they are not PA labels).
+pub(super) fn prior_scores(
     cfg: &PriorConfig,
     train: &CachedSurveys,
     test: &[SurveyMeta],
-    val_ids: &[u64],
+    groups: &[Vec<u64>],
     po: Option<&PoRecords>,
 ) -> Result<(ScoreFile, ScoreFile), TrainError> {
     let none = || {};
-    let val = geolife_prior::score_split(cfg, train.as_train(), Target::Val(val_ids), po, &none)
-        .map_err(prior_err)?;
+    let val = (groups.iter())
+        .map(|g| {
+            geolife_prior::score_split(cfg, train.as_train(), Target::Val(g), po, &none)
+                .map_err(|e| TrainError::prior_in("prior", e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let val = match <[ScoreFile; 1]>::try_from(val) {
+        Ok([one]) => one,
+        Err(many) => ScoreFile::concat(&many)?,
+    };
     let test = geolife_prior::score_split(cfg, train.as_train(), Target::Test(test), po, &none)
-        .map_err(prior_err)?;
+        .map_err(|e| TrainError::prior_in("prior", e))?;
     Ok((val, test))
 }
 
@@ -76,35 +75,31 @@ pub fn prior_scores(
 fn prior_member(
     source: &PriorSource,
     cache: &Path,
-    val_ids: &[u64],
+    groups: &[Vec<u64>],
     dir: &Path,
 ) -> Result<(ScoreFile, ScoreFile, PriorRecord), TrainError> {
     let done = dir.join(outputs::PRIOR_DONE);
     let val_path = dir.join(outputs::VAL_SCORES);
     let test_path = dir.join(outputs::TEST_SCORES);
-    let metrics = |path: &Path| {
-        let path = path.to_path_buf();
-        move |e: geolife_metrics::MetricsError| {
-            TrainError::Metrics(format!("{}: {e}", path.display()))
-        }
-    };
     if done.is_file() {
         let record: PriorRecord = read_json(&done)?;
-        let val = ScoreFile::read(&val_path).map_err(metrics(&val_path))?;
-        let test = ScoreFile::read(&test_path).map_err(metrics(&test_path))?;
+        let val = ScoreFile::read(&val_path)?;
+        let test = ScoreFile::read(&test_path)?;
         return Ok((val, test, record));
     }
     let t = Instant::now();
-    let po = source.read_po(|_| {}).map_err(prior_err)?;
+    let po = source
+        .read_po(|_| {})
+        .map_err(|e| TrainError::prior_in("prior", e))?;
     let train = CachedSurveys::of(&PackedSplit::open(cache, Split::Train)?);
     let test_surveys = CachedSurveys::of(&PackedSplit::open(cache, Split::Test)?).surveys;
-    let (val, test) = prior_scores(&source.config, &train, &test_surveys, val_ids, po.as_ref())?;
+    let (val, test) = prior_scores(&source.config, &train, &test_surveys, groups, po.as_ref())?;
     std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    val.write(&val_path).map_err(metrics(&val_path))?;
-    test.write(&test_path).map_err(metrics(&test_path))?;
+    val.write(&val_path)?;
+    test.write(&test_path)?;
     let record = PriorRecord {
         n_val_surveys: val.len(),
         n_test_surveys: test.len(),
@@ -131,10 +126,11 @@ pub(super) fn add_prior_member(
     let (v, t, record) = prior_member(
         source,
         &opts.cache,
-        &scores.val_ids,
+        &scores.groups,
         &opts.out.join(outputs::PRIOR),
     )?;
-    println!(
+    tracing::info!(
+        target: crate::PROGRESS,
         "prior ({}): {} validation and {} test surveys, {} PO records ({:.1}s)",
         spec.sources(),
         record.n_val_surveys,
@@ -210,7 +206,8 @@ mod tests {
     fn prior_validation_scores_never_see_validation_labels() {
         let train = four_sites();
         let test = [site(100, 0.003)];
-        let (val, test) = prior_scores(&uniform_pa_only(), &train, &test, &[4, 3], None).unwrap();
+        let (val, test) =
+            prior_scores(&uniform_pa_only(), &train, &test, &[vec![4, 3]], None).unwrap();
         // Exactly the validation surveys, and every train species as a column.
         let mut ids = val.survey_ids.clone();
         ids.sort_unstable();
@@ -249,7 +246,7 @@ mod tests {
         cfg.po.debias = false;
         cfg.po.pseudo_count = 0.0;
         let (val, test) =
-            prior_scores(&cfg, &train, &[site(100, 0.003)], &[3, 4], Some(&po)).unwrap();
+            prior_scores(&cfg, &train, &[site(100, 0.003)], &[vec![3, 4]], Some(&po)).unwrap();
         // Plain shares 3/4 and 1/4, times the pool's mean species count: the validation pool
         // (A, B) holds 4 labels on 2 surveys (2), the test pool 7 on 4 (1.75).
         close(
@@ -264,7 +261,7 @@ mod tests {
 
     #[test]
     fn prior_validation_surveys_must_be_train_surveys() {
-        let e = prior_scores(&uniform_pa_only(), &four_sites(), &[], &[3, 7], None)
+        let e = prior_scores(&uniform_pa_only(), &four_sites(), &[], &[vec![3, 7]], None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("validation survey 7"), "{e}");

@@ -10,7 +10,8 @@ use geolife_metrics::{
 use serde::{Deserialize, Serialize};
 
 use super::blend::Blend;
-use super::members::{MemberRecord, MemberScores};
+use super::compare::Comparison;
+use super::members::{FoldRecord, MemberRecord, MemberScores};
 use super::{PipelineOptions, PolicySpec, outputs};
 use crate::error::TrainError;
 use crate::trainer::run_dir::write_json;
@@ -46,10 +47,25 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prior: Option<ReportRow>,
     pub ensemble: ReportRow,
+    /// k-fold members (`[validation] folds`): each fold's run, on its own fold. The member
+    /// rows are then on the out-of-fold scores of every train survey.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folds: Vec<FoldRow>,
+    /// Comparison rows (`[report] comparisons`), not blended into the submission.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub comparisons: Vec<Comparison>,
     /// `fitted` or `fixed`.
     pub weights: String,
     pub n_val_surveys: usize,
     pub n_test_surveys: usize,
+}
+
+/// One fold of a k-fold member in the report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FoldRow {
+    pub member: String,
+    #[serde(flatten)]
+    pub fold: FoldRecord,
 }
 
 /// The rank table of a score file's labelled rows.
@@ -63,10 +79,55 @@ pub(super) fn best_k_f1(scores: &ScoreFile, labels: &Solution, max_k: usize) -> 
     best_k(&table_of(scores, labels, max_k).f1_at_k_curve(max_k))
 }
 
+/// Evaluates score-file pairs into report rows with the pipeline's policy settings, against
+/// the validation labels (and the test solution when given).
+pub(super) struct RowEvaluator<'a> {
+    labels: &'a Solution,
+    test_solution: Option<&'a Solution>,
+    spec: &'a PolicySpec,
+    fit: FitOptions,
+}
+
+impl<'a> RowEvaluator<'a> {
+    pub fn new(opts: &'a PipelineOptions, labels: &'a Solution) -> Self {
+        let spec = &opts.pipeline.policy;
+        RowEvaluator {
+            labels,
+            test_solution: opts.test_solution.as_ref(),
+            spec,
+            fit: FitOptions {
+                min_k: spec.min_k,
+                max_k: spec.max_k,
+                ..FitOptions::default()
+            },
+        }
+    }
+
+    /// [`evaluate_row`] with these settings.
+    pub fn row(
+        &self,
+        name: &str,
+        model: &str,
+        val: &ScoreFile,
+        test: &ScoreFile,
+    ) -> Result<(ReportRow, (geolife_metrics::Policy, PolicyKind)), TrainError> {
+        evaluate_row(
+            name,
+            model,
+            val,
+            test,
+            self.labels,
+            self.test_solution,
+            self.spec,
+            &self.fit,
+        )
+    }
+}
+
 /// A report row for one score file pair (validation, test), and the policy chosen for it on
 /// validation (with its kind); `test_f1` when the test labels are given.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_row(
+pub(super) fn evaluate_row(
     name: &str,
     model: &str,
     val: &ScoreFile,
@@ -76,11 +137,11 @@ pub fn evaluate_row(
     spec: &PolicySpec,
     opts: &FitOptions,
 ) -> Result<(ReportRow, (geolife_metrics::Policy, PolicyKind)), TrainError> {
-    let metrics = |e: geolife_metrics::MetricsError| TrainError::Metrics(e.to_string());
     // One rank table for the F1@K curve and every policy fit.
     let table = table_of(val, labels, spec.max_k.max(25));
     let (best_k, val_f1_best_k) = best_k(&table.f1_at_k_curve(spec.max_k));
-    let (fitted, _skipped) = calibrate_all(&table, opts, spec.folds, spec.seed).map_err(metrics)?;
+    let (fitted, _skipped) =
+        calibrate_all(&table, opts, spec.folds, spec.seed).map_err(TrainError::from)?;
     let chosen = spec.kind.pick(&fitted).ok_or_else(|| {
         TrainError::Invalid(format!(
             "{name}: policy `{}` could not be fitted on the validation scores",
@@ -93,7 +154,7 @@ pub fn evaluate_row(
         .map_or(0.0, |c| c.cv_f1);
     let test_f1 = match test_solution {
         Some(sol) => {
-            let picks = chosen.policy.try_select(test).map_err(metrics)?;
+            let picks = chosen.policy.try_select(test).map_err(TrainError::from)?;
             Some(samples_f1(&picks, &sol.align(&test.survey_ids).truth))
         }
         None => None,
@@ -118,7 +179,6 @@ pub fn evaluate_row(
 
 /// The report as a Markdown table.
 pub fn report_markdown(r: &Report) -> String {
-    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
     let mut s = String::from("# geolife pipeline report\n\n");
     s.push_str(&format!(
         "{} validation surveys (one split shared by every member), {} test surveys; ensemble \
@@ -130,25 +190,67 @@ pub fn report_markdown(r: &Report) -> String {
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for row in r.members.iter().chain(&r.prior).chain([&r.ensemble]) {
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.4} (K={}) | {} | {} | {:.4} | {:.4} | {} |\n",
-            row.name,
-            row.model,
-            opt(row.weight, 3),
-            row.best_epoch.map_or("-".into(), |e| e.to_string()),
-            row.val_f1_best_k,
-            row.best_k,
-            row.policy,
-            row.policy_fitted,
-            row.val_f1_policy_cv,
-            row.val_f1_top25_cv,
-            opt(row.test_f1, 4),
-        ));
+        s.push_str(&markdown_row(row, None));
+    }
+    if !r.folds.is_empty() {
+        s.push_str(
+            "\nk-fold: each fold's run, validated on its own fold (the rows above score every \
+             train survey with the run that did not train on it: out-of-fold):\n\n\
+             | member | fold | validation surveys | best epoch | best validation F1 |\n\
+             |---|---|---|---|---|\n",
+        );
+        for f in &r.folds {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {:.4} |\n",
+                f.member,
+                f.fold.fold,
+                f.fold.n_val,
+                f.fold.best_epoch.map_or("-".into(), |e| e.to_string()),
+                f.fold.best_val_f1
+            ));
+        }
+    }
+    if !r.comparisons.is_empty() {
+        s.push_str(
+            "\nComparisons (policy fitted on validation as above; not in the blend or the submission):\n\n\
+             | row | what | location evidence | val F1 @ best K | policy | chosen | val F1 (policy, CV) | val F1 (top-25, CV) | test F1 |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
+        );
+        for c in &r.comparisons {
+            s.push_str(&markdown_row(&c.row, Some((&c.what, c.location))));
+        }
     }
     s.push_str(
         "\nWall times are in timings.json (they differ between runs; everything here does not).\n",
     );
     s
+}
+
+/// One table row: a member-table row, or (with `what`) a comparison-table row.
+fn markdown_row(row: &ReportRow, what: Option<(&str, bool)>) -> String {
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    let lead = match what {
+        None => format!(
+            "{} | {} | {}",
+            row.model,
+            opt(row.weight, 3),
+            row.best_epoch.map_or("-".into(), |e| e.to_string())
+        ),
+        Some((what, location)) => {
+            format!("{what} | {}", if location { "yes" } else { "no" })
+        }
+    };
+    format!(
+        "| {} | {lead} | {:.4} (K={}) | {} | {} | {:.4} | {:.4} | {} |\n",
+        row.name,
+        row.val_f1_best_k,
+        row.best_k,
+        row.policy,
+        row.policy_fitted,
+        row.val_f1_policy_cv,
+        row.val_f1_top25_cv,
+        opt(row.test_f1, 4),
+    )
 }
 
 fn plot_report(path: &Path, r: &Report) -> Result<(), String> {
@@ -198,22 +300,9 @@ pub(super) fn evaluate_rows(
     blend: &Blend,
 ) -> Result<Rows, TrainError> {
     let p = &opts.pipeline;
-    let fit_opts = FitOptions {
-        min_k: p.policy.min_k,
-        max_k: p.policy.max_k,
-        ..FitOptions::default()
-    };
+    let eval = RowEvaluator::new(opts, labels);
     let row = |name: &str, model: &str, val: &ScoreFile, test: &ScoreFile| {
-        evaluate_row(
-            name,
-            model,
-            val,
-            test,
-            labels,
-            opts.test_solution.as_ref(),
-            &p.policy,
-            &fit_opts,
-        )
+        eval.row(name, model, val, test)
     };
     let mut members = Vec::with_capacity(p.members.len());
     for (((m, v), t), r) in p

@@ -227,7 +227,7 @@ impl Drop for Checkpointer {
     /// A run that ends early (an error) still leaves its newest `last.ckpt` whole on disk.
     fn drop(&mut self) {
         if let Err(e) = self.wait() {
-            tracing::error!("{e}");
+            tracing::error!("{}", geolife_io::error_text(&e));
         }
     }
 }

@@ -52,8 +52,7 @@ pub fn fusion_config(
         }
         _ => fc,
     };
-    fc.validate()
-        .map_err(|e| TrainError::Invalid(format!("model config: {e}")))?;
+    fc.validate()?;
     Ok(fc)
 }
 
@@ -90,9 +89,7 @@ pub fn check_model_input(
     patch_hw: [usize; 2],
 ) -> Result<(), TrainError> {
     let (t, l, b, s) = batch_shapes(fc, patch_hw, 1);
-    model
-        .check_shapes(t, l, b, s)
-        .map_err(|e| TrainError::Invalid(format!("model input: {e}")))
+    Ok(model.check_shapes(t, l, b, s)?)
 }
 
 /// AdamW as the config says. burn's defaults differ from PyTorch's (eps 1e-5, weight decay

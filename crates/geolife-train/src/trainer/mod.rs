@@ -36,7 +36,7 @@ use crate::error::TrainError;
 use crate::loader::{self, BatchPlan};
 use crate::schedule::lr_at;
 use crate::source::stats_from_manifest;
-use crate::split::{random_split, spatial_split};
+use crate::split::{fold_split, random_folds, random_split, spatial_folds, spatial_split};
 use crate::vocab::Vocabulary;
 
 pub use checkpointer::Checkpointer;
@@ -97,12 +97,15 @@ pub fn train_val_split(
     data: &PackedSplit,
 ) -> Result<crate::split::TrainValSplit, TrainError> {
     let v = &cfg.validation;
-    let split = match v.split {
-        SplitKind::Spatial => {
-            let coords: Vec<(f64, f64)> = (0..data.len()).map(|i| data.lon_lat(i)).collect();
-            spatial_split(&coords, v.fraction, v.block_arcmin, v.seed)
-        }
-        SplitKind::Random => random_split(data.len(), v.fraction, v.seed),
+    let coords = || -> Vec<(f64, f64)> { (0..data.len()).map(|i| data.lon_lat(i)).collect() };
+    let split = match (v.split, v.folds > 1) {
+        (SplitKind::Spatial, false) => spatial_split(&coords(), v.fraction, v.block_arcmin, v.seed),
+        (SplitKind::Random, false) => random_split(data.len(), v.fraction, v.seed),
+        (SplitKind::Spatial, true) => fold_split(
+            &spatial_folds(&coords(), v.folds, v.block_arcmin, v.seed),
+            v.fold,
+        ),
+        (SplitKind::Random, true) => fold_split(&random_folds(data.len(), v.folds, v.seed), v.fold),
     };
     if split.train.is_empty() || split.val.is_empty() {
         return Err(TrainError::Invalid(format!(
@@ -122,16 +125,9 @@ fn initial_model(
     device: &burn::tensor::Device,
     patch_hw: [usize; 2],
 ) -> Result<geolife_model::fusion::FusionModel, TrainError> {
-    let mut model = fc
-        .try_init(device)
-        .map_err(|e| TrainError::Invalid(format!("model: {e}")))?;
+    let mut model = fc.try_init(device)?;
     if let Some(w) = &cfg.model.weights {
-        model = geolife_model::checkpoint::load_safetensors(fc, w, device)
-            .map_err(|e| TrainError::Checkpoint {
-                path: w.clone(),
-                message: e.to_string(),
-            })?
-            .0;
+        model = geolife_model::checkpoint::load_safetensors(fc, w, device)?.0;
     }
     check_model_input(&model, fc, patch_hw)?;
     Ok(model)
@@ -151,11 +147,7 @@ fn model_features(
         (RunInfo::load(run.root())?.feature_names, path)
     } else {
         let recorded = match &cfg.model.weights {
-            Some(w) => geolife_model::checkpoint::RecordedInputs::read(w)
-                .map_err(|e| TrainError::Checkpoint {
-                    path: w.clone(),
-                    message: e.to_string(),
-                })?
+            Some(w) => geolife_model::checkpoint::RecordedInputs::read(w)?
                 .feature_names
                 .map(|n| (n, w.clone())),
             None => None,
@@ -201,10 +193,24 @@ fn epoch_batches(
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let mut session = Session::start(opts)?;
     for epoch in session.state.epoch..opts.config.train.epochs {
+        // A signal during validation or the end-of-epoch writes: `last.ckpt` is whole.
+        if let Some(signal) = crate::interrupt::requested() {
+            return Err(session.interrupted(signal));
+        }
         let started = Instant::now();
         match session.train_epoch(epoch)? {
             ControlFlow::Continue(lr) => session.end_epoch(epoch, started, lr)?,
-            ControlFlow::Break(()) => return session.stop(),
+            ControlFlow::Break(()) => {
+                let signal = crate::interrupt::requested();
+                let summary = session.stop()?;
+                return match signal {
+                    Some(signal) => Err(TrainError::Interrupted {
+                        signal,
+                        run: summary.run_dir,
+                    }),
+                    None => Ok(summary),
+                };
+            }
         }
     }
     session.finish()
@@ -441,9 +447,10 @@ impl<'a> Session<'a> {
                     ));
                 }
                 *batches_this_process += 1;
-                let stop = opts
+                let stop = (opts
                     .stop_after_batches
                     .is_some_and(|s| *batches_this_process >= s)
+                    || crate::interrupt::requested().is_some())
                     && trainee.pending() == 0;
                 batch_done = Instant::now();
                 Ok(if stop {
@@ -460,7 +467,7 @@ impl<'a> Session<'a> {
             Ok(ControlFlow::Continue(())) => Ok(ControlFlow::Continue(lr)),
             Ok(ControlFlow::Break(())) => Ok(ControlFlow::Break(())),
             Err(e) => {
-                run.log(&format!("error: {e}"));
+                run.log(&format!("error: {}", geolife_io::error_text(&e)));
                 Err(e)
             }
         }
@@ -498,7 +505,12 @@ impl<'a> Session<'a> {
                     run: run.root().to_path_buf(),
                 }
             })
-            .inspect_err(|e| run.log(&format!("error: {e} (validation)")))?;
+            .inspect_err(|e| {
+                run.log(&format!(
+                    "error: {} (validation)",
+                    geolife_io::error_text(e)
+                ))
+            })?;
         let (state, times) = (&mut self.state, &mut self.times);
         times.validation_s += t_val.elapsed().as_secs_f64();
         let row = EpochMetrics {
@@ -554,12 +566,29 @@ impl<'a> Session<'a> {
         run.write_profile(times)
     }
 
-    /// Stops mid-epoch (`stop_after_batches`): `last.ckpt` where the run stands.
-    fn stop(self) -> Result<TrainSummary, TrainError> {
+    /// Between epochs, on a signal: the end-of-epoch `last.ckpt` is written; waits for it.
+    fn interrupted(self, signal: i32) -> TrainError {
+        let run = self.run.root().to_path_buf();
+        if let Err(e) = self.checkpoints.wait() {
+            return e;
+        }
+        TrainError::Interrupted { signal, run }
+    }
+
+    /// Stops mid-epoch (`stop_after_batches` or a signal): `last.ckpt` where the run stands.
+    fn stop(mut self) -> Result<TrainSummary, TrainError> {
         let (model, optim) = (self.trainee.model(), &self.trainee.optim);
         self.checkpoints
             .save_last(&self.state, model, &self.fc, optim, None)?;
         self.checkpoints.wait()?;
+        if let Some(signal) = crate::interrupt::requested() {
+            self.run.log(&format!(
+                "stopped by {} at epoch {}, batch {}: last.ckpt written",
+                crate::interrupt::signal_name(signal),
+                self.state.epoch + 1,
+                self.state.batch
+            ));
+        }
         Ok(TrainSummary::of(self.run.root(), &self.state, false))
     }
 
@@ -676,9 +705,7 @@ pub fn bench_steps(
     let t = &cfg.train;
     let device = make_device(t.device)?.autodiff();
     device.seed(t.seed);
-    let model = fc
-        .try_init(&device)
-        .map_err(|e| TrainError::Invalid(format!("model: {e}")))?;
+    let model = fc.try_init(&device)?;
     let [_, ph, pw] = m.patch_shape;
     check_model_input(&model, &fc, [ph, pw])?;
     let num_params = model.num_params();

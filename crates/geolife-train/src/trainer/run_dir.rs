@@ -86,14 +86,18 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Train
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text)
-        .map_err(|e| TrainError::Invalid(format!("{}: unreadable: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|source| TrainError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes `value` as pretty JSON with a final newline, atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
-    let mut text = serde_json::to_vec_pretty(value)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    let mut text = serde_json::to_vec_pretty(value).map_err(|source| TrainError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
     text.push(b'\n');
     write_atomic(path, &text)
 }
@@ -202,7 +206,7 @@ impl RunDir {
         let _ = writeln!(self.log, "{text}");
         let _ = self.log.flush();
         if self.echo {
-            println!("{text}");
+            tracing::info!(target: crate::PROGRESS, "{text}");
         }
     }
 
@@ -263,7 +267,10 @@ impl RunDir {
     /// Rewrites `metrics.csv` from the history.
     pub fn write_metrics(&self, history: &[EpochMetrics]) -> Result<(), TrainError> {
         let path = self.path(files::METRICS);
-        let bad = |e: csv::Error| TrainError::Metrics(format!("{}: {e}", path.display()));
+        let bad = |source: csv::Error| TrainError::Csv {
+            path: path.clone(),
+            source,
+        };
         let mut w = csv::Writer::from_writer(Vec::new());
         w.write_record([
             "epoch",
@@ -291,9 +298,7 @@ impl RunDir {
             ])
             .map_err(bad)?;
         }
-        let bytes = w
-            .into_inner()
-            .map_err(|e| TrainError::Metrics(format!("{}: {e}", path.display())))?;
+        let bytes = w.into_inner().map_err(|e| bad(e.into_error().into()))?;
         write_atomic(&path, &bytes)
     }
 
@@ -305,9 +310,7 @@ impl RunDir {
         curve: &[f64],
         epoch: usize,
     ) -> Result<(), TrainError> {
-        scores
-            .write(&self.path(files::VAL_SCORES))
-            .map_err(|e| TrainError::Metrics(e.to_string()))?;
+        scores.write(&self.path(files::VAL_SCORES))?;
         write_labels(&self.path(files::VAL_LABELS), &scores.survey_ids, labels)?;
         // A plot is a convenience: a failure to draw it does not stop training.
         let _ = geolife_metrics::plot::plot_f1_at_k(
@@ -333,7 +336,7 @@ impl RunDir {
 
 /// Label sets in the solution format (`surveyId,predictions`, ids space-separated), atomically.
 pub fn write_labels(path: &Path, ids: &[u64], labels: &[Vec<u32>]) -> Result<(), TrainError> {
-    let bad = |e: String| TrainError::Metrics(format!("{}: {e}", path.display()));
+    let bad = |e: String| TrainError::Invalid(format!("{}: {e}", path.display()));
     if ids.len() != labels.len() {
         return Err(bad(format!(
             "{} survey ids but {} label sets",
