@@ -211,13 +211,29 @@ fn locate(scores: &Path, coords: &Path) -> Result<Located, MapError> {
 }
 
 /// The policy file's policy, or `geolife evaluate`'s default (top-25 of dense scores, every
-/// listed species otherwise).
-fn policy_of(path: Option<&PathBuf>, sf: &ScoreFile) -> Result<Policy, MapError> {
-    Ok(match path {
+/// listed species otherwise), with its description.
+fn policy_of(path: Option<&PathBuf>, sf: &ScoreFile) -> Result<(Policy, String), MapError> {
+    let policy = match path {
         Some(p) => Policy::load(p)?,
         None if matches!(sf.scores, Scores::Dense { .. }) => Policy::TopK { k: 25 },
-        None => Policy::TopK { k: usize::MAX },
-    })
+        None => {
+            return Ok((
+                Policy::TopK { k: usize::MAX },
+                "every listed species".into(),
+            ));
+        }
+    };
+    let text = policy.describe();
+    Ok((policy, text))
+}
+
+/// "N surveys" with the score file's split name when it has one.
+fn surveys(sf: &ScoreFile) -> String {
+    if sf.split.is_empty() {
+        format!("{} surveys", sf.len())
+    } else {
+        format!("{} {} surveys", sf.len(), sf.split)
+    }
 }
 
 /// Mean value per cell over the surveys, linear colour bar.
@@ -285,7 +301,7 @@ pub fn f1(m: &F1Map, opts: &MapOptions) -> Result<Built, MapError> {
             Labels::Solution(path) => aligned(&m.scores, sf, path, &read_solution(path)?)?,
             Labels::Loaded { origin, solution } => aligned(&m.scores, sf, origin, solution)?,
         };
-    let policy = policy_of(m.policy.as_ref(), sf)?;
+    let (policy, how) = policy_of(m.policy.as_ref(), sf)?;
     let pred = policy.try_select(sf)?;
     let values: Vec<f64> = pred
         .iter()
@@ -298,12 +314,7 @@ pub fn f1(m: &F1Map, opts: &MapOptions) -> Result<Built, MapError> {
     Ok(Built {
         picture: Picture {
             title: format!("Per-survey samples-F1 of {}", name(sf, &m.scores)),
-            subtitle: format!(
-                "{} {} surveys, {}: mean F1 {mean:.4}",
-                sf.len(),
-                sf.split,
-                policy.describe()
-            ),
+            subtitle: format!("{}, {how}: mean F1 {mean:.4}", surveys(sf)),
             raster,
             key: Key::Bar {
                 label: "samples-F1 (cell mean)".into(),
@@ -396,13 +407,13 @@ pub fn richness(m: &RichnessMap, opts: &MapOptions) -> Result<Built, MapError> {
             .collect();
         (v, "expected species", "sum of probabilities".into())
     } else {
-        let policy = policy_of(m.policy.as_ref(), sf)?;
+        let (policy, how) = policy_of(m.policy.as_ref(), sf)?;
         let v = policy
             .try_select(sf)?
             .iter()
             .map(|p| p.len() as f64)
             .collect();
-        (v, "species selected", policy.describe())
+        (v, "species selected", how)
     };
     let scale = Scale::zero_to_max(values.iter().copied());
     let raster = value_picture(&loc, &values, scale, opts, &m.scores)?;
@@ -415,7 +426,7 @@ pub fn richness(m: &RichnessMap, opts: &MapOptions) -> Result<Built, MapError> {
     Ok(Built {
         picture: Picture {
             title: format!("{title}: {}", name(sf, &m.scores)),
-            subtitle: format!("{} {} surveys, {how}: mean {mean:.2}", sf.len(), sf.split),
+            subtitle: format!("{}, {how}: mean {mean:.2}", surveys(sf)),
             raster,
             key: Key::Bar {
                 label: format!("{label} (cell mean)"),
@@ -474,9 +485,8 @@ pub fn species(m: &SpeciesMap, opts: &MapOptions) -> Result<Built, MapError> {
         picture: Picture {
             title: format!("Species {}: score of {}", m.species, name(sf, &m.scores)),
             subtitle: format!(
-                "{} {} surveys; red rings: {} train surveys holding it",
-                sf.len(),
-                sf.split,
+                "{}; red rings: {} train surveys holding it",
+                surveys(sf),
                 rings.len()
             ),
             raster,
