@@ -12,7 +12,7 @@ use geolife_metrics::f1::counts;
 use geolife_metrics::{Policy, ScoreFile, Scores, read_solution};
 use plotters::style::RGBColor;
 
-use crate::draw::{Key, Picture};
+use crate::draw::{Key, Picture, RING};
 use crate::raster::{BASE_GREY, Frame, Raster, Scale, cell_size, colour};
 use crate::sites::{Sites, run_config, run_files};
 use crate::{F1Map, Labels, MapError, MapOptions, PoMap, RichnessMap, SpeciesMap, SplitMap};
@@ -22,6 +22,10 @@ pub const TRAIN: RGBColor = RGBColor(31, 119, 180);
 pub const VALIDATION: RGBColor = RGBColor(255, 127, 14);
 pub const TEST: RGBColor = RGBColor(44, 160, 44);
 pub const BLOCK: RGBColor = RGBColor(253, 214, 170);
+
+/// Presences drawn as rings up to this many; above it, as one red pixel in the corner of each
+/// cell holding one (thousands of rings would hide the scores beneath).
+const MAX_RINGS: usize = 2_000;
 
 /// Block side of a run whose config does not say (the trainer's default).
 const DEFAULT_BLOCK_ARCMIN: f64 = 10.0;
@@ -467,9 +471,9 @@ pub fn species(m: &SpeciesMap, opts: &MapOptions) -> Result<Built, MapError> {
         .map(|i| score_at(sf, i, col).unwrap_or(0.0))
         .collect();
     let scale = Scale::zero_to_max(values.iter().copied());
-    let raster = value_picture(&loc, &values, scale, opts, &m.scores)?;
+    let mut raster = value_picture(&loc, &values, scale, opts, &m.scores)?;
     let train = &loc.sites.train;
-    let rings: Vec<(f64, f64)> = match &train.labels {
+    let mut rings: Vec<(f64, f64)> = match &train.labels {
         Some(labels) => labels
             .iter()
             .zip(&train.lon_lat)
@@ -480,15 +484,20 @@ pub fn species(m: &SpeciesMap, opts: &MapOptions) -> Result<Built, MapError> {
     };
     let mut counts = base_count(&loc.sites);
     counts.insert("presences".into(), rings.len());
+    let marks = if rings.len() > MAX_RINGS {
+        raster.mark_cells(rings.drain(..), RING);
+        format!(
+            "red corner pixels: {} train surveys holding it",
+            counts["presences"]
+        )
+    } else {
+        format!("red rings: {} train surveys holding it", rings.len())
+    };
     let mean = mean(&values);
     Ok(Built {
         picture: Picture {
             title: format!("Species {}: score of {}", m.species, name(sf, &m.scores)),
-            subtitle: format!(
-                "{}; red rings: {} train surveys holding it",
-                surveys(sf),
-                rings.len()
-            ),
+            subtitle: format!("{}; {marks}", surveys(sf)),
             raster,
             key: Key::Bar {
                 label: "probability (cell mean)".into(),

@@ -122,7 +122,8 @@ pub struct RichnessMap {
 }
 
 /// One species' score at every survey (a model's or a prior's score file), with the train
-/// surveys of the coordinate source holding the species ringed.
+/// surveys of the coordinate source holding the species ringed (above 2,000 of them, marked by
+/// a red pixel in the corner of their cell instead, so the scores stay visible).
 #[derive(Debug, Clone)]
 pub struct SpeciesMap {
     pub species: u32,

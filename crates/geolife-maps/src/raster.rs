@@ -252,6 +252,20 @@ impl Raster {
         n
     }
 
+    /// Sets the top-left pixel of the cell of every point to `c` (a mark that leaves the rest of
+    /// the cell's colour visible); returns the points inside the frame.
+    pub fn mark_cells(&mut self, points: impl Iterator<Item = (f64, f64)>, c: RGBColor) -> usize {
+        let mut n = 0;
+        for (lon, lat) in points {
+            if let Some((cx, cy)) = self.cell_of(lon, lat) {
+                let s = self.cell;
+                self.fill(cx * s, cx * s + 1, cy * s, cy * s + 1, c);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Paints every occupied cell in the colour `pick(sum, count)` gives it.
     pub fn paint_bins(&mut self, bins: &Bins, pick: impl Fn(f64, u64) -> RGBColor) {
         for k in 0..bins.count.len() {
@@ -316,6 +330,30 @@ mod tests {
         assert_eq!(means, vec![0.25, 0.5]);
         assert_eq!(bins.occupied(), 2);
         assert_eq!(bins.max_count(), 2);
+    }
+
+    #[test]
+    fn marks_take_one_corner_pixel_of_a_cell() {
+        let f = Frame {
+            lon: (0.0, 10.0),
+            lat: (40.0, 50.0),
+            width: 100,
+            height: 100,
+        };
+        let mut r = Raster::new(f, 4);
+        let blue = RGBColor(0, 0, 255);
+        let red = RGBColor(255, 0, 0);
+        // (2.5, 47.5) is pixel (25, 25), in the cell whose corner is (24, 24).
+        r.paint_points([(2.5, 47.5)].into_iter(), blue);
+        assert_eq!(r.mark_cells([(2.5, 47.5), (20.0, 0.0)].into_iter(), red), 1);
+        let px = |x: usize, y: usize| {
+            let k = (y * 100 + x) * 3;
+            [r.rgb[k], r.rgb[k + 1], r.rgb[k + 2]]
+        };
+        assert_eq!(px(24, 24), [255, 0, 0]);
+        assert_eq!(px(25, 25), [0, 0, 255]);
+        assert_eq!(px(27, 27), [0, 0, 255]);
+        assert_eq!(px(28, 28), [255, 255, 255]);
     }
 
     #[test]
