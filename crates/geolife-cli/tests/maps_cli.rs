@@ -379,6 +379,53 @@ fn every_kind_draws_and_the_colours_follow_the_data() {
     ]);
     assert_eq!(pm["points"], f.test.len());
 
+    // --labels-from RUN reads the run's val_labels.csv (written here by hand): rows listing
+    // exactly the true species of each validation survey score F1 1.
+    let mut csv = String::from("surveyId,predictions\n");
+    for id in &val {
+        let list: Vec<String> = f.train[id].species.iter().map(u32::to_string).collect();
+        csv.push_str(&format!("{id},{}\n", list.join(" ")));
+    }
+    std::fs::write(run.join("val_labels.csv"), csv).unwrap();
+    let val_scores = f.root.join("val_scores.safetensors");
+    ScoreFile {
+        model: "fixture".into(),
+        split: "val".into(),
+        survey_ids: val.clone(),
+        species: vocab.clone(),
+        scores: Scores::Sparse {
+            rows: val
+                .iter()
+                .map(|id| {
+                    f.train[id]
+                        .species
+                        .iter()
+                        .map(|&sp| (col(sp), 0.5))
+                        .collect()
+                })
+                .collect(),
+        },
+    }
+    .write(&val_scores)
+    .unwrap();
+    let vm = map(&[
+        "--f1",
+        s(&val_scores),
+        "--labels-from",
+        s(&run),
+        "-o",
+        s(&out("val_f1.png")),
+    ]);
+    assert_eq!(
+        (vm["points"].as_u64(), vm["mean"].as_f64()),
+        (Some(val.len() as u64), Some(1.0))
+    );
+    // A cache's split: train and test only.
+    let cm = map(&["--split-map", s(&f.cache), "-o", s(&out("cache_split.png"))]);
+    assert_eq!(cm["counts"]["train"], f.train.len());
+    assert_eq!(cm["counts"]["validation"], 0);
+    assert_eq!(cm["counts"]["test"], f.test.len());
+
     // Presence-only records, all and of one species, counted by hand from the CSV.
     let po_csv = std::fs::read_to_string(f.data.join("GLC24_P0_metadata_train.csv")).unwrap();
     let mut lines = po_csv.lines();
