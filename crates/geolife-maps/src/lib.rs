@@ -222,6 +222,15 @@ pub fn render(
     out: &Path,
     options: &MapOptions,
 ) -> Result<MapSummary, MapError> {
+    if !out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        return Err(MapError::input(
+            out,
+            "expected a .png path (with --svg the SVG is written beside it)".into(),
+        ));
+    }
     let (kind, built) = match request {
         MapRequest::Split(m) => ("split", kinds::split(m, options)?),
         MapRequest::F1(m) => ("f1", kinds::f1(m, options)?),

@@ -453,5 +453,19 @@ fn bad_input_is_refused_with_the_file_and_the_culprit_and_no_image() {
     .unwrap();
     let e = err(MapRequest::Split(SplitMap { from: run }));
     assert!(e.contains("validation survey 77"), "{e}");
+    let e = render(
+        &MapRequest::Po(PoMap {
+            data: f.root(),
+            species: None,
+        }),
+        &f.path("map.svg"),
+        &opts(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("map.svg") && e.contains("expected a .png path"),
+        "{e}"
+    );
     assert_eq!(leftovers(&f), Vec::<String>::new());
 }
