@@ -523,6 +523,8 @@ pub fn po(m: &PoMap, opts: &MapOptions) -> Result<Built, MapError> {
                 ),
             ));
         }
+        // The PA surveys outline the continent when the folder has them; a PO-only folder (or
+        // unreadable PA metadata) still draws, without the base layer.
         let base = match Sites::load(&m.data) {
             Ok(s) => s.all_lon_lat().collect(),
             Err(_) => Vec::new(),

@@ -453,6 +453,21 @@ fn bad_input_is_refused_with_the_file_and_the_culprit_and_no_image() {
     .unwrap();
     let e = err(MapRequest::Split(SplitMap { from: run }));
     assert!(e.contains("validation survey 77"), "{e}");
+    // A Kaggle submission ranks species without probabilities.
+    let kaggle = f.path("submission.csv");
+    std::fs::write(&kaggle, "surveyId,predictions\n1,1 2\n2,3\n").unwrap();
+    let e = err(species(1, &kaggle));
+    assert!(
+        e.contains("submission.csv") && e.contains("needs probabilities"),
+        "{e}"
+    );
+    let e = err(MapRequest::Richness(RichnessMap {
+        scores: kaggle.clone(),
+        policy: None,
+        expected: true,
+        coords: f.root(),
+    }));
+    assert!(e.contains("needs probabilities"), "{e}");
     let e = render(
         &MapRequest::Po(PoMap {
             data: f.root(),
