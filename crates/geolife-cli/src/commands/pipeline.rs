@@ -82,7 +82,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|p| read_solution(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
     let cache_dir = args.cache.clone().unwrap_or_else(|| args.out.join("cache"));
-    let cache = geolife_train::data::resolve_cache(&args.data, &cache_dir)?;
+    // A member's process (--member) uses the cache its parent has prepared as it is: packing
+    // checks take the cache's lock, which parallel members would contend for.
+    let cache = if args.member.is_some() && geolife_train::data::is_cache(&cache_dir) {
+        cache_dir
+    } else {
+        geolife_train::data::resolve_cache(&args.data, &cache_dir)?
+    };
     let executor = if args.jobs > 1 && args.member.is_none() {
         Executor::Local(LocalJobs {
             jobs: usize::from(args.jobs),

@@ -65,9 +65,10 @@ fn sigmoid(v: f32) -> f32 {
     }
 }
 
-/// The mean of `softplus(x) - x t` (binary cross-entropy with logits), summed in f64 per task.
+/// The mean of `softplus(x) - x t` (binary cross-entropy with logits), summed in f64 per task;
+/// the tasks' sums are added in order, so the result does not depend on the thread count.
 fn bce_mean(x: &[f32], t: &[f32]) -> f32 {
-    let sum: f64 = x
+    let shares: Vec<f64> = x
         .par_chunks(CHUNK)
         .zip(t.par_chunks(CHUNK))
         .map(|(x, t)| {
@@ -76,7 +77,8 @@ fn bce_mean(x: &[f32], t: &[f32]) -> f32 {
                 .map(|(&x, &t)| f64::from(softplus(x) - x * t))
                 .sum::<f64>()
         })
-        .sum();
+        .collect();
+    let sum: f64 = shares.iter().sum();
     (sum / x.len().max(1) as f64) as f32
 }
 

@@ -445,16 +445,23 @@ fn col2im(patches: &[f32], x: &mut [f32], n: usize, g: &Geometry) {
 
 /// Samples per piece of the batch: the patch matrix of one piece stays at most near
 /// [`PIECE_VALUES`] (cache-sized), so it is built, multiplied and (backward) scattered while
-/// still in cache. When the batch takes several pieces, their number is a multiple of the
-/// threads and their sizes are even: pieces of 21, 21, 21 and 1 samples on two threads left one
-/// thread idle for a third of the layer.
+/// still in cache. When the batch takes several pieces, their number is a multiple of
+/// [`PIECE_GROUP`] and their sizes are even: pieces of 21, 21, 21 and 1 samples on two threads
+/// left one thread idle for a third of the layer. The pieces never depend on the thread count,
+/// so neither do the sums over them: a run gives the same bits on 1 thread or 16 (the members
+/// of `pipeline --jobs` divide the cores).
 fn piece_samples(g: &Geometry) -> usize {
     let b = g.b.max(1);
     let most = (PIECE_VALUES / (g.s() * g.k()).max(1)).clamp(1, b);
-    let threads = rayon::current_num_threads().max(1);
-    let pieces = b.div_ceil(most).next_multiple_of(threads).min(b);
+    let pieces = match b.div_ceil(most) {
+        1 => 1,
+        n => n.next_multiple_of(PIECE_GROUP).min(b),
+    };
     b.div_ceil(pieces)
 }
+
+/// Pieces of a batch come in multiples of this (even work on 1, 2, 4 or 8 threads).
+const PIECE_GROUP: usize = 8;
 
 /// The matrix products run on all threads when the batch is one piece, else one per piece.
 fn piece_parallelism(g: &Geometry, samples: usize) -> gemm::Parallelism {
@@ -1011,7 +1018,8 @@ fn depthwise_nhwc(x: &[f32], taps: &[f32], bias: Option<&[f32]>, g: &Geometry) -
 /// in f64 in task order.
 fn depthwise_nhwc_weight_grad(x: &[f32], grad: &[f32], g: &Geometry) -> (Vec<f32>, Vec<f32>) {
     let (c, taps) = (g.c, g.kh * g.kw);
-    let pieces = (rayon::current_num_threads().max(1) * 4).min(g.b.max(1));
+    // A fixed number of tasks (not one per thread): the sum does not depend on the threads.
+    let pieces = 16.min(g.b.max(1));
     let per = g.b.div_ceil(pieces.max(1)).max(1);
     let shares: Vec<Vec<f32>> = (0..g.b.div_ceil(per))
         .into_par_iter()

@@ -180,9 +180,13 @@ pub(super) fn evaluate_row(
 /// The report as a Markdown table.
 pub fn report_markdown(r: &Report) -> String {
     let mut s = String::from("# geolife pipeline report\n\n");
+    let split = if r.folds.is_empty() {
+        "one split shared by every member"
+    } else {
+        "out-of-fold: every train survey, scored by the fold's run that did not train on it"
+    };
     s.push_str(&format!(
-        "{} validation surveys (one split shared by every member), {} test surveys; ensemble \
-         weights {}.\n\n",
+        "{} validation surveys ({split}), {} test surveys; ensemble weights {}.\n\n",
         r.n_val_surveys, r.n_test_surveys, r.weights
     ));
     s.push_str(

@@ -1,0 +1,290 @@
+//! Issue 23 on one machine: `geolife pipeline --jobs 2` trains the members in two child
+//! processes and writes the same bytes as the sequential run (the cores are divided between
+//! the children, so this also checks that the CPU kernels give the same bits on any thread
+//! count); SIGTERM to the parent stops the children at a checkpoint (exit 143) and the same
+//! command continues to the same bytes. k-fold members (`validation.folds`): every fold's run,
+//! out-of-fold validation scores over every train survey, test scores the mean of the folds'.
+#![cfg(all(feature = "dl", unix))]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{run_expect, s};
+
+/// A small synthetic dataset (official layout), packed once; (data, cache, solution).
+fn dataset(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let data = d.join("data");
+    run_expect(
+        &[
+            "synth",
+            "--surveys",
+            "300",
+            "--test-surveys",
+            "40",
+            "--species",
+            "25",
+            "--out",
+            s(&data),
+        ],
+        0,
+    );
+    let cache = d.join("cache");
+    run_expect(&["prepare", s(&data), "--out", s(&cache)], 0);
+    let solution = data.join("GLC24_SOLUTION_FILE.csv");
+    (data, cache, solution)
+}
+
+/// configs/pipeline-tiny.toml at 2 epochs on the shared cache.
+fn pipeline(data: &Path, cache: &Path, solution: &Path, out: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_geolife"));
+    c.args(["pipeline", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/pipeline-tiny.toml"))
+        .arg("--data")
+        .arg(data)
+        .arg("--cache")
+        .arg(cache)
+        .arg("--out")
+        .arg(out)
+        .args(["--set", "train.epochs=2", "--test-solution"])
+        .arg(solution);
+    c
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run geolife");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// The files a finished pipeline must reproduce byte for byte.
+const RESULTS: [&str; 10] = [
+    "submission.csv",
+    "report.md",
+    "report.json",
+    "ensemble.toml",
+    "policy.toml",
+    "val_scores.safetensors",
+    "test_scores.safetensors",
+    "pipeline.toml",
+    "prior/val_scores.safetensors",
+    "prior/test_scores.safetensors",
+];
+
+fn assert_same_results(a: &Path, b: &Path, what: &str) {
+    for f in RESULTS {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        assert!(x == y, "{f} differs: {what}");
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+#[test]
+fn two_jobs_equal_the_sequential_run_and_sigterm_resumes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (data, cache, solution) = dataset(d);
+    let seq = d.join("seq");
+    run_ok(&mut pipeline(&data, &cache, &solution, &seq));
+
+    let par = d.join("par");
+    let log = run_ok(pipeline(&data, &cache, &solution, &par).args(["--jobs", "2"]));
+    assert!(
+        log.contains("2 runs of 2 members to train, 2 at once"),
+        "{log}"
+    );
+    assert!(log.contains("`tiny-resnet`: started (pid"), "{log}");
+    for m in ["tiny-convnext", "tiny-resnet"] {
+        let member_log = std::fs::read_to_string(par.join(format!("members/{m}/member.log")))
+            .unwrap_or_default();
+        assert!(member_log.contains("epoch 2/2"), "{m}: {member_log}");
+    }
+    assert_same_results(&seq, &par, "--jobs 2 against the sequential run");
+
+    // SIGTERM to the parent once both children train: each writes its checkpoint and exits,
+    // the parent exits 143; the same command then finishes with the same bytes.
+    let termed = d.join("termed");
+    let mut child = pipeline(&data, &cache, &solution, &termed)
+        .args(["--jobs", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let training = |m: &str| {
+        std::fs::read_to_string(termed.join(format!("members/{m}/member.log")))
+            .is_ok_and(|t| t.contains("epoch 1/2 batch"))
+    };
+    while !(training("tiny-convnext") && training("tiny-resnet")) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pipeline ended before both trained"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no training after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(143), "{text}");
+    assert!(text.contains("stopped by SIGTERM"), "{text}");
+    // The children are gone, each after writing its checkpoint (or finishing its member).
+    let pids: Vec<u32> = text
+        .match_indices("started (pid ")
+        .map(|(i, _)| {
+            let rest = &text[i + "started (pid ".len()..];
+            rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap()]
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(pids.len(), 2, "{text}");
+    for pid in pids {
+        assert!(
+            !alive(pid),
+            "child {pid} still runs after the parent's SIGTERM"
+        );
+    }
+    for m in ["tiny-convnext", "tiny-resnet"] {
+        let dir = termed.join("members").join(m);
+        assert!(
+            dir.join("last.ckpt").is_file() || dir.join("member.json").is_file(),
+            "{m}: neither a checkpoint nor done after SIGTERM"
+        );
+    }
+    run_ok(pipeline(&data, &cache, &solution, &termed).args(["--jobs", "2"]));
+    assert_same_results(&seq, &termed, "SIGTERM to --jobs 2, then the same command");
+}
+
+/// A dense score file's `(survey ids, scores)`.
+fn dense(path: &Path) -> (Vec<u64>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids = st.tensor("survey_ids").unwrap();
+    let ids = ids
+        .data()
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let scores = st.tensor("scores").unwrap();
+    let scores = scores
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (ids, scores)
+}
+
+#[test]
+fn k_fold_members_score_every_train_survey_out_of_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (data, cache, solution) = dataset(d);
+    let out = d.join("kfold");
+    let log = run_ok(pipeline(&data, &cache, &solution, &out).args([
+        "--set",
+        "validation.folds=3",
+        "--jobs",
+        "2",
+    ]));
+    assert!(log.contains("6 runs of 2 members to train"), "{log}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    // Out-of-fold: the blend, policy and report see every train survey.
+    assert_eq!(report["n_val_surveys"], 300, "{report}");
+    let folds = report["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 6, "{report}");
+    let mut n_val = 0;
+    for f in folds.iter().filter(|f| f["member"] == "tiny-convnext") {
+        n_val += f["n_val"].as_u64().unwrap();
+        let v = f["best_val_f1"].as_f64().unwrap();
+        assert!(v > 0.0 && v <= 1.0, "{f}");
+    }
+    assert_eq!(n_val, 300, "the folds partition the train surveys");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("out-of-fold") && md.contains("| tiny-resnet | 2 |"),
+        "{md}"
+    );
+
+    // The member's validation scores are its folds' joined, each survey from the one run that
+    // validated on it; its test scores the mean of its folds' (computed here by hand).
+    let member = out.join("members/tiny-convnext");
+    let (oof_ids, oof) = dense(&member.join("val_scores.safetensors"));
+    assert_eq!(oof_ids.len(), 300);
+    let mut seen = std::collections::HashSet::new();
+    let (mut test_sum, mut test_ids) = (Vec::new(), Vec::new());
+    for f in 0..3 {
+        let fold = member.join(format!("fold-{f}"));
+        let (ids, v) = dense(&fold.join("val_scores.safetensors"));
+        let width = v.len() / ids.len();
+        for (i, id) in ids.iter().enumerate() {
+            assert!(seen.insert(*id), "survey {id} validated by two folds");
+            let at = oof_ids.iter().position(|x| x == id).unwrap();
+            assert_eq!(
+                &oof[at * width..][..width],
+                &v[i * width..][..width],
+                "survey {id}"
+            );
+        }
+        let (ids, t) = dense(&fold.join("test_scores.safetensors"));
+        if test_sum.is_empty() {
+            test_sum = vec![0f64; t.len()];
+            test_ids = ids;
+        }
+        for (s, x) in test_sum.iter_mut().zip(&t) {
+            *s += f64::from(*x) / 3.0;
+        }
+    }
+    let (ids, mean) = dense(&member.join("test_scores.safetensors"));
+    assert_eq!(ids, test_ids);
+    for (a, b) in mean.iter().zip(&test_sum) {
+        assert!((f64::from(*a) - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    // One fold alone, by name: a finished fold is skipped; a fold that does not exist is named.
+    let again = run_ok(pipeline(&data, &cache, &solution, &out).args([
+        "--set",
+        "validation.folds=3",
+        "--member",
+        "tiny-resnet",
+        "--fold",
+        "1",
+    ]));
+    assert!(again.contains("fold 2/3: done"), "{again}");
+    let bad = pipeline(&data, &cache, &solution, &out)
+        .args([
+            "--set",
+            "validation.folds=3",
+            "--member",
+            "tiny-resnet",
+            "--fold",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    assert!(err.contains("has no fold 3: it has 3"), "{err}");
+}
