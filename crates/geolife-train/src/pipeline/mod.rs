@@ -17,9 +17,11 @@ mod blend;
 mod compare;
 mod config;
 mod local;
+mod maps;
 mod members;
 mod prior;
 mod report;
+mod slurm;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -33,9 +35,13 @@ pub use config::{
     ResolvedMember, ResolvedPipeline, parse_override,
 };
 pub use local::{DeviceSlot, LocalJobs};
+pub use maps::{MAP_FILES, MAPS, map_paths};
 pub use members::{FoldRecord, MemberRecord};
 pub use prior::PriorRecord;
 pub use report::{FoldRow, Report, ReportRow, report_markdown};
+pub use slurm::{
+    RunStatus, SLURM_DIR, SlurmJobs, SlurmState, Submission, pipeline_status, submit_slurm,
+};
 
 use members::val_labels;
 use prior::resolve_prior_source;
@@ -176,6 +182,7 @@ pub fn run_pipeline(opts: &PipelineOptions) -> Result<Report, TrainError> {
         n_test_surveys: blend.test.len(),
     };
     report::write_report(out, &report)?;
+    maps::write_maps(opts);
     let timings = serde_json::json!({
         "members": p.members.iter().zip(&records).map(|(m, r)| serde_json::json!({
             "name": m.name,
