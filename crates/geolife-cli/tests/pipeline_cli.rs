@@ -4,7 +4,7 @@
 //! a run SIGKILLed at seeded random moments (mid-member, between stages) and started again
 //! gives byte-identical submission, report, weights and policy; configs/pipeline-paper.toml
 //! runs its four paper-size members at batch 2 for one step each; `geolife demo` runs through
-//! the pipeline.
+//! the pipeline. Both write and list the maps of `maps/`.
 #![cfg(all(feature = "dl", unix))]
 
 mod common;
@@ -80,6 +80,54 @@ const RESULTS: [&str; 10] = [
     "prior/val_scores.safetensors",
     "prior/test_scores.safetensors",
 ];
+
+/// The maps a pipeline with a test solution and a prior writes.
+const MAPS: [&str; 5] = [
+    "split.png",
+    "f1-val.png",
+    "f1-test.png",
+    "richness-test.png",
+    "prior.png",
+];
+
+/// Every map of `MAPS` is in `run/maps`, decodes as a PNG of a plausible size and draws more
+/// than a few colours (a frame, a base layer and data); the maps are not all the same picture.
+fn check_maps(run: &Path) {
+    let maps: Vec<image::RgbaImage> = MAPS
+        .iter()
+        .map(|m| {
+            let path = run.join("maps").join(m);
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                bytes.starts_with(b"\x89PNG"),
+                "{} is no PNG",
+                path.display()
+            );
+            let img = image::load_from_memory(&bytes)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .to_rgba8();
+            let (w, h) = img.dimensions();
+            assert!(
+                (400..=4000).contains(&w) && (300..=4000).contains(&h),
+                "{}: {w}x{h}",
+                path.display()
+            );
+            let colours: std::collections::HashSet<[u8; 4]> = img.pixels().map(|p| p.0).collect();
+            assert!(
+                colours.len() > 8,
+                "{}: {} colours",
+                path.display(),
+                colours.len()
+            );
+            img
+        })
+        .collect();
+    for (i, a) in maps.iter().enumerate() {
+        for (j, b) in maps.iter().enumerate().skip(i + 1) {
+            assert!(a != b, "{} and {} are the same picture", MAPS[i], MAPS[j]);
+        }
+    }
+}
 
 #[test]
 fn tiny_pipeline_runs_end_to_end_and_resumes_byte_identically_after_sigkill() {
@@ -159,6 +207,7 @@ fn tiny_pipeline_runs_end_to_end_and_resumes_byte_identically_after_sigkill() {
     assert!(sub.lines().skip(1).all(|l| !l.ends_with(',')), "{sub}");
     assert!(whole.join("report.png").is_file());
     assert!(whole.join("members/tiny-convnext/val_labels.csv").is_file());
+    check_maps(&whole);
     // A second run of a finished pipeline skips both members and writes the same bytes.
     let again = run_ok(&mut tiny(&whole));
     assert!(
@@ -212,6 +261,9 @@ fn tiny_pipeline_runs_end_to_end_and_resumes_byte_identically_after_sigkill() {
         );
         assert!(a == b, "{f} differs after {kills} SIGKILLs and restarts");
     }
+    // The resumed run drew its maps too (a run killed mid-map leaves no stand-in behind).
+    check_maps(&parts);
+    assert!(!parts.join("maps/.split-run").exists());
 }
 
 #[test]
@@ -411,6 +463,15 @@ fn demo_runs_through_the_pipeline_and_exits_as_its_table_says() {
         ),
     }
     assert!(out.join("pipeline/submission.csv").is_file());
+    // The demo prints its maps' paths, one line each, and the files exist.
+    for m in MAPS {
+        let path = out.join("pipeline/maps").join(m);
+        assert!(
+            stdout.contains(&format!("map: {}", path.display())),
+            "{m}: {stdout}"
+        );
+        assert!(path.is_file(), "{}", path.display());
+    }
     let report = std::fs::read_to_string(out.join("pipeline/report.md")).unwrap();
     assert!(report.contains("| prior | prior (pa+po) |"), "{report}");
     let (again, _) = run_expect(&args, code.unwrap());

@@ -2,7 +2,8 @@
 //! synth -> prepare -> one pipeline whose members are the tiny fusion model and each
 //! single-modality model (same validation split, same recipe), plus the location prior
 //! (`[prior]`: PA neighbours and presence-only density) -> predict test -> per-row selection
-//! policy fitted on validation -> test F1 against the synthetic solution -> a short report.
+//! policy fitted on validation -> test F1 against the synthetic solution -> a short report and
+//! the pipeline's maps (`pipeline/maps/`, their paths printed).
 //! One more member is the fusion model with the prior as a model input (`[location]`, logit).
 //! The pipeline's comparison rows (`[report] comparisons`) add the species-frequency baseline,
 //! each prior source alone, and fusion blended with the prior (weights fitted on validation).
@@ -24,7 +25,7 @@ use geolife_model::fusion::PriorInput;
 use geolife_prior::PriorConfig;
 use geolife_train::pipeline::{
     Comparison, PipelineOptions, PolicySpec, PriorSpec, ReportRow, ReportSpec, ResolvedMember,
-    ResolvedPipeline, outputs, run_pipeline,
+    ResolvedPipeline, map_paths, outputs, run_pipeline,
 };
 use geolife_train::{Progress, TrainConfig};
 
@@ -234,6 +235,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (fusion, best_other) = fusion_vs_best_other(&without);
     let (best_with, best_without) = best_with_vs_without(&with, &without);
     println!("report: {}", dir.join(outputs::REPORT_MD).display());
+    for map in map_paths(&dir) {
+        println!("map: {}", map.display());
+    }
     println!("total {:.1}s", t0.elapsed().as_secs_f64());
     let fusion_won = fusion > best_other;
     if fusion_won {
