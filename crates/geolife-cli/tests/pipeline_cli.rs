@@ -13,11 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{run_expect, s};
-
-fn configs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
-}
+use common::{PIPELINE_RESULTS, configs, run_expect, run_ok, s, tiny_pipeline};
 
 /// A small synthetic dataset (official layout) and its test solution.
 fn dataset(d: &Path, train: &str, test: &str) -> (PathBuf, PathBuf) {
@@ -41,45 +37,6 @@ fn dataset(d: &Path, train: &str, test: &str) -> (PathBuf, PathBuf) {
     assert!(solution.is_file(), "no {}", solution.display());
     (data, solution)
 }
-
-/// `geolife pipeline` with the tiny preset at 2 epochs.
-fn pipeline(data: &Path, out: &Path, solution: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_geolife"));
-    c.args(["pipeline", "--config"])
-        .arg(configs().join("pipeline-tiny.toml"))
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .args(["--set", "train.epochs=2", "--test-solution"])
-        .arg(solution);
-    c
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run geolife");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    text
-}
-
-/// The files a finished pipeline must reproduce byte for byte.
-const RESULTS: [&str; 10] = [
-    "submission.csv",
-    "report.md",
-    "report.json",
-    "ensemble.toml",
-    "policy.toml",
-    "val_scores.safetensors",
-    "test_scores.safetensors",
-    "pipeline.toml",
-    "prior/val_scores.safetensors",
-    "prior/test_scores.safetensors",
-];
 
 /// The maps a pipeline with a test solution and a prior writes.
 const MAPS: [&str; 5] = [
@@ -139,7 +96,7 @@ fn tiny_pipeline_runs_end_to_end_and_resumes_byte_identically_after_sigkill() {
     let cache = d.join("cache");
     run_expect(&["prepare", s(&data), "--out", s(&cache)], 0);
     let tiny = |out: &Path| {
-        let mut c = pipeline(&data, out, &solution);
+        let mut c = tiny_pipeline(&data, out, &solution);
         c.arg("--cache").arg(&cache);
         c
     };
@@ -254,7 +211,7 @@ fn tiny_pipeline_runs_end_to_end_and_resumes_byte_identically_after_sigkill() {
         );
     }
     assert!(kills >= 1, "the pipeline was never interrupted");
-    for f in RESULTS {
+    for f in PIPELINE_RESULTS {
         let (a, b) = (
             std::fs::read(whole.join(f)).unwrap(),
             std::fs::read(parts.join(f)).unwrap(),
@@ -272,8 +229,8 @@ fn a_pipeline_folder_refuses_another_configuration() {
     let d = dir.path();
     let (data, solution) = dataset(d, "160", "16");
     let out = d.join("p");
-    run_ok(pipeline(&data, &out, &solution).args(["--set", "train.max_batches_per_epoch=1"]));
-    let o = pipeline(&data, &out, &solution)
+    run_ok(tiny_pipeline(&data, &out, &solution).args(["--set", "train.max_batches_per_epoch=1"]));
+    let o = tiny_pipeline(&data, &out, &solution)
         .args(["--set", "train.max_batches_per_epoch=2"])
         .output()
         .unwrap();
@@ -281,7 +238,7 @@ fn a_pipeline_folder_refuses_another_configuration() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("another configuration"), "{err}");
     // A typo in an override is refused by key, before any work.
-    let o = pipeline(&data, &d.join("q"), &solution)
+    let o = tiny_pipeline(&data, &d.join("q"), &solution)
         .args(["--set", "model.backbone=convnxt_tiny"])
         .output()
         .unwrap();
@@ -294,7 +251,7 @@ fn a_pipeline_folder_refuses_another_configuration() {
     assert!(!d.join("q").join("members").exists());
     // A packed cache keeps no presence-only records: the prior's PO source is refused, naming
     // what to do, before anything is written.
-    let o = pipeline(&out.join("cache"), &d.join("r"), &solution)
+    let o = tiny_pipeline(&out.join("cache"), &d.join("r"), &solution)
         .args(["--set", "train.max_batches_per_epoch=1"])
         .output()
         .unwrap();

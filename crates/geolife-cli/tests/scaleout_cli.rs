@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{run_expect, s};
+use common::{assert_same_results, run_expect, run_ok, s, tiny_pipeline};
 
 /// A small synthetic dataset (official layout), packed once; (data, cache, solution).
 fn dataset(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -39,53 +39,9 @@ fn dataset(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// configs/pipeline-tiny.toml at 2 epochs on the shared cache.
 fn pipeline(data: &Path, cache: &Path, solution: &Path, out: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_geolife"));
-    c.args(["pipeline", "--config"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/pipeline-tiny.toml"))
-        .arg("--data")
-        .arg(data)
-        .arg("--cache")
-        .arg(cache)
-        .arg("--out")
-        .arg(out)
-        .args(["--set", "train.epochs=2", "--test-solution"])
-        .arg(solution);
+    let mut c = tiny_pipeline(data, out, solution);
+    c.arg("--cache").arg(cache);
     c
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run geolife");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    text
-}
-
-/// The files a finished pipeline must reproduce byte for byte.
-const RESULTS: [&str; 10] = [
-    "submission.csv",
-    "report.md",
-    "report.json",
-    "ensemble.toml",
-    "policy.toml",
-    "val_scores.safetensors",
-    "test_scores.safetensors",
-    "pipeline.toml",
-    "prior/val_scores.safetensors",
-    "prior/test_scores.safetensors",
-];
-
-fn assert_same_results(a: &Path, b: &Path, what: &str) {
-    for f in RESULTS {
-        let (x, y) = (
-            std::fs::read(a.join(f)).unwrap(),
-            std::fs::read(b.join(f)).unwrap(),
-        );
-        assert!(x == y, "{f} differs: {what}");
-    }
 }
 
 fn alive(pid: u32) -> bool {

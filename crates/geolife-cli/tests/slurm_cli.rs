@@ -13,20 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{run_expect, s};
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?}: {text}");
-    text
-}
+use common::{configs, run_expect, run_ok, s};
 
 /// The node is up: `sinfo` answers and shows an idle or mixed node.
 fn require_slurm() {
@@ -55,7 +42,7 @@ fn pipeline(d: &Path, out: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_geolife"));
     c.current_dir(d)
         .args(["pipeline", "--config"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/pipeline-tiny.toml"))
+        .arg(configs().join("pipeline-tiny.toml"))
         .args(["--data", "data", "--cache", "cache", "--out"])
         .arg(out)
         .args([

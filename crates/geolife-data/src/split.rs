@@ -28,17 +28,7 @@ pub fn spatial_split(
     block_arcmin: f64,
     seed: u64,
 ) -> TrainValSplit {
-    let mut blocks: BTreeMap<(i64, i64), Vec<usize>> = BTreeMap::new();
-    for (i, &(lon, lat)) in coords.iter().enumerate() {
-        if lon.is_finite() && lat.is_finite() {
-            blocks
-                .entry(block_of(lon, lat, block_arcmin))
-                .or_default()
-                .push(i);
-        }
-    }
-    let mut keys: Vec<(i64, i64)> = blocks.keys().copied().collect();
-    keys.shuffle(&mut StdRng::seed_from_u64(seed));
+    let (blocks, keys, _) = shuffled_blocks(coords, block_arcmin, seed);
     let target = (fraction * coords.len() as f64).round() as usize;
     let mut in_val = vec![false; coords.len()];
     let mut count = 0;
@@ -52,6 +42,35 @@ pub fn spatial_split(
         }
     }
     partition(&in_val)
+}
+
+/// The surveys of each block, the blocks in a seeded random order, and the surveys with
+/// non-finite coordinates (no block).
+#[allow(clippy::type_complexity)]
+fn shuffled_blocks(
+    coords: &[(f64, f64)],
+    block_arcmin: f64,
+    seed: u64,
+) -> (
+    BTreeMap<(i64, i64), Vec<usize>>,
+    Vec<(i64, i64)>,
+    Vec<usize>,
+) {
+    let mut blocks: BTreeMap<(i64, i64), Vec<usize>> = BTreeMap::new();
+    let mut loose = Vec::new();
+    for (i, &(lon, lat)) in coords.iter().enumerate() {
+        if lon.is_finite() && lat.is_finite() {
+            blocks
+                .entry(block_of(lon, lat, block_arcmin))
+                .or_default()
+                .push(i);
+        } else {
+            loose.push(i);
+        }
+    }
+    let mut keys: Vec<(i64, i64)> = blocks.keys().copied().collect();
+    keys.shuffle(&mut StdRng::seed_from_u64(seed));
+    (blocks, keys, loose)
 }
 
 /// A seeded random permutation; the first `round(fraction * n)` surveys are validation.
@@ -74,20 +93,7 @@ pub fn random_split(n: usize, fraction: f64, seed: u64) -> TrainValSplit {
 /// block, are dealt to the folds in turn.
 pub fn spatial_folds(coords: &[(f64, f64)], k: usize, block_arcmin: f64, seed: u64) -> Vec<usize> {
     let k = k.max(1);
-    let mut blocks: BTreeMap<(i64, i64), Vec<usize>> = BTreeMap::new();
-    let mut loose = Vec::new();
-    for (i, &(lon, lat)) in coords.iter().enumerate() {
-        if lon.is_finite() && lat.is_finite() {
-            blocks
-                .entry(block_of(lon, lat, block_arcmin))
-                .or_default()
-                .push(i);
-        } else {
-            loose.push(i);
-        }
-    }
-    let mut keys: Vec<(i64, i64)> = blocks.keys().copied().collect();
-    keys.shuffle(&mut StdRng::seed_from_u64(seed));
+    let (blocks, keys, loose) = shuffled_blocks(coords, block_arcmin, seed);
     let mut fold = vec![0; coords.len()];
     let mut sizes = vec![0usize; k];
     for key in keys {

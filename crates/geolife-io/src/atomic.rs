@@ -20,10 +20,14 @@ fn temp_beside(path: &Path, suffix: &str) -> std::io::Result<NamedTempFile> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
-    tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(suffix)
-        .tempfile_in(dir)
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(suffix);
+    // A result file gets the mode `File::create` would give it (0666 less the umask), not the
+    // owner-only 0600 of a temporary file: run folders are shared on clusters.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder.tempfile_in(dir)
 }
 
 /// Writes what `fill` produces to `path` atomically.
@@ -72,6 +76,18 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_result_file_gets_the_mode_of_a_created_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (made, written) = (dir.path().join("made"), dir.path().join("written"));
+        std::fs::File::create(&made).unwrap();
+        write_bytes(&written, b"x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&written), mode(&made));
     }
 
     #[test]

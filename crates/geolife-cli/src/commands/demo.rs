@@ -118,44 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let solution = read_solution(&data.join(geolife_data::synth::layout::SOLUTION_CSV))?;
 
-    let mut variants: Vec<(&str, [bool; 4])> = vec![("fusion", [true; 4])];
-    if !args.fusion_only {
-        variants.extend([
-            ("tabular-only", [true, false, false, false]),
-            ("landsat-only", [false, true, false, false]),
-            ("bioclim-only", [false, false, true, false]),
-            ("sentinel-only", [false, false, false, true]),
-        ]);
-    }
-    let mut members: Vec<ResolvedMember> = variants
-        .into_iter()
-        .map(|(name, [tab, ls, bc, s2])| {
-            let mut config = TrainConfig::tiny();
-            config.train.epochs = args.epochs;
-            config.train.seed = args.seed;
-            config.model.use_tabular = tab;
-            config.model.use_landsat = ls;
-            config.model.use_bioclim = bc;
-            config.model.use_sentinel = s2;
-            ResolvedMember {
-                name: name.into(),
-                config,
-            }
-        })
-        .collect();
-    // Fusion with the location prior as a model input (the `tiny-prior.toml` recipe).
-    let mut config = TrainConfig::tiny();
-    config.train.epochs = args.epochs;
-    config.train.seed = args.seed;
-    config.location.input = PriorInput::Logit;
-    geolife_train::location::resolve_po_file(&mut config, &data);
-    members.insert(
-        1,
-        ResolvedMember {
-            name: FUSION_PRIOR_INPUT.into(),
-            config,
-        },
-    );
+    let members = demo_members(&args, &data);
     let takes_prior: Vec<String> = members
         .iter()
         .filter(|m| m.config.location.on())
@@ -189,6 +152,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         executor: Default::default(),
     })?;
 
+    Ok(print_and_judge(&report, &takes_prior, &dir, t0))
+}
+
+/// Prints the rows without and with location evidence, the maps and the verdicts; the exit code
+/// (module docs).
+fn print_and_judge(
+    report: &geolife_train::pipeline::Report,
+    takes_prior: &[String],
+    dir: &std::path::Path,
+    t0: Instant,
+) -> ExitCode {
     let (in_model, mut without): (Vec<&ReportRow>, Vec<&ReportRow>) = report
         .members
         .iter()
@@ -235,7 +209,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (fusion, best_other) = fusion_vs_best_other(&without);
     let (best_with, best_without) = best_with_vs_without(&with, &without);
     println!("report: {}", dir.join(outputs::REPORT_MD).display());
-    for map in map_paths(&dir) {
+    for map in map_paths(dir) {
         println!("map: {}", map.display());
     }
     println!("total {:.1}s", t0.elapsed().as_secs_f64());
@@ -268,13 +242,58 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             best_with.0, best_with.1, best_without.0, best_without.1
         );
     }
-    Ok(if !fusion_won {
+    if !fusion_won {
         ExitCode::from(EXIT_FUSION_LOST)
     } else if !location_won {
         ExitCode::from(EXIT_LOCATION_LOST)
     } else {
         ExitCode::SUCCESS
-    })
+    }
+}
+
+/// The demo's members: fusion, fusion with the location prior as a model input (the
+/// `tiny-prior.toml` recipe), then (unless `--fusion-only`) each single modality; the tiny
+/// recipe at the demo's epochs and seed.
+fn demo_members(args: &Args, data: &std::path::Path) -> Vec<ResolvedMember> {
+    let mut variants: Vec<(&str, [bool; 4])> = vec![("fusion", [true; 4])];
+    if !args.fusion_only {
+        variants.extend([
+            ("tabular-only", [true, false, false, false]),
+            ("landsat-only", [false, true, false, false]),
+            ("bioclim-only", [false, false, true, false]),
+            ("sentinel-only", [false, false, false, true]),
+        ]);
+    }
+    let mut members: Vec<ResolvedMember> = variants
+        .into_iter()
+        .map(|(name, [tab, ls, bc, s2])| {
+            let mut config = TrainConfig::tiny();
+            config.train.epochs = args.epochs;
+            config.train.seed = args.seed;
+            config.model.use_tabular = tab;
+            config.model.use_landsat = ls;
+            config.model.use_bioclim = bc;
+            config.model.use_sentinel = s2;
+            ResolvedMember {
+                name: name.into(),
+                config,
+            }
+        })
+        .collect();
+    // Fusion with the location prior as a model input (the `tiny-prior.toml` recipe).
+    let mut config = TrainConfig::tiny();
+    config.train.epochs = args.epochs;
+    config.train.seed = args.seed;
+    config.location.input = PriorInput::Logit;
+    geolife_train::location::resolve_po_file(&mut config, data);
+    members.insert(
+        1,
+        ResolvedMember {
+            name: FUSION_PRIOR_INPUT.into(),
+            config,
+        },
+    );
+    members
 }
 
 fn print_row(r: &ReportRow, what: Option<&str>) {

@@ -11,7 +11,7 @@ use geolife_metrics::read_solution;
 use geolife_train::Progress;
 use geolife_train::pipeline::{
     DeviceSlot, Executor, LocalJobs, PipelineConfig, PipelineOptions, SLURM_DIR, SlurmJobs,
-    outputs, parse_override, pipeline_status, report_markdown, run_member, run_pipeline,
+    map_paths, outputs, parse_override, pipeline_status, report_markdown, run_member, run_pipeline,
     submit_slurm,
 };
 
@@ -175,6 +175,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let report = run_pipeline(&opts)?;
     print!("\n{}", report_markdown(&report));
+    for map in map_paths(&args.out) {
+        println!("map: {}", map.display());
+    }
     println!(
         "submission: {}",
         args.out.join(outputs::SUBMISSION).display()

@@ -48,3 +48,62 @@ pub fn ok_json(args: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
+
+/// Runs a prepared command, asserts success, returns its stdout and stderr together.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?}: {text}");
+    text
+}
+
+/// The repository's `configs/` folder.
+pub fn configs() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+/// `geolife pipeline` with configs/pipeline-tiny.toml at 2 epochs into `out`, test F1 against
+/// `solution`.
+pub fn tiny_pipeline(data: &Path, out: &Path, solution: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_geolife"));
+    c.args(["pipeline", "--config"])
+        .arg(configs().join("pipeline-tiny.toml"))
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(["--set", "train.epochs=2", "--test-solution"])
+        .arg(solution);
+    c
+}
+
+/// The files a finished pipeline must reproduce byte for byte.
+pub const PIPELINE_RESULTS: [&str; 10] = [
+    "submission.csv",
+    "report.md",
+    "report.json",
+    "ensemble.toml",
+    "policy.toml",
+    "val_scores.safetensors",
+    "test_scores.safetensors",
+    "pipeline.toml",
+    "prior/val_scores.safetensors",
+    "prior/test_scores.safetensors",
+];
+
+/// Asserts that two pipeline folders hold the same [`PIPELINE_RESULTS`].
+pub fn assert_same_results(a: &Path, b: &Path, what: &str) {
+    for f in PIPELINE_RESULTS {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        assert!(x == y, "{f} differs: {what}");
+    }
+}
