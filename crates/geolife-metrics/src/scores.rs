@@ -401,29 +401,8 @@ impl ScoreFile {
         geolife_io::reproducible::sort_safetensors_header(&mut buffer);
         write_atomic(path, |w| w.write_all(&buffer))
     }
-
-    /// Reads a score file, sniffing its format: geolife safetensors, a Kaggle submission
-    /// (`surveyId,predictions`, ranked, no scores) or a malpolon `;`-separated top-N file
-    /// (`observation_id;...;predictions;probas`).
-    pub fn read(path: &Path) -> Result<ScoreFile, MetricsError> {
-        let bytes = std::fs::read(path).map_err(|e| MetricsError::io(path, e))?;
-        ScoreFile::from_bytes(path, &bytes)
-    }
-
-    /// [`ScoreFile::read`] on the bytes of a score file already in memory (`origin` only
-    /// names them in errors).
-    pub fn from_bytes(origin: &Path, bytes: &[u8]) -> Result<ScoreFile, MetricsError> {
-        let sf = if looks_like_safetensors(bytes) {
-            read_safetensors(origin, bytes)?
-        } else {
-            crate::text::read_text_scores(origin, bytes)?
-        };
-        sf.validate(origin)?;
-        Ok(sf)
-    }
 }
 
-/// Total order for `(column, score)` entries: higher score first, then lower column.
 pub(crate) fn cmp_entry(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
@@ -480,7 +459,7 @@ fn le_bytes_f32(x: &[f32]) -> Vec<u8> {
 }
 
 /// A safetensors file starts with a little-endian u64 header length followed by `{`.
-fn looks_like_safetensors(bytes: &[u8]) -> bool {
+pub(crate) fn looks_like_safetensors(bytes: &[u8]) -> bool {
     if bytes.len() < 9 {
         return false;
     }
@@ -490,7 +469,7 @@ fn looks_like_safetensors(bytes: &[u8]) -> bool {
     bytes[8] == b'{' && n >= 2 && n <= (bytes.len() - 8) as u64
 }
 
-fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<ScoreFile, MetricsError> {
+pub(crate) fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<ScoreFile, MetricsError> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(path, format!("{e}")))?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(path, format!("{e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();

@@ -1,12 +1,36 @@
-//! Text formats: the Kaggle submission / solution CSV (`surveyId,predictions`, species ids
-//! space-separated, ranked) and malpolon's `;`-separated top-N files with probabilities.
-//! Columns are found by header name; every bad row is an error naming file and line.
+//! Reading score files ([`ScoreFile::read`]: the format sniffed from the bytes, the binary
+//! one in `scores`), and the text formats: the Kaggle submission / solution CSV (`surveyId,
+//! predictions`, species ids space-separated, ranked) and malpolon's `;`-separated top-N files
+//! with probabilities. Columns are found by header name; every bad row is an error naming file
+//! and line. `scores` (the type and its binary format) does not depend on this module.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use crate::scores::{ScoreFile, Scores};
+use crate::scores::{ScoreFile, Scores, looks_like_safetensors, read_safetensors};
 use crate::{MetricsError, atomic::write_atomic};
+
+impl ScoreFile {
+    /// Reads a score file, sniffing its format: geolife safetensors, a Kaggle submission
+    /// (`surveyId,predictions`, ranked, no scores) or a malpolon `;`-separated top-N file
+    /// (`observation_id;...;predictions;probas`).
+    pub fn read(path: &Path) -> Result<ScoreFile, MetricsError> {
+        let bytes = std::fs::read(path).map_err(|e| MetricsError::io(path, e))?;
+        ScoreFile::from_bytes(path, &bytes)
+    }
+
+    /// [`ScoreFile::read`] on the bytes of a score file already in memory (`origin` only
+    /// names them in errors).
+    pub fn from_bytes(origin: &Path, bytes: &[u8]) -> Result<ScoreFile, MetricsError> {
+        let sf = if looks_like_safetensors(bytes) {
+            read_safetensors(origin, bytes)?
+        } else {
+            read_text_scores(origin, bytes)?
+        };
+        sf.validate(origin)?;
+        Ok(sf)
+    }
+}
 
 /// Ground truth: the species present in each survey (sorted, de-duplicated).
 #[derive(Debug, Clone, PartialEq)]
