@@ -1,41 +1,18 @@
 //! Issue 23 on one machine: `geolife pipeline --jobs 2` trains the members in two child
 //! processes and writes the same bytes as the sequential run (the cores are divided between
 //! the children, so this also checks that the CPU kernels give the same bits on any thread
-//! count); SIGTERM to the parent stops the children at a checkpoint (exit 143) and the same
-//! command continues to the same bytes. k-fold members (`validation.folds`): every fold's run,
+//! count); Ctrl-C (SIGINT to the parent's process group) stops the children at a checkpoint
+//! (exit 130) and the same command continues to the same bytes. k-fold members (`validation.folds`): every fold's run,
 //! out-of-fold validation scores over every train survey, test scores the mean of the folds'.
 #![cfg(all(feature = "dl", unix))]
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same_results, run_expect, run_ok, s, tiny_pipeline};
-
-/// A small synthetic dataset (official layout), packed once; (data, cache, solution).
-fn dataset(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let data = d.join("data");
-    run_expect(
-        &[
-            "synth",
-            "--surveys",
-            "300",
-            "--test-surveys",
-            "40",
-            "--species",
-            "25",
-            "--out",
-            s(&data),
-        ],
-        0,
-    );
-    let cache = d.join("cache");
-    run_expect(&["prepare", s(&data), "--out", s(&cache)], 0);
-    let solution = data.join("GLC24_SOLUTION_FILE.csv");
-    (data, cache, solution)
-}
+use common::{assert_same_results, run_ok, small_packed_dataset, tiny_pipeline};
 
 /// configs/pipeline-tiny.toml at 2 epochs on the shared cache.
 fn pipeline(data: &Path, cache: &Path, solution: &Path, out: &Path) -> Command {
@@ -54,7 +31,7 @@ fn alive(pid: u32) -> bool {
 fn two_jobs_equal_the_sequential_run_and_sigterm_resumes_them() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (data, cache, solution) = dataset(d);
+    let (data, cache, solution) = small_packed_dataset(d);
     let seq = d.join("seq");
     run_ok(&mut pipeline(&data, &cache, &solution, &seq));
 
@@ -72,11 +49,15 @@ fn two_jobs_equal_the_sequential_run_and_sigterm_resumes_them() {
     }
     assert_same_results(&seq, &par, "--jobs 2 against the sequential run");
 
-    // SIGTERM to the parent once both children train: each writes its checkpoint and exits,
-    // the parent exits 143; the same command then finishes with the same bytes.
+    // Ctrl-C once both children train: SIGINT to the parent's whole process group, as a
+    // terminal sends it. The children, in their own groups, get it once (from the parent), so
+    // each writes its checkpoint and exits; the parent exits 130; the same command then
+    // finishes with the same bytes.
     let termed = d.join("termed");
+    use std::os::unix::process::CommandExt;
     let mut child = pipeline(&data, &cache, &solution, &termed)
         .args(["--jobs", "2"])
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -97,15 +78,15 @@ fn two_jobs_equal_the_sequential_run_and_sigterm_resumes_them() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    run_ok(Command::new("kill").args(["-INT", "--", &format!("-{}", child.id())]));
     let out = child.wait_with_output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.status.code(), Some(143), "{text}");
-    assert!(text.contains("stopped by SIGTERM"), "{text}");
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(text.contains("stopped by SIGINT"), "{text}");
     // The children are gone, each after writing its checkpoint (or finishing its member).
     let pids: Vec<u32> = text
         .match_indices("started (pid ")
@@ -118,20 +99,20 @@ fn two_jobs_equal_the_sequential_run_and_sigterm_resumes_them() {
         .collect();
     assert_eq!(pids.len(), 2, "{text}");
     for pid in pids {
-        assert!(
-            !alive(pid),
-            "child {pid} still runs after the parent's SIGTERM"
-        );
+        assert!(!alive(pid), "child {pid} still runs after Ctrl-C");
     }
+    // Each child stopped at an optimiser step with a checkpoint (a second SIGINT would have
+    // ended it before), or had finished.
     for m in ["tiny-convnext", "tiny-resnet"] {
         let dir = termed.join("members").join(m);
+        let log = std::fs::read_to_string(dir.join("train.log")).unwrap_or_default();
         assert!(
-            dir.join("last.ckpt").is_file() || dir.join("member.json").is_file(),
-            "{m}: neither a checkpoint nor done after SIGTERM"
+            log.contains("stopped by SIGINT at epoch") || dir.join("member.json").is_file(),
+            "{m}: no checkpoint at Ctrl-C: {log}"
         );
     }
     run_ok(pipeline(&data, &cache, &solution, &termed).args(["--jobs", "2"]));
-    assert_same_results(&seq, &termed, "SIGTERM to --jobs 2, then the same command");
+    assert_same_results(&seq, &termed, "Ctrl-C to --jobs 2, then the same command");
 }
 
 /// A dense score file's `(survey ids, scores)`.
@@ -157,7 +138,7 @@ fn dense(path: &Path) -> (Vec<u64>, Vec<f32>) {
 fn k_fold_members_score_every_train_survey_out_of_fold() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (data, cache, solution) = dataset(d);
+    let (data, cache, solution) = small_packed_dataset(d);
     let out = d.join("kfold");
     let log = run_ok(pipeline(&data, &cache, &solution, &out).args([
         "--set",

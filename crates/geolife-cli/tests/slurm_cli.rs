@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{configs, run_expect, run_ok, s};
+use common::{assert_same_results, configs, run_ok, small_packed_dataset};
 
 /// The node is up: `sinfo` answers and shows an idle or mixed node.
 fn require_slurm() {
@@ -90,24 +90,7 @@ fn slurm_executor_matches_the_local_run_and_a_requeued_task_resumes() {
     require_slurm();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    run_expect(
-        &[
-            "synth",
-            "--surveys",
-            "300",
-            "--test-surveys",
-            "40",
-            "--species",
-            "25",
-            "--out",
-            s(&d.join("data")),
-        ],
-        0,
-    );
-    run_expect(
-        &["prepare", s(&d.join("data")), "--out", s(&d.join("cache"))],
-        0,
-    );
+    small_packed_dataset(d);
     let local = d.join("local");
     run_ok(&mut pipeline(d, &local));
 
@@ -177,21 +160,7 @@ fn slurm_executor_matches_the_local_run_and_a_requeued_task_resumes() {
         "no report: {}",
         std::fs::read_to_string(out.join("slurm/final.log")).unwrap_or_default()
     );
-    for f in [
-        "submission.csv",
-        "report.md",
-        "report.json",
-        "ensemble.toml",
-        "policy.toml",
-        "val_scores.safetensors",
-        "test_scores.safetensors",
-    ] {
-        let (a, b) = (
-            std::fs::read(local.join(f)).unwrap(),
-            std::fs::read(out.join(f)).unwrap(),
-        );
-        assert!(a == b, "{f} differs between the local and the Slurm run");
-    }
+    assert_same_results(&local, &out, "the Slurm run against the local run");
     let status = run_ok(
         Command::new(env!("CARGO_BIN_EXE_geolife"))
             .current_dir(d)

@@ -80,7 +80,7 @@ impl PriorSource {
         };
         PoRecords::read(path, tick)
             .map(Some)
-            .map_err(|e| po_file_err(format!("{}: {e}", path.display())))
+            .map_err(|e| po_file_err(geolife_io::error_text(&e)))
     }
 }
 

@@ -108,11 +108,8 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
                 .into(),
         });
     }
-    let fc =
-        geolife_model::checkpoint::read_config(&weights).map_err(|e| TrainError::Checkpoint {
-            path: weights.clone(),
-            message: e.to_string(),
-        })?;
+    // Model errors name the file; `?` keeps their cause for the chain.
+    let fc = geolife_model::checkpoint::read_config(&weights)?;
     let recorded = read_recorded(&weights)?;
     let tabular_columns = match fc.use_tabular {
         true => tabular_columns(
@@ -154,13 +151,7 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
         )));
     }
     let device = make_device(opts.device.unwrap_or(cfg.train.device))?;
-    let (model, _) =
-        geolife_model::checkpoint::load_safetensors(&fc, &weights, &device).map_err(|e| {
-            TrainError::Checkpoint {
-                path: weights.clone(),
-                message: e.to_string(),
-            }
-        })?;
+    let (model, _) = geolife_model::checkpoint::load_safetensors(&fc, &weights, &device)?;
     let model = model.valid();
     let prior = match fc.prior_input {
         geolife_model::fusion::PriorInput::Off => None,
@@ -264,10 +255,7 @@ fn tabular_columns(
 
 /// What the checkpoint at `path` records about its inputs; the error names the file.
 fn read_recorded(path: &Path) -> Result<geolife_model::checkpoint::RecordedInputs, TrainError> {
-    geolife_model::checkpoint::RecordedInputs::read(path).map_err(|e| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    Ok(geolife_model::checkpoint::RecordedInputs::read(path)?)
 }
 
 fn model_name(run: Option<&Path>, weights: &Path) -> String {

@@ -66,7 +66,7 @@ pub struct Args {
 const PIPELINE_DIR: &str = "pipeline";
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    super::stop_on_signals()?;
+    super::stop_on_signals(true)?;
     let t0 = Instant::now();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

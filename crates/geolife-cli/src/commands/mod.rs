@@ -26,16 +26,21 @@ pub mod predict;
 pub mod train;
 
 /// SIGTERM and SIGINT ask training to stop at its next optimiser step, after writing
-/// `last.ckpt` ([`geolife_train::interrupt`]); the process then exits with 128 + the signal. A
-/// second signal ends it at once. For the commands that train (`train`, `pipeline`, `demo`).
+/// `last.ckpt` ([`geolife_train::interrupt`]); the process then exits with 128 + the signal.
+/// With `second_ends_at_once` a second signal ends it at once (a user pressing Ctrl-C twice);
+/// a member's process of `pipeline --jobs` or a Slurm task does not take it, as it may get the
+/// same stop twice (from its parent and from the terminal or Slurm) and must still checkpoint.
+/// For the commands that train (`train`, `pipeline`, `demo`).
 #[cfg(feature = "dl")]
-pub fn stop_on_signals() -> anyhow::Result<()> {
+pub fn stop_on_signals(second_ends_at_once: bool) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     use signal_hook::flag;
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for signal in [SIGTERM, SIGINT] {
-        // Runs first: a no-op until `seen` is set by an earlier signal.
-        flag::register_conditional_shutdown(signal, 128 + signal, seen.clone())?;
+        if second_ends_at_once {
+            // Runs first: a no-op until `seen` is set by an earlier signal.
+            flag::register_conditional_shutdown(signal, 128 + signal, seen.clone())?;
+        }
         flag::register(signal, seen.clone())?;
         flag::register_usize(signal, geolife_train::interrupt::flag(), signal as usize)?;
     }

@@ -82,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.executor == "slurm" && (args.jobs > 1 || args.member.is_some()) {
         anyhow::bail!("--executor slurm runs each member as its own job: drop --jobs and --member");
     }
-    super::stop_on_signals()?;
+    super::stop_on_signals(args.member.is_none())?;
     let (config, data) = (
         args.config.clone().context("--config is required")?,
         args.data.clone().context("--data is required")?,

@@ -37,7 +37,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    super::stop_on_signals()?;
+    super::stop_on_signals(true)?;
     let out = match (&args.out, &args.config) {
         (Some(o), _) => o.clone(),
         (None, Some(c)) => PathBuf::from("runs").join(

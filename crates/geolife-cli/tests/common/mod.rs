@@ -107,3 +107,29 @@ pub fn assert_same_results(a: &Path, b: &Path, what: &str) {
         assert!(x == y, "{f} differs: {what}");
     }
 }
+
+/// A small synthetic dataset in `d/data` (official layout: 300 train / 40 test surveys, 25
+/// species), packed once into `d/cache`; (data, cache, test solution).
+pub fn small_packed_dataset(
+    d: &Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let data = d.join("data");
+    run_expect(
+        &[
+            "synth",
+            "--surveys",
+            "300",
+            "--test-surveys",
+            "40",
+            "--species",
+            "25",
+            "--out",
+            s(&data),
+        ],
+        0,
+    );
+    let cache = d.join("cache");
+    run_expect(&["prepare", s(&data), "--out", s(&cache)], 0);
+    let solution = data.join("GLC24_SOLUTION_FILE.csv");
+    (data, cache, solution)
+}

@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
-use geolife_metrics::{FitTarget, FittedWeights, ScoreFile, Solution, blend, fit_weights};
+use geolife_metrics::{
+    FitTarget, FittedWeights, RankTable, ScoreFile, Solution, best_k, blend, fit_weights,
+};
 
 use super::members::MemberScores;
-use super::report::best_k_f1;
 use super::{EnsembleSpec, ResolvedPipeline, outputs};
 use crate::error::TrainError;
 use crate::trainer::files;
@@ -21,6 +22,17 @@ pub struct Blend {
     pub fitted: bool,
     pub val: ScoreFile,
     pub test: ScoreFile,
+}
+
+/// The rank table of a score file's labelled rows.
+pub(super) fn table_of(scores: &ScoreFile, labels: &Solution, depth: usize) -> RankTable {
+    let al = labels.align(&scores.survey_ids);
+    RankTable::new(scores, &al.truth, depth)
+}
+
+/// (best K, its F1) on validation.
+pub(super) fn best_k_f1(scores: &ScoreFile, labels: &Solution, max_k: usize) -> (usize, f64) {
+    best_k(&table_of(scores, labels, max_k).f1_at_k_curve(max_k))
 }
 
 /// Blends `val` and `test` (one file per member, in the same order) with `spec`'s fixed

@@ -7,25 +7,13 @@ use geolife_data::Split;
 use geolife_data::cache::PackedSplit;
 use geolife_metrics::{ScoreFile, Scores, Solution};
 use geolife_prior::{CachedSurveys, PriorSource};
-use serde::{Deserialize, Serialize};
 
 use super::blend::fit_blend;
 use super::members::MemberScores;
 use super::prior::prior_scores;
-use super::report::{ReportRow, RowEvaluator};
+use super::report::{Comparison, RowEvaluator};
 use super::{PipelineOptions, outputs};
 use crate::error::TrainError;
-
-/// A comparison row and what it is.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Comparison {
-    #[serde(flatten)]
-    pub row: ReportRow,
-    /// What the row is, in words.
-    pub what: String,
-    /// Whether the row uses location evidence (a prior source).
-    pub location: bool,
-}
 
 /// The comparison rows, in the order the report lists them. `scores` holds the prior's files
 /// last when there is a prior; `source` is the prior's resolved source.

@@ -6,10 +6,12 @@
 //! folder, so the blend, policy, submission and report that follow are the same bytes. Its
 //! output goes to `members/<name>/member.log`; the parent shows one line per member.
 //!
-//! A child that fails does not stop the others; the parent reports every failure with the end
-//! of its log once the rest are done. SIGTERM or SIGINT to the parent is passed on: every child
-//! writes its checkpoint and exits, and the same command continues each member where it
-//! stopped. A child also gets SIGTERM when the parent dies (Linux: `PR_SET_PDEATHSIG`).
+//! A child that fails (or cannot be started) does not stop the others; the parent reports every
+//! failure with the end of its log once the rest are done. The children are in their own
+//! process group, so a terminal's Ctrl-C reaches only the parent, which passes SIGTERM or SIGINT
+//! on once: every child writes its checkpoint and exits, and the same command continues each
+//! member where it stopped. A child also gets SIGTERM when the parent dies (Linux:
+//! `PR_SET_PDEATHSIG`).
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
@@ -128,7 +130,17 @@ pub(super) fn train_members_local(
         }
         while let (Some(&unit), Some(slot)) = (waiting.front(), free.pop()) {
             waiting.pop_front();
-            let r = spawn(opts, jobs, unit, slot, threads)?;
+            let r = match spawn(opts, jobs, unit, slot, threads) {
+                Ok(r) => r,
+                Err(e) => {
+                    failed.push(format!(
+                        "cannot start a run: {}",
+                        geolife_io::error_text(&e)
+                    ));
+                    free.push(slot);
+                    continue;
+                }
+            };
             let bar = bars.as_ref().map(|b| {
                 let bar = b.add(indicatif::ProgressBar::new_spinner());
                 bar.set_prefix(r.name.clone());
@@ -157,31 +169,38 @@ pub(super) fn train_members_local(
                 }
                 r.last_line = line;
             }
-            let status = r.child.try_wait().map_err(|source| TrainError::Io {
-                path: jobs.program.clone(),
-                source,
-            })?;
-            let Some(status) = status else {
-                i += 1;
-                continue;
+            let status = match r.child.try_wait() {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => {
+                    i += 1;
+                    continue;
+                }
+                Err(e) => Err(e),
             };
             let (r, bar) = running.swap_remove(i);
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
             free.push(r.slot);
-            if status.success() {
-                tracing::info!(target: crate::PROGRESS, "`{name}`: done");
-            } else if forwarded.is_none() {
-                failed.push(format!(
-                    "`{name}` failed ({status}); the end of {}:\n{}",
+            match status {
+                Ok(s) if s.success() => {
+                    tracing::info!(target: crate::PROGRESS, "`{name}`: done");
+                }
+                // Stopped by the signal passed on: it checkpointed, not a failure.
+                Ok(_) if forwarded.is_some() => {}
+                Ok(s) => failed.push(format!(
+                    "`{name}` failed ({s}); the end of {}:\n{}",
                     r.log.display(),
                     tail(&r.log, 10)
-                ));
+                )),
+                Err(e) => failed.push(format!("`{name}`: cannot wait for its process: {e}")),
             }
         }
     }
     if let Some(signal) = forwarded {
+        for f in &failed {
+            tracing::warn!("{f}");
+        }
         return Err(TrainError::Interrupted {
             signal,
             run: opts.out.join(outputs::MEMBERS),
@@ -238,14 +257,16 @@ fn spawn(
         .stdout(file.try_clone().map_err(io(&log))?)
         .stderr(file);
     let device = jobs.devices.get(slot % jobs.devices.len().max(1)).copied();
+    // A member trains on its own `train.device`: a GPU slot picks which GPU for a wgpu member;
+    // a CPU member gets its share of the cores whatever the slot.
     match (device, m.config.train.device) {
-        (Some(DeviceSlot::Gpu(i)), _) => {
-            cmd.env("CUBECL_WGPU_DEFAULT_DEVICE", format!("DiscreteGpu({i})"));
-        }
-        (_, DeviceKind::Flex) | (Some(DeviceSlot::Cpu), _) => {
+        (_, DeviceKind::Flex) => {
             cmd.env("RAYON_NUM_THREADS", threads.to_string());
         }
-        _ => {}
+        (Some(DeviceSlot::Gpu(i)), DeviceKind::Wgpu) => {
+            cmd.env("CUBECL_WGPU_DEFAULT_DEVICE", format!("DiscreteGpu({i})"));
+        }
+        (_, DeviceKind::Wgpu) => {}
     }
     die_with_parent(&mut cmd);
     let child = cmd.spawn().map_err(io(&jobs.program))?;
@@ -275,11 +296,20 @@ fn die_with_parent(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // Its own process group: a terminal's Ctrl-C reaches the parent only, which passes it
+        // on once (a second SIGINT would end the child before its checkpoint).
+        cmd.process_group(0);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and
+        // exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before prctl: no signal will come, so do not start.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the parent process has exited"));
                 }
                 Ok(())
             });

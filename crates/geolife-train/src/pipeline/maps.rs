@@ -187,7 +187,7 @@ fn draw(job: &Job, path: &Path, dir: &Path, cache: &Path) -> Result<(), String> 
     match job {
         Job::Map { request, title } => render(request, path, &options(title))
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(|e| geolife_io::error_text(&e)),
         Job::Split { run, title } => {
             let source = dir.join(SPLIT_SOURCE);
             let drawn = split_source(run, cache, &source).and_then(|()| {
@@ -199,7 +199,7 @@ fn draw(job: &Job, path: &Path, dir: &Path, cache: &Path) -> Result<(), String> 
                     &options(title),
                 )
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| geolife_io::error_text(&e))
             });
             let _ = std::fs::remove_dir_all(&source);
             drawn

@@ -246,7 +246,7 @@ pub(super) fn train_unit(opts: &PipelineOptions, u: Unit) -> Result<MemberRecord
 }
 
 /// Every blend member's validation and test scores, in order (the trained members, then the
-/// prior's once [`super::prior::add_prior_member`] has run), and the validation survey ids.
+/// prior's once `prior::add_prior_member` has run), and the validation survey ids.
 pub(super) struct MemberScores {
     pub val: Vec<ScoreFile>,
     pub test: Vec<ScoreFile>,

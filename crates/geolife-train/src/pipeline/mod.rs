@@ -29,7 +29,6 @@ use std::time::Instant;
 use geolife_metrics::{FitInfo, PolicyFile, Solution, write_submission};
 
 pub use blend::Blend;
-pub use compare::Comparison;
 pub use config::{
     EnsembleSpec, MemberSpec, PipelineConfig, PolicySpec, PredictSpec, PriorSpec, ReportSpec,
     ResolvedMember, ResolvedPipeline, parse_override,
@@ -38,6 +37,7 @@ pub use local::{DeviceSlot, LocalJobs};
 pub use maps::{MAP_FILES, MAPS, map_paths};
 pub use members::{FoldRecord, MemberRecord};
 pub use prior::PriorRecord;
+pub use report::Comparison;
 pub use report::{FoldRow, Report, ReportRow, report_markdown};
 pub use slurm::{
     RunStatus, SLURM_DIR, SlurmJobs, SlurmState, Submission, pipeline_status, submit_slurm,

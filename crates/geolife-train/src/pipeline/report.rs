@@ -5,12 +5,11 @@
 use std::path::Path;
 
 use geolife_metrics::{
-    FitOptions, PolicyKind, RankTable, ScoreFile, Solution, best_k, calibrate_all, samples_f1,
+    FitOptions, PolicyKind, ScoreFile, Solution, best_k, calibrate_all, samples_f1,
 };
 use serde::{Deserialize, Serialize};
 
-use super::blend::Blend;
-use super::compare::Comparison;
+use super::blend::{Blend, table_of};
 use super::members::{FoldRecord, MemberRecord, MemberScores};
 use super::{PipelineOptions, PolicySpec, outputs};
 use crate::error::TrainError;
@@ -60,23 +59,23 @@ pub struct Report {
     pub n_test_surveys: usize,
 }
 
+/// A comparison row (`[report] comparisons`, built by `compare`) and what it is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Comparison {
+    #[serde(flatten)]
+    pub row: ReportRow,
+    /// What the row is, in words.
+    pub what: String,
+    /// Whether the row uses location evidence (a prior source).
+    pub location: bool,
+}
+
 /// One fold of a k-fold member in the report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FoldRow {
     pub member: String,
     #[serde(flatten)]
     pub fold: FoldRecord,
-}
-
-/// The rank table of a score file's labelled rows.
-fn table_of(scores: &ScoreFile, labels: &Solution, depth: usize) -> RankTable {
-    let al = labels.align(&scores.survey_ids);
-    RankTable::new(scores, &al.truth, depth)
-}
-
-/// (best K, its F1) on validation.
-pub(super) fn best_k_f1(scores: &ScoreFile, labels: &Solution, max_k: usize) -> (usize, f64) {
-    best_k(&table_of(scores, labels, max_k).f1_at_k_curve(max_k))
 }
 
 /// Evaluates score-file pairs into report rows with the pipeline's policy settings, against

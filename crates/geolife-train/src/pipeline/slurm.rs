@@ -83,23 +83,18 @@ pub fn submit_slurm(opts: &PipelineOptions, jobs: &SlurmJobs) -> Result<Submissi
         SlurmState::default()
     };
     let queue = squeue()?;
-    let queued = |job: &str| {
-        queue
-            .iter()
-            .any(|(id, _)| id == job || id.starts_with(&format!("{job}_")))
-    };
-    // Runs queued or running already, by name, from earlier submissions.
+    // Runs queued or running already, by name, from earlier submissions, and their tasks: the
+    // final job waits for those tasks (not their whole arrays, where a task that failed or
+    // timed out would keep `afterok` from ever being satisfied).
     let mut in_queue: Vec<String> = Vec::new();
-    let mut live_arrays: Vec<String> = Vec::new();
+    let mut live: Vec<String> = Vec::new();
     for s in &state.submissions {
         let Some(array) = &s.array_job else { continue };
         for (i, t) in s.tasks.iter().enumerate() {
             let id = format!("{array}_{i}");
             if queue.iter().any(|(q, _)| *q == id) {
                 in_queue.push(t.clone());
-                if !live_arrays.contains(array) {
-                    live_arrays.push(array.clone());
-                }
+                live.push(id);
             }
         }
     }
@@ -128,15 +123,18 @@ pub fn submit_slurm(opts: &PipelineOptions, jobs: &SlurmJobs) -> Result<Submissi
             ),
         ];
         let id = sbatch(&ours, &jobs.sbatch_args, &script)?;
-        live_arrays.push(id.clone());
+        live.push(id.clone());
+        // Recorded at once: if the final job's submission fails, a rerun still knows these
+        // runs are queued and does not submit them twice.
+        state.submissions.push(Submission {
+            array_job: Some(id.clone()),
+            tasks: todo.iter().map(|&u| unit_name(p, u)).collect(),
+            final_job: String::new(),
+        });
+        write_json(&state_path, &state)?;
+        state.submissions.pop();
         Some(id)
     };
-    // One final job: an older one still waiting is replaced by one that waits for every array.
-    for s in &state.submissions {
-        if queued(&s.final_job) {
-            let _ = Command::new("scancel").arg(&s.final_job).status();
-        }
-    }
     let script = dir.join(format!("final-{n}.sbatch"));
     write_script(&script, &final_script(opts, jobs))?;
     let mut ours = vec![
@@ -146,10 +144,20 @@ pub fn submit_slurm(opts: &PipelineOptions, jobs: &SlurmJobs) -> Result<Submissi
         format!("--chdir={}", jobs.cwd.display()),
         format!("--output={}", dir.join(format!("final-{n}.out")).display()),
     ];
-    if !live_arrays.is_empty() {
-        ours.push(format!("--dependency=afterok:{}", live_arrays.join(":")));
+    if !live.is_empty() {
+        ours.push(format!("--dependency=afterok:{}", live.join(":")));
     }
     let final_job = sbatch(&ours, &jobs.sbatch_args, &script)?;
+    // One final job: an older one still waiting is replaced by the new one (one that already
+    // runs is left to finish).
+    for s in &state.submissions {
+        let pending = queue
+            .iter()
+            .any(|(id, st)| !s.final_job.is_empty() && *id == s.final_job && st == "PENDING");
+        if pending {
+            let _ = Command::new("scancel").arg(&s.final_job).status();
+        }
+    }
     let submission = Submission {
         array_job,
         tasks: todo.iter().map(|&u| unit_name(p, u)).collect(),
@@ -363,12 +371,16 @@ pub fn pipeline_status(out: &Path) -> Result<(Vec<RunStatus>, String), TrainErro
                     "RUNNING" | "COMPLETING" => ("running", progress),
                     _ => ("waiting", format!("{} ({progress})", q.to_lowercase())),
                 }
-            } else if job.is_some() {
+            } else if let Some(job) = &job {
+                // Its task left the queue unfinished: an error, a time limit or a cancel.
                 let log = dir.join(outputs::MEMBER_LOG);
-                (
-                    "failed",
-                    format!("end of {}:\n{}", log.display(), log_tail(&log, 5)),
-                )
+                let end = format!("end of {}:\n{}", log.display(), log_tail(&log, 5));
+                if dir.join(files::LAST).is_file() {
+                    let what = format!("{progress}, a checkpoint to resume from; job {job} left");
+                    ("stopped", format!("{what} the queue unfinished; {end}"))
+                } else {
+                    ("failed", format!("job {job}; {end}"))
+                }
             } else if dir.join(files::LAST).is_file() {
                 (
                     "stopped",
