@@ -5,22 +5,15 @@
 //! 143, and the resumed run ends at the same place too.
 #![cfg(all(feature = "dl", unix))]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use common::{run_ok, wait_while_running};
 
 fn geolife() -> Command {
     Command::new(env!("CARGO_BIN_EXE_geolife"))
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().expect("run geolife");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// metrics.csv without its last column (the epoch's wall-clock seconds).
@@ -100,18 +93,9 @@ fn sigkill_mid_epoch_then_resume_equals_uninterrupted() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !parts.join("last.ckpt").exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before its first checkpoint"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "no checkpoint after 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_while_running(&mut child, "its first checkpoint", || {
+        parts.join("last.ckpt").exists()
+    });
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
@@ -138,19 +122,10 @@ fn sigkill_mid_epoch_then_resume_equals_uninterrupted() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
     let log = termed.join("train.log");
-    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("epoch 1/2 batch")) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it logged a batch"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "no batch after 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_while_running(&mut child, "a logged batch", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("epoch 1/2 batch"))
+    });
     run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

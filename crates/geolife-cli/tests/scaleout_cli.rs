@@ -10,9 +10,10 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{assert_same_results, run_ok, small_packed_dataset, tiny_pipeline};
+use common::{
+    assert_same_results, run_ok, small_packed_dataset, tiny_pipeline, wait_while_running,
+};
 
 /// configs/pipeline-tiny.toml at 2 epochs on the shared cache.
 fn pipeline(data: &Path, cache: &Path, solution: &Path, out: &Path) -> Command {
@@ -28,7 +29,7 @@ fn alive(pid: u32) -> bool {
 }
 
 #[test]
-fn two_jobs_equal_the_sequential_run_and_sigterm_resumes_them() {
+fn two_jobs_equal_the_sequential_run_and_ctrl_c_resumes_them() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (data, cache, solution) = small_packed_dataset(d);
@@ -62,22 +63,13 @@ fn two_jobs_equal_the_sequential_run_and_sigterm_resumes_them() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
     let training = |m: &str| {
         std::fs::read_to_string(termed.join(format!("members/{m}/member.log")))
             .is_ok_and(|t| t.contains("epoch 1/2 batch"))
     };
-    while !(training("tiny-convnext") && training("tiny-resnet")) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the pipeline ended before both trained"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no training after 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_while_running(&mut child, "both children trained", || {
+        training("tiny-convnext") && training("tiny-resnet")
+    });
     run_ok(Command::new("kill").args(["-INT", "--", &format!("-{}", child.id())]));
     let out = child.wait_with_output().unwrap();
     let text = format!(

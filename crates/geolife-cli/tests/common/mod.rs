@@ -133,3 +133,24 @@ pub fn small_packed_dataset(
     let solution = data.join("GLC24_SOLUTION_FILE.csv");
     (data, cache, solution)
 }
+
+/// Polls (every 2 ms, for at most 300 s) until `ready`, asserting that `child` still runs:
+/// the moment to interrupt a run under test.
+pub fn wait_while_running(
+    child: &mut std::process::Child,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) {
+    let start = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the process ended before {what}"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(300),
+            "no {what} after 300 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::members::{MemberRecord, Unit, member_dir, member_units, unit_dir};
+use super::members::{MemberRecord, Unit, member_dir, member_units, pending_units, unit_dir};
 use super::{PipelineOptions, outputs};
 use crate::config::DeviceKind;
 use crate::error::TrainError;
@@ -93,12 +93,7 @@ pub(super) fn train_members_local(
     let p = &opts.pipeline;
     let n = p.members.len();
     // Every run not done: a member's, or each fold's of a k-fold member.
-    let done = |dir: PathBuf| dir.join(outputs::MEMBER_DONE).is_file();
-    let mut waiting: std::collections::VecDeque<Unit> = (0..n)
-        .filter(|&i| !done(member_dir(&opts.out, &p.members[i])))
-        .flat_map(|i| member_units(p, i))
-        .filter(|u| !done(unit_dir(&opts.out, &p.members[u.member], u.fold)))
-        .collect();
+    let mut waiting: std::collections::VecDeque<Unit> = pending_units(&opts.out, p).into();
     let width = jobs.jobs.max(1).min(waiting.len().max(1));
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let threads = (cores / width).max(1);
@@ -233,10 +228,7 @@ fn spawn(
 ) -> Result<Running, TrainError> {
     let m = &opts.pipeline.members[unit.member];
     let dir = unit_dir(&opts.out, m, unit.fold);
-    let name = match unit.fold {
-        Some(f) => format!("{} fold {f}", m.name),
-        None => m.name.clone(),
-    };
+    let name = unit.name(&opts.pipeline);
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| TrainError::Io { path, source }
@@ -336,7 +328,7 @@ fn last_line(path: &Path) -> Option<String> {
 }
 
 /// The last `n` non-empty lines of a log (from its final 16 KiB).
-fn tail(path: &Path, n: usize) -> String {
+pub(super) fn tail(path: &Path, n: usize) -> String {
     let Ok(mut f) = std::fs::File::open(path) else {
         return String::new();
     };

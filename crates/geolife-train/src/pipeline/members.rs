@@ -53,6 +53,31 @@ pub(super) struct Unit {
     pub fold: Option<usize>,
 }
 
+impl Unit {
+    /// `NAME` or `NAME fold I`: how logs, the status and the Slurm records name a run.
+    pub fn name(self, p: &ResolvedPipeline) -> String {
+        match self.fold {
+            Some(f) => format!("{} fold {f}", p.members[self.member].name),
+            None => p.members[self.member].name.clone(),
+        }
+    }
+}
+
+/// Whether a member's or a run's folder holds its `member.json` (it is done).
+pub(super) fn is_done(dir: &Path) -> bool {
+    dir.join(outputs::MEMBER_DONE).is_file()
+}
+
+/// Every run of the pipeline in `out` that is not done, in order (none of a member that is
+/// done as a whole): what `--jobs` and the Slurm executor have left to run.
+pub(super) fn pending_units(out: &Path, p: &ResolvedPipeline) -> Vec<Unit> {
+    (0..p.members.len())
+        .filter(|&i| !is_done(&member_dir(out, &p.members[i])))
+        .flat_map(|i| member_units(p, i))
+        .filter(|u| !is_done(&unit_dir(out, &p.members[u.member], u.fold)))
+        .collect()
+}
+
 /// Folds of a member: `validation.folds` (1: one split).
 pub(super) fn folds_of(m: &ResolvedMember) -> usize {
     m.config.validation.folds.max(1)

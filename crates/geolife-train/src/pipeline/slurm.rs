@@ -17,7 +17,8 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use super::members::{Unit, member_dir, member_units, unit_dir};
+use super::local::tail;
+use super::members::{Unit, is_done, member_dir, member_units, pending_units, unit_dir};
 use super::{PipelineOptions, ResolvedPipeline, outputs};
 use crate::error::TrainError;
 use crate::trainer::files;
@@ -58,14 +59,6 @@ pub struct Submission {
     pub final_job: String,
 }
 
-/// A run's name in the scripts and the status: `NAME` or `NAME fold I`.
-fn unit_name(p: &ResolvedPipeline, u: Unit) -> String {
-    match u.fold {
-        Some(f) => format!("{} fold {f}", p.members[u.member].name),
-        None => p.members[u.member].name.clone(),
-    }
-}
-
 /// Checks the pipeline and writes `pipeline.toml` (as a local run does), then submits what is
 /// not done; the submission (also appended to `slurm/jobs.json`).
 pub fn submit_slurm(opts: &PipelineOptions, jobs: &SlurmJobs) -> Result<Submission, TrainError> {
@@ -98,12 +91,9 @@ pub fn submit_slurm(opts: &PipelineOptions, jobs: &SlurmJobs) -> Result<Submissi
             }
         }
     }
-    let done = |d: PathBuf| d.join(outputs::MEMBER_DONE).is_file();
-    let todo: Vec<Unit> = (0..p.members.len())
-        .filter(|&i| !done(member_dir(&opts.out, &p.members[i])))
-        .flat_map(|i| member_units(p, i))
-        .filter(|&u| !done(unit_dir(&opts.out, &p.members[u.member], u.fold)))
-        .filter(|&u| !in_queue.contains(&unit_name(p, u)))
+    let todo: Vec<Unit> = pending_units(&opts.out, p)
+        .into_iter()
+        .filter(|&u| !in_queue.contains(&u.name(p)))
         .collect();
     let n = state.submissions.len();
     let array_job = if todo.is_empty() {
@@ -128,7 +118,7 @@ pub fn submit_slurm(opts: &PipelineOptions, jobs: &SlurmJobs) -> Result<Submissi
         // runs are queued and does not submit them twice.
         state.submissions.push(Submission {
             array_job: Some(id.clone()),
-            tasks: todo.iter().map(|&u| unit_name(p, u)).collect(),
+            tasks: todo.iter().map(|&u| u.name(p)).collect(),
             final_job: String::new(),
         });
         write_json(&state_path, &state)?;
@@ -160,7 +150,7 @@ pub fn submit_slurm(opts: &PipelineOptions, jobs: &SlurmJobs) -> Result<Submissi
     }
     let submission = Submission {
         array_job,
-        tasks: todo.iter().map(|&u| unit_name(p, u)).collect(),
+        tasks: todo.iter().map(|&u| u.name(p)).collect(),
         final_job,
     };
     state.submissions.push(submission.clone());
@@ -355,16 +345,16 @@ pub fn pipeline_status(out: &Path) -> Result<(Vec<RunStatus>, String), TrainErro
     let mut runs = Vec::new();
     for i in 0..p.members.len() {
         let m = &p.members[i];
-        let member_done = member_dir(out, m).join(outputs::MEMBER_DONE).is_file();
+        let member_done = is_done(&member_dir(out, m));
         for u in member_units(&p, i) {
-            let name = unit_name(&p, u);
+            let name = u.name(&p);
             let dir = unit_dir(out, m, u.fold);
             let job = task_of.get(&name).cloned();
             let queued = job.as_deref().and_then(in_queue);
             let epochs = std::fs::read_to_string(dir.join(files::METRICS))
                 .map_or(0, |t| t.lines().count().saturating_sub(1));
             let progress = format!("{epochs}/{} epochs", m.config.train.epochs);
-            let (state, detail) = if member_done || dir.join(outputs::MEMBER_DONE).is_file() {
+            let (state, detail) = if member_done || is_done(&dir) {
                 ("done", String::new())
             } else if let Some(q) = &queued {
                 match q.as_str() {
@@ -374,7 +364,7 @@ pub fn pipeline_status(out: &Path) -> Result<(Vec<RunStatus>, String), TrainErro
             } else if let Some(job) = &job {
                 // Its task left the queue unfinished: an error, a time limit or a cancel.
                 let log = dir.join(outputs::MEMBER_LOG);
-                let end = format!("end of {}:\n{}", log.display(), log_tail(&log, 5));
+                let end = format!("end of {}:\n{}", log.display(), tail(&log, 5));
                 if dir.join(files::LAST).is_file() {
                     let what = format!("{progress}, a checkpoint to resume from; job {job} left");
                     ("stopped", format!("{what} the queue unfinished; {end}"))
@@ -413,13 +403,6 @@ pub fn pipeline_status(out: &Path) -> Result<(Vec<RunStatus>, String), TrainErro
             }
         };
     Ok((runs, report))
-}
-
-/// The last `n` lines of a log.
-fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]
