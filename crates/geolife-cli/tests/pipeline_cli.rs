@@ -106,7 +106,7 @@ fn tiny_pipeline_runs_end_to_end_and_resumes_byte_identically_after_sigkill() {
     let log = run_ok(&mut tiny(&whole));
     // The kills below land between 10% and 80% of this uninterrupted run's time, so they
     // interrupt the pipeline however fast the build and the machine are.
-    let full = first.elapsed();
+    let mut full = first.elapsed();
     assert!(log.contains("member 2/2 `tiny-resnet`"), "{log}");
     assert!(log.contains("prior (pa+po)"), "{log}");
     let report: serde_json::Value =
@@ -202,6 +202,14 @@ fn tiny_pipeline_runs_end_to_end_and_resumes_byte_identically_after_sigkill() {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
+        if finished && kills == 0 {
+            // This run beat the first one (that one shared the machine with other tests):
+            // time the uninterrupted run again from this one and start over, so that at
+            // least one kill lands.
+            full = t.elapsed();
+            std::fs::remove_dir_all(&parts).unwrap();
+            continue;
+        }
         if finished {
             break;
         }
