@@ -119,8 +119,9 @@ mod found {
             measure(|| load_state_dict_from_bytes(Path::new("bomb.pth"), &file));
         let e = r.unwrap_err();
         assert!(is_pickle_error(&e, "MiB of values"), "{e}");
+        // Unbounded, the 40 doublings take hours; 10 s leaves room for a loaded CI machine.
         assert!(
-            start.elapsed() < Duration::from_secs(1),
+            start.elapsed() < Duration::from_secs(10),
             "{:?}",
             start.elapsed()
         );
