@@ -44,6 +44,47 @@ pub struct TrainState {
     pub best_f1: f64,
     pub best_epoch: Option<usize>,
     pub history: Vec<EpochMetrics>,
+    /// The dynamic loss scale of an f16 run (absent in other runs and older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScale>,
+}
+
+/// PyTorch `GradScaler`'s dynamic loss scale, with its defaults: start at 2^16, halve on a step
+/// whose gradients overflow (that step is skipped), double after 2,000 steps in a row without.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct LossScale {
+    pub scale: f32,
+    /// Steps since the last overflow or growth.
+    pub good_steps: u32,
+    /// Steps skipped for overflow so far in the run.
+    pub skipped: u64,
+}
+
+impl LossScale {
+    const GROWTH_INTERVAL: u32 = 2000;
+
+    pub fn start() -> Self {
+        Self {
+            scale: 65536.0,
+            good_steps: 0,
+            skipped: 0,
+        }
+    }
+
+    /// After a step whose gradients were `finite` (or overflowed).
+    pub fn update(&mut self, finite: bool) {
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps == Self::GROWTH_INTERVAL {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        } else {
+            self.scale = (self.scale * 0.5).max(f32::MIN_POSITIVE);
+            self.good_steps = 0;
+            self.skipped += 1;
+        }
+    }
 }
 
 impl TrainState {
@@ -58,6 +99,7 @@ impl TrainState {
             best_f1: -1.0,
             best_epoch: None,
             history: Vec::new(),
+            loss_scale: None,
         }
     }
 }

@@ -216,6 +216,49 @@ pub enum DeviceKind {
     Wgpu,
 }
 
+/// The type the products of a training step run in (`train.precision`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision with f16 products (the seed's `precision=16`): convolutions, linear
+    /// layers and attention products in f16; weights, gradients, optimiser state, normalisation
+    /// and the loss in f32; dynamic loss scaling.
+    F16,
+    /// As `f16` with bfloat16 products (f32's exponent range: no loss scaling).
+    Bf16,
+}
+
+impl Precision {
+    /// The half type of the products, `None` for f32.
+    pub fn half(self) -> Option<burn::tensor::FloatDType> {
+        match self {
+            Precision::F32 => None,
+            Precision::F16 => Some(burn::tensor::FloatDType::F16),
+            Precision::Bf16 => Some(burn::tensor::FloatDType::BF16),
+        }
+    }
+}
+
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
+}
+
 /// AdamW and gradient handling.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -296,6 +339,10 @@ pub struct TrainSection {
     pub max_batches_per_epoch: usize,
     /// `flex` (CPU) or `wgpu` (needs the `wgpu` feature).
     pub device: DeviceKind,
+    /// `f32`, or mixed precision: `f16` (with dynamic loss scaling) or `bf16`. Validation and
+    /// `predict` run in the same precision; the weights stay f32 either way.
+    #[serde(skip_serializing_if = "is_f32")]
+    pub precision: Precision,
 }
 
 impl Default for TrainSection {
@@ -311,6 +358,7 @@ impl Default for TrainSection {
             checkpoint_every_steps: 0,
             max_batches_per_epoch: 0,
             device: DeviceKind::Flex,
+            precision: Precision::F32,
         }
     }
 }
@@ -723,12 +771,13 @@ pub fn merge_toml(base: &mut toml::Value, over: toml::Value) {
 
 /// Keys whose values name a variant, and the variants: a wrong name is reported by key with
 /// every valid value and the nearest one, before serde's generic "unknown variant".
-fn named_keys() -> [(&'static str, &'static str, &'static [&'static str]); 4] {
+fn named_keys() -> [(&'static str, &'static str, &'static [&'static str]); 5] {
     use strum::VariantNames;
     [
         ("model", "backbone", BackboneKind::VARIANTS),
         ("model", "size", ModelSize::VARIANTS),
         ("train", "device", DeviceKind::VARIANTS),
+        ("train", "precision", Precision::VARIANTS),
         (
             "location",
             "input",

@@ -8,7 +8,7 @@ use geolife_data::Split;
 use geolife_data::cache::PackedSplit;
 use geolife_metrics::{ScoreFile, Scores};
 
-use crate::config::{DeviceKind, TrainConfig};
+use crate::config::{DeviceKind, Precision, TrainConfig};
 use crate::error::TrainError;
 use crate::loader::BatchPlan;
 use crate::source::stats_from_manifest;
@@ -33,6 +33,8 @@ pub struct PredictOptions {
     pub workers: usize,
     /// Overrides the config's `train.device` (`predict --device`).
     pub device: Option<DeviceKind>,
+    /// Overrides the config's `train.precision` (`predict --precision`): the products' type.
+    pub precision: Option<Precision>,
 }
 
 /// Scores of every survey of the split, columns = real species ids.
@@ -180,6 +182,8 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
         ..BatchPlan::inference(cfg.transforms.mode, stats)
     };
     let all: Vec<usize> = (0..data.len()).collect();
+    let _products =
+        geolife_model::kernels::autocast(opts.precision.unwrap_or(cfg.train.precision).half());
     let scored = score_surveys(
         &model,
         &fc,

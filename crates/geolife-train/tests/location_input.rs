@@ -80,6 +80,7 @@ fn tiny_prior_config_trains_and_predicts_with_the_prior_input() {
         batch_size: 32,
         workers: 1,
         device: None,
+        precision: None,
     };
     let scores = predict(&opts).unwrap();
     let Scores::Dense { data: probs } = &scores.scores else {

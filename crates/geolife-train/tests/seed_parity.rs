@@ -289,6 +289,7 @@ fn seed_mode_predict_reproduces_pytorch_reading_the_files_the_seeds_way() {
         batch_size: 4,
         workers: 1,
         device: None,
+        precision: None,
     };
     let run = |mode: &str| {
         let config = dir.path().join(format!("{mode}.toml"));
@@ -420,6 +421,7 @@ fn seed_mode_predict_reproduces_pytorch_reading_the_files_the_seeds_way() {
             batch_size: 4,
             workers: 1,
             device: None,
+            precision: None,
         })
         .unwrap()
     };

@@ -336,6 +336,7 @@ fn predict_on(run: &Path, device: &str) -> ScoreFile {
         batch_size: 8,
         workers: 1,
         device: None,
+        precision: None,
     })
     .unwrap_or_else(|e| panic!("predict on {device} failed: {e}"))
 }

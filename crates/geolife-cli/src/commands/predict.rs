@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use geolife_data::Split;
 use geolife_metrics::{Policy, write_submission};
-use geolife_train::config::DeviceKind;
+use geolife_train::config::{DeviceKind, Precision};
 use geolife_train::predict::{PredictOptions, predict};
 use strum::VariantNames;
 
@@ -53,6 +53,10 @@ pub struct Args {
     /// with the wgpu feature).
     #[arg(long, value_parser = crate::commands::named::<DeviceKind>(DeviceKind::VARIANTS))]
     pub device: Option<DeviceKind>,
+    /// Override the run's `train.precision`: `f32`, or `f16` / `bf16` products (weights stay
+    /// f32; a half-precision checkpoint predicts in f32 as well).
+    #[arg(long, value_parser = crate::commands::named::<Precision>(Precision::VARIANTS))]
+    pub precision: Option<Precision>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -76,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         batch_size: args.batch_size,
         workers: args.workers,
         device: args.device,
+        precision: args.precision,
     })?;
     scores
         .write(&args.out)

@@ -420,7 +420,8 @@ impl MaxVit {
             x
         };
         let ((c0, bn0, act0), (c1, _)) = &self.stem;
-        let mut x = c1.forward(act0.forward(bn0.forward(c0.forward(x))));
+        let x = kernels::conv::forward(c0, x);
+        let mut x = kernels::conv::forward(c1, act0.forward(bn0.forward(x)));
         for block in &self.blocks {
             for layer in &block.layers {
                 x = layer.forward(x);
@@ -450,7 +451,7 @@ impl MaxVit {
             return features;
         }
         let (_, _, norm, pre, act, fc) = &self.classifier;
-        fc.forward(act.forward(pre.forward(norm.forward(features))))
+        kernels::linear(fc, act.forward(kernels::linear(pre, norm.forward(features))))
     }
 
     /// `forward_head(forward_features(x), false)`.
@@ -509,21 +510,17 @@ impl MbConv {
     /// `[B, C_in, H, W]` -> `[B, C_out, H/stride, W/stride]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let res = match &self.proj {
-            Some((pool, conv)) => conv.forward(pool.forward(x.clone())),
+            Some((pool, conv)) => kernels::conv::forward(conv, pool.forward(x.clone())),
             None => x.clone(),
         };
         let l = &self.layers;
         let x = l.pre_norm.forward(x);
-        let x = l
-            .conv_a
-            .2
-            .forward(l.conv_a.1.forward(l.conv_a.0.forward(x)));
-        let x = l
-            .conv_b
-            .2
-            .forward(l.conv_b.1.forward(l.conv_b.0.forward(x)));
+        let (conv, bn, act) = &l.conv_a;
+        let x = act.forward(bn.forward(kernels::conv::forward(conv, x)));
+        let (conv, bn, act) = &l.conv_b;
+        let x = act.forward(bn.forward(kernels::conv::forward(conv, x)));
         let x = l.squeeze_excitation.forward(x);
-        let x = l.conv_c.forward(x);
+        let x = kernels::conv::forward(&l.conv_c, x);
         res + stochastic_depth(x, self.stochastic_depth_prob, &self.training)
     }
 }
@@ -561,7 +558,8 @@ impl SqueezeExcitation {
             .reshape([b, c, h * w])
             .mean_dim(2)
             .reshape([b, c, 1, 1]);
-        let s = sigmoid(self.fc2.forward(silu(self.fc1.forward(s))));
+        let s = silu(kernels::conv::forward(&self.fc1, s));
+        let s = sigmoid(kernels::conv::forward(&self.fc2, s));
         x * s
     }
 }
@@ -653,8 +651,8 @@ impl RelativePositionalMultiHeadAttention {
             .reshape([n, n, nh])
             .permute([2, 0, 1])
             .unsqueeze_dim::<4>(0); // [1, H, P, P]
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)) + bias, 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, g, p, d]);
+        let attn = softmax(kernels::matmul(q, k.swap_dims(2, 3)) + bias, 3);
+        let out = kernels::matmul(attn, v).swap_dims(1, 2).reshape([b, g, p, d]);
         kernels::linear(&self.merge, out)
     }
 }

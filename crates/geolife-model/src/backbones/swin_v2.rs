@@ -302,7 +302,7 @@ impl SwinV2 {
     /// - output: `[B, ceil(H/32), ceil(W/32), num_features]` (NHWC, as torchvision)
     pub fn forward_feature_map(&self, x: Tensor<4>) -> Tensor<4> {
         let (embed, s1, m1, s2, m2, s3, m3, s4) = &self.features;
-        let x = embed.0.forward(x); // [B, C, H/4, W/4]
+        let x = kernels::conv::forward(&embed.0, x); // [B, C, H/4, W/4]
         let x = embed.2.forward(x.permute([0, 2, 3, 1])); // [B, H/4, W/4, C]
         let x = run_stage(s1, x);
         let x = run_stage(s2, m1.forward(x));
@@ -330,7 +330,7 @@ impl SwinV2 {
         if pre_logits {
             features
         } else {
-            self.head.forward(features)
+            kernels::linear(&self.head, features)
         }
     }
 
@@ -369,7 +369,7 @@ impl PatchMergingV2 {
             .reshape([b, h2, 2, w2, 2, c])
             .permute([0, 1, 3, 4, 2, 5])
             .reshape([b, h2, w2, 4 * c]);
-        self.norm.forward(self.reduction.forward(x))
+        self.norm.forward(kernels::linear(&self.reduction, x))
     }
 }
 
@@ -491,14 +491,14 @@ impl ShiftedWindowAttentionV2 {
             .clamp_max(100f32.ln())
             .exp()
             .unsqueeze_dim::<4>(0); // [1, heads, 1, 1]
-        let mut attn = q.matmul(k.swap_dims(2, 3)) * scale + self.position_bias(&device);
+        let mut attn = kernels::matmul(q, k.swap_dims(2, 3)) * scale + self.position_bias(&device);
         if shifted {
             let mask = shift_mask(ph, pw, ws, sh, sw, &device); // [nwin, n, n]
             attn = (attn.reshape([b, nwin, heads, n, n]) + mask.reshape([1, nwin, 1, n, n]))
                 .reshape([bn, heads, n, n]);
         }
         let attn = softmax(attn, 3);
-        let x = attn.matmul(v).swap_dims(1, 2).reshape([bn, n, c]);
+        let x = kernels::matmul(attn, v).swap_dims(1, 2).reshape([bn, n, c]);
         let x = kernels::linear(&self.proj, x);
         let mut x = x
             .reshape([b, nh, nw, ws, ws, c])

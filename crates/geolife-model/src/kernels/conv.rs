@@ -17,6 +17,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::autocast;
 use super::shared::{
     add_shares, matmul, matmul_into, matmul_new, on_cpu_f32, par_filled, register_grads, slice,
     tensor, widest,
@@ -120,6 +121,9 @@ pub trait ConvBackend: Backend {
 /// `conv.forward(x)`, through this module's kernels where they apply (CPU device, a dense or
 /// depthwise convolution of the supported shape), burn's convolution otherwise.
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    if let Some(y) = autocast::half().and_then(|h| autocast::conv_forward(conv, x.clone(), h)) {
+        return y;
+    }
     let [_, c, h, w] = x.dims();
     let Some(kind) = kernel_for(conv, &x, [c, h, w]) else {
         return conv.forward(x);
@@ -140,6 +144,13 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// channels-last converts nothing between its layers; a depthwise convolution's bias is added
 /// inside its kernel); elsewhere burn's convolution runs between two permutations.
 pub fn forward_nhwc(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    if let Some(h) = autocast::half() {
+        let x = x.permute([0, 3, 1, 2]);
+        if let Some(y) = autocast::conv_forward(conv, x.clone(), h) {
+            return y.permute([0, 2, 3, 1]);
+        }
+        return conv.forward(x).permute([0, 2, 3, 1]);
+    }
     let [_, h, w, c] = x.dims();
     let kind = kernel_for(conv, &x, [c, h, w]);
     let [_, _, kh, kw] = conv.weight.dims();

@@ -14,6 +14,7 @@ use burn::nn::Linear;
 use burn::tensor::{DType, Shape, Tensor};
 use gemm::Parallelism;
 
+use super::autocast;
 use super::shared::{
     matmul, matmul_new, on_cpu_f32, par_filled, register_grads, row_sums, slice, tensor,
 };
@@ -58,6 +59,19 @@ pub fn linear_with<const D: usize>(
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
+    if let Some(h) = autocast::half() {
+        // Rows of one 2-D product, as off the CPU below, in the half type.
+        let dims = x.dims();
+        let [_, d_out] = weight.dims();
+        let mut out = dims;
+        out[D - 1] = d_out;
+        let y = burn::tensor::module::linear(
+            autocast::to(x.reshape::<2, _>([-1, dims[D - 1] as i32]), h),
+            autocast::to(weight, h),
+            bias.map(|b| autocast::to(b, h)),
+        );
+        return autocast::to_f32(y).reshape(out);
+    }
     let off_cpu = !on_cpu_f32(&x) || weight.dtype() != DType::F32;
     if D < 2 || (D == 2 && off_cpu) {
         return burn::tensor::module::linear(x, weight, bias);

@@ -3,6 +3,7 @@
 //! own operations. One module per computation, all built on `shared.rs` (README, "Measured speed").
 
 pub mod adamw;
+pub mod autocast;
 pub mod bce;
 pub mod conv;
 pub mod gelu;
@@ -11,6 +12,7 @@ pub mod norm;
 mod shared;
 
 pub use adamw::{FusedAdamW, adamw_applies, adamw_step};
+pub use autocast::{AutocastGuard, autocast, matmul};
 pub use bce::bce_with_logits;
 pub use gelu::gelu;
 pub use linear::{linear, linear_with};

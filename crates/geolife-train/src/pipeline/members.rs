@@ -251,6 +251,7 @@ pub(super) fn train_unit(opts: &PipelineOptions, u: Unit) -> Result<MemberRecord
         batch_size: p.predict.batch_size,
         workers: p.predict.workers,
         device: None,
+        precision: None,
     })?;
     test.write(&dir.join(outputs::MEMBER_TEST_SCORES))?;
     let record = MemberRecord {

@@ -318,7 +318,7 @@ impl<'a> Session<'a> {
             ));
         } else {
             run.log(&format!(
-                "run {}: {} train / {} validation surveys ({:?} split), {} classes, backbone {}, device {} ({})",
+                "run {}: {} train / {} validation surveys ({:?} split), {} classes, backbone {}, device {} ({}), precision {}",
                 run.root().display(),
                 split.train.len(),
                 split.val.len(),
@@ -326,7 +326,8 @@ impl<'a> Session<'a> {
                 vocab.len(),
                 cfg.model.backbone.name(),
                 <&str>::from(t.device),
-                device_description(t.device)
+                device_description(t.device),
+                <&str>::from(t.precision)
             ));
         }
         let shape = StepShape {
@@ -334,8 +335,10 @@ impl<'a> Session<'a> {
             patch_hw: [ph, pw],
             classes: vocab.len(),
             device: device.clone(),
+            precision: t.precision,
         };
-        let trainee = TrainStep::new(model, optim, o.accumulate, t.seed, shape);
+        let mut trainee = TrainStep::new(model, optim, o.accumulate, t.seed, shape);
+        trainee.resume_loss_scale(state.loss_scale);
         let batches_per_epoch = match split.train.len().div_ceil(t.batch_size) {
             full if t.max_batches_per_epoch > 0 => full.min(t.max_batches_per_epoch),
             full => full,
@@ -417,6 +420,16 @@ impl<'a> Session<'a> {
                 })?;
                 state.loss_sum += f64::from(out.loss);
                 state.loss_count += 1;
+                state.loss_scale = trainee.loss_scale();
+                if let Some(scale) = out.overflow {
+                    run.log(&format!(
+                        "epoch {} batch {}: f16 gradients overflowed at loss scale {scale}; step \
+                         skipped, scale now {}",
+                        epoch + 1,
+                        index + 1,
+                        scale / 2.0
+                    ));
+                }
                 if out.stepped {
                     state.optimizer_steps += 1;
                     state.batch = index + 1;
@@ -496,6 +509,7 @@ impl<'a> Session<'a> {
             model_name: format!("geolife-fusion-{}", cfg.model.backbone.name()),
         };
         let run = &mut self.run;
+        let _products = geolife_model::kernels::autocast(t.precision.half());
         let v = validator
             .run(&valid, &self.fc, &self.device.clone().inner(), |loss| {
                 TrainError::NonFiniteLoss {
@@ -714,6 +728,7 @@ pub fn bench_steps(
         patch_hw: [ph, pw],
         classes: vocab.len(),
         device: device.clone(),
+        precision: t.precision,
     };
     let mut trainee = TrainStep::new(
         model,

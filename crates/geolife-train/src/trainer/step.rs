@@ -4,12 +4,15 @@
 
 use std::time::Instant;
 
+use burn::module::{ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use geolife_model::fusion::{FusionConfig, FusionModel};
 use serde::Serialize;
 
 use super::inputs::{batch_targets, batch_tensors};
+use crate::checkpoint::LossScale;
+use crate::config::Precision;
 use crate::error::TrainError;
 use crate::loader::{self, ReadyBatch};
 
@@ -30,6 +33,8 @@ pub struct TrainStep {
     shape: StepShape,
     /// Where the step's time went so far.
     pub times: StepTimes,
+    /// The dynamic loss scale of an f16 run (`None` otherwise).
+    scaler: Option<LossScale>,
 }
 
 /// What does not change from one batch of a run to the next.
@@ -41,6 +46,8 @@ pub struct StepShape {
     /// Model outputs (columns of the targets).
     pub classes: usize,
     pub device: Device,
+    /// The type of the forward and backward products (`train.precision`).
+    pub precision: Precision,
 }
 
 /// Seconds spent in each part of the training steps run so far (flex executes eagerly, and
@@ -129,8 +136,11 @@ pub fn device_failure(message: &str, device: &str, batch_size: usize, advice: &s
 pub struct StepOutcome {
     /// The batch's mean BCE (before any accumulation scaling).
     pub loss: f32,
-    /// The optimiser stepped after this batch.
+    /// The optimiser stepped after this batch (or skipped it, see `overflow`).
     pub stepped: bool,
+    /// An f16 step whose gradients overflowed at this loss scale: the update was skipped (the
+    /// model is unchanged) and the scale halved, as PyTorch's `GradScaler` does.
+    pub overflow: Option<f32>,
 }
 
 /// The model of a [`TrainStep`] (a field borrow, so other fields stay free to borrow).
@@ -151,6 +161,7 @@ impl TrainStep {
         shape: StepShape,
     ) -> Self {
         model.materialize();
+        let scaler = (shape.precision == Precision::F16).then(LossScale::start);
         Self {
             model: Some(model),
             optim,
@@ -160,6 +171,20 @@ impl TrainStep {
             seed,
             shape,
             times: StepTimes::default(),
+            scaler,
+        }
+    }
+
+    /// The loss scale now (f16 runs), to be saved with the training state.
+    pub fn loss_scale(&self) -> Option<LossScale> {
+        self.scaler
+    }
+
+    /// Continues from a saved loss scale (an f16 run resumed from its checkpoint); a checkpoint
+    /// without one (another precision before) starts the scale afresh.
+    pub fn resume_loss_scale(&mut self, saved: Option<LossScale>) {
+        if self.scaler.is_some() {
+            self.scaler = Some(saved.unwrap_or_else(LossScale::start));
         }
     }
 
@@ -190,12 +215,16 @@ impl TrainStep {
             patch_hw,
             classes,
             device,
+            precision,
         } = &self.shape;
         // Dropout randomness per (seed, epoch, batch), so a resumed run draws the same masks.
         device.seed(loader::derive_seed(self.seed ^ 0xD50F, epoch, b.index));
         let t = Instant::now();
         let inputs = batch_tensors(b, fc, *patch_hw, device);
-        let logits = self.model().forward(inputs);
+        let logits = {
+            let _products = geolife_model::kernels::autocast(precision.half());
+            self.model().forward(inputs)
+        };
         let loss = geolife_model::loss::bce_with_logits(logits, batch_targets(b, *classes, device));
         let value: f32 = loss
             .clone()
@@ -207,8 +236,11 @@ impl TrainStep {
             return Err(StepError::NonFinite(value));
         }
         let t = Instant::now();
-        let scaled = if self.accumulate > 1 {
-            loss.div_scalar(self.accumulate as f32)
+        // f16 gradients below 2^-24 vanish: the loss is scaled up (gradients are scaled back
+        // before the update).
+        let factor = self.scaler.map_or(1.0, |s| s.scale) / self.accumulate as f32;
+        let scaled = if factor != 1.0 {
+            loss.mul_scalar(factor)
         } else {
             loss
         };
@@ -217,21 +249,79 @@ impl TrainStep {
         self.times.backward_s += t.elapsed().as_secs_f64();
         self.pending += 1;
         let stepped = self.pending == self.accumulate || force_step;
+        let mut overflow = None;
         if stepped {
             let t = Instant::now();
-            let model = self
-                .model
-                .take()
-                .unwrap_or_else(|| unreachable!("taken only here"));
-            self.model = Some(self.optim.step(lr, model, self.accum.grads()));
+            let mut grads = self.accum.grads();
+            let finite = match &mut self.scaler {
+                Some(scaler) => {
+                    let finite = unscale(&mut grads, held(&self.model), 1.0 / scaler.scale)?;
+                    if !finite {
+                        overflow = Some(scaler.scale);
+                    }
+                    scaler.update(finite);
+                    finite
+                }
+                None => true,
+            };
+            if finite {
+                let model = self
+                    .model
+                    .take()
+                    .unwrap_or_else(|| unreachable!("taken only here"));
+                self.model = Some(self.optim.step(lr, model, grads));
+            }
             self.times.optimizer_s += t.elapsed().as_secs_f64();
             self.pending = 0;
         }
         Ok(StepOutcome {
             loss: value,
             stepped,
+            overflow,
         })
     }
+}
+
+/// Divides every gradient of `model` in `grads` by the loss scale (multiplies by `inv`);
+/// whether all of them are finite (one value read back for the whole model).
+fn unscale(
+    grads: &mut GradientsParams,
+    model: &FusionModel,
+    inv: f32,
+) -> Result<bool, StepError> {
+    struct Unscale<'a> {
+        grads: &'a mut GradientsParams,
+        inv: f32,
+        /// The sum of every gradient times zero: NaN as soon as one value is not finite.
+        poison: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for Unscale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let Some(g) = self.grads.remove::<D>(param.id) else {
+                return;
+            };
+            let g = g.mul_scalar(self.inv);
+            let zero = g.clone().mul_scalar(0.0).sum();
+            self.poison = Some(match self.poison.take() {
+                Some(p) => p + zero,
+                None => zero,
+            });
+            self.grads.register(param.id, g);
+        }
+    }
+    let mut v = Unscale {
+        grads,
+        inv,
+        poison: None,
+    };
+    burn::module::Module::visit(model, &mut v);
+    let Some(poison) = v.poison else {
+        return Ok(true);
+    };
+    let value: f32 = poison
+        .try_into_scalar()
+        .map_err(|e| StepError::Device(one_line(&format!("{e:?}"))))?;
+    Ok(value.is_finite())
 }
 
 #[cfg(test)]
