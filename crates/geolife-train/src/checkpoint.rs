@@ -49,8 +49,9 @@ pub struct TrainState {
     pub loss_scale: Option<LossScale>,
 }
 
-/// PyTorch `GradScaler`'s dynamic loss scale, with its defaults: start at 2^16, halve on a step
-/// whose gradients overflow (that step is skipped), double after 2,000 steps in a row without.
+/// PyTorch `GradScaler`'s dynamic loss scale, with its defaults: start at `train.loss_scale`
+/// (2^16), halve on a step whose gradients overflow (that step is skipped), double after 2,000
+/// steps in a row without.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct LossScale {
     pub scale: f32,
@@ -63,9 +64,10 @@ pub struct LossScale {
 impl LossScale {
     const GROWTH_INTERVAL: u32 = 2000;
 
-    pub fn start() -> Self {
+    /// A run's first scale (`train.loss_scale`).
+    pub fn start(scale: f32) -> Self {
         Self {
-            scale: 65536.0,
+            scale,
             good_steps: 0,
             skipped: 0,
         }

@@ -343,6 +343,16 @@ pub struct TrainSection {
     /// `predict` run in the same precision; the weights stay f32 either way.
     #[serde(skip_serializing_if = "is_f32")]
     pub precision: Precision,
+    /// The initial loss scale of an `f16` run (PyTorch's `GradScaler(init_scale=...)`).
+    #[serde(skip_serializing_if = "is_default_loss_scale")]
+    pub loss_scale: f64,
+}
+
+/// PyTorch `GradScaler`'s default initial scale.
+pub const DEFAULT_LOSS_SCALE: f64 = 65536.0;
+
+fn is_default_loss_scale(v: &f64) -> bool {
+    *v == DEFAULT_LOSS_SCALE
 }
 
 impl Default for TrainSection {
@@ -359,6 +369,7 @@ impl Default for TrainSection {
             max_batches_per_epoch: 0,
             device: DeviceKind::Flex,
             precision: Precision::F32,
+            loss_scale: DEFAULT_LOSS_SCALE,
         }
     }
 }
@@ -616,6 +627,13 @@ impl TrainConfig {
             key: key.into(),
             message,
         };
+        let ls = self.train.loss_scale;
+        if !(ls.is_finite() && ls >= 1.0 && ls <= f64::from(f32::MAX)) {
+            return Err(bad(
+                "train.loss_scale",
+                format!("must be a number from 1 to 3.4e38, got {ls}"),
+            ));
+        }
         let o = &self.optim;
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return Err(bad(

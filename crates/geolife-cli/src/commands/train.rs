@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use geolife_train::config::DeviceKind;
+use geolife_train::config::{DeviceKind, Precision};
 use geolife_train::{Progress, TrainConfig, TrainOptions};
 use strum::VariantNames;
 
@@ -31,6 +31,9 @@ pub struct Args {
     /// Override `train.device` (`flex` CPU, `wgpu` GPU with the wgpu feature).
     #[arg(long, value_parser = crate::commands::named::<DeviceKind>(DeviceKind::VARIANTS))]
     pub device: Option<DeviceKind>,
+    /// Override `train.precision` (`f32`, or `f16` / `bf16` products with f32 weights).
+    #[arg(long, value_parser = crate::commands::named::<Precision>(Precision::VARIANTS))]
+    pub precision: Option<Precision>,
     /// Override `train.epochs`.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -53,6 +56,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, false) => anyhow::bail!("--config <TOML> is required for a new run"),
     };
     let mut config = TrainConfig::load(&config_path)?;
+    if let Some(p) = args.precision {
+        config.train.precision = p;
+    }
     if let Some(d) = args.device {
         config.train.device = d;
     }

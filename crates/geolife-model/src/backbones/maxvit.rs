@@ -451,7 +451,10 @@ impl MaxVit {
             return features;
         }
         let (_, _, norm, pre, act, fc) = &self.classifier;
-        kernels::linear(fc, act.forward(kernels::linear(pre, norm.forward(features))))
+        kernels::linear(
+            fc,
+            act.forward(kernels::linear(pre, norm.forward(features))),
+        )
     }
 
     /// `forward_head(forward_features(x), false)`.
@@ -652,7 +655,9 @@ impl RelativePositionalMultiHeadAttention {
             .permute([2, 0, 1])
             .unsqueeze_dim::<4>(0); // [1, H, P, P]
         let attn = softmax(kernels::matmul(q, k.swap_dims(2, 3)) + bias, 3);
-        let out = kernels::matmul(attn, v).swap_dims(1, 2).reshape([b, g, p, d]);
+        let out = kernels::matmul(attn, v)
+            .swap_dims(1, 2)
+            .reshape([b, g, p, d]);
         kernels::linear(&self.merge, out)
     }
 }

@@ -336,6 +336,7 @@ impl<'a> Session<'a> {
             classes: vocab.len(),
             device: device.clone(),
             precision: t.precision,
+            loss_scale: t.loss_scale as f32,
         };
         let mut trainee = TrainStep::new(model, optim, o.accumulate, t.seed, shape);
         trainee.resume_loss_scale(state.loss_scale);
@@ -423,8 +424,8 @@ impl<'a> Session<'a> {
                 state.loss_scale = trainee.loss_scale();
                 if let Some(scale) = out.overflow {
                     run.log(&format!(
-                        "epoch {} batch {}: f16 gradients overflowed at loss scale {scale}; step \
-                         skipped, scale now {}",
+                        "epoch {} batch {}: f16 gradients overflowed at loss scale {scale:.0}; step \
+                         skipped, scale now {:.0}",
                         epoch + 1,
                         index + 1,
                         scale / 2.0
@@ -729,6 +730,7 @@ pub fn bench_steps(
         classes: vocab.len(),
         device: device.clone(),
         precision: t.precision,
+        loss_scale: t.loss_scale as f32,
     };
     let mut trainee = TrainStep::new(
         model,

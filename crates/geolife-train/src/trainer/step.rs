@@ -48,6 +48,8 @@ pub struct StepShape {
     pub device: Device,
     /// The type of the forward and backward products (`train.precision`).
     pub precision: Precision,
+    /// The first loss scale of an f16 run (`train.loss_scale`).
+    pub loss_scale: f32,
 }
 
 /// Seconds spent in each part of the training steps run so far (flex executes eagerly, and
@@ -161,7 +163,8 @@ impl TrainStep {
         shape: StepShape,
     ) -> Self {
         model.materialize();
-        let scaler = (shape.precision == Precision::F16).then(LossScale::start);
+        let scaler =
+            (shape.precision == Precision::F16).then(|| LossScale::start(shape.loss_scale));
         Self {
             model: Some(model),
             optim,
@@ -184,7 +187,7 @@ impl TrainStep {
     /// without one (another precision before) starts the scale afresh.
     pub fn resume_loss_scale(&mut self, saved: Option<LossScale>) {
         if self.scaler.is_some() {
-            self.scaler = Some(saved.unwrap_or_else(LossScale::start));
+            self.scaler = Some(saved.unwrap_or_else(|| LossScale::start(self.shape.loss_scale)));
         }
     }
 
@@ -216,6 +219,7 @@ impl TrainStep {
             classes,
             device,
             precision,
+            ..
         } = &self.shape;
         // Dropout randomness per (seed, epoch, batch), so a resumed run draws the same masks.
         device.seed(loader::derive_seed(self.seed ^ 0xD50F, epoch, b.index));
@@ -284,11 +288,7 @@ impl TrainStep {
 
 /// Divides every gradient of `model` in `grads` by the loss scale (multiplies by `inv`);
 /// whether all of them are finite (one value read back for the whole model).
-fn unscale(
-    grads: &mut GradientsParams,
-    model: &FusionModel,
-    inv: f32,
-) -> Result<bool, StepError> {
+fn unscale(grads: &mut GradientsParams, model: &FusionModel, inv: f32) -> Result<bool, StepError> {
     struct Unscale<'a> {
         grads: &'a mut GradientsParams,
         inv: f32,
