@@ -152,7 +152,9 @@ pub fn predict(opts: &PredictOptions) -> Result<ScoreFile, TrainError> {
             vocab.len()
         )));
     }
-    let device = make_device(opts.device.unwrap_or(cfg.train.device))?;
+    let kind = opts.device.unwrap_or(cfg.train.device);
+    let device = make_device(kind)?;
+    crate::trainer::check_precision(kind, opts.precision.unwrap_or(cfg.train.precision))?;
     let (model, _) = geolife_model::checkpoint::load_safetensors(&fc, &weights, &device)?;
     let model = model.valid();
     let prior = match fc.prior_input {

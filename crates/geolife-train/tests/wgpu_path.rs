@@ -26,8 +26,8 @@ use geolife_data::cache::PackedSplit;
 use geolife_data::synth::{SynthConfig, write_dataset};
 use geolife_metrics::{ScoreFile, Scores};
 use geolife_model::fusion::{FusionConfig, FusionInput};
-use geolife_train::config::DeviceKind;
 use geolife_train::config::SplitKind;
+use geolife_train::config::{DeviceKind, Precision};
 use geolife_train::predict::{PredictOptions, predict};
 use geolife_train::trainer::launches::LaunchWatch;
 use geolife_train::trainer::{batch_shapes, files, fusion_config, make_device};
@@ -54,6 +54,10 @@ const SCORE_ABS_TOL: f32 = 1e-4;
 /// AdamW steps can amplify a difference (a near-zero gradient whose sign differs moves a
 /// weight by the full learning rate), hence 10x the single-checkpoint bound.
 const TRAINED_SCORE_ABS_TOL: f32 = 1e-3;
+/// Losses of the f16 run on wgpu against the f32 run on flex (same weights, three steps).
+const HALF_LOSS_ABS_TOL: f64 = 1e-2;
+/// Scores of the f16-trained against the f32-trained checkpoint, both predicted in f32.
+const HALF_SCORE_ABS_TOL: f32 = 2e-2;
 /// Kernel launches per training step of the tiny recipe at batch 8, measured on llvmpipe:
 /// 4,267 without burn's operation fusion, 1,340 with it (issue 21). The bound leaves room for
 /// other autotuned kernel choices and fails a build that has lost fusion.
@@ -285,8 +289,14 @@ fn fusion_forward_on_wgpu_equals_flex_with_the_same_weights() {
 
 /// One run of [`config`] from the shared initial weights on `device`.
 fn run_on(device: &str, run: &Path) -> TrainSummary {
+    run_in(device, Precision::F32, run)
+}
+
+/// [`run_on`] with the products in `precision`.
+fn run_in(device: &str, precision: Precision, run: &Path) -> TrainSummary {
     let mut cfg = config();
     cfg.train.device = device.parse().unwrap();
+    cfg.train.precision = precision;
     cfg.model.weights = Some(initial().1.clone());
     let started = std::time::Instant::now();
     let summary = train(&TrainOptions {
@@ -628,4 +638,56 @@ fn a_linear_layer_whose_batched_weight_gradient_needs_2_gib_trains_on_wgpu() {
         "linear [2048, 32, 512] -> 512 on wgpu: weight gradient rel. error {worst:.2e}, bias {worst_b:.2e}"
     );
     assert!(worst < 1e-4 && worst_b < 1e-4, "{worst:e} {worst_b:e}");
+}
+
+/// Mixed precision on the GPU path: the f16 products run on wgpu (llvmpipe's shaders take
+/// f16), train from the shared initial weights to losses close to the f32 flex run's, and the
+/// f16-trained checkpoint (f32 weights) predicts on flex in f32 close to the f32-trained one.
+/// bf16, which burn's WGSL compiler cannot express, is refused before any step.
+#[test]
+fn an_f16_run_on_wgpu_tracks_f32_and_its_checkpoint_predicts_on_flex() {
+    let _guard = serial();
+    let (flex_run, a, _, _) = runs();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("f16");
+    let b = run_in("wgpu", Precision::F16, &run);
+    let log = std::fs::read_to_string(run.join(files::LOG)).unwrap();
+    assert!(log.contains("precision f16"), "{log}");
+    for (x, y) in a.history.iter().zip(&b.history) {
+        let (dt, dv) = (
+            (x.train_loss - y.train_loss).abs(),
+            (x.val_loss - y.val_loss).abs(),
+        );
+        println!(
+            "epoch {}: f32 flex train {:.6} val {:.6}; f16 wgpu train {:.6} val {:.6}",
+            x.epoch, x.train_loss, x.val_loss, y.train_loss, y.val_loss
+        );
+        // f16 keeps 11 significant bits; three steps from the same weights stay within 1e-2.
+        assert!(
+            dt <= HALF_LOSS_ABS_TOL && dv <= HALF_LOSS_ABS_TOL,
+            "{x:?} vs {y:?}"
+        );
+    }
+    let (sa, sb) = (predict_on(flex_run, "flex"), predict_on(&run, "flex"));
+    let d = max_abs_diff(dense(&sa), dense(&sb));
+    println!("test scores, f32 flex-trained vs f16 wgpu-trained checkpoint on flex: {d:.3e}");
+    assert!(d <= HALF_SCORE_ABS_TOL, "{d:e}");
+    // bf16 is refused by name before the run starts.
+    let mut cfg = config();
+    cfg.train.device = DeviceKind::Wgpu;
+    cfg.train.precision = Precision::Bf16;
+    let err = train(&TrainOptions {
+        config: cfg,
+        cache: cache().clone(),
+        run_dir: dir.path().join("bf16"),
+        resume: false,
+        progress: Progress::Quiet,
+        stop_after_batches: None,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("train.precision") && err.contains("bf16"),
+        "{err}"
+    );
 }

@@ -3,18 +3,20 @@
 
 use burn::tensor::Device;
 
-use crate::config::DeviceKind;
+use crate::config::{DeviceKind, Precision};
 use crate::error::TrainError;
 
-/// The wgpu device and its adapter, brought up once per process by [`make_device`].
+/// The wgpu device, its adapter and whether its shaders take f16 (`None`: not known), brought
+/// up once per process by [`make_device`].
 #[cfg(feature = "wgpu")]
-static WGPU: std::sync::OnceLock<Result<(Device, String), String>> = std::sync::OnceLock::new();
+static WGPU: std::sync::OnceLock<Result<(Device, String, Option<bool>), String>> =
+    std::sync::OnceLock::new();
 
 /// What a device runs on, for run logs: `CPU` for flex, the adapter for wgpu.
 pub fn device_description(kind: DeviceKind) -> String {
     #[cfg(feature = "wgpu")]
     if kind == DeviceKind::Wgpu
-        && let Some(Ok((_, adapter))) = WGPU.get()
+        && let Some(Ok((_, adapter, _))) = WGPU.get()
     {
         return format!("adapter {adapter}");
     }
@@ -36,7 +38,7 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => {
             use burn::tensor::wgpu::WgpuInitError;
-            let (device, adapter) = WGPU
+            let (device, adapter, _) = WGPU
                 .get_or_init(|| {
                     // cubecl reads its configuration once, when the first device comes up.
                     autotune::configure();
@@ -47,7 +49,11 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
                                 "{} ({:?}, {:?}, driver {} {})",
                                 i.name, i.backend, i.device_type, i.driver, i.driver_info
                             );
-                            Ok((device, adapter))
+                            let f16 = setup
+                                .device
+                                .features()
+                                .contains(burn::tensor::wgpu::wgpu::Features::SHADER_F16);
+                            Ok((device, adapter, Some(f16)))
                         }
                         // Already brought up lazily (a tensor made on `Device::wgpu` before the
                         // first call): reuse it; its identity still names the adapter.
@@ -57,7 +63,7 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
                                 .identity()
                                 .map(|i| i.name)
                                 .unwrap_or_else(|| "unknown adapter".into());
-                            Ok((device, adapter))
+                            Ok((device, adapter, None))
                         }
                         Err(e) => Err(format!(
                             "device `wgpu`: no usable adapter: {e}. Without a GPU, install a \
@@ -75,6 +81,34 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
         DeviceKind::Wgpu => Err(TrainError::Invalid(
             "device `wgpu` needs a build with `--features wgpu`".into(),
         )),
+    }
+}
+
+/// Whether `precision` runs on `kind` (brought up by [`make_device`] first): bf16 has no type
+/// in burn's WGSL compiler (cubecl 0.11 stops the device thread on it), and f16 needs an
+/// adapter whose shaders take it. A clear error naming `train.precision` instead of a panic
+/// at the first step.
+pub fn check_precision(kind: DeviceKind, precision: Precision) -> Result<(), TrainError> {
+    if kind != DeviceKind::Wgpu {
+        return Ok(());
+    }
+    match precision {
+        Precision::F32 => Ok(()),
+        Precision::Bf16 => Err(TrainError::Invalid(
+            "train.precision = \"bf16\" does not run on device `wgpu`: burn's WGSL shader \
+             compiler (cubecl 0.11) has no bfloat16 type; use \"f16\" there (bf16 runs on flex)"
+                .into(),
+        )),
+        Precision::F16 => {
+            #[cfg(feature = "wgpu")]
+            if let Some(Ok((_, adapter, Some(false)))) = WGPU.get() {
+                return Err(TrainError::Invalid(format!(
+                    "train.precision = \"f16\": adapter {adapter} has no f16 shader support \
+                     (wgpu feature SHADER_F16); use \"f32\""
+                )));
+            }
+            Ok(())
+        }
     }
 }
 

@@ -40,7 +40,7 @@ use crate::split::{fold_split, random_folds, random_split, spatial_folds, spatia
 use crate::vocab::Vocabulary;
 
 pub use checkpointer::Checkpointer;
-pub use device::{device_description, make_device};
+pub use device::{check_precision, device_description, make_device};
 pub use inputs::{
     Scored, adamw, batch_shapes, batch_targets, batch_tensors, check_model_input, fusion_config,
     optimizer, score_surveys,
@@ -292,6 +292,8 @@ impl<'a> Session<'a> {
         let t = &cfg.train;
         let o = &cfg.optim;
         let device = make_device(t.device)?.autodiff();
+        check_precision(t.device, t.precision)?;
+        check_precision(t.device, t.precision)?;
         device.seed(t.seed);
         // Tuning done before this run (an earlier pipeline member's) is not this run's.
         #[cfg(feature = "wgpu")]
@@ -719,6 +721,7 @@ pub fn bench_steps(
     let fc = fusion_config(cfg, &m, vocab.len())?;
     let t = &cfg.train;
     let device = make_device(t.device)?.autodiff();
+    check_precision(t.device, t.precision)?;
     device.seed(t.seed);
     let model = fc.try_init(&device)?;
     let [_, ph, pw] = m.patch_shape;
