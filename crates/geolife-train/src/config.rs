@@ -950,6 +950,10 @@ mod tests {
             let mut preset = TrainConfig::paper(backbone);
             preset.train.checkpoint_every_steps = c.train.checkpoint_every_steps;
             preset.model.sentinel_input = c.model.sentinel_input;
+            // The configs state the GPU precision of the seed (precision=16); the preset (what
+            // `bench train` times on the CPU by default) keeps f32.
+            assert_eq!(c.train.precision, Precision::F16, "{file}");
+            preset.train.precision = c.train.precision;
             assert_eq!(c, preset, "{file} differs from TrainConfig::paper");
         }
         let maxvit = TrainConfig::load(&dir.join("paper-maxvit-t.toml")).unwrap();

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use geolife_data::synth::{SynthConfig, write_dataset};
 use geolife_train::TrainConfig;
-use geolife_train::config::{BackboneKind, DeviceKind};
+use geolife_train::config::{BackboneKind, DeviceKind, Precision};
 use strum::VariantNames;
 
 #[derive(clap::Args)]
@@ -35,6 +35,10 @@ pub struct Args {
     #[arg(long, default_value = "flex",
           value_parser = crate::commands::named::<DeviceKind>(DeviceKind::VARIANTS))]
     pub device: DeviceKind,
+    /// Products in `f32`, or `f16` / `bf16` with f32 weights (default: the config's
+    /// `train.precision`; the paper preset's is f32).
+    #[arg(long, value_parser = crate::commands::named::<Precision>(Precision::VARIANTS))]
+    pub precision: Option<Precision>,
     /// Surveys of the epoch whose duration is extrapolated.
     #[arg(long, default_value_t = 20_000)]
     pub epoch_surveys: usize,
@@ -71,12 +75,15 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
     };
     cfg.train.batch_size = args.batch_size;
     cfg.train.device = args.device;
+    if let Some(p) = args.precision {
+        cfg.train.precision = p;
+    }
     geolife_train::location::resolve_po_file(&mut cfg, &data);
     cfg.validate(std::path::Path::new("<bench>"))?;
     let r = geolife_train::trainer::bench_steps(&cfg, &cache, args.steps)?;
     let epoch_s = args.epoch_surveys as f64 / r.samples_per_s;
     println!(
-        "{} ({} Sentinel, {:.1} M parameters), batch {}, device {}, {} threads available",
+        "{} ({} Sentinel, {:.1} M parameters), batch {}, device {}, precision {}, {} threads available",
         args.config
             .as_ref()
             .map_or("seed network".to_string(), |p| p.display().to_string()),
@@ -84,6 +91,7 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
         r.num_params as f64 / 1e6,
         r.batch_size,
         <&str>::from(args.device),
+        <&str>::from(cfg.train.precision),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
