@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check of the `wgpu` build on a machine with an NVIDIA GPU, against PyTorch (CUDA) on the
 # same machine and the same synthetic dataset (PyTorch in f32 and with --amp, the seed's
-# precision=16: fp16 autocast and a GradScaler): a seed-recipe epoch, training steps of the paper's
-# backbones, and `predict` over 4,716 test surveys with convnext_base. Each step runs under a
+# precision=16: fp16 autocast and a GradScaler; geolife in f32 and with --precision f16): a
+# seed-recipe epoch, training steps of the paper's backbones, and `predict` over 4,716 test
+# surveys with convnext_base. Each step runs under a
 # share of one overall deadline, in order of importance; a summary goes to $OUT/gpu-check.log and
 # every step's whole output to $OUT/steps.txt ($OUT defaults to ./gpu-check).
 #
@@ -71,10 +72,12 @@ EOF
 D=$WORK/data C=$WORK/cache R=$WORK/runs
 step 60 synth "$G" synth --out "$D" --surveys "${SURVEYS:-3000}" --test-surveys "${TEST_SURVEYS:-4716}"
 step 120 epoch-wgpu "$G" train --config "$WORK/epoch.toml" --data "$D" --cache "$C" --out "$R/epoch" --device wgpu
+step 120 epoch-wgpu-f16 "$G" train --config "$WORK/epoch.toml" --data "$C" --out "$R/epoch-f16" --device wgpu --precision f16
 N=$(grep -oE "[0-9]+ train / [0-9]+ validation" "$R/epoch/train.log" 2>/dev/null | head -1 | awk '{print $1}')
 step 50 epoch-torch python3 "$BENCH" --root "$D" --epoch --train-count "${N:-2700}" --sentinel smoke_convnext --batch-size 64 --device cuda --workers 8
 step 50 epoch-torch-amp python3 "$BENCH" --root "$D" --epoch --train-count "${N:-2700}" --sentinel smoke_convnext --batch-size 64 --device cuda --workers 8 --amp
 step 50 tiny64-wgpu "$G" bench train --data "$C" --backbone convnext_tiny --batch-size 64 --steps 5 --device wgpu
+step 50 tiny64-wgpu-f16 "$G" bench train --data "$C" --backbone convnext_tiny --batch-size 64 --steps 5 --device wgpu --precision f16
 step 35 tiny64-torch python3 "$BENCH" --root "$D" --steps 6 --batch-size 64 --sentinel convnext_tiny --device cuda --workers 8
 step 35 tiny64-torch-amp python3 "$BENCH" --root "$D" --steps 6 --batch-size 64 --sentinel convnext_tiny --device cuda --workers 8 --amp
 for b in swin_v2_b maxvit_t; do
@@ -82,13 +85,15 @@ for b in swin_v2_b maxvit_t; do
 done
 step 30 base-ckpt "$G" train --config "$WORK/base.toml" --data "$C" --out "$R/base" --device wgpu
 step 80 predict-wgpu "$G" predict --run "$R/base" --data "$C" --out "$R/base/test.safetensors" --batch-size 64 --device wgpu
+step 80 predict-wgpu-f16 "$G" predict --run "$R/base" --data "$C" --out "$R/base/test-f16.safetensors" --batch-size 64 --device wgpu --precision f16
 step 50 predict-torch python3 "$BENCH" --root "$D" --predict --sentinel convnext_base --batch-size 64 --device cuda --workers 8
 step 50 predict-torch-amp python3 "$BENCH" --root "$D" --predict --sentinel convnext_base --batch-size 64 --device cuda --workers 8 --amp
 for b in convnext_base convnext_large; do
     step 40 "$b-wgpu" "$G" bench train --data "$C" --backbone "$b" --batch-size 16 --steps 3 --device wgpu
 done
-# GPU memory of the paper configs at the paper's batch of 256: the most nvidia-smi saw in use
-# while two training steps ran (sampled every 200 ms).
+# GPU memory of the paper configs at the paper's batch of 256, in the configs' precision (f16
+# products, as the seed): the most nvidia-smi saw in use while two training steps ran
+# (sampled every 200 ms).
 for c in convnext-base convnext-large swinv2-base maxvit-t; do
     [[ "mem-$c" =~ ${ONLY:-.} ]] || continue
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$WORK/mem-$c.csv" &
