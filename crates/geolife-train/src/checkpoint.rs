@@ -247,6 +247,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_loss_scale_halves_on_overflow_and_doubles_after_2000_good_steps() {
+        let mut s = LossScale::start(1024.0);
+        for _ in 0..1999 {
+            s.update(true);
+        }
+        assert_eq!((s.scale, s.good_steps), (1024.0, 1999));
+        s.update(true);
+        assert_eq!((s.scale, s.good_steps), (2048.0, 0));
+        s.update(true);
+        s.update(false);
+        assert_eq!((s.scale, s.good_steps, s.skipped), (1024.0, 0, 1));
+        // An old checkpoint's state (no loss_scale key) reads as None; a new one round-trips.
+        let mut state = TrainState::start();
+        let old = serde_json::to_string(&state).unwrap();
+        assert!(!old.contains("loss_scale"), "{old}");
+        state.loss_scale = Some(s);
+        let back: TrainState =
+            serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        assert_eq!(back, state);
+        let plain: TrainState = serde_json::from_str(&old).unwrap();
+        assert_eq!(plain.loss_scale, None);
+    }
+
+    #[test]
     fn round_trip_and_corruption_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("last.ckpt");
