@@ -125,6 +125,7 @@ fn tiny_end_to_end_learns_and_writes_every_file() {
         batch_size: 40,
         workers: 2,
         device: None,
+        precision: None,
     })
     .unwrap();
     let test_cache = PackedSplit::open(cache, Split::Test).unwrap();
@@ -253,6 +254,7 @@ fn a_second_run_into_the_same_folder_is_refused_and_resume_needs_the_same_config
         batch_size: 8,
         workers: 1,
         device: None,
+        precision: None,
     })
     .unwrap_err()
     .to_string();
@@ -381,6 +383,7 @@ fn resume_on_a_cache_with_another_column_order_maps_the_columns_by_name() {
             batch_size: 16,
             workers: 1,
             device: None,
+            precision: None,
         })
         .unwrap();
         match f.scores {
