@@ -6,11 +6,13 @@ use burn::tensor::Device;
 use crate::config::{DeviceKind, Precision};
 use crate::error::TrainError;
 
-/// The wgpu device, its adapter and whether its shaders take f16 (`None`: not known), brought
-/// up once per process by [`make_device`].
+/// The wgpu device, its adapter and whether its shaders take f16 (`None`: not known).
 #[cfg(feature = "wgpu")]
-static WGPU: std::sync::OnceLock<Result<(Device, String, Option<bool>), String>> =
-    std::sync::OnceLock::new();
+type WgpuUp = (Device, String, Option<bool>);
+
+/// The wgpu device as [`make_device`] brought it up, once per process.
+#[cfg(feature = "wgpu")]
+static WGPU: std::sync::OnceLock<Result<WgpuUp, String>> = std::sync::OnceLock::new();
 
 /// What a device runs on, for run logs: `CPU` for flex, the adapter for wgpu.
 pub fn device_description(kind: DeviceKind) -> String {
