@@ -242,11 +242,10 @@ impl TrainStep {
         let t = Instant::now();
         // f16 gradients below 2^-24 vanish: the loss is scaled up (gradients are scaled back
         // before the update).
-        let factor = self.scaler.map_or(1.0, |s| s.scale) / self.accumulate as f32;
-        let scaled = if factor != 1.0 {
-            loss.mul_scalar(factor)
-        } else {
-            loss
+        let scaled = match self.scaler {
+            Some(s) => loss.mul_scalar(s.scale / self.accumulate as f32),
+            None if self.accumulate > 1 => loss.div_scalar(self.accumulate as f32),
+            None => loss,
         };
         let grads = GradientsParams::from_grads(scaled.backward(), self.model());
         self.accum.accumulate(held(&self.model), grads);
