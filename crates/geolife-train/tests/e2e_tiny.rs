@@ -14,14 +14,6 @@ use geolife_train::predict::{PredictOptions, predict};
 use geolife_train::trainer::files;
 use geolife_train::{Progress, TrainConfig, TrainOptions, train};
 
-/// burn's flex backend keeps one process-wide RNG (dropout, init): trainings running in
-/// parallel test threads would interleave its draws, so every training test holds this lock.
-static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    TRAINING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Dataset root and packed cache, built once per test binary.
 fn fixture() -> &'static (PathBuf, PathBuf) {
     static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
@@ -49,7 +41,7 @@ fn options(config: TrainConfig, run: &Path) -> TrainOptions {
 
 #[test]
 fn tiny_end_to_end_learns_and_writes_every_file() {
-    let _guard = serial();
+    let _guard = common::serial();
     let _ = fixture();
     let (data, cache) = fixture();
     let run = tempfile::tempdir().unwrap();
@@ -170,7 +162,7 @@ fn tiny_end_to_end_learns_and_writes_every_file() {
 
 #[test]
 fn resume_equals_uninterrupted() {
-    let _guard = serial();
+    let _guard = common::serial();
     let _ = fixture();
     let dir = tempfile::tempdir().unwrap();
     let whole = dir.path().join("whole");
@@ -224,7 +216,7 @@ fn resume_equals_uninterrupted() {
 
 #[test]
 fn a_second_run_into_the_same_folder_is_refused_and_resume_needs_the_same_config() {
-    let _guard = serial();
+    let _guard = common::serial();
     let _ = fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
@@ -263,7 +255,7 @@ fn a_second_run_into_the_same_folder_is_refused_and_resume_needs_the_same_config
 
 #[test]
 fn nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint() {
-    let _guard = serial();
+    let _guard = common::serial();
     let _ = fixture();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
@@ -323,7 +315,7 @@ fn reversed_columns_copy(from: &Path, to: &Path) {
 
 #[test]
 fn resume_on_a_cache_with_another_column_order_maps_the_columns_by_name() {
-    let _guard = serial();
+    let _guard = common::serial();
     let (data, cache) = fixture();
     let dir = tempfile::tempdir().unwrap();
     let reversed = dir.path().join("data");

@@ -13,13 +13,6 @@ use geolife_train::config::Precision;
 use geolife_train::predict::{PredictOptions, predict};
 use geolife_train::{Progress, TrainConfig, TrainOptions, TrainSummary, train};
 
-/// burn flex has one process-wide RNG: the trainings of this binary run one at a time.
-static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    TRAINING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn fixture() -> &'static (PathBuf, PathBuf) {
     static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     F.get_or_init(|| common::synth_dataset(360, 60, 30, 23))
@@ -70,7 +63,7 @@ fn best_f1(s: &TrainSummary) -> f64 {
 
 #[test]
 fn half_precision_learns_as_f32_does_and_its_checkpoint_predicts_in_f32() {
-    let _guard = serial();
+    let _guard = common::serial();
     let dir = tempfile::tempdir().unwrap();
     let mut f1 = Vec::new();
     for p in [Precision::F32, Precision::Bf16, Precision::F16] {
@@ -138,7 +131,7 @@ fn half_precision_learns_as_f32_does_and_its_checkpoint_predicts_in_f32() {
 
 #[test]
 fn an_f16_step_whose_gradients_overflow_is_skipped_and_leaves_the_weights() {
-    let _guard = serial();
+    let _guard = common::serial();
     let dir = tempfile::tempdir().unwrap();
     // A scale of 2^40 overflows f16 at the loss's first gradient: every step of this one-batch
     // run is skipped.
@@ -182,7 +175,7 @@ fn f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
 
 #[test]
 fn an_f16_run_resumes_with_its_loss_scale() {
-    let _guard = serial();
+    let _guard = common::serial();
     let dir = tempfile::tempdir().unwrap();
     // From 2^24 the scale halves on each of the first three steps (these gradients overflow f16
     // above about 2^21): a resumed run that started at 2^24 again would skip two more steps,

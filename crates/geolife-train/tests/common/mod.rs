@@ -22,3 +22,12 @@ pub fn synth_dataset(train: usize, test: usize, species: usize, seed: u64) -> (P
     let cache = geolife_train::data::resolve_cache(&data, &dir.join("cache")).unwrap();
     (data, cache)
 }
+
+/// burn's flex backend keeps one process-wide RNG (dropout, init): trainings running in
+/// parallel test threads would interleave its draws, so every training test of a binary holds
+/// this lock.
+#[allow(dead_code)] // not every test binary trains
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TRAINING.lock().unwrap_or_else(|e| e.into_inner())
+}
