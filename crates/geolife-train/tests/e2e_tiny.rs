@@ -12,7 +12,7 @@ use geolife_data::synth::layout::SOLUTION_CSV;
 use geolife_metrics::{Policy, ScoreFile, Scores, read_solution, samples_f1, write_submission};
 use geolife_train::predict::{PredictOptions, predict};
 use geolife_train::trainer::files;
-use geolife_train::{Progress, TrainConfig, TrainOptions, train};
+use geolife_train::{TrainConfig, TrainOptions, train};
 
 /// Dataset root and packed cache, built once per test binary.
 fn fixture() -> &'static (PathBuf, PathBuf) {
@@ -29,14 +29,7 @@ fn tiny(epochs: usize) -> TrainConfig {
 }
 
 fn options(config: TrainConfig, run: &Path) -> TrainOptions {
-    TrainOptions {
-        config,
-        cache: fixture().1.clone(),
-        run_dir: run.to_path_buf(),
-        resume: false,
-        progress: Progress::Quiet,
-        stop_after_batches: None,
-    }
+    common::train_options(config, &fixture().1, run)
 }
 
 #[test]

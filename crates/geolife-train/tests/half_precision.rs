@@ -11,7 +11,7 @@ use geolife_data::Split;
 use geolife_metrics::Scores;
 use geolife_train::config::Precision;
 use geolife_train::predict::{PredictOptions, predict};
-use geolife_train::{Progress, TrainConfig, TrainOptions, TrainSummary, train};
+use geolife_train::{TrainConfig, TrainOptions, TrainSummary, train};
 
 fn fixture() -> &'static (PathBuf, PathBuf) {
     static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
@@ -28,14 +28,7 @@ fn tiny(precision: Precision, epochs: usize) -> TrainConfig {
 }
 
 fn options(config: TrainConfig, run: &Path) -> TrainOptions {
-    TrainOptions {
-        config,
-        cache: fixture().1.clone(),
-        run_dir: run.to_path_buf(),
-        resume: false,
-        progress: Progress::Quiet,
-        stop_after_batches: None,
-    }
+    common::train_options(config, &fixture().1, run)
 }
 
 fn log(run: &Path) -> String {

@@ -31,3 +31,20 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     TRAINING.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A fresh, quiet, uninterrupted training of `config` on `cache` into `run`.
+#[allow(dead_code)] // not every test binary trains
+pub fn train_options(
+    config: geolife_train::TrainConfig,
+    cache: &std::path::Path,
+    run: &std::path::Path,
+) -> geolife_train::TrainOptions {
+    geolife_train::TrainOptions {
+        config,
+        cache: cache.to_path_buf(),
+        run_dir: run.to_path_buf(),
+        resume: false,
+        progress: geolife_train::Progress::Quiet,
+        stop_after_batches: None,
+    }
+}
