@@ -62,7 +62,7 @@ fn train(kernels: bool) -> (Vec<f64>, FusionModel) {
     let fc = FusionConfig::new(CLASSES, BackboneKind::SmokeConvnext);
     let mut model = fc.init(&device);
     model.materialize();
-    let mut optim = optimizer(&OptimSection::default(), DeviceKind::Flex);
+    let (mut optim, _) = optimizer(&OptimSection::default(), DeviceKind::Flex);
     let lr = OptimSection::default().lr;
     let mut losses = Vec::new();
     for step in 0..STEPS as u64 {

@@ -2,9 +2,11 @@
 //! and tensors, the AdamW of the recipe, and batched scoring of a set of surveys.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::{AdamWConfig, ModuleOptimizer, Optimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use geolife_data::cache::Manifest;
 use geolife_model::fusion::{FusionConfig, FusionInput, FusionModel, PriorInput};
@@ -109,22 +111,89 @@ pub fn adamw(o: &OptimSection) -> AdamWConfig {
 
 /// The optimiser of a run: the recipe's AdamW, fused into one pass per parameter on the CPU
 /// (see [`geolife_model::kernels::adamw`]), burn's own on other devices; gradient clipping as
-/// configured.
-pub fn optimizer(o: &OptimSection, device: DeviceKind) -> ModuleOptimizer {
-    match device {
-        DeviceKind::Flex => {
-            let fused = ModuleOptimizer::from(geolife_model::kernels::FusedAdamW::new(
+/// configured. The returned handle divides each gradient by the loss scale of a mixed-precision
+/// step right before that parameter's update (see [`GradUnscale`]).
+pub fn optimizer(o: &OptimSection, device: DeviceKind) -> (ModuleOptimizer, GradUnscale) {
+    let unscale = GradUnscale::default();
+    let optim = match device {
+        DeviceKind::Flex => ModuleOptimizer::from(Unscaled {
+            inner: geolife_model::kernels::FusedAdamW::new(
                 o.beta1 as f32,
                 o.beta2 as f32,
                 o.epsilon as f32,
                 o.weight_decay as f32,
-            ));
-            match o.grad_clip_norm {
-                Some(n) => fused.with_grad_clipping(GradientClippingConfig::Norm(n as f32).init()),
-                None => fused,
-            }
-        }
-        DeviceKind::Wgpu => adamw(o).init(),
+            ),
+            unscale: unscale.clone(),
+        }),
+        DeviceKind::Wgpu => ModuleOptimizer::from(Unscaled {
+            inner: adamw(o).build(),
+            unscale: unscale.clone(),
+        }),
+    };
+    let optim = match o.grad_clip_norm {
+        Some(n) => optim.with_grad_clipping(GradientClippingConfig::Norm(n as f32).init()),
+        None => optim,
+    };
+    (optim, unscale)
+}
+
+/// The factor (1 / loss scale) by which [`optimizer`]'s updates multiply their gradients; 1
+/// outside f16 steps, where nothing is multiplied.
+///
+/// Dividing inside the update rather than as a pass of its own lets a GPU's operation fusion
+/// run the division in the same kernel as that parameter's AdamW chain: one kernel per
+/// parameter tensor instead of two. Gradient clipping, which burn applies before the update,
+/// needs unscaled gradients: with clipping, the step divides them itself and leaves this at 1.
+#[derive(Clone, Debug)]
+pub struct GradUnscale(Arc<AtomicU32>);
+
+impl Default for GradUnscale {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU32::new(1f32.to_bits())))
+    }
+}
+
+impl GradUnscale {
+    /// Sets the factor for the following updates.
+    pub fn set(&self, factor: f32) {
+        self.0.store(factor.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The factor now.
+    pub fn get(&self) -> f32 {
+        f32::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// An optimiser whose gradients are first multiplied by a [`GradUnscale`] factor. Its state is
+/// the inner optimiser's, so checkpoints are the same as without the wrapper.
+#[derive(Clone)]
+struct Unscaled<O> {
+    inner: O,
+    unscale: GradUnscale,
+}
+
+impl<O: Optimizer> Optimizer for Unscaled<O> {
+    type State<const D: usize> = O::State<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: f64,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let factor = self.unscale.get();
+        let grad = if factor == 1.0 {
+            grad
+        } else {
+            grad.mul_scalar(factor)
+        };
+        self.inner.step(lr, tensor, grad, state)
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        O::to_device(state, device)
     }
 }
 

@@ -42,8 +42,8 @@ use crate::vocab::Vocabulary;
 pub use checkpointer::Checkpointer;
 pub use device::{check_precision, device_description, make_device};
 pub use inputs::{
-    Scored, adamw, batch_shapes, batch_targets, batch_tensors, check_model_input, fusion_config,
-    optimizer, score_surveys,
+    GradUnscale, Scored, adamw, batch_shapes, batch_targets, batch_tensors, check_model_input,
+    fusion_config, optimizer, score_surveys,
 };
 pub use run_dir::{Progress, RunDir, RunInfo, files, write_atomic, write_labels};
 pub use step::{StepError, StepOutcome, StepShape, StepTimes, TrainStep, device_failure};
@@ -308,7 +308,7 @@ impl<'a> Session<'a> {
         )
         .with_location(cfg.location.on().then(|| cfg.location.to_json()))
         .with_species(vocab.species().to_vec());
-        let mut optim = optimizer(o, t.device);
+        let (mut optim, unscale) = optimizer(o, t.device);
         let mut state = TrainState::start();
         if opts.resume {
             (state, model, optim) = checkpoints.load_last(&fc, &device, optim)?;
@@ -340,7 +340,7 @@ impl<'a> Session<'a> {
             precision: t.precision,
             loss_scale: t.loss_scale as f32,
         };
-        let mut trainee = TrainStep::new(model, optim, o.accumulate, t.seed, shape);
+        let mut trainee = TrainStep::new(model, (optim, unscale), o.accumulate, t.seed, shape);
         trainee.resume_loss_scale(state.loss_scale);
         let batches_per_epoch = match split.train.len().div_ceil(t.batch_size) {
             full if t.max_batches_per_epoch > 0 => full.min(t.max_batches_per_epoch),

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 use geolife_model::fusion::{FusionConfig, FusionModel};
 use serde::Serialize;
 
-use super::inputs::{batch_targets, batch_tensors};
+use super::inputs::{GradUnscale, batch_targets, batch_tensors};
 use crate::checkpoint::LossScale;
 use crate::config::Precision;
 use crate::error::TrainError;
@@ -23,6 +23,8 @@ pub struct TrainStep {
     /// clone held here, every parameter was copied at every step: 0.4 s of a seed-recipe epoch).
     model: Option<FusionModel>,
     pub optim: ModuleOptimizer,
+    /// The factor `optim` multiplies gradients by (1 / loss scale in f16 steps).
+    unscale: GradUnscale,
     accum: GradientsAccumulator<FusionModel>,
     pending: usize,
     /// Batches per optimiser step.
@@ -157,7 +159,7 @@ impl TrainStep {
     /// [`FusionModel::materialize`]), stepping `optim` every `accumulate` batches of `shape`.
     pub fn new(
         model: FusionModel,
-        optim: ModuleOptimizer,
+        (optim, unscale): (ModuleOptimizer, GradUnscale),
         accumulate: usize,
         seed: u64,
         shape: StepShape,
@@ -168,6 +170,7 @@ impl TrainStep {
         Self {
             model: Some(model),
             optim,
+            unscale,
             accum: GradientsAccumulator::new(),
             pending: 0,
             accumulate: accumulate.max(1),
@@ -258,9 +261,15 @@ impl TrainStep {
             let mut grads = self.accum.grads();
             let finite = match &mut self.scaler {
                 Some(scaler) => {
-                    let finite = unscale(&mut grads, held(&self.model), 1.0 / scaler.scale)?;
+                    let inv = 1.0 / scaler.scale;
+                    let finite = all_finite(&grads, held(&self.model))?;
                     if !finite {
                         overflow = Some(scaler.scale);
+                    } else if self.optim.has_gradient_clipping() {
+                        // Clipping runs before the update: it needs the true gradients.
+                        unscale(&mut grads, held(&self.model), inv);
+                    } else {
+                        self.unscale.set(inv);
                     }
                     scaler.update(finite);
                     finite
@@ -273,6 +282,7 @@ impl TrainStep {
                     .take()
                     .unwrap_or_else(|| unreachable!("taken only here"));
                 self.model = Some(self.optim.step(lr, model, grads));
+                self.unscale.set(1.0);
             }
             self.times.optimizer_s += t.elapsed().as_secs_f64();
             self.pending = 0;
@@ -285,42 +295,56 @@ impl TrainStep {
     }
 }
 
-/// Divides every gradient of `model` in `grads` by the loss scale (multiplies by `inv`);
-/// whether all of them are finite (one value read back for the whole model).
-fn unscale(grads: &mut GradientsParams, model: &FusionModel, inv: f32) -> Result<bool, StepError> {
-    struct Unscale<'a> {
-        grads: &'a mut GradientsParams,
-        inv: f32,
-        /// The sum of every gradient times zero: NaN as soon as one value is not finite.
+/// Whether every gradient of `model` in `grads` is finite: one value read back for the whole
+/// model, the sum of all gradients, which is not finite as soon as one value is not. (A sum of
+/// finite values that overflows f32 counts as an overflow too: gradients near 1e38 are one.)
+/// A plain sum is one reduction kernel per tensor on a GPU; multiplying by zero first, to
+/// keep the sum at zero, would add an element-wise kernel to each.
+fn all_finite(grads: &GradientsParams, model: &FusionModel) -> Result<bool, StepError> {
+    struct Check<'a> {
+        grads: &'a GradientsParams,
         poison: Option<Tensor<1>>,
     }
-    impl ModuleVisitor for Unscale<'_> {
+    impl ModuleVisitor for Check<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let Some(g) = self.grads.remove::<D>(param.id) else {
+            let Some(g) = self.grads.get::<D>(param.id) else {
                 return;
             };
-            let g = g.mul_scalar(self.inv);
-            let zero = g.clone().mul_scalar(0.0).sum();
+            let sum = g.sum();
             self.poison = Some(match self.poison.take() {
-                Some(p) => p + zero,
-                None => zero,
+                Some(p) => p + sum,
+                None => sum,
             });
-            self.grads.register(param.id, g);
         }
     }
-    let mut v = Unscale {
+    let mut check = Check {
         grads,
-        inv,
         poison: None,
     };
-    burn::module::Module::visit(model, &mut v);
-    let Some(poison) = v.poison else {
+    burn::module::Module::visit(model, &mut check);
+    let Some(poison) = check.poison else {
         return Ok(true);
     };
     let value: f32 = poison
         .try_into_scalar()
         .map_err(|e| StepError::Device(one_line(&format!("{e:?}"))))?;
     Ok(value.is_finite())
+}
+
+/// Multiplies every gradient of `model` in `grads` by `inv` (1 / loss scale).
+fn unscale(grads: &mut GradientsParams, model: &FusionModel, inv: f32) {
+    struct Unscale<'a> {
+        grads: &'a mut GradientsParams,
+        inv: f32,
+    }
+    impl ModuleVisitor for Unscale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.inv));
+            }
+        }
+    }
+    burn::module::Module::visit(model, &mut Unscale { grads, inv });
 }
 
 #[cfg(test)]
