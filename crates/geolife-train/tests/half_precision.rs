@@ -1,6 +1,7 @@
 //! Mixed precision on the CPU (burn flex runs f16 and bf16 too): a half-precision run learns as
 //! the f32 one does, its checkpoint predicts in f32, an f16 step whose gradients overflow is
-//! skipped without touching the weights, and the loss scale survives a resume.
+//! skipped without touching the weights, the loss scale survives a resume, and gradient clipping
+//! sees the unscaled gradients.
 
 mod common;
 
@@ -195,4 +196,54 @@ fn an_f16_run_resumes_with_its_loss_scale() {
         assert!((x.val_f1 - y.val_f1).abs() < 1e-9, "{x:?} vs {y:?}");
     }
     assert_eq!(parameters(&whole), parameters(&parts));
+}
+
+/// Mean absolute change of each run's weights from `start`'s, over all trainable tensors.
+fn mean_change(run: &Path, start: &Path) -> f64 {
+    let (a, b) = (parameters(run), parameters(start));
+    let (mut sum, mut n) = (0f64, 0usize);
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        for (x, y) in f32s(ta).zip(f32s(tb)) {
+            sum += f64::from((x - y).abs());
+            n += 1;
+        }
+    }
+    sum / n as f64
+}
+
+/// Gradient clipping in an f16 run clips the true gradients, not the loss-scaled ones. Clipped
+/// to a norm of 1e-2, the true gradients of this net are still far above AdamW's epsilon, so
+/// the first step moves each weight by about the learning rate, as in f32. Clipping the
+/// gradients while still scaled by 2^16 and unscaling afterwards would leave them near 1e-10,
+/// below epsilon (1e-8), and the weights would move about ten times less (measured: 0.10 of f32's
+/// change, against 1.00 with the true gradients).
+#[test]
+fn an_f16_run_clips_its_unscaled_gradients() {
+    let _guard = common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let one_step = |precision: Precision, lr: f64, name: &str| {
+        let mut cfg = tiny(precision, 1);
+        cfg.train.max_batches_per_epoch = 1;
+        cfg.optim.grad_clip_norm = Some(1e-2);
+        cfg.optim.lr = lr;
+        let run = dir.path().join(name);
+        train(&options(cfg, &run)).unwrap();
+        assert!(!log(&run).contains("step skipped"), "{}", log(&run));
+        run
+    };
+    let start = one_step(Precision::F32, 1e-30, "start");
+    let f32_change = mean_change(&one_step(Precision::F32, 1e-3, "f32"), &start);
+    let f16_change = mean_change(&one_step(Precision::F16, 1e-3, "f16"), &start);
+    println!("mean weight change of one clipped step: f32 {f32_change:.3e}, f16 {f16_change:.3e}");
+    assert!(
+        f32_change > 1e-5,
+        "the f32 step moved the weights by {f32_change:e}"
+    );
+    let ratio = f16_change / f32_change;
+    assert!(
+        (0.8..1.25).contains(&ratio),
+        "one clipped step moved the weights by {f16_change:e} in f16 against {f32_change:e} in \
+         f32 (ratio {ratio:.3})"
+    );
 }
