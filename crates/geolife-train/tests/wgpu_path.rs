@@ -62,6 +62,10 @@ const HALF_SCORE_ABS_TOL: f32 = 2e-2;
 /// 4,267 without burn's operation fusion, 1,340 with it (issue 21). The bound leaves room for
 /// other autotuned kernel choices and fails a build that has lost fusion.
 const MAX_LAUNCHES_PER_STEP: f64 = 2000.0;
+/// Kernel launches of an f16 training step against an f32 one (tiny recipe, llvmpipe): 1.38
+/// measured (1,837 against 1,336); with the unscaling as a kernel per gradient beside the
+/// overflow check, as first built, it was 1.48 (1,982).
+const MAX_HALF_LAUNCH_RATIO: f64 = 1.45;
 /// Kernel launches per AdamW step of one parameter tensor: burn's AdamW unfused runs about 15
 /// element-wise kernels; fused, 5 steps ran as 2 kernels on llvmpipe.
 const MAX_ADAMW_LAUNCHES: usize = 2;
@@ -471,8 +475,9 @@ fn fixture_test_len() -> usize {
 /// the GPU build, printed in CI's log. Every launch costs host and device time whatever it
 /// computes, so a build that loses burn's operation fusion (the `burn/fusion` feature) runs
 /// several times more kernels per step and fails here. Measured on llvmpipe (issue 21):
-/// 4,267 per step without fusion, 1,340 with it. (`geolife bench train --device wgpu` prints
-/// the same figure for any config; the README has the seed network's.)
+/// 4,267 per step without fusion, 1,340 with it. The same step in f16 is bounded against the
+/// f32 one. (`geolife bench train --device wgpu` prints the same figure for any config; the
+/// README has the seed network's.)
 #[test]
 fn a_training_step_launches_few_kernels() {
     let _guard = serial();
@@ -498,6 +503,24 @@ fn a_training_step_launches_few_kernels() {
     assert!(
         per_step >= 50.0,
         "{per_step} launches per step: is anything counted?"
+    );
+    // Mixed precision adds casts and the overflow check (one reduction per parameter tensor);
+    // the division by the loss scale runs inside each tensor's AdamW kernel, adding none.
+    cfg.train.precision = Precision::F16;
+    let h = geolife_train::trainer::bench_steps(&cfg, cache(), 2).unwrap();
+    let lh = h.launches.expect("a wgpu bench counts launches");
+    let half_per_step = lh.total as f64 / h.steps as f64;
+    println!(
+        "tiny recipe, f16: {half_per_step:.0} kernel launches per training step ({:.2}x f32's); \
+         most launched: {:?}",
+        half_per_step / per_step,
+        lh.top(10)
+    );
+    assert!(h.losses.iter().all(|v| v.is_finite()), "{:?}", h.losses);
+    assert!(
+        half_per_step <= MAX_HALF_LAUNCH_RATIO * per_step,
+        "an f16 step launched {half_per_step:.0} kernels, more than {MAX_HALF_LAUNCH_RATIO}x \
+         the f32 step's {per_step:.0}: does the unscaling run as kernels of its own again?"
     );
 }
 
