@@ -278,12 +278,15 @@ pub fn score_surveys<S: SampleSource + ?Sized>(
         let n = b.inputs.n;
         let logits = model.forward(batch_tensors(&b, fc, [h, w], device));
         let targets = batch_targets(&b, vocab.len(), device);
-        let loss: f32 = geolife_model::loss::bce_with_logits(logits.clone(), targets).into_scalar();
-        loss_sum += f64::from(loss) * n as f64;
+        let loss = geolife_model::loss::bce_with_logits(logits.clone(), targets);
+        // Both are queued before either is read: on a GPU the first read waits for the batch
+        // once, and the second finds its value computed.
         let p = burn::tensor::activation::sigmoid(logits)
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| TrainError::Invalid(format!("reading scores: {e:?}")))?;
+        let loss: f32 = loss.into_scalar();
+        loss_sum += f64::from(loss) * n as f64;
         out.probs.extend(p);
         out.survey_ids.extend_from_slice(&b.survey_ids);
         out.labels.extend(b.labels);
