@@ -114,7 +114,7 @@ pub fn adamw(o: &OptimSection) -> AdamWConfig {
 /// configured. The returned handle divides each gradient by the loss scale of a mixed-precision
 /// step right before that parameter's update (see [`GradUnscale`]).
 pub fn optimizer(o: &OptimSection, device: DeviceKind) -> (ModuleOptimizer, GradUnscale) {
-    let unscale = GradUnscale::default();
+    let unscale = GradUnscale::new();
     let optim = match device {
         DeviceKind::Flex => ModuleOptimizer::from(Unscaled {
             inner: geolife_model::kernels::FusedAdamW::new(
@@ -144,16 +144,17 @@ pub fn optimizer(o: &OptimSection, device: DeviceKind) -> (ModuleOptimizer, Grad
 /// run the division in the same kernel as that parameter's AdamW chain: one kernel per
 /// parameter tensor instead of two. Gradient clipping, which burn applies before the update,
 /// needs unscaled gradients: with clipping, the step divides them itself and leaves this at 1.
+///
+/// Only [`optimizer`] makes one, so a handle is always the one its optimiser reads: a handle
+/// that no optimiser reads would leave f16 gradients scaled by 2^16 going into AdamW.
 #[derive(Clone, Debug)]
 pub struct GradUnscale(Arc<AtomicU32>);
 
-impl Default for GradUnscale {
-    fn default() -> Self {
+impl GradUnscale {
+    fn new() -> Self {
         Self(Arc::new(AtomicU32::new(1f32.to_bits())))
     }
-}
 
-impl GradUnscale {
     /// Sets the factor for the following updates.
     pub fn set(&self, factor: f32) {
         self.0.store(factor.to_bits(), Ordering::Relaxed);
