@@ -302,7 +302,7 @@ impl ResNet {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H', W']`
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
-        match kernels::on_cpu_f32(&x) {
+        match kernels::channels_last(&x) {
             true => self.forward_features_nhwc(x).permute([0, 3, 1, 2]),
             false => self.forward_features_nchw(x),
         }
@@ -357,7 +357,7 @@ impl ResNet {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, num_classes]` or `[B, C4]`
     pub fn forward_with(&self, x: Tensor<4>, pre_logits: bool) -> Tensor<2> {
-        if !kernels::on_cpu_f32(&x) {
+        if !kernels::channels_last(&x) {
             return self.forward_head(self.forward_features_nchw(x), pre_logits);
         }
         let x = self.forward_features_nhwc(x);

@@ -9,6 +9,8 @@ pub mod conv;
 pub mod gelu;
 pub mod linear;
 pub mod norm;
+#[cfg(feature = "wgpu")]
+mod norm_gpu;
 mod shared;
 
 pub use adamw::{FusedAdamW, adamw_applies, adamw_step};
@@ -16,6 +18,6 @@ pub use autocast::{AutocastGuard, autocast, matmul};
 pub use bce::bce_with_logits;
 pub use gelu::gelu;
 pub use linear::{linear, linear_with};
-pub use norm::{batch_norm, batch_norm_nhwc, layer_norm};
+pub use norm::{batch_norm, batch_norm_nhwc, channels_last, layer_norm};
 pub(crate) use shared::on_cpu_f32;
 pub use shared::set_cpu_kernels;

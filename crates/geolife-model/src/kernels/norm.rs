@@ -19,12 +19,14 @@ use super::shared::{
     untracked, widest,
 };
 
-/// BatchNorm and LayerNorm with their own CPU kernels.
-#[backend_extension(Flex, Autodiff)]
+/// BatchNorm and LayerNorm with their own kernels: on the CPU (below) and in the GPU build
+/// (`norm_gpu.rs`, cubecl kernels registered in fusion's stream as custom operations).
+#[backend_extension(Flex, Cube: cfg(feature = "wgpu"), Fusion: cfg(feature = "wgpu"), Autodiff)]
 pub trait NormBackend: Backend {
     /// BatchNorm over `[B, C, ...]` (channels-last `[..., C]` with `nhwc`) with the batch's
     /// statistics, then ReLU when `relu`: `(output, mean, biased variance)`; the statistics
     /// carry no gradient.
+    #[fusion(meta = |x, gamma, _b, _e, _r, _n| (x.clone(), gamma.clone(), gamma.clone()))]
     fn fused_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -37,6 +39,7 @@ pub trait NormBackend: Backend {
     /// The gradients of [`fused_batch_norm_train`](NormBackend::fused_batch_norm_train):
     /// `(x, gamma, beta)`.
     #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |x, gamma, _b, _m, _v, _g, _e, _r, _n| (x.clone(), gamma.clone(), gamma.clone()))]
     fn fused_batch_norm_train_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -54,6 +57,7 @@ pub trait NormBackend: Backend {
 
     /// BatchNorm with fixed statistics (inference), then ReLU when `relu`.
     #[allow(clippy::too_many_arguments)]
+    #[fusion(dtype = x, shape = x)]
     fn fused_batch_norm_eval(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -66,6 +70,7 @@ pub trait NormBackend: Backend {
     ) -> FloatTensor<Self>;
 
     /// LayerNorm over the last axis of `x` (rows of `gamma.len()` values), then `* gamma + beta`.
+    #[fusion(dtype = x, shape = x)]
     fn fused_layer_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -76,6 +81,7 @@ pub trait NormBackend: Backend {
     /// [`fused_layer_norm`](NormBackend::fused_layer_norm), also returning the input as its
     /// backward pass reads it (contiguous): ConvNeXt normalises a permuted view, and the copy
     /// the forward pass makes is then not made again.
+    #[fusion(meta = |x, _g, _b, _e| (x.clone(), x.clone()))]
     fn fused_layer_norm_saving(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -88,6 +94,7 @@ pub trait NormBackend: Backend {
 
     /// The gradients of [`fused_layer_norm`](NormBackend::fused_layer_norm):
     /// `(x, gamma, beta)`.
+    #[fusion(meta = |x, gamma, _g, _e| (x.clone(), gamma.clone(), gamma.clone()))]
     fn fused_layer_norm_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -99,23 +106,51 @@ pub trait NormBackend: Backend {
     }
 }
 
-/// `bn.forward(x)`, then ReLU when `relu`: with the fused kernels on the CPU (the running
-/// statistics updated exactly as burn's `BatchNorm` does), burn's layers elsewhere.
+/// `bn.forward(x)`, then ReLU when `relu`: with the fused kernels on the CPU and in the GPU
+/// build (the running statistics updated exactly as burn's `BatchNorm` does), burn's layers
+/// elsewhere.
 pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> Tensor<D> {
-    if !on_cpu_f32(&x) || D < 2 {
+    if !fused_f32(&x) || D < 2 {
         return bn_relu(bn, x, relu);
     }
     batch_norm_kernel(bn, x, relu, false)
 }
 
-/// [`batch_norm`] of channels-last maps `[B, H, W, C]`: on the CPU the statistics and the
-/// affine map run over rows of contiguous channels (vectorised across them); elsewhere burn's
-/// layer runs between two permutations.
+/// [`batch_norm`] of channels-last maps `[B, H, W, C]`: the kernels' statistics and affine
+/// map run over rows of contiguous channels; elsewhere burn's layer runs between two
+/// permutations.
 pub fn batch_norm_nhwc(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
-    if !on_cpu_f32(&x) {
+    if !fused_f32(&x) {
         return bn_relu(bn, x.permute([0, 3, 1, 2]), relu).permute([0, 2, 3, 1]);
     }
     batch_norm_kernel(bn, x, relu, true)
+}
+
+/// Whether a network should run on `x` channels-last (`[B, H, W, C]` between layers): where
+/// the norm kernels take it (f32 on the CPU or in the GPU build). They read channels-last
+/// values directly, burn's layers only through two permutations; on a GPU the convolutions
+/// work channels-last anyway.
+pub fn channels_last<const D: usize>(x: &Tensor<D>) -> bool {
+    fused_f32(x)
+}
+
+/// Whether this module's kernels take `x`: f32 values on the CPU, or on the GPU build's
+/// device (`norm_gpu.rs`), while the kernels are on ([`super::set_cpu_kernels`]).
+fn fused_f32<const D: usize>(x: &Tensor<D>) -> bool {
+    on_cpu_f32(x) || on_gpu_f32(x)
+}
+
+/// Whether `x` holds f32 values on the GPU build's device with the kernels on.
+#[cfg(feature = "wgpu")]
+fn on_gpu_f32<const D: usize>(x: &Tensor<D>) -> bool {
+    x.dtype() == DType::F32
+        && super::shared::kernels_on()
+        && x.device().without_autodiff() != burn::tensor::Device::flex()
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn on_gpu_f32<const D: usize>(_: &Tensor<D>) -> bool {
+    false
 }
 
 /// burn's `BatchNorm`, then ReLU when `relu`.
@@ -186,7 +221,7 @@ pub fn layer_norm<const D: usize>(
     epsilon: f64,
 ) -> Tensor<D> {
     let beta = match beta {
-        Some(beta) if on_cpu_f32(&x) && gamma.dtype() == DType::F32 => beta,
+        Some(beta) if fused_f32(&x) && gamma.dtype() == DType::F32 => beta,
         beta => return burn::tensor::module::layer_norm(x, gamma, beta, epsilon),
     };
     Tensor::from_dispatch(Dispatch::fused_layer_norm(
@@ -598,7 +633,7 @@ fn layer_norm_backward(
 
 /// `[B, C, plane]` sizes of a `[B, C, ...]` shape: `(C, plane)`; channels-last `[..., C]`
 /// with `nhwc` (planes of one value).
-fn channels_plane(shape: &Shape, nhwc: bool) -> (usize, usize) {
+pub(super) fn channels_plane(shape: &Shape, nhwc: bool) -> (usize, usize) {
     if nhwc {
         // `[..., C]`: rows of one value per channel, the layout of `[N, C]` with planes of 1.
         return (shape[shape.num_dims() - 1], 1);

@@ -24,6 +24,12 @@ pub fn set_cpu_kernels(on: bool) {
     CPU_KERNELS.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether the kernels are on ([`set_cpu_kernels`]; the switch also covers the GPU build's
+/// norm kernels, so that a run can be compared with burn's own layers on either device).
+pub(super) fn kernels_on() -> bool {
+    CPU_KERNELS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Whether `t` lives on burn flex (with or without autodiff) and holds f32 values: the tensors
 /// these kernels take (while they are on, see [`set_cpu_kernels`]).
 pub(crate) fn on_cpu_f32<const D: usize>(t: &Tensor<D>) -> bool {
