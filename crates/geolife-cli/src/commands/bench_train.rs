@@ -128,7 +128,7 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
             r.steps
         );
         let top: Vec<String> = l
-            .top(60)
+            .top(8)
             .into_iter()
             .map(|(k, c)| format!("{:.0} {k}", c as f64 / r.steps.max(1) as f64))
             .collect();

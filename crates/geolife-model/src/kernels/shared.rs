@@ -33,9 +33,7 @@ pub(super) fn kernels_on() -> bool {
 /// Whether `t` lives on burn flex (with or without autodiff) and holds f32 values: the tensors
 /// these kernels take (while they are on, see [`set_cpu_kernels`]).
 pub(crate) fn on_cpu_f32<const D: usize>(t: &Tensor<D>) -> bool {
-    t.dtype() == DType::F32
-        && t.device().without_autodiff() == Device::flex()
-        && CPU_KERNELS.load(std::sync::atomic::Ordering::Relaxed)
+    t.dtype() == DType::F32 && t.device().without_autodiff() == Device::flex() && kernels_on()
 }
 
 /// Values per parallel task of the element-wise loops.
