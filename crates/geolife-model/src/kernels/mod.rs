@@ -1,6 +1,8 @@
 //! The CPU kernels of the seed network's layers, registered for burn flex through burn's
-//! backend-extension API with their own autodiff nodes; every other device and dtype runs burn's
-//! own operations. One module per computation, all built on `shared.rs` (README, "Measured speed").
+//! backend-extension API with their own autodiff nodes, and the GPU build's BatchNorm and
+//! LayerNorm kernels (`norm_gpu.rs`, cubecl) behind the same operations; every other device,
+//! dtype and layer runs burn's own operations. One module per computation, the CPU ones built
+//! on `shared.rs` (README, "Measured speed").
 
 pub mod adamw;
 pub mod autocast;
