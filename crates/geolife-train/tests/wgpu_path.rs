@@ -1088,3 +1088,60 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
         );
     }
 }
+
+/// The mixed-precision overflow check (`kernels::finite`) on the GPU build: one NaN or
+/// infinity anywhere fails it, large finite values pass (their sum would overflow f32),
+/// permuted views are read in place and sliced ones through a copy, and each tensor costs one
+/// kernel (the check before it, a `sum` per gradient and their additions, ran about 2.7 per
+/// tensor on llvmpipe).
+#[test]
+fn the_gpu_finite_check_flags_nan_and_infinity_with_one_kernel_per_tensor() {
+    use geolife_model::kernels::finite::FiniteCheck;
+    let _guard = serial();
+    let d = wgpu();
+    let values = |bad: Option<(usize, f32)>| {
+        let mut v: Vec<f32> = (0..24).map(|i| (i as f32 - 11.5) * 0.25).collect();
+        if let Some((at, x)) = bad {
+            v[at] = x;
+        }
+        Tensor::<2>::from_data(TensorData::new(v, [4, 6]), &d)
+    };
+    let check = |tensors: Vec<Tensor<2>>| {
+        let mut c = FiniteCheck::default();
+        for t in tensors {
+            c.add(t);
+        }
+        c.finish().expect("the check reads its flag back")
+    };
+    assert!(check(vec![values(None), values(None)]));
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for at in [0, 13, 23] {
+            let ts = vec![values(None), values(Some((at, bad))), values(None)];
+            assert!(!check(ts), "{bad} at {at} passed on wgpu");
+        }
+    }
+    let big = Tensor::<2>::from_data(TensorData::new(vec![3.0e38f32; 24], [4, 6]), &d);
+    assert!(check(vec![big.clone(), big]));
+    let t = values(Some((5, f32::NAN)));
+    assert!(!check(vec![t.clone().permute([1, 0])]));
+    assert!(
+        check(vec![t.clone().slice([1..4, 0..6])]),
+        "the NaN is in row 0"
+    );
+    assert!(!check(vec![t.slice([0..2, 4..6])]));
+    // Launches of a check of four tensors, the second of two equal checks.
+    let ts: Vec<Tensor<2>> = (0..4).map(|_| values(None)).collect();
+    let mut launches = 0;
+    for _ in 0..2 {
+        d.sync().unwrap();
+        let watch = LaunchWatch::start();
+        assert!(check(ts.clone()));
+        launches = watch.finish().total;
+    }
+    println!("finite check of 4 tensors on wgpu: {launches} kernel launches");
+    assert!(
+        launches <= 4 + 1,
+        "the check of 4 tensors launched {launches} kernels: more than one per tensor and the \
+         flag's zeroing"
+    );
+}

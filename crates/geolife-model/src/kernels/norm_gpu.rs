@@ -315,9 +315,9 @@ fn ln_backward_params<F: Float>(
 // ---------------------------------------------------------------------------------------------
 // Launches.
 
-/// `t` contiguous, checked to hold f32 values (the only type these kernels are launched for:
-/// the callers route other types to burn's layers).
-fn f32_contiguous(t: CubeTensor, what: &str) -> CubeTensor {
+/// `t` contiguous, checked to hold f32 values (the only type these kernels and the finite
+/// check's are launched for: the callers route other types to burn's operations).
+pub(super) fn f32_contiguous(t: CubeTensor, what: &str) -> CubeTensor {
     assert_eq!(
         t.dtype,
         DType::F32,
@@ -351,14 +351,14 @@ fn per_channel(channels: usize, block: usize) -> (CubeCount, CubeDim) {
 }
 
 /// One unit per item, in cubes of [`BLOCK`] units (or fewer, see [`block`]).
-fn per_item(t: &CubeTensor, items: usize) -> (CubeCount, CubeDim) {
+pub(super) fn per_item(t: &CubeTensor, items: usize) -> (CubeCount, CubeDim) {
     let dim = CubeDim::new_1d(block(t) as u32);
     let count = cubecl::calculate_cube_count_elemwise(&t.client, items.max(1), dim);
     (count, dim)
 }
 
 /// `t`'s buffer as a kernel argument.
-fn arg(t: &CubeTensor) -> BufferArg {
+pub(super) fn arg(t: &CubeTensor) -> BufferArg {
     t.clone().into_buffer_arg()
 }
 

@@ -15,6 +15,7 @@ use crate::checkpoint::LossScale;
 use crate::config::Precision;
 use crate::error::TrainError;
 use crate::loader::{self, ReadyBatch};
+use geolife_model::kernels::finite::FiniteCheck;
 
 /// The model, its optimiser and the pending accumulated gradients.
 pub struct TrainStep {
@@ -295,40 +296,30 @@ impl TrainStep {
     }
 }
 
-/// Whether every gradient of `model` in `grads` is finite: one value read back for the whole
-/// model, the sum of all gradients, which is not finite as soon as one value is not. (A sum of
-/// finite values that overflows f32 counts as an overflow too: gradients near 1e38 are one.)
-/// A plain sum is one reduction kernel per tensor on a GPU; multiplying by zero first, to
-/// keep the sum at zero, would add an element-wise kernel to each.
+/// Whether every gradient of `model` in `grads` is finite (no NaN, no infinity): one flag for
+/// the whole model, set by one kernel per gradient on a GPU (`kernels::finite`), one value read
+/// back.
 fn all_finite(grads: &GradientsParams, model: &FusionModel) -> Result<bool, StepError> {
     struct Check<'a> {
         grads: &'a GradientsParams,
-        poison: Option<Tensor<1>>,
+        check: FiniteCheck,
     }
     impl ModuleVisitor for Check<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let Some(g) = self.grads.get::<D>(param.id) else {
-                return;
-            };
-            let sum = g.sum();
-            self.poison = Some(match self.poison.take() {
-                Some(p) => p + sum,
-                None => sum,
-            });
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                self.check.add(g);
+            }
         }
     }
     let mut check = Check {
         grads,
-        poison: None,
+        check: FiniteCheck::default(),
     };
     burn::module::Module::visit(model, &mut check);
-    let Some(poison) = check.poison else {
-        return Ok(true);
-    };
-    let value: f32 = poison
-        .try_into_scalar()
-        .map_err(|e| StepError::Device(one_line(&format!("{e:?}"))))?;
-    Ok(value.is_finite())
+    check
+        .check
+        .finish()
+        .map_err(|e| StepError::Device(one_line(&e)))
 }
 
 /// Multiplies every gradient of `model` in `grads` by `inv` (1 / loss scale).
