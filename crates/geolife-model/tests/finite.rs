@@ -1,7 +1,7 @@
 //! The mixed-precision overflow check (`kernels::finite::FiniteCheck`) on the CPU: one NaN, or
 //! one infinity of either sign, anywhere in any of the tensors makes the whole check fail;
 //! finite values pass however large (their sum would overflow f32, which does not count, as in
-//! PyTorch's `GradScaler`); permuted and sliced views are read as their values; no tensor
+//! PyTorch's `GradScaler`); permuted and sliced views are checked on their own values; no tensor
 //! passes. (The same cases run on the GPU build in `geolife-train/tests/wgpu_path.rs`.)
 
 use burn::tensor::{Device, Tensor, TensorData};

@@ -886,8 +886,9 @@ fn weighted_sum<const D: usize>(y: Tensor<D>) -> Tensor<1> {
 /// The GPU build's BatchNorm (+ ReLU) and LayerNorm kernels (`norm_gpu.rs`) against burn's own
 /// layers on the same wgpu device (an independent implementation: chains of reductions and
 /// broadcasts): outputs, the gradients of the input and of both parameters, the running
-/// statistics, and inference with them; channels-first maps, channels-last maps read in
-/// place (as the ResNets run on a GPU) and `[B, C]` rows. Each kernel launches once per pass
+/// statistics, and inference with them; channels-first maps, contiguous channels-last maps
+/// read in place (as the ResNets run on a GPU), `[B, C]` rows, and LayerNorm over the channels
+/// of a permuted (strided) view. Each kernel launches once per pass
 /// (LayerNorm's backward twice), where burn's layers launch many: the launch counts of one
 /// BatchNorm + ReLU and one LayerNorm, forward and backward, are bounded.
 #[test]
@@ -913,17 +914,30 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
     {
         for (act, nhwc) in [(false, false), (true, false), (true, true)] {
             let (ours, burns) = norms(shape[1], 7 * case as u64);
-            let x = normal(shape, 0.7, 3.0, 100 + case as u64, &d);
+            // Channels-last values are a contiguous `[B, H, W, C]` tensor, which the kernel
+            // reads in place; burn's layer takes its channels-first view.
+            let [b, c, h, w] = shape;
+            let x = match nhwc {
+                true => normal([b, h, w, c], 0.7, 3.0, 100 + case as u64, &d),
+                false => normal(shape, 0.7, 3.0, 100 + case as u64, &d),
+            };
+            let burns_layer = |bn: &BatchNorm, x: Tensor<4>| {
+                let y = match nhwc {
+                    true => bn.forward(x.permute([0, 3, 1, 2])),
+                    false => bn.forward(x),
+                };
+                let y = if act { relu(y) } else { y };
+                match nhwc {
+                    true => y.permute([0, 2, 3, 1]),
+                    false => y,
+                }
+            };
             let run = |bn: &BatchNorm, kernel: bool| {
                 let x = x.clone().detach().require_grad();
                 let y = match (kernel, nhwc) {
                     (true, false) => kernels::batch_norm(bn, x.clone(), act),
-                    (true, true) => {
-                        kernels::batch_norm_nhwc(bn, x.clone().permute([0, 2, 3, 1]), act)
-                            .permute([0, 3, 1, 2])
-                    }
-                    (false, _) if act => relu(bn.forward(x.clone())),
-                    (false, _) => bn.forward(x.clone()),
+                    (true, true) => kernels::batch_norm_nhwc(bn, x.clone(), act),
+                    (false, _) => burns_layer(bn, x.clone()),
                 };
                 let g = weighted_sum(y.clone()).backward();
                 (
@@ -958,11 +972,9 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
                 assert!(e < 1e-5, "BatchNorm {what}: relative difference {e}, {at}");
             }
             let xi = x.clone().inner();
-            let want = burns.forward(xi.clone());
-            let want = if act { relu(want) } else { want };
+            let want = burns_layer(&burns, xi.clone());
             let got = match nhwc {
-                true => kernels::batch_norm_nhwc(&ours, xi.permute([0, 2, 3, 1]), act)
-                    .permute([0, 3, 1, 2]),
+                true => kernels::batch_norm_nhwc(&ours, xi, act),
                 false => kernels::batch_norm(&ours, xi, act),
             };
             let e = rel(got, want);
@@ -1001,12 +1013,18 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
             let c = shape[3];
             let gamma = normal([c], 1.0, 0.5, 200 + case as u64, &d);
             let beta = normal([c], 0.0, 0.5, 300 + case as u64, &d);
-            let x = normal(shape, 3.0, 2.0, 400 + case as u64, &d);
+            // The permuted case normalises `[B, C, H, W]` values over C through their
+            // `[B, H, W, C]` view, as `LayerNorm2d` does: a strided input.
+            let [b, h, w, _] = shape;
+            let x = match permuted {
+                true => normal([b, c, h, w], 3.0, 2.0, 400 + case as u64, &d),
+                false => normal(shape, 3.0, 2.0, 400 + case as u64, &d),
+            };
             let run = |kernel: bool| {
                 let x = x.clone().detach().require_grad();
                 let (g, b) = (gamma.clone().require_grad(), beta.clone().require_grad());
                 let input = match permuted {
-                    true => x.clone().permute([0, 3, 1, 2]).permute([0, 2, 3, 1]),
+                    true => x.clone().permute([0, 2, 3, 1]),
                     false => x.clone(),
                 };
                 let y = match kernel {
@@ -1092,8 +1110,8 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
 
 /// The mixed-precision overflow check (`kernels::finite`) on the GPU build: one NaN or
 /// infinity anywhere fails it, large finite values pass (their sum would overflow f32),
-/// permuted views are read in place and sliced ones through a copy, and each tensor costs one
-/// kernel (the check before it, a `sum` per gradient and their additions, ran about 2.7 per
+/// permuted and sliced views are checked on their own values (read through their strides, no
+/// copy), and each tensor costs one kernel (the check before it, a `sum` per gradient and their additions, ran about 2.7 per
 /// tensor on llvmpipe).
 #[test]
 fn the_gpu_finite_check_flags_nan_and_infinity_with_one_kernel_per_tensor() {

@@ -238,8 +238,9 @@ impl Block {
         self.forward_in(x, false)
     }
 
-    /// [`Block::forward`] on channels-last maps, as the CPU runs it (its convolution and
-    /// BatchNorm kernels read and write `[B, H, W, C]`, so nothing is converted between layers).
+    /// [`Block::forward`] on channels-last maps, as the CPU and the GPU build run it (the CPU's
+    /// convolution kernels and both devices' BatchNorm kernels read and write `[B, H, W, C]`,
+    /// so nothing is converted between layers).
     ///
     /// # Shapes
     /// - input `[B, H, W, Cin]` -> output `[B, H/s, W/s, Cout]`
@@ -295,9 +296,9 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    /// Feature map before pooling: computed channels-last on the CPU
-    /// ([`ResNet::forward_features_nhwc`], returned as a permuted view), channels-first
-    /// elsewhere.
+    /// Feature map before pooling: computed channels-last where the norm kernels run (f32 on
+    /// the CPU or in the GPU build, `kernels::channels_last`; [`ResNet::forward_features_nhwc`],
+    /// returned as a permuted view), channels-first elsewhere.
     ///
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H', W']`
@@ -308,7 +309,7 @@ impl ResNet {
         }
     }
 
-    /// The feature map computed channels-last, as the CPU runs it: the stem reads the
+    /// The feature map computed channels-last, as the CPU and the GPU build run it: the stem reads the
     /// channels-first input once, every layer after it reads and writes `[B, H, W, C]`.
     ///
     /// # Shapes
@@ -322,7 +323,8 @@ impl ResNet {
         self.blocks().fold(x, |x, block| block.forward_nhwc(x))
     }
 
-    /// The feature map computed channels-first, as every device but the CPU runs it.
+    /// The feature map computed channels-first, as burn's own layers run it (f16 values, or the
+    /// kernels switched off).
     ///
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, C4, H', W']`
@@ -352,7 +354,7 @@ impl ResNet {
     }
 
     /// `forward_head(forward_features(x), pre_logits)`, pooling the channels-last map directly
-    /// on the CPU.
+    /// where it is computed channels-last.
     ///
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, num_classes]` or `[B, C4]`

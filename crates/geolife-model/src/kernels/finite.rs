@@ -79,14 +79,24 @@ mod gpu {
     use super::FiniteBackend;
 
     /// Sets `flag[0]` to 1 when a value of `values` is a NaN or an infinity (one unit per
-    /// value; every unit that finds one writes the same 1).
+    /// value, read through the tensor's strides, so that a permuted or sliced gradient needs no
+    /// copy; every unit that finds one writes the same 1).
     #[cube(launch)]
-    fn flag_non_finite_kernel(values: &[f32], flag: &mut [f32]) {
+    fn flag_non_finite_kernel(values: &Tensor<f32>, flag: &mut [f32], len: usize) {
         let k = ABSOLUTE_POS;
-        if k >= values.len() {
+        if k >= len {
             terminate!();
         }
-        let v = values[k];
+        let rank = values.rank();
+        let mut rest = k;
+        let mut at = 0;
+        for i in 0..rank {
+            let dim = rank - 1 - i;
+            let size = values.shape(dim);
+            at += (rest % size) * values.stride(dim);
+            rest /= size;
+        }
+        let v = values[at];
         if f32::is_nan(v) || f32::is_inf(v) {
             flag[0] = 1.0;
         }
@@ -94,12 +104,11 @@ mod gpu {
 
     impl FiniteBackend for CubeBackend {
         fn flag_non_finite(values: CubeTensor, flag: CubeTensor) -> CubeTensor {
-            // Every value is in the buffer once, and the order does not matter: a permuted
-            // (dense) tensor is read as it lies, only a strided view is copied first.
-            let values = match values.is_contiguous_buffer() && values.dtype == DType::F32 {
-                true => values,
-                false => f32_contiguous(values, "a tensor checked for non-finite values"),
-            };
+            assert_eq!(
+                values.dtype,
+                DType::F32,
+                "the finite check's kernel takes f32 values"
+            );
             let flag = f32_contiguous(flag, "the finite check's flag");
             // Written in place when nothing else holds the flag (the check's chain hands each
             // one on), into a copy otherwise.
@@ -107,8 +116,16 @@ mod gpu {
                 true => flag,
                 false => flag.copy(),
             };
-            let (cubes, dim) = per_item(&values, values.meta.num_elements());
-            flag_non_finite_kernel::launch(&values.client, cubes, dim, arg(&values), arg(&flag));
+            let len = values.meta.num_elements();
+            let (cubes, dim) = per_item(&values, len);
+            flag_non_finite_kernel::launch(
+                &values.client,
+                cubes,
+                dim,
+                values.clone().into_tensor_arg(),
+                arg(&flag),
+                len,
+            );
             flag
         }
     }

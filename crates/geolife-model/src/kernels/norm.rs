@@ -110,7 +110,7 @@ pub trait NormBackend: Backend {
 /// build (the running statistics updated exactly as burn's `BatchNorm` does), burn's layers
 /// elsewhere.
 pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> Tensor<D> {
-    if !fused_f32(&x) || D < 2 {
+    if !fused_f32(&x) || !f32_params(bn) || D < 2 {
         return bn_relu(bn, x, relu);
     }
     batch_norm_kernel(bn, x, relu, false)
@@ -120,7 +120,7 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> T
 /// map run over rows of contiguous channels; elsewhere burn's layer runs between two
 /// permutations.
 pub fn batch_norm_nhwc(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
-    if !fused_f32(&x) {
+    if !fused_f32(&x) || !f32_params(bn) {
         return bn_relu(bn, x.permute([0, 3, 1, 2]), relu).permute([0, 2, 3, 1]);
     }
     batch_norm_kernel(bn, x, relu, true)
@@ -138,6 +138,11 @@ pub fn channels_last<const D: usize>(x: &Tensor<D>) -> bool {
 /// device (`norm_gpu.rs`), while the kernels are on ([`super::set_cpu_kernels`]).
 fn fused_f32<const D: usize>(x: &Tensor<D>) -> bool {
     on_cpu_f32(x) || on_gpu_f32(x)
+}
+
+/// Whether `bn`'s scale and shift are f32, as the kernels take them (a model's parameters are).
+fn f32_params(bn: &BatchNorm) -> bool {
+    bn.gamma.val().dtype() == DType::F32 && bn.beta.val().dtype() == DType::F32
 }
 
 /// Whether `x` holds f32 values on the GPU build's device with the kernels on.
@@ -221,7 +226,11 @@ pub fn layer_norm<const D: usize>(
     epsilon: f64,
 ) -> Tensor<D> {
     let beta = match beta {
-        Some(beta) if fused_f32(&x) && gamma.dtype() == DType::F32 => beta,
+        Some(beta)
+            if fused_f32(&x) && gamma.dtype() == DType::F32 && beta.dtype() == DType::F32 =>
+        {
+            beta
+        }
         beta => return burn::tensor::module::layer_norm(x, gamma, beta, epsilon),
     };
     Tensor::from_dispatch(Dispatch::fused_layer_norm(

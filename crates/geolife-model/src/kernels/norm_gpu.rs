@@ -10,7 +10,9 @@
 //! they are custom operations in fusion's stream (`Fusion` in the trait's
 //! `#[backend_extension]`), so element-wise work around them still fuses.
 //!
-//! Sums run in f32 (the CPU kernels add in f64): the wgpu tests compare both.
+//! Sums run in f32 (the CPU kernels add in f64). The wgpu tests compare the kernels with burn's
+//! own layers on the same device. Every kernel takes its element counts as arguments: a bound
+//! buffer can be longer than its tensor.
 
 use burn::backend::TensorMetadata;
 use burn::tensor::{DType, Shape};
@@ -42,6 +44,21 @@ fn tree_sum<F: Float>(buf: &mut [F]) {
     }
 }
 
+/// `(a, b)` of the affine map `x * a + b` of a BatchNorm channel: `a = gamma / std`,
+/// `b = beta - mean * a`, computed as the CPU kernels do and the same way in every kernel (the
+/// backward pass recomputes the forward's output to mask the ReLU).
+#[cube]
+fn affine<F: Float>(gamma: F, beta: F, mean: F, var: F, eps: f32) -> (F, F) {
+    let a = gamma * (F::new(1.0) / F::sqrt(var + F::cast_from(eps)));
+    (a, beta - mean * a)
+}
+
+/// `count` as a divisor: at least 1 (an empty batch gives zero statistics, as on the CPU).
+#[cube]
+fn divisor<F: Float>(count: usize) -> F {
+    F::cast_from(select(count > 0, count, 1))
+}
+
 /// The flat index of the `i`-th value of channel `ch` in `[A, C, P]` values.
 #[cube]
 fn at(i: usize, ch: usize, channels: usize, plane: usize) -> usize {
@@ -70,7 +87,7 @@ fn bn_forward<F: Float>(
     let mut shared = Shared::<[F]>::new_slice(block);
     let ch = CUBE_POS_X as usize;
     let unit = UNIT_POS as usize;
-    let n = F::cast_from(count);
+    let n = divisor::<F>(count);
     let mut s = F::new(0.0);
     for i in range_stepped(unit, count, block) {
         s += x[at(i, ch, channels, plane)];
@@ -89,8 +106,7 @@ fn bn_forward<F: Float>(
     sync_cube();
     tree_sum::<F>(&mut shared);
     let var = shared[0] / n;
-    let a = gamma[ch] / F::sqrt(var + F::cast_from(eps));
-    let b = beta[ch] - mean * a;
+    let (a, b) = affine::<F>(gamma[ch], beta[ch], mean, var, eps);
     for i in range_stepped(unit, count, block) {
         let k = at(i, ch, channels, plane);
         let v = x[k] * a + b;
@@ -143,11 +159,10 @@ fn bn_backward<F: Float>(
     let mut sums_x = Shared::<[F]>::new_slice(block);
     let ch = CUBE_POS_X as usize;
     let unit = UNIT_POS as usize;
-    let n = F::cast_from(count);
+    let n = divisor::<F>(count);
     let m = mean[ch];
     let inv = F::new(1.0) / F::sqrt(var[ch] + F::cast_from(eps));
-    let a = gamma[ch] * inv;
-    let b = beta[ch] - m * a;
+    let (a, b) = affine::<F>(gamma[ch], beta[ch], m, var[ch], eps);
     let mut sg = F::new(0.0);
     let mut sgx = F::new(0.0);
     for i in range_stepped(unit, count, block) {
@@ -188,18 +203,19 @@ fn bn_eval<F: Float>(
     mean: &[F],
     var: &[F],
     y: &mut [F],
+    len: usize,
     channels: usize,
     plane: usize,
     eps: f32,
     #[comptime] relu: bool,
 ) {
     let k = ABSOLUTE_POS;
-    if k >= x.len() {
+    if k >= len {
         terminate!();
     }
     let ch = (k / plane) % channels;
-    let a = gamma[ch] / F::sqrt(var[ch] + F::cast_from(eps));
-    let v = (x[k] - mean[ch]) * a + beta[ch];
+    let (a, b) = affine::<F>(gamma[ch], beta[ch], mean[ch], var[ch], eps);
+    let v = x[k] * a + b;
     if relu {
         y[k] = F::max(v, F::new(0.0));
     } else {
@@ -227,9 +243,17 @@ fn row_stats<F: Float>(x: &[F], r: usize, c: usize, eps: f32) -> (F, F) {
 
 /// LayerNorm, one unit per row of `c` values.
 #[cube(launch)]
-fn ln_forward<F: Float>(x: &[F], gamma: &[F], beta: &[F], y: &mut [F], c: usize, eps: f32) {
+fn ln_forward<F: Float>(
+    x: &[F],
+    gamma: &[F],
+    beta: &[F],
+    y: &mut [F],
+    rows: usize,
+    c: usize,
+    eps: f32,
+) {
     let r = ABSOLUTE_POS;
-    if r * c >= x.len() {
+    if r >= rows {
         terminate!();
     }
     let (mean, rstd) = row_stats::<F>(x, r, c, eps);
@@ -239,7 +263,7 @@ fn ln_forward<F: Float>(x: &[F], gamma: &[F], beta: &[F], y: &mut [F], c: usize,
     }
 }
 
-/// LayerNorm's input gradient, one unit per row:
+/// LayerNorm's input gradient, one unit per row (`c >= 1`):
 /// `gx = rstd * (g * gamma - mean(g * gamma) - xhat * mean(g * gamma * xhat))`; each row's mean
 /// and `1 / std` go to `stats` for [`ln_backward_params`].
 #[cube(launch)]
@@ -249,11 +273,12 @@ fn ln_backward_rows<F: Float>(
     grad: &[F],
     gx: &mut [F],
     stats: &mut [F],
+    rows: usize,
     c: usize,
     eps: f32,
 ) {
     let r = ABSOLUTE_POS;
-    if r * c >= x.len() {
+    if r >= rows {
         terminate!();
     }
     let (mean, rstd) = row_stats::<F>(x, r, c, eps);
@@ -475,6 +500,7 @@ impl NormBackend for CubeBackend {
             arg(&mean),
             arg(&variance),
             arg(&y),
+            shape.num_elements(),
             c,
             plane,
             epsilon as f32,
@@ -514,6 +540,7 @@ impl NormBackend for CubeBackend {
             arg(&gamma),
             arg(&beta),
             arg(&y),
+            rows,
             c,
             epsilon as f32,
         );
@@ -546,6 +573,7 @@ impl NormBackend for CubeBackend {
             arg(&grad),
             arg(&gx),
             arg(&stats),
+            rows,
             c,
             epsilon as f32,
         );
