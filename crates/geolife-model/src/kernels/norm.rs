@@ -24,17 +24,35 @@ use super::shared::{
 #[backend_extension(Flex, Cube: cfg(feature = "wgpu"), Fusion: cfg(feature = "wgpu"), Autodiff)]
 pub trait NormBackend: Backend {
     /// BatchNorm over `[B, C, ...]` (channels-last `[..., C]` with `nhwc`) with the batch's
-    /// statistics, then ReLU when `relu`: `(output, mean, biased variance)`; the statistics
-    /// carry no gradient.
-    #[fusion(meta = |x, gamma, _b, _e, _r, _n| (x.clone(), gamma.clone(), gamma.clone()))]
+    /// statistics, then ReLU when `relu`: `(output, mean, biased variance, running mean,
+    /// running variance)`, the running statistics moved towards the batch's by `momentum` as
+    /// burn's `BatchNorm` does (`running * (1 - momentum) + batch * momentum`), in the same
+    /// pass; the statistics carry no gradient.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[fusion(meta = |x, gamma, _b, _rm, _rv, _e, _m, _r, _n| (
+        x.clone(),
+        gamma.clone(),
+        gamma.clone(),
+        gamma.clone(),
+        gamma.clone()
+    ))]
     fn fused_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
         epsilon: f64,
+        momentum: f64,
         relu: bool,
         nhwc: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
 
     /// The gradients of [`fused_batch_norm_train`](NormBackend::fused_batch_norm_train):
     /// `(x, gamma, beta)`.
@@ -178,25 +196,26 @@ fn batch_norm_kernel<const D: usize>(
 ) -> Tensor<D> {
     let device = x.device();
     if device.is_autodiff() && bn.training.is_enabled() {
-        let (y, mean, variance) = Dispatch::fused_batch_norm_train(
+        // The running statistics move as in burn's `BatchNorm::forward_train`, inside the
+        // kernel's pass (on a GPU, as separate operations, they were about eight launches per
+        // layer in f16 steps, where fusion does not merge them).
+        let running_mean = bn.running_mean.value_sync().to_device(&device);
+        let running_var = bn.running_var.value_sync().to_device(&device);
+        let (y, _, _, running_mean, running_var) = Dispatch::fused_batch_norm_train(
             x.into_dispatch(),
             bn.gamma.val().into_dispatch(),
             bn.beta.val().into_dispatch(),
+            running_mean.into_dispatch(),
+            running_var.into_dispatch(),
             bn.epsilon,
+            bn.momentum,
             relu,
             nhwc,
         );
-        let (mean, variance): (Tensor<1>, Tensor<1>) =
-            (Tensor::from_dispatch(mean), Tensor::from_dispatch(variance));
-        // As burn's `BatchNorm::forward_train`.
-        let running_mean = bn.running_mean.value_sync().to_device(&device);
-        let running_var = bn.running_var.value_sync().to_device(&device);
-        let running_mean = running_mean
-            .mul_scalar(1.0 - bn.momentum)
-            .add(mean.detach().mul_scalar(bn.momentum));
-        let running_var = running_var
-            .mul_scalar(1.0 - bn.momentum)
-            .add(variance.detach().mul_scalar(bn.momentum));
+        let (running_mean, running_var): (Tensor<1>, Tensor<1>) = (
+            Tensor::from_dispatch(running_mean),
+            Tensor::from_dispatch(running_var),
+        );
         bn.running_mean.update(running_mean.detach());
         bn.running_var.update(running_var.detach());
         Tensor::from_dispatch(y)
@@ -351,6 +370,17 @@ fn apply_affine(x: &[f32], ab: &[(f32, f32)], plane: usize, relu: bool) -> Vec<f
             }
         }
     })
+}
+
+/// A running statistic moved towards the batch's: `running * (1 - momentum) + batch *
+/// momentum` in f32, the operations burn's `BatchNorm` runs.
+fn moved(running: &[f32], batch: &[f32], momentum: f64) -> Vec<f32> {
+    let (keep, take) = ((1.0 - momentum) as f32, momentum as f32);
+    running
+        .iter()
+        .zip(batch)
+        .map(|(&r, &b)| r * keep + b * take)
+        .collect()
 }
 
 /// Training BatchNorm's gradients `(x, gamma, beta)` for `[B, C, plane]` values.
@@ -656,24 +686,28 @@ impl NormBackend for Flex {
         x: FlexTensor,
         gamma: FlexTensor,
         beta: FlexTensor,
+        running_mean: FlexTensor,
+        running_var: FlexTensor,
         epsilon: f64,
+        momentum: f64,
         relu: bool,
         nhwc: bool,
-    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
         let shape = x.layout().shape().clone();
         let (c, plane) = channels_plane(&shape, nhwc);
-        let (x, gamma, beta) = (
-            x.to_contiguous(),
-            gamma.to_contiguous(),
-            beta.to_contiguous(),
-        );
+        let [x, gamma, beta, running_mean, running_var] =
+            [x, gamma, beta, running_mean, running_var].map(|t| t.to_contiguous());
         let (mean, var) = channel_stats(slice(&x), c, plane);
         let ab = affine(slice(&gamma), slice(&beta), &mean, &var, epsilon);
         let y = apply_affine(slice(&x), &ab, plane, relu);
+        let running_mean = moved(slice(&running_mean), &mean, momentum);
+        let running_var = moved(slice(&running_var), &var, momentum);
         (
             tensor(y, shape),
             tensor(mean, Shape::new([c])),
             tensor(var, Shape::new([c])),
+            tensor(running_mean, Shape::new([c])),
+            tensor(running_var, Shape::new([c])),
         )
     }
 
@@ -827,23 +861,39 @@ impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
         epsilon: f64,
+        momentum: f64,
         relu: bool,
         nhwc: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
         let ((x, nx), (gamma, ng), (beta, nb)) =
             (x.into_parts(), gamma.into_parts(), beta.into_parts());
+        let (rm, rv) = (
+            constant::<B, C>(running_mean),
+            constant::<B, C>(running_var),
+        );
         match BatchNormNode
             .prepare::<C>([nx, ng, nb])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (y, mean, var) = B::fused_batch_norm_train(
+                let (y, mean, var, rm, rv) = B::fused_batch_norm_train(
                     x.clone(),
                     gamma.clone(),
                     beta.clone(),
+                    rm,
+                    rv,
                     epsilon,
+                    momentum,
                     relu,
                     nhwc,
                 );
@@ -861,14 +911,20 @@ impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
                     prep.finish(state, y),
                     untracked::<B, C>(mean),
                     untracked::<B, C>(var),
+                    untracked::<B, C>(rm),
+                    untracked::<B, C>(rv),
                 )
             }
             OpsKind::UnTracked(prep) => {
-                let (y, mean, var) = B::fused_batch_norm_train(x, gamma, beta, epsilon, relu, nhwc);
+                let (y, mean, var, rm, rv) = B::fused_batch_norm_train(
+                    x, gamma, beta, rm, rv, epsilon, momentum, relu, nhwc,
+                );
                 (
                     prep.finish(y),
                     untracked::<B, C>(mean),
                     untracked::<B, C>(var),
+                    untracked::<B, C>(rm),
+                    untracked::<B, C>(rv),
                 )
             }
         }

@@ -66,21 +66,27 @@ fn at(i: usize, ch: usize, channels: usize, plane: usize) -> usize {
 }
 
 /// Training BatchNorm of one channel per cube: its mean and biased variance (written to `mean`
-/// and `var`), then `y = x * a + b` with `a = gamma / std`, `b = beta - mean * a`, ReLU when
-/// `relu`.
+/// and `var`, and moved into the running statistics: `running * keep + batch * take`), then
+/// `y = x * a + b` with `a = gamma / std`, `b = beta - mean * a`, ReLU when `relu`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn bn_forward<F: Float>(
     x: &[F],
     gamma: &[F],
     beta: &[F],
+    running_mean: &[F],
+    running_var: &[F],
     y: &mut [F],
     mean_out: &mut [F],
     var_out: &mut [F],
+    running_mean_out: &mut [F],
+    running_var_out: &mut [F],
     channels: usize,
     plane: usize,
     count: usize,
     eps: f32,
+    keep: f32,
+    take: f32,
     #[comptime] relu: bool,
     #[comptime] block: usize,
 ) {
@@ -119,6 +125,8 @@ fn bn_forward<F: Float>(
     if unit == 0 {
         mean_out[ch] = mean;
         var_out[ch] = var;
+        running_mean_out[ch] = running_mean[ch] * F::cast_from(keep) + mean * F::cast_from(take);
+        running_var_out[ch] = running_var[ch] * F::cast_from(keep) + var * F::cast_from(take);
     }
 }
 
@@ -392,19 +400,21 @@ impl NormBackend for CubeBackend {
         x: CubeTensor,
         gamma: CubeTensor,
         beta: CubeTensor,
+        running_mean: CubeTensor,
+        running_var: CubeTensor,
         epsilon: f64,
+        momentum: f64,
         relu: bool,
         nhwc: bool,
-    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
         let x = f32_contiguous(x, "the BatchNorm input");
-        let gamma = f32_contiguous(gamma, "BatchNorm's weight");
-        let beta = f32_contiguous(beta, "BatchNorm's bias");
+        let [gamma, beta, running_mean, running_var] = [gamma, beta, running_mean, running_var]
+            .map(|t| f32_contiguous(t, "a BatchNorm parameter or running statistic"));
         let shape = x.shape();
         let (c, plane) = channels_plane(&shape, nhwc);
         let count = shape.num_elements() / c.max(1);
         let y = empty(&x, shape);
-        let mean = empty(&x, Shape::new([c]));
-        let var = empty(&x, Shape::new([c]));
+        let [mean, var, new_mean, new_var] = [(); 4].map(|_| empty(&x, Shape::new([c])));
         let b = block(&x);
         let (cubes, dim) = per_channel(c, b);
         bn_forward::launch::<f32>(
@@ -414,17 +424,23 @@ impl NormBackend for CubeBackend {
             arg(&x),
             arg(&gamma),
             arg(&beta),
+            arg(&running_mean),
+            arg(&running_var),
             arg(&y),
             arg(&mean),
             arg(&var),
+            arg(&new_mean),
+            arg(&new_var),
             c,
             plane,
             count,
             epsilon as f32,
+            (1.0 - momentum) as f32,
+            momentum as f32,
             relu,
             b,
         );
-        (y, mean, var)
+        (y, mean, var, new_mean, new_var)
     }
 
     fn fused_batch_norm_train_backward(
