@@ -61,3 +61,36 @@ fn paper_convnext_base_trains() {
 fn paper_convnext_large_trains() {
     bench("paper-convnext-large.toml");
 }
+
+/// `geolife bench norms` times every norm case with the kernels and with burn's layers and
+/// prints a ratio for each (on the CPU here; the wgpu test times them on the GPU build).
+#[test]
+fn bench_norms_times_each_case_with_and_without_the_kernels() {
+    let out = Command::new(env!("CARGO_BIN_EXE_geolife"))
+        .args(["bench", "norms", "--batch-size", "1", "--steps", "1"])
+        .output()
+        .expect("run geolife");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains(" ms")).collect();
+    assert_eq!(rows.len(), 5, "one line per case: {stdout}");
+    for row in rows {
+        let ratio: f64 = row
+            .rsplit(": ")
+            .next()
+            .and_then(|r| r.strip_suffix('x'))
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no ratio in {row}"));
+        assert!(ratio.is_finite() && ratio > 0.0, "{row}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_geolife"))
+        .args(["bench", "norms", "--steps", "0"])
+        .output()
+        .expect("run geolife");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("--steps"), "{err}");
+}

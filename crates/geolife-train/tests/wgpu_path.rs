@@ -909,9 +909,19 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
         };
         (make(), make())
     };
-    for (case, shape) in [[4, 6, 3, 5], [2, 3, 19, 12], [16, 64, 4, 21], [5, 2, 1, 1]]
-        .into_iter()
-        .enumerate()
+    // The large cases split each channel's values over several cubes (channels-first: one
+    // channel per cube, split past 16,384 values; channels-last: 8 channels per cube, split
+    // past 2,048; 3 channels leave lanes idle).
+    for (case, shape) in [
+        [4, 6, 3, 5],
+        [2, 3, 19, 12],
+        [16, 64, 4, 21],
+        [5, 2, 1, 1],
+        [8, 3, 64, 64],
+        [4, 40, 24, 24],
+    ]
+    .into_iter()
+    .enumerate()
     {
         for (act, nhwc) in [(false, false), (true, false), (true, true)] {
             let (ours, burns) = norms(shape[1], 7 * case as u64);
@@ -1006,9 +1016,16 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
 
     // LayerNorm over the last axis: rows of 1 to 1,000 values, and a permuted (strided) input
     // as `LayerNorm2d` passes.
-    for (case, shape) in [[4, 1, 1, 1000], [2, 5, 7, 16], [3, 2, 2, 46], [2, 1, 1, 1]]
-        .into_iter()
-        .enumerate()
+    // The last case has enough rows to split the parameters' gradients over cubes.
+    for (case, shape) in [
+        [4, 1, 1, 1000],
+        [2, 5, 7, 16],
+        [3, 2, 2, 46],
+        [2, 1, 1, 1],
+        [4, 24, 24, 40],
+    ]
+    .into_iter()
+    .enumerate()
     {
         for permuted in [false, true] {
             let c = shape[3];

@@ -23,4 +23,4 @@ pub use gelu::gelu;
 pub use linear::{linear, linear_with};
 pub use norm::{batch_norm, batch_norm_nhwc, channels_last, layer_norm};
 pub(crate) use shared::on_cpu_f32;
-pub use shared::set_cpu_kernels;
+pub use shared::{kernels_on, set_cpu_kernels};

@@ -26,7 +26,7 @@ pub fn set_cpu_kernels(on: bool) {
 
 /// Whether the kernels are on ([`set_cpu_kernels`]; the switch also covers the GPU build's
 /// norm kernels, so that a run can be compared with burn's own layers on either device).
-pub(super) fn kernels_on() -> bool {
+pub fn kernels_on() -> bool {
     CPU_KERNELS.load(std::sync::atomic::Ordering::Relaxed)
 }
 

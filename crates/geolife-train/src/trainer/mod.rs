@@ -14,6 +14,7 @@ pub mod fused_adamw {
 }
 pub mod inputs;
 pub mod launches;
+pub mod norm_bench;
 pub mod run_dir;
 pub mod step;
 pub mod validate;
