@@ -70,6 +70,9 @@ fraction = 0.02
 EOF
 
 D=$WORK/data C=$WORK/cache R=$WORK/runs
+# The norm kernels against burn's layers at the paper's batch (their layout is chosen for a real
+# GPU: llvmpipe, a CPU, favours fewer synchronisations and cannot judge it).
+step 40 norms-wgpu "$G" bench norms --device wgpu --batch-size 256 --steps 5
 step 60 synth "$G" synth --out "$D" --surveys "${SURVEYS:-3000}" --test-surveys "${TEST_SURVEYS:-4716}"
 step 120 epoch-wgpu "$G" train --config "$WORK/epoch.toml" --data "$D" --cache "$C" --out "$R/epoch" --device wgpu
 step 120 epoch-wgpu-f16 "$G" train --config "$WORK/epoch.toml" --data "$C" --out "$R/epoch-f16" --device wgpu --precision f16

@@ -1124,6 +1124,18 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
              more than {MAX_NORM_LAUNCHES}"
         );
     }
+    // `geolife bench norms` on this device: every case runs both ways and counts launches (at
+    // batch 1 no channel is split; the split paths are compared with burn's layers above).
+    let timings =
+        geolife_train::trainer::norm_bench::bench_norms(DeviceKind::Wgpu, 1, 1).expect("bench");
+    for t in &timings {
+        let (ours, burns) = (t.kernels_launches.unwrap(), t.burn_launches.unwrap());
+        assert!(
+            ours <= MAX_NORM_LAUNCHES && ours < burns && t.kernels_ms > 0.0 && t.burn_ms > 0.0,
+            "bench norms, {}: {t:?}",
+            t.case.name
+        );
+    }
 }
 
 /// The mixed-precision overflow check (`kernels::finite`) on the GPU build: one NaN or
