@@ -2,7 +2,7 @@
 //! one infinity of either sign, anywhere in any of the tensors makes the whole check fail;
 //! finite values pass however large (their sum would overflow f32, which does not count, as in
 //! PyTorch's `GradScaler`); permuted and sliced views are checked on their own values; no tensor
-//! passes. (The same cases run on the GPU build in `geolife-train/tests/wgpu_path.rs`.)
+//! passes; a NaN in any of twenty tensors (three kernels' worth) is found. (The same cases run on the GPU build in `geolife-train/tests/wgpu_path.rs`.)
 
 use burn::tensor::{Device, Tensor, TensorData};
 use geolife_model::kernels::finite::FiniteCheck;
@@ -51,4 +51,11 @@ fn one_value_that_is_not_finite_fails_the_check() {
         "the NaN is in row 0"
     );
     assert!(!check(vec![t.slice([0..2, 4..6])]));
+    // More tensors than one kernel reads (8): a NaN in any of them is found.
+    for bad_at in [0, 7, 8, 19] {
+        let ts = (0..20)
+            .map(|i| values((i == bad_at).then_some((13, f32::NAN)), &d))
+            .collect();
+        assert!(!check(ts), "NaN in tensor {bad_at} of 20 passed");
+    }
 }
