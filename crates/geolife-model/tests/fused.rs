@@ -149,6 +149,53 @@ fn batch_norm_training_matches_burn() {
 /// ReLU zeroes the first.
 /// The gradient of the sum of outputs is zero for x (a shift of all x leaves the output
 /// unchanged), 4 for beta and 0 for gamma (normalised values sum to zero).
+/// A frozen BatchNorm left on the training device (burn's `freeze`, partial fine-tuning)
+/// normalises with its running statistics, leaves them alone and passes gradients to its
+/// input, and to gamma and beta when they are trainable again, as burn's layer does.
+#[test]
+fn frozen_batch_norm_on_the_training_device_passes_gradients() {
+    use burn::module::ParamGroup;
+    let d = autodiff();
+    let (mut bn, _) = norms(5, 0.1, &d);
+    // Statistics of its own, so that the frozen layer's output differs from its input.
+    for _ in 0..3 {
+        let x = Tensor::<4>::random([4, 5, 3, 3], Distribution::Normal(2.0, 3.0), &d);
+        let _ = bn.forward(x);
+    }
+    let bn = bn.freeze();
+    let group = ParamGroup::ids_from_module(bn.clone());
+    let bn = bn.set_require_grad_group(group, true);
+    let x = Tensor::<4>::random([2, 5, 4, 3], Distribution::Normal(1.0, 2.0), &d);
+    for (act, nhwc) in [(false, false), (true, false), (true, true)] {
+        let run = |kernel: bool| {
+            let x = x.clone().detach().require_grad();
+            let y = match kernel {
+                true => ours_bn(&bn, x.clone(), act, nhwc),
+                false if act => relu(bn.forward(x.clone())),
+                false => bn.forward(x.clone()),
+            };
+            let g = loss(y.clone()).backward();
+            (
+                y.inner(),
+                x.grad(&g)
+                    .expect("the frozen layer's input gets a gradient"),
+                bn.gamma.val().grad(&g).expect("gamma gets a gradient"),
+            )
+        };
+        let before = bn.running_mean.value();
+        let (a, b) = (run(true), run(false));
+        let at = format!("relu {act} channels-last {nhwc}");
+        assert!(rel(a.0, b.0) < 1e-5, "output, {at}");
+        assert!(rel(a.1, b.1) < 1e-5, "x gradient, {at}");
+        assert!(rel(a.2, b.2) < 1e-5, "gamma gradient, {at}");
+        let moved = (bn.running_mean.value() - before)
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert!(moved == 0.0, "running mean moved by {moved}, {at}");
+    }
+}
+
 #[test]
 fn batch_norm_by_hand() {
     let d = autodiff();

@@ -219,6 +219,26 @@ fn batch_norm_kernel<const D: usize>(
         bn.running_mean.update(running_mean.detach());
         bn.running_var.update(running_var.detach());
         Tensor::from_dispatch(y)
+    } else if device.is_autodiff() {
+        // A frozen layer on the training device (burn's `Module::freeze` for partial
+        // fine-tuning): its input, and gamma and beta when re-enabled, still take gradients,
+        // which the inference kernel has none of; burn's layer normalises with the running
+        // statistics and differentiates.
+        if !nhwc {
+            return bn_relu(bn, x, relu);
+        }
+        // Channels-last `[B, ..., C]`: burn's layer takes the channels-first view.
+        let first: [isize; D] = std::array::from_fn(|i| match i {
+            0 => 0,
+            1 => D as isize - 1,
+            i => i as isize - 1,
+        });
+        let last: [isize; D] = std::array::from_fn(|i| match i {
+            0 => 0,
+            i if i == D - 1 => 1,
+            i => i as isize + 1,
+        });
+        bn_relu(bn, x.permute(first), relu).permute(last)
     } else {
         let mean = bn.running_mean.value().to_device(&device);
         let variance = bn.running_var.value().to_device(&device);
@@ -941,7 +961,8 @@ impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
         relu: bool,
         nhwc: bool,
     ) -> FloatTensor<Self> {
-        // Reached only for a frozen layer on the autodiff device: no gradient is taken.
+        // Not reached from `batch_norm` (a frozen layer on the autodiff device runs burn's
+        // differentiable layer); a direct call takes no gradient.
         untracked::<B, C>(B::fused_batch_norm_eval(
             constant::<B, C>(x),
             constant::<B, C>(gamma),
