@@ -61,16 +61,17 @@ const HALF_LOSS_ABS_TOL: f64 = 1e-2;
 const HALF_SCORE_ABS_TOL: f32 = 2e-2;
 /// Kernel launches per training step of the tiny recipe at batch 8, measured on llvmpipe:
 /// 4,267 without burn's operation fusion, 1,336 with it, 645 with the GPU norm kernels
-/// (`norm_gpu.rs`) and the ResNets channels-last (issue 21). The bound leaves room for other
-/// autotuned kernel choices and fails a build that has lost fusion or the norm kernels.
-const MAX_LAUNCHES_PER_STEP: f64 = 1000.0;
-/// The same in f16: 985 measured (1,837 before the norm kernels, 1,396 with them and the
+/// (`norm_gpu.rs`) and the ResNets channels-last, 584 with the channels-last convolutions'
+/// one-kernel patch matrix (`conv_gpu.rs`; issue 21). The bound leaves room for other
+/// autotuned kernel choices and fails a build that has lost fusion or these kernels.
+const MAX_LAUNCHES_PER_STEP: f64 = 800.0;
+/// The same in f16: 876 measured (1,837 before the norm kernels, 1,396 with them and the
 /// overflow check as a sum per gradient, 1,278 before the running statistics moved into the
 /// BatchNorm kernel, 1,112 with the overflow check as one kernel per gradient instead of one
-/// per 8); the f16 step adds casts and the overflow check. A bound of its own: the f16
-/// additions are a fixed cost, so a ratio to the f32 step would tighten whenever the f32 step
-/// got cheaper.
-const MAX_HALF_LAUNCHES_PER_STEP: f64 = 1200.0;
+/// per 8, 985 before `conv_gpu.rs`); the f16 step adds casts and the overflow check. A bound
+/// of its own: the f16 additions are a fixed cost, so a ratio to the f32 step would tighten
+/// whenever the f32 step got cheaper.
+const MAX_HALF_LAUNCHES_PER_STEP: f64 = 1100.0;
 /// Kernel launches per AdamW step of one parameter tensor: burn's AdamW unfused runs about 15
 /// element-wise kernels; fused, 5 steps ran as 2 kernels on llvmpipe.
 const MAX_ADAMW_LAUNCHES: usize = 2;
@@ -882,6 +883,84 @@ fn normal<const D: usize>(
 /// A loss that weights every output differently, so every gradient value is exercised.
 fn weighted_sum<const D: usize>(y: Tensor<D>) -> Tensor<1> {
     (y.clone().sin() * y).sum()
+}
+
+/// The GPU build's dense channels-last convolution (`conv_gpu.rs`: burn's forward and input
+/// gradient, its own im2col weight gradient) against burn's convolution on the same wgpu device
+/// through `kernels::conv::forward_nhwc` (bias included): 3 x 3 and 7 x 7 kernels, strided and
+/// not, padded and not, a strided 1 x 1, in f32 and in an f16 autocast scope; the weight
+/// gradient is at most two launches (the patch matrix and the product).
+#[test]
+fn gpu_channels_last_convolution_equals_burns_with_a_two_kernel_weight_gradient() {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::{Conv2d, Conv2dConfig};
+    use burn::tensor::FloatDType;
+    use geolife_model::kernels;
+    let _guard = serial();
+    let d = wgpu().autodiff();
+    // (Each new shape autotunes burn's convolutions on llvmpipe: a few cases keep this short.)
+    for (case, ([b, c, h, w], co, k, stride, pad)) in [
+        ([2, 5, 9, 11], 6, 3, 1, 1),
+        ([1, 3, 10, 9], 4, 7, 2, 3),
+        ([2, 6, 5, 7], 4, 1, 2, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let conv: Conv2d = Conv2dConfig::new([c, co], [k, k])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .init(&d);
+        let x = normal([b, h, w, c], 0.2, 1.3, 900 + case as u64, &d);
+        for half in [false, true] {
+            let run = |ours: bool| {
+                let _scope = kernels::autocast(half.then_some(FloatDType::F16));
+                let x = x.clone().require_grad();
+                let y = match ours {
+                    true => kernels::conv::forward_nhwc(&conv, x.clone()),
+                    false => {
+                        kernels::set_cpu_kernels(false);
+                        let y = kernels::conv::forward_nhwc(&conv, x.clone());
+                        kernels::set_cpu_kernels(true);
+                        y
+                    }
+                };
+                let g = weighted_sum(y.clone()).backward();
+                (
+                    y.inner(),
+                    x.grad(&g).unwrap(),
+                    conv.weight.val().grad(&g).unwrap(),
+                    conv.bias.as_ref().unwrap().val().grad(&g).unwrap(),
+                )
+            };
+            let (a, b) = (run(true), run(false));
+            let at = format!("case {case}: {k} x {k} stride {stride} padding {pad}, f16 {half}");
+            let tol = if half { 5e-3 } else { 2e-5 };
+            for (what, e) in [
+                ("output", rel(a.0, b.0)),
+                ("x grad", rel(a.1, b.1)),
+                ("weight grad", rel(a.2, b.2)),
+                ("bias grad", rel(a.3, b.3)),
+            ] {
+                assert!(e < tol, "convolution {what}: relative difference {e}, {at}");
+            }
+        }
+    }
+    // The weight gradient's launches (the second of two equal passes).
+    let x = normal([2, 12, 12, 16], 0.0, 1.0, 950, &d).inner();
+    let wt = normal([8, 16, 3, 3], 0.0, 1.0, 951, &d).inner();
+    let g = normal([2, 12, 12, 8], 0.0, 1.0, 952, &d).inner();
+    let mut counts = Default::default();
+    for _ in 0..2 {
+        d.sync().unwrap();
+        let watch = LaunchWatch::start();
+        let gw = kernels::conv_gpu::weight_grad(x.clone(), wt.clone(), g.clone(), [1, 1], [1, 1]);
+        d.sync().unwrap();
+        counts = watch.finish();
+        drop(gw);
+    }
+    println!("3 x 3 convolution weight gradient, [2, 12, 12, 16] -> 8 channels: {counts:?}");
+    assert!(counts.total <= 2, "the weight gradient launched {counts:?}");
 }
 
 /// The GPU build's BatchNorm (+ ReLU) and LayerNorm kernels (`norm_gpu.rs`) against burn's own

@@ -12,15 +12,15 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::{DType, FloatDType, Shape, Tensor};
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use super::autocast;
 use super::shared::{
-    add_shares, matmul, matmul_into, matmul_new, on_cpu_f32, par_filled, register_grads, slice,
-    tensor, widest,
+    add_shares, matmul, matmul_into, matmul_new, on_cpu_f32, on_gpu_f32, par_filled,
+    register_grads, slice, tensor, widest,
 };
 
 /// Patch-matrix values per piece of the batch (4 MiB): small enough to stay in cache between
@@ -144,7 +144,22 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// channels-last converts nothing between its layers; a depthwise convolution's bias is added
 /// inside its kernel); elsewhere burn's convolution runs between two permutations.
 pub fn forward_nhwc(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    if let Some(h) = autocast::half() {
+    if let Some(half) = autocast::half() {
+        let [_, h, w, _] = x.dims();
+        if let Some(padding) = gpu_dense(conv, &x, [h, w]).filter(|_| half == FloatDType::F16) {
+            let y = super::conv_gpu::conv2d_nhwc_gpu(
+                autocast::to(x, half),
+                autocast::to(conv.weight.val(), half),
+                conv.stride,
+                padding,
+            );
+            let y = autocast::to_f32(y);
+            return match &conv.bias {
+                Some(bias) => y + bias.val().reshape([1, 1, 1, -1]),
+                None => y,
+            };
+        }
+        let h = half;
         let x = x.permute([0, 3, 1, 2]);
         if let Some(y) = autocast::conv_forward(conv, x.clone(), h) {
             return y.permute([0, 2, 3, 1]);
@@ -152,6 +167,13 @@ pub fn forward_nhwc(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         return conv.forward(x).permute([0, 2, 3, 1]);
     }
     let [_, h, w, c] = x.dims();
+    if let Some(padding) = gpu_dense(conv, &x, [h, w]) {
+        let y = super::conv_gpu::conv2d_nhwc_gpu(x, conv.weight.val(), conv.stride, padding);
+        return match &conv.bias {
+            Some(bias) => y + bias.val().reshape([1, 1, 1, -1]),
+            None => y,
+        };
+    }
     let kind = kernel_for(conv, &x, [c, h, w]);
     let [_, _, kh, kw] = conv.weight.dims();
     let weight = conv.weight.val();
@@ -248,10 +270,10 @@ enum Kernel {
     Depthwise([usize; 2]),
 }
 
-/// Which of this module's kernels runs `conv` on `x`, if any; `[c, h, w]` are the input's
-/// channels and map size (whatever its layout).
-fn kernel_for(conv: &Conv2d, x: &Tensor<4>, [c, h, w]: [usize; 3]) -> Option<Kernel> {
-    if conv.dilation != [1, 1] || !on_cpu_f32(x) {
+/// `conv`'s padding `[rows, columns]` when it is undilated, symmetrically padded and its kernel
+/// fits the padded `h x w` map: the convolutions this module's kernels take.
+fn plain_padding(conv: &Conv2d, [h, w]: [usize; 2]) -> Option<[usize; 2]> {
+    if conv.dilation != [1, 1] {
         return None;
     }
     let padding = match conv.padding {
@@ -261,10 +283,26 @@ fn kernel_for(conv: &Conv2d, x: &Tensor<4>, [c, h, w]: [usize; 3]) -> Option<Ker
         }
         _ => return None,
     };
-    let [co, _, kh, kw] = conv.weight.dims();
-    if h + 2 * padding[0] < kh || w + 2 * padding[1] < kw {
+    let [_, _, kh, kw] = conv.weight.dims();
+    (h + 2 * padding[0] >= kh && w + 2 * padding[1] >= kw).then_some(padding)
+}
+
+/// The padding of `conv` on channels-last `x` (map `h x w`) when the GPU build's dense
+/// convolution (`conv_gpu.rs`, its own weight gradient) takes it: f32 on that device, one group.
+fn gpu_dense(conv: &Conv2d, x: &Tensor<4>, [h, w]: [usize; 2]) -> Option<[usize; 2]> {
+    (conv.groups == 1 && on_gpu_f32(x))
+        .then(|| plain_padding(conv, [h, w]))
+        .flatten()
+}
+
+/// Which of this module's kernels runs `conv` on `x`, if any; `[c, h, w]` are the input's
+/// channels and map size (whatever its layout).
+fn kernel_for(conv: &Conv2d, x: &Tensor<4>, [c, h, w]: [usize; 3]) -> Option<Kernel> {
+    if !on_cpu_f32(x) {
         return None;
     }
+    let padding = plain_padding(conv, [h, w])?;
+    let [co, _, kh, kw] = conv.weight.dims();
     if conv.groups == 1 {
         let ho = (h + 2 * padding[0] - kh) / conv.stride[0] + 1;
         let wo = (w + 2 * padding[1] - kw) / conv.stride[1] + 1;

@@ -8,6 +8,7 @@ pub mod adamw;
 pub mod autocast;
 pub mod bce;
 pub mod conv;
+pub mod conv_gpu;
 pub mod finite;
 pub mod gelu;
 pub mod linear;

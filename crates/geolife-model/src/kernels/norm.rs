@@ -15,8 +15,8 @@ use burn::tensor::{DType, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::shared::{
-    CHUNK, constant, on_cpu_f32, par_filled, register_grads, row_sums, slice, task_rows, tensor,
-    untracked, widest,
+    CHUNK, constant, on_cpu_f32, on_gpu_f32, par_filled, register_grads, row_sums, slice,
+    task_rows, tensor, untracked, widest,
 };
 
 /// BatchNorm and LayerNorm with their own kernels: on the CPU (below) and in the GPU build
@@ -161,19 +161,6 @@ fn fused_f32<const D: usize>(x: &Tensor<D>) -> bool {
 /// Whether `bn`'s scale and shift are f32, as the kernels take them (a model's parameters are).
 fn f32_params(bn: &BatchNorm) -> bool {
     bn.gamma.val().dtype() == DType::F32 && bn.beta.val().dtype() == DType::F32
-}
-
-/// Whether `x` holds f32 values on the GPU build's device with the kernels on.
-#[cfg(feature = "wgpu")]
-fn on_gpu_f32<const D: usize>(x: &Tensor<D>) -> bool {
-    x.dtype() == DType::F32
-        && super::shared::kernels_on()
-        && x.device().without_autodiff() != burn::tensor::Device::flex()
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn on_gpu_f32<const D: usize>(_: &Tensor<D>) -> bool {
-    false
 }
 
 /// burn's `BatchNorm`, then ReLU when `relu`.

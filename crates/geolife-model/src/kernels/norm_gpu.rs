@@ -767,12 +767,12 @@ pub(super) fn f32_contiguous(t: CubeTensor, what: &str) -> CubeTensor {
 }
 
 /// An uninitialised contiguous f32 tensor on `like`'s device.
-fn empty(like: &CubeTensor, shape: Shape) -> CubeTensor {
+pub(super) fn empty(like: &CubeTensor, shape: Shape) -> CubeTensor {
     empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)
 }
 
 /// The units of a cube: [`BLOCK`], or the largest power of two the device allows.
-fn block(t: &CubeTensor) -> usize {
+pub(super) fn block(t: &CubeTensor) -> usize {
     let most = t.client.properties().hardware.max_units_per_cube as usize;
     let mut b = BLOCK;
     while b > most.max(1) {

@@ -36,6 +36,19 @@ pub(crate) fn on_cpu_f32<const D: usize>(t: &Tensor<D>) -> bool {
     t.dtype() == DType::F32 && t.device().without_autodiff() == Device::flex() && kernels_on()
 }
 
+/// Whether `t` holds f32 values on the GPU build's device, with the kernels on: the tensors
+/// its cubecl kernels take (`norm_gpu.rs`, `depthwise.rs`).
+#[cfg(feature = "wgpu")]
+pub(crate) fn on_gpu_f32<const D: usize>(t: &Tensor<D>) -> bool {
+    t.dtype() == DType::F32 && kernels_on() && t.device().without_autodiff() != Device::flex()
+}
+
+/// Without the GPU build, no tensor is on its device.
+#[cfg(not(feature = "wgpu"))]
+pub(crate) fn on_gpu_f32<const D: usize>(_: &Tensor<D>) -> bool {
+    false
+}
+
 /// Values per parallel task of the element-wise loops.
 pub(super) const CHUNK: usize = 1 << 14;
 
