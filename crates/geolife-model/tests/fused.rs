@@ -144,14 +144,11 @@ fn batch_norm_training_matches_burn() {
     }
 }
 
-/// One channel of values 1, 2, 3, 4 (two samples of two pixels): mean 2.5, variance 1.25, so
-/// the outputs are `(x - 2.5) / sqrt(1.25 + eps)` times 2 plus 1 (-1.68, 0.11, 1.89, 3.68); the
-/// ReLU zeroes the first.
-/// The gradient of the sum of outputs is zero for x (a shift of all x leaves the output
-/// unchanged), 4 for beta and 0 for gamma (normalised values sum to zero).
 /// A frozen BatchNorm left on the training device (burn's `freeze`, partial fine-tuning)
 /// normalises with its running statistics, leaves them alone and passes gradients to its
-/// input, and to gamma and beta when they are trainable again, as burn's layer does.
+/// input, and to gamma and beta when they are trainable again, as burn's layer does. (The
+/// kernels' route runs burn's layer there, so this guards the route: before, its inference
+/// kernel's untracked output made `backward` panic; channels-last goes through permutations.)
 #[test]
 fn frozen_batch_norm_on_the_training_device_passes_gradients() {
     use burn::module::ParamGroup;
@@ -196,6 +193,11 @@ fn frozen_batch_norm_on_the_training_device_passes_gradients() {
     }
 }
 
+/// One channel of values 1, 2, 3, 4 (two samples of two pixels): mean 2.5, variance 1.25, so
+/// the outputs are `(x - 2.5) / sqrt(1.25 + eps)` times 2 plus 1 (-1.68, 0.11, 1.89, 3.68); the
+/// ReLU zeroes the first.
+/// The gradient of the sum of outputs is zero for x (a shift of all x leaves the output
+/// unchanged), 4 for beta and 0 for gamma (normalised values sum to zero).
 #[test]
 fn batch_norm_by_hand() {
     let d = autodiff();

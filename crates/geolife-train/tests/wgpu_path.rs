@@ -888,7 +888,8 @@ fn weighted_sum<const D: usize>(y: Tensor<D>) -> Tensor<1> {
 /// The GPU build's dense channels-last convolution (`conv_gpu.rs`: burn's forward and input
 /// gradient, its own im2col weight gradient) against burn's convolution on the same wgpu device
 /// through `kernels::conv::forward_nhwc` (bias included): 3 x 3 and 7 x 7 kernels, strided and
-/// not, padded and not, a strided 1 x 1, in f32 and in an f16 autocast scope; the weight
+/// not, padded and not, a strided 1 x 1 and a plain one (no patch matrix), in f32 and in an f16
+/// autocast scope; the weight
 /// gradient is at most two launches (the patch matrix and the product).
 #[test]
 fn gpu_channels_last_convolution_equals_burns_with_a_two_kernel_weight_gradient() {
@@ -903,6 +904,7 @@ fn gpu_channels_last_convolution_equals_burns_with_a_two_kernel_weight_gradient(
         ([2, 5, 9, 11], 6, 3, 1, 1),
         ([1, 3, 10, 9], 4, 7, 2, 3),
         ([2, 6, 5, 7], 4, 1, 2, 0),
+        ([2, 6, 5, 7], 4, 1, 1, 0),
     ]
     .into_iter()
     .enumerate()
@@ -968,9 +970,9 @@ fn gpu_channels_last_convolution_equals_burns_with_a_two_kernel_weight_gradient(
 /// broadcasts): outputs, the gradients of the input and of both parameters, the running
 /// statistics, and inference with them; channels-first maps, contiguous channels-last maps
 /// read in place (as the ResNets run on a GPU), `[B, C]` rows, and LayerNorm over the channels
-/// of a permuted (strided) view. Each kernel launches once per pass
-/// (LayerNorm's backward twice), where burn's layers launch many: the launch counts of one
-/// BatchNorm + ReLU and one LayerNorm, forward and backward, are bounded.
+/// of a permuted (strided) view, with channels split over cubes (equal and unequal chunks) and
+/// not. A norm takes one to three kernels per pass, where burn's layers launch many: the launch
+/// counts of one BatchNorm + ReLU and one LayerNorm, forward and backward, are bounded.
 #[test]
 fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
     use burn::module::{Module, Param};
@@ -990,7 +992,8 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
     };
     // The large cases split each channel's values over several cubes (channels-first: one
     // channel per cube, split past 16,384 values; channels-last: 8 channels per cube, split
-    // past 2,048; 3 channels leave lanes idle).
+    // past 2,048; 3 channels leave lanes idle); the last, channels-last, in two unequal chunks
+    // of 1,163 and 1,162 values.
     for (case, shape) in [
         [4, 6, 3, 5],
         [2, 3, 19, 12],
@@ -998,6 +1001,7 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
         [5, 2, 1, 1],
         [8, 3, 64, 64],
         [4, 40, 24, 24],
+        [3, 40, 25, 31],
     ]
     .into_iter()
     .enumerate()
@@ -1220,8 +1224,9 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
 /// The mixed-precision overflow check (`kernels::finite`) on the GPU build: one NaN or
 /// infinity anywhere fails it, large finite values pass (their sum would overflow f32),
 /// permuted and sliced views are checked on their own values (read through their strides, no
-/// copy), and each tensor costs one kernel (the check before it, a `sum` per gradient and their additions, ran about 2.7 per
-/// tensor on llvmpipe).
+/// copy), a bad value in any of twenty tensors is found, and a kernel reads 8 tensors (the
+/// check before it, a `sum` per gradient and their additions, ran about 2.7 kernels per tensor
+/// on llvmpipe).
 #[test]
 fn the_gpu_finite_check_flags_nan_and_infinity_with_one_kernel_per_eight_tensors() {
     use geolife_model::kernels::finite::FiniteCheck;

@@ -145,8 +145,7 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// inside its kernel); elsewhere burn's convolution runs between two permutations.
 pub fn forward_nhwc(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if let Some(half) = autocast::half() {
-        let [_, h, w, _] = x.dims();
-        if let Some(padding) = gpu_dense(conv, &x, [h, w]).filter(|_| half == FloatDType::F16) {
+        if let Some(padding) = gpu_dense(conv, &x).filter(|_| half == FloatDType::F16) {
             let y = super::conv_gpu::conv2d_nhwc_gpu(
                 autocast::to(x, half),
                 autocast::to(conv.weight.val(), half),
@@ -167,7 +166,7 @@ pub fn forward_nhwc(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         return conv.forward(x).permute([0, 2, 3, 1]);
     }
     let [_, h, w, c] = x.dims();
-    if let Some(padding) = gpu_dense(conv, &x, [h, w]) {
+    if let Some(padding) = gpu_dense(conv, &x) {
         let y = super::conv_gpu::conv2d_nhwc_gpu(x, conv.weight.val(), conv.stride, padding);
         return match &conv.bias {
             Some(bias) => y + bias.val().reshape([1, 1, 1, -1]),
@@ -287,12 +286,26 @@ fn plain_padding(conv: &Conv2d, [h, w]: [usize; 2]) -> Option<[usize; 2]> {
     (h + 2 * padding[0] >= kh && w + 2 * padding[1] >= kw).then_some(padding)
 }
 
-/// The padding of `conv` on channels-last `x` (map `h x w`) when the GPU build's dense
-/// convolution (`conv_gpu.rs`, its own weight gradient) takes it: f32 on that device, one group.
-fn gpu_dense(conv: &Conv2d, x: &Tensor<4>, [h, w]: [usize; 2]) -> Option<[usize; 2]> {
-    (conv.groups == 1 && on_gpu_f32(x))
-        .then(|| plain_padding(conv, [h, w]))
-        .flatten()
+/// Largest patch matrix (values) of a whole batch that the GPU build's channels-last
+/// convolution builds for its weight gradient (64 MiB in f32): the small maps of the seed's
+/// cube ResNets, where launches cost more than bytes. Larger ones (a ResNet-50 on Sentinel
+/// patches at batch 256 needs 151 M values) keep burn's autotuned weight gradient, whose
+/// implicit-GEMM candidates build no patch matrix on a GPU.
+const MAX_GPU_PATCH_VALUES: usize = 1 << 24;
+
+/// The padding of `conv` on channels-last `x` when the GPU build's dense convolution
+/// (`conv_gpu.rs`, its own weight gradient) takes it: f32 on that device, one group, a patch
+/// matrix of at most [`MAX_GPU_PATCH_VALUES`].
+fn gpu_dense(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 2]> {
+    let [b, h, w, c] = x.dims();
+    if conv.groups != 1 || !on_gpu_f32(x) {
+        return None;
+    }
+    let padding = plain_padding(conv, [h, w])?;
+    let [_, _, kh, kw] = conv.weight.dims();
+    let ho = (h + 2 * padding[0] - kh) / conv.stride[0] + 1;
+    let wo = (w + 2 * padding[1] - kw) / conv.stride[1] + 1;
+    (b * ho * wo * kh * kw * c <= MAX_GPU_PATCH_VALUES).then_some(padding)
 }
 
 /// Which of this module's kernels runs `conv` on `x`, if any; `[c, h, w]` are the input's

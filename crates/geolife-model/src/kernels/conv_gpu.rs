@@ -2,12 +2,16 @@
 //! their own on the GPU build's device: one im2col kernel writes the patch matrix
 //! `[(n, oy, ox), (ky, kx, c)]` and one matrix product contracts it with the output's gradient.
 //!
-//! burn-cubecl assembles the same patch matrix from one slice assignment per kernel tap (nine
-//! for a 3 x 3 kernel, plus a gather per tap when strided): on llvmpipe those were 261 of the
-//! 1,192 kernel launches of a seed step and 63 more gathers. The bytes written are the same;
-//! the launches are one instead of nine to eighteen. The forward pass and the input's gradient
-//! stay burn's (`conv2d`, `conv2d_x_backward`, autotuned). The CPU runs its own convolution
-//! kernels (`conv.rs`); this module's flex implementation is burn's, for completeness.
+//! burn-cubecl's im2col weight gradient, which its autotuning picked on llvmpipe, assembles the
+//! same patch matrix from one slice assignment per kernel tap (nine for a 3 x 3 kernel, plus a
+//! gather per tap when strided): 261 + 63 of the 1,192 kernel launches of a seed step. The
+//! bytes written are the same; the launches are two instead of nine to eighteen. On a GPU
+//! burn's autotuning also has implicit-GEMM candidates that build no patch matrix, so
+//! `conv.rs` routes here only convolutions whose patch matrix is small (the seed's cube
+//! ResNets; `MAX_GPU_PATCH_VALUES`), where launches cost more than bytes. The forward pass and
+//! the input's gradient stay burn's (`conv2d`, `conv2d_x_backward`, autotuned). The CPU runs
+//! its own convolution kernels (`conv.rs`); this module's flex implementation is burn's, for
+//! completeness.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

@@ -3,10 +3,13 @@
 //!
 //! burn runs these norms as chains of reductions, layout copies and broadcasts, and
 //! differentiates them through the chain: on llvmpipe a BatchNorm + ReLU took 7 kernels forward
-//! and 16 backward, a LayerNorm 5 and 27. Here a training BatchNorm is one kernel forward and
-//! one backward (a cube per channel: its statistics as tree sums in shared memory, then the
-//! element-wise pass over the same values), a LayerNorm one forward and two backward (a unit
-//! per row, then a cube per channel for gamma's and beta's gradients). With operation fusion on
+//! and 16 backward, a LayerNorm 5 and 27. Here a training BatchNorm whose channels fit one cube
+//! each is one kernel forward and one backward (the statistics as tree sums in shared memory,
+//! then the element-wise pass over the same values); a channel with more values is split over
+//! several cubes, whose partial sums a second kernel merges per channel before an element-wise
+//! third (see `Walk`). A LayerNorm is one kernel forward (a row per 32 lanes) and two or three
+//! backward (the rows, then gamma's and beta's gradients over row chunks, merged when split).
+//! Neighbouring units read neighbouring values (coalesced on a GPU). With operation fusion on
 //! they are custom operations in fusion's stream (`Fusion` in the trait's
 //! `#[backend_extension]`), so element-wise work around them still fuses.
 //!
@@ -32,8 +35,9 @@ const ROW_LANES: usize = 32;
 /// sector, and the cube keeps 32 walkers per channel for small maps.
 const CHANNEL_LANES: usize = 8;
 /// A channel's values are split over several cubes only when one cube's walkers would each
-/// take more than this many, and then each still takes at least this many: small maps (the
-/// seed's cube ResNets) keep one cube per channel group and one kernel.
+/// take more than this many; the split aims at this many per walker (rounding up the chunk
+/// can leave about half as many). Small maps (the seed's cube ResNets) keep one cube per
+/// channel group and one kernel.
 const MIN_PER_WALKER: usize = 64;
 /// Cubes to aim at when a reduction is split: a few per multiprocessor of a large GPU.
 const TARGET_CUBES: usize = 512;
@@ -171,7 +175,8 @@ fn at(i: usize, ch: usize, channels: usize, plane: usize) -> usize {
     (i / plane) * channels * plane + ch * plane + i % plane
 }
 
-/// Training BatchNorm, each channel's values in one cube (see [`channel_walk`]): its mean and
+/// Training BatchNorm, each channel's values in one cube (one or 8 channels per cube, see
+/// [`channel_walk`]): its mean and
 /// biased variance (written to `mean` and `var`, and moved into the running statistics:
 /// `running * keep + batch * take`), then `y = x * a + b` with `a = gamma / std`,
 /// `b = beta - mean * a`, ReLU when `relu`.
@@ -367,7 +372,8 @@ fn through_relu<F: Float>(grad: F, v: F, #[comptime] relu: bool) -> F {
     g
 }
 
-/// Training BatchNorm's gradients, each channel's values in one cube: the sums of `g` (beta's
+/// Training BatchNorm's gradients, each channel's values in one cube (see [`channel_walk`]):
+/// the sums of `g` (beta's
 /// gradient) and of `g * xhat` (gamma's), then
 /// `gx = gamma / std * (g - mean(g) - xhat * mean(g * xhat))`, where `g` is the incoming
 /// gradient, zero where the ReLU cut the output.
