@@ -153,7 +153,7 @@ fn batch_norm_training_matches_burn() {
 fn frozen_batch_norm_on_the_training_device_passes_gradients() {
     use burn::module::ParamGroup;
     let d = autodiff();
-    let (mut bn, _) = norms(5, 0.1, &d);
+    let (bn, _) = norms(5, 0.1, &d);
     // Statistics of its own, so that the frozen layer's output differs from its input.
     for _ in 0..3 {
         let x = Tensor::<4>::random([4, 5, 3, 3], Distribution::Normal(2.0, 3.0), &d);
