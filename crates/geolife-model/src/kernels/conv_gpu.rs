@@ -273,6 +273,37 @@ mod gpu {
         cols[k] = select(inside, x[at], F::new(0.0));
     }
 
+    /// [`im2col_nhwc_kernel`] for values of type `F`, one unit per value of the patch matrix;
+    /// `dims`: `[h, w, c, ho, wo, kw, sh, sw, ph, pw]`.
+    fn launch_im2col<F: Float + CubeElement>(
+        x: &CubeTensor,
+        cols: &CubeTensor,
+        len: usize,
+        width: usize,
+        [h, w, c, ho, wo, kw, sh, sw, ph, pw]: [usize; 10],
+    ) {
+        let (cubes, dim) = per_item(x, len);
+        im2col_nhwc_kernel::launch::<F>(
+            &x.client,
+            cubes,
+            dim,
+            arg(x),
+            arg(cols),
+            len,
+            h,
+            w,
+            c,
+            ho,
+            wo,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            width,
+        );
+    }
+
     impl GpuConvBackend for CubeBackend {
         fn conv2d_nhwc_gpu(
             x: CubeTensor,
@@ -308,46 +339,12 @@ mod gpu {
                         x.dtype,
                     );
                     let len = rows * width;
-                    let (cubes, dim) = per_item(&x, len);
+                    let dims = [
+                        h, w, c, ho, wo, kw, stride[0], stride[1], padding[0], padding[1],
+                    ];
                     match x.dtype {
-                        DType::F32 => im2col_nhwc_kernel::launch::<f32>(
-                            &x.client,
-                            cubes,
-                            dim,
-                            arg(&x),
-                            arg(&cols),
-                            len,
-                            h,
-                            w,
-                            c,
-                            ho,
-                            wo,
-                            kw,
-                            stride[0],
-                            stride[1],
-                            padding[0],
-                            padding[1],
-                            width,
-                        ),
-                        DType::F16 => im2col_nhwc_kernel::launch::<half::f16>(
-                            &x.client,
-                            cubes,
-                            dim,
-                            arg(&x),
-                            arg(&cols),
-                            len,
-                            h,
-                            w,
-                            c,
-                            ho,
-                            wo,
-                            kw,
-                            stride[0],
-                            stride[1],
-                            padding[0],
-                            padding[1],
-                            width,
-                        ),
+                        DType::F32 => launch_im2col::<f32>(&x, &cols, len, width, dims),
+                        DType::F16 => launch_im2col::<half::f16>(&x, &cols, len, width, dims),
                         other => panic!(
                             "the GPU convolution's weight gradient takes f32 or f16 values, \
                              not {other:?}"

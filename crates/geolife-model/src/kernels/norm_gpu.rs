@@ -159,8 +159,14 @@ fn least(a: usize, b: usize) -> usize {
 /// backward pass recomputes the forward's output to mask the ReLU).
 #[cube]
 fn affine<F: Float>(gamma: F, beta: F, mean: F, var: F, eps: f32) -> (F, F) {
-    let a = gamma * (F::new(1.0) / F::sqrt(var + F::cast_from(eps)));
+    let a = gamma * inv_std::<F>(var, eps);
     (a, beta - mean * a)
+}
+
+/// `1 / sqrt(var + eps)`.
+#[cube]
+fn inv_std<F: Float>(var: F, eps: f32) -> F {
+    F::new(1.0) / F::sqrt(var + F::cast_from(eps))
 }
 
 /// `count` as a divisor: at least 1 (an empty batch gives zero statistics, as on the CPU).
@@ -173,6 +179,101 @@ fn divisor<F: Float>(count: usize) -> F {
 #[cube]
 fn at(i: usize, ch: usize, channels: usize, plane: usize) -> usize {
     (i / plane) * channels * plane + ch * plane + i % plane
+}
+
+/// This cube's chunk of a channel's `count` values, `chunk` per cube along `y` (all of them
+/// when there is one part): `(part, begin, end)`, empty for a lane without a channel.
+#[cube]
+fn chunk_of(count: usize, chunk: usize, live: bool) -> (usize, usize, usize) {
+    let part = CUBE_POS_Y as usize;
+    let begin = part * chunk;
+    (
+        part,
+        begin,
+        select(live, least(count, begin + chunk), begin),
+    )
+}
+
+/// The mean of values `begin..end` of channel `c` and the sum of their squared deviations
+/// from it (two passes over the walkers' values, totals for every unit).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn chunk_stats<F: Float>(
+    buf: &mut [F],
+    buf2: &mut [F],
+    x: &[F],
+    c: usize,
+    channels: usize,
+    plane: usize,
+    begin: usize,
+    end: usize,
+    #[comptime] walkers_on_x: bool,
+) -> (F, F) {
+    let (_, walker, walkers) = channel_walk(walkers_on_x);
+    let mut s = F::new(0.0);
+    for i in range_stepped(begin + walker, end, walkers) {
+        s += x[at(i, c, channels, plane)];
+    }
+    let n = divisor::<F>(end - begin);
+    let mean = walkers_totals::<F>(buf, buf2, s, F::new(0.0), walkers_on_x).0 / n;
+    let mut q = F::new(0.0);
+    for i in range_stepped(begin + walker, end, walkers) {
+        let d = x[at(i, c, channels, plane)] - mean;
+        q += d * d;
+    }
+    let m2 = walkers_totals::<F>(buf, buf2, q, F::new(0.0), walkers_on_x).0;
+    (mean, m2)
+}
+
+/// The sums of `g` and of `g * (x - m)` over values `begin..end` of channel `c`, where `g` is
+/// the incoming gradient, zero where the ReLU cut the output `x * a + b` (totals for every
+/// unit).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn grad_sums<F: Float>(
+    buf: &mut [F],
+    buf2: &mut [F],
+    x: &[F],
+    grad: &[F],
+    c: usize,
+    channels: usize,
+    plane: usize,
+    begin: usize,
+    end: usize,
+    m: F,
+    a: F,
+    b: F,
+    #[comptime] relu: bool,
+    #[comptime] walkers_on_x: bool,
+) -> (F, F) {
+    let (_, walker, walkers) = channel_walk(walkers_on_x);
+    let mut sg = F::new(0.0);
+    let mut sgx = F::new(0.0);
+    for i in range_stepped(begin + walker, end, walkers) {
+        let k = at(i, c, channels, plane);
+        let xv = x[k];
+        let g = through_relu::<F>(grad[k], xv * a + b, relu);
+        sg += g;
+        sgx += g * (xv - m);
+    }
+    walkers_totals::<F>(buf, buf2, sg, sgx, walkers_on_x)
+}
+
+/// `v`, through a ReLU when `relu`.
+#[cube]
+fn activated<F: Float>(v: F, #[comptime] relu: bool) -> F {
+    let mut y = v;
+    if relu {
+        y = F::max(v, F::new(0.0));
+    }
+    y
+}
+
+/// A running statistic moved towards the batch's: `running * keep + batch * take`, the f32
+/// operations burn's layer runs.
+#[cube]
+fn moved<F: Float>(running: F, batch: F, keep: f32, take: f32) -> F {
+    running * F::cast_from(keep) + batch * F::cast_from(take)
 }
 
 /// Training BatchNorm, each channel's values in one cube (one or 8 channels per cube, see
@@ -207,35 +308,30 @@ fn bn_forward<F: Float>(
     let mut shared2 = Shared::<[F]>::new_slice(block);
     let (ch, walker, walkers) = channel_walk(walkers_on_x);
     let live = ch < channels;
-    let end = select(live, count, 0);
     let c = select(live, ch, 0);
-    let n = divisor::<F>(count);
-    let mut s = F::new(0.0);
-    for i in range_stepped(walker, end, walkers) {
-        s += x[at(i, c, channels, plane)];
-    }
-    let mean = walkers_totals::<F>(&mut shared, &mut shared2, s, F::new(0.0), walkers_on_x).0 / n;
-    let mut q = F::new(0.0);
-    for i in range_stepped(walker, end, walkers) {
-        let d = x[at(i, c, channels, plane)] - mean;
-        q += d * d;
-    }
-    let var = walkers_totals::<F>(&mut shared, &mut shared2, q, F::new(0.0), walkers_on_x).0 / n;
+    let (_, begin, end) = chunk_of(count, count, live);
+    let (mean, m2) = chunk_stats::<F>(
+        &mut shared,
+        &mut shared2,
+        x,
+        c,
+        channels,
+        plane,
+        begin,
+        end,
+        walkers_on_x,
+    );
+    let var = m2 / divisor::<F>(count);
     let (a, b) = affine::<F>(gamma[c], beta[c], mean, var, eps);
     for i in range_stepped(walker, end, walkers) {
         let k = at(i, c, channels, plane);
-        let v = x[k] * a + b;
-        if relu {
-            y[k] = F::max(v, F::new(0.0));
-        } else {
-            y[k] = v;
-        }
+        y[k] = activated::<F>(x[k] * a + b, relu);
     }
     if live && walker == 0 {
         mean_out[c] = mean;
         var_out[c] = var;
-        running_mean_out[c] = running_mean[c] * F::cast_from(keep) + mean * F::cast_from(take);
-        running_var_out[c] = running_var[c] * F::cast_from(keep) + var * F::cast_from(take);
+        running_mean_out[c] = moved::<F>(running_mean[c], mean, keep, take);
+        running_var_out[c] = moved::<F>(running_var[c], var, keep, take);
     }
 }
 
@@ -257,24 +353,21 @@ fn bn_partial_stats<F: Float>(
 ) {
     let mut shared = Shared::<[F]>::new_slice(block);
     let mut shared2 = Shared::<[F]>::new_slice(block);
-    let (ch, walker, walkers) = channel_walk(walkers_on_x);
+    let (ch, walker, _) = channel_walk(walkers_on_x);
     let live = ch < channels;
     let c = select(live, ch, 0);
-    let part = CUBE_POS_Y as usize;
-    let begin = part * chunk;
-    let end = select(live, least(count, begin + chunk), begin);
-    let n = divisor::<F>(least(count, begin + chunk) - begin);
-    let mut s = F::new(0.0);
-    for i in range_stepped(begin + walker, end, walkers) {
-        s += x[at(i, c, channels, plane)];
-    }
-    let mean = walkers_totals::<F>(&mut shared, &mut shared2, s, F::new(0.0), walkers_on_x).0 / n;
-    let mut q = F::new(0.0);
-    for i in range_stepped(begin + walker, end, walkers) {
-        let d = x[at(i, c, channels, plane)] - mean;
-        q += d * d;
-    }
-    let m2 = walkers_totals::<F>(&mut shared, &mut shared2, q, F::new(0.0), walkers_on_x).0;
+    let (part, begin, end) = chunk_of(count, chunk, live);
+    let (mean, m2) = chunk_stats::<F>(
+        &mut shared,
+        &mut shared2,
+        x,
+        c,
+        channels,
+        plane,
+        begin,
+        end,
+        walkers_on_x,
+    );
     if live && walker == 0 {
         part_mean[part * channels + c] = mean;
         part_m2[part * channels + c] = m2;
@@ -327,8 +420,8 @@ fn bn_merge_stats<F: Float>(
     let var = m2 / divisor::<F>(count);
     mean_out[c] = mean;
     var_out[c] = var;
-    running_mean_out[c] = running_mean[c] * F::cast_from(keep) + mean * F::cast_from(take);
-    running_var_out[c] = running_var[c] * F::cast_from(keep) + var * F::cast_from(take);
+    running_mean_out[c] = moved::<F>(running_mean[c], mean, keep, take);
+    running_var_out[c] = moved::<F>(running_var[c], var, keep, take);
     let (a, b) = affine::<F>(gamma[c], beta[c], mean, var, eps);
     scale[c] = a;
     shift[c] = b;
@@ -353,12 +446,7 @@ fn bn_apply<F: Float>(
         terminate!();
     }
     let c = (k / plane) % channels;
-    let v = x[k] * scale[c] + shift[c];
-    if relu {
-        y[k] = F::max(v, F::new(0.0));
-    } else {
-        y[k] = v;
-    }
+    y[k] = activated::<F>(x[k] * scale[c] + shift[c], relu);
 }
 
 /// The gradient that reaches the norm: `grad`, or zero where the ReLU (when `relu`) cut the
@@ -401,22 +489,28 @@ fn bn_backward<F: Float>(
     let mut shared2 = Shared::<[F]>::new_slice(block);
     let (ch, walker, walkers) = channel_walk(walkers_on_x);
     let live = ch < channels;
-    let end = select(live, count, 0);
     let c = select(live, ch, 0);
+    let (_, begin, end) = chunk_of(count, count, live);
     let n = divisor::<F>(count);
     let m = mean[c];
-    let inv = F::new(1.0) / F::sqrt(var[c] + F::cast_from(eps));
+    let inv = inv_std::<F>(var[c], eps);
     let (a, b) = affine::<F>(gamma[c], beta[c], m, var[c], eps);
-    let mut sg = F::new(0.0);
-    let mut sgx = F::new(0.0);
-    for i in range_stepped(walker, end, walkers) {
-        let k = at(i, c, channels, plane);
-        let xv = x[k];
-        let g = through_relu::<F>(grad[k], xv * a + b, relu);
-        sg += g;
-        sgx += g * (xv - m);
-    }
-    let (sg, sgx) = walkers_totals::<F>(&mut shared, &mut shared2, sg, sgx, walkers_on_x);
+    let (sg, sgx) = grad_sums::<F>(
+        &mut shared,
+        &mut shared2,
+        x,
+        grad,
+        c,
+        channels,
+        plane,
+        begin,
+        end,
+        m,
+        a,
+        b,
+        relu,
+        walkers_on_x,
+    );
     let sgx = sgx * inv;
     let mg = sg / n;
     let mgx = sgx / n;
@@ -456,26 +550,29 @@ fn bn_partial_grads<F: Float>(
 ) {
     let mut shared = Shared::<[F]>::new_slice(block);
     let mut shared2 = Shared::<[F]>::new_slice(block);
-    let (ch, walker, walkers) = channel_walk(walkers_on_x);
+    let (ch, walker, _) = channel_walk(walkers_on_x);
     let live = ch < channels;
     let c = select(live, ch, 0);
-    let part = CUBE_POS_Y as usize;
-    let begin = part * chunk;
-    let end = select(live, least(count, begin + chunk), begin);
+    let (part, begin, end) = chunk_of(count, chunk, live);
     let m = mean[c];
-    let inv = F::new(1.0) / F::sqrt(var[c] + F::cast_from(eps));
     let (a, b) = affine::<F>(gamma[c], beta[c], m, var[c], eps);
-    let mut sg = F::new(0.0);
-    let mut sgx = F::new(0.0);
-    for i in range_stepped(begin + walker, end, walkers) {
-        let k = at(i, c, channels, plane);
-        let xv = x[k];
-        let g = through_relu::<F>(grad[k], xv * a + b, relu);
-        sg += g;
-        sgx += g * (xv - m);
-    }
-    let (sg, sgx) = walkers_totals::<F>(&mut shared, &mut shared2, sg, sgx, walkers_on_x);
-    let sgx = sgx * inv;
+    let (sg, sgx) = grad_sums::<F>(
+        &mut shared,
+        &mut shared2,
+        x,
+        grad,
+        c,
+        channels,
+        plane,
+        begin,
+        end,
+        m,
+        a,
+        b,
+        relu,
+        walkers_on_x,
+    );
+    let sgx = sgx * inv_std::<F>(var[c], eps);
     if live && walker == 0 {
         part_gx[part * channels + c] = sgx;
         part_g[part * channels + c] = sg;
@@ -545,7 +642,7 @@ fn bn_merge_grads<F: Float>(
     ggamma[c] = sgx;
     gbeta[c] = sg;
     let n = divisor::<F>(count);
-    let inv = F::new(1.0) / F::sqrt(var[c] + F::cast_from(eps));
+    let inv = inv_std::<F>(var[c], eps);
     let (a, b) = affine::<F>(gamma[c], beta[c], mean[c], var[c], eps);
     scale[c] = a;
     shift[c] = b;
@@ -604,12 +701,7 @@ fn bn_eval<F: Float>(
     }
     let ch = (k / plane) % channels;
     let (a, b) = affine::<F>(gamma[ch], beta[ch], mean[ch], var[ch], eps);
-    let v = x[k] * a + b;
-    if relu {
-        y[k] = F::max(v, F::new(0.0));
-    } else {
-        y[k] = v;
-    }
+    y[k] = activated::<F>(x[k] * a + b, relu);
 }
 
 /// The LayerNorm row of this unit (a row per `y` of the cube, its values over the lanes `x`),
@@ -647,7 +739,7 @@ fn ln_stats<F: Float>(
         q += d * d;
     }
     let var = lanes_totals::<F>(buf, buf2, q, F::new(0.0)).0 / n;
-    (mean, F::new(1.0) / F::sqrt(var + F::cast_from(eps)))
+    (mean, inv_std::<F>(var, eps))
 }
 
 /// LayerNorm over rows of `c` values, a row per `y` of a cube and its values over the lanes,
@@ -740,9 +832,7 @@ fn ln_backward_params<F: Float>(
     let (ch, walker, walkers) = channel_walk(walkers_on_x);
     let live = ch < c;
     let k = select(live, ch, 0);
-    let part = CUBE_POS_Y as usize;
-    let begin = part * chunk;
-    let end = select(live, least(rows, begin + chunk), begin);
+    let (part, begin, end) = chunk_of(rows, chunk, live);
     let mut sg = F::new(0.0);
     let mut sgx = F::new(0.0);
     for r in range_stepped(begin + walker, end, walkers) {
