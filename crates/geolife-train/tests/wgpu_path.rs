@@ -1226,6 +1226,148 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
     }
 }
 
+/// Inside an f16 autocast scope the GPU norm kernels read and write f16 activations (their
+/// statistics, parameters and sums in f32, as PyTorch's autocast runs BatchNorm), so that a
+/// convolution's f16 output is not cast to f32 and back around them. Compared with the same
+/// kernels on the same values in f32: the output and the input's gradient are f16 and differ
+/// by f16 rounding only, gamma's and beta's gradients are f32, and the running statistics
+/// (computed in f32 from the same values) are equal. Fused and split BatchNorm, both layouts,
+/// LayerNorm on contiguous, strided and split-parameter inputs.
+#[test]
+fn gpu_norm_kernels_read_and_write_f16_activations() {
+    use burn::module::{Module, Param};
+    use burn::nn::{BatchNorm, BatchNormConfig};
+    use burn::tensor::{DType, FloatDType};
+    use geolife_model::kernels;
+    let _guard = serial();
+    let d = wgpu().autodiff();
+    let f32_of = |t: Tensor<4>| t.cast(FloatDType::F32);
+    for (case, (shape, nhwc)) in [
+        ([4, 6, 3, 5], false),
+        ([16, 64, 4, 21], true),
+        ([8, 3, 64, 64], false),
+        ([3, 40, 25, 31], true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = if nhwc { shape[3] } else { shape[1] };
+        let make = || {
+            let mut bn: BatchNorm = BatchNormConfig::new(c).init(&d);
+            bn.gamma = Param::from_tensor(normal([c], 1.0, 0.5, 600 + case as u64, &d));
+            bn.beta = Param::from_tensor(normal([c], 0.0, 0.5, 700 + case as u64, &d));
+            bn
+        };
+        // The same values both ways: f16, and those f16 values in f32.
+        let half = normal(shape, 0.7, 3.0, 800 + case as u64, &d).cast(FloatDType::F16);
+        let full = f32_of(half.clone());
+        let run = |bn: &BatchNorm, x: Tensor<4>| {
+            let x = x.detach().require_grad();
+            let y = match nhwc {
+                true => kernels::batch_norm_nhwc(bn, x.clone(), true),
+                false => kernels::batch_norm(bn, x.clone(), true),
+            };
+            let g = weighted_sum(f32_of(y.clone())).backward();
+            (
+                y.inner(),
+                x.grad(&g).expect("x gets a gradient"),
+                bn.gamma.val().grad(&g).expect("gamma gets a gradient"),
+                bn.beta.val().grad(&g).expect("beta gets a gradient"),
+            )
+        };
+        let (ours, reference) = (make(), make());
+        let (h, f) = (run(&ours, half.clone()), run(&reference, full));
+        let at = format!("BatchNorm case {case} {shape:?} channels-last {nhwc}");
+        assert_eq!(
+            [h.0.dtype(), h.1.dtype(), h.2.dtype(), h.3.dtype()],
+            [DType::F16, DType::F16, DType::F32, DType::F32],
+            "{at}: output, x grad, gamma grad, beta grad types"
+        );
+        for (what, e, most) in [
+            ("output", rel(f32_of(h.0), f.0), 2e-3),
+            ("x grad", rel(f32_of(h.1), f.1), 1e-2),
+            ("gamma grad", rel(h.2, f.2), 5e-3),
+            ("beta grad", rel(h.3, f.3), 5e-3),
+        ] {
+            assert!(e < most, "{at}, {what}: relative difference {e}");
+        }
+        let (ours, reference) = (ours.valid(), reference.valid());
+        for (what, e) in [
+            (
+                "running mean",
+                rel(ours.running_mean.value(), reference.running_mean.value()),
+            ),
+            (
+                "running var",
+                rel(ours.running_var.value(), reference.running_var.value()),
+            ),
+        ] {
+            assert!(e < 1e-6, "{at}, {what}: relative difference {e}");
+        }
+        // Inference reads and writes f16 too.
+        let y = match nhwc {
+            true => kernels::batch_norm_nhwc(&ours, half.clone().inner(), false),
+            false => kernels::batch_norm(&ours, half.clone().inner(), false),
+        };
+        let want = match nhwc {
+            true => kernels::batch_norm_nhwc(&reference, f32_of(half.inner()), false),
+            false => kernels::batch_norm(&reference, f32_of(half.inner()), false),
+        };
+        assert_eq!(y.dtype(), DType::F16, "{at}: inference output type");
+        let e = rel(f32_of(y), want);
+        assert!(e < 2e-3, "{at}, inference: relative difference {e}");
+    }
+    for (case, (shape, permuted)) in [
+        ([2, 5, 7, 16], false),
+        ([2, 5, 7, 16], true),
+        ([4, 24, 24, 40], false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = shape[3];
+        let gamma = normal([c], 1.0, 0.5, 900 + case as u64, &d);
+        let beta = normal([c], 0.0, 0.5, 950 + case as u64, &d);
+        let [b, h, w, _] = shape;
+        let x = match permuted {
+            true => normal([b, c, h, w], 3.0, 2.0, 990 + case as u64, &d),
+            false => normal(shape, 3.0, 2.0, 990 + case as u64, &d),
+        };
+        let half = x.cast(FloatDType::F16);
+        let run = |x: Tensor<4>| {
+            let x = x.detach().require_grad();
+            let (g, bt) = (gamma.clone().require_grad(), beta.clone().require_grad());
+            let input = match permuted {
+                true => x.clone().permute([0, 2, 3, 1]),
+                false => x.clone(),
+            };
+            let y = kernels::layer_norm(input, g.clone(), Some(bt.clone()), 1e-6);
+            let grads = weighted_sum(f32_of(y.clone())).backward();
+            (
+                y.inner(),
+                x.grad(&grads).expect("x grad"),
+                g.grad(&grads).expect("gamma grad"),
+                bt.grad(&grads).expect("beta grad"),
+            )
+        };
+        let (hv, f) = (run(half.clone()), run(f32_of(half)));
+        let at = format!("LayerNorm case {case} {shape:?} permuted {permuted}");
+        assert_eq!(
+            [hv.0.dtype(), hv.1.dtype(), hv.2.dtype(), hv.3.dtype()],
+            [DType::F16, DType::F16, DType::F32, DType::F32],
+            "{at}: output, x grad, gamma grad, beta grad types"
+        );
+        for (what, e, most) in [
+            ("output", rel(f32_of(hv.0), f.0), 2e-3),
+            ("x grad", rel(f32_of(hv.1), f.1), 1e-2),
+            ("gamma grad", rel(hv.2, f.2), 5e-3),
+            ("beta grad", rel(hv.3, f.3), 5e-3),
+        ] {
+            assert!(e < most, "{at}, {what}: relative difference {e}");
+        }
+    }
+}
+
 /// The mixed-precision overflow check (`kernels::finite`) on the GPU build: one NaN or
 /// infinity anywhere fails it, large finite values pass (their sum would overflow f32),
 /// permuted and sliced views are checked on their own values (read through their strides, no

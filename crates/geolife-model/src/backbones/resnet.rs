@@ -248,11 +248,14 @@ impl Block {
         self.forward_in(x, true)
     }
 
-    /// The block on maps channels-last when `nhwc`, channels-first otherwise.
+    /// The block on maps channels-last when `nhwc`, channels-first otherwise. Every
+    /// convolution feeds a BatchNorm: inside an f16 autocast scope on the GPU the activations
+    /// stay f16 from one layer to the next (`kernels::norm::half_for_norm`), and the block
+    /// returns f16.
     fn forward_in(&self, x: Tensor<4>, nhwc: bool) -> Tensor<4> {
         let conv = |c: &Conv2d, x| match nhwc {
-            true => conv::forward_nhwc(c, x),
-            false => conv::forward(c, x),
+            true => conv::forward_nhwc_for_norm(c, x),
+            false => conv::forward_for_norm(c, x),
         };
         let bn = |b: &BatchNorm, x, relu| match nhwc {
             true => kernels::batch_norm_nhwc(b, x, relu),
@@ -269,6 +272,11 @@ impl Block {
         } else {
             y = bn(&self.bn2, conv(&self.conv2, y), false);
         }
+        // An f32 block input (the first block given f32 maps) joins f16 activations in f16.
+        let identity = match identity.dtype() == y.dtype() {
+            true => identity,
+            false => identity.cast(y.dtype()),
+        };
         burn::tensor::activation::relu(y + identity)
     }
 }
@@ -315,12 +323,13 @@ impl ResNet {
     /// # Shapes
     /// - input `[B, Cin, H, W]` -> output `[B, H', W', C4]`
     pub fn forward_features_nhwc(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = conv::forward_nhwc(&self.conv1, x.permute([0, 2, 3, 1]));
+        let x = conv::forward_nhwc_for_norm(&self.conv1, x.permute([0, 2, 3, 1]));
         let mut x = kernels::batch_norm_nhwc(&self.bn1, x, true);
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x.permute([0, 3, 1, 2])).permute([0, 2, 3, 1]);
         }
-        self.blocks().fold(x, |x, block| block.forward_nhwc(x))
+        // f16 activations inside an f16 autocast scope on the GPU; the features leave in f32.
+        kernels::autocast::to_f32(self.blocks().fold(x, |x, block| block.forward_nhwc(x)))
     }
 
     /// The feature map computed channels-first, as burn's own layers run it (f16 values, or the

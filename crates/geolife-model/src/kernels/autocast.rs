@@ -46,13 +46,17 @@ pub fn half() -> Option<FloatDType> {
     HALF.with(Cell::get)
 }
 
-/// `t` in `half`.
+/// `t` in `half` (no operation when it already is: a norm kernel may have handed over half
+/// activations, see `norm::half_for_norm`).
 pub(crate) fn to<const D: usize>(t: Tensor<D>, half: FloatDType) -> Tensor<D> {
+    if t.dtype() == DType::from(half) {
+        return t;
+    }
     t.cast(half)
 }
 
 /// `t` back in f32 (a no-op for an f32 tensor).
-pub(crate) fn to_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+pub fn to_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
     if t.dtype() == DType::F32 {
         t
     } else {
@@ -63,18 +67,27 @@ pub(crate) fn to_f32<const D: usize>(t: Tensor<D>) -> Tensor<D> {
 /// `conv.forward(x)` in `half`, returned in f32; `None` for a `Same`-padded layer (none of the
 /// backbones has one; burn keeps its padding arithmetic private), which stays f32.
 pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>, half: FloatDType) -> Option<Tensor<4>> {
+    conv_forward_half(conv, x, half).map(to_f32)
+}
+
+/// [`conv_forward`], its output left in `half` (for a norm kernel that reads it so).
+pub(crate) fn conv_forward_half(
+    conv: &Conv2d,
+    x: Tensor<4>,
+    half: FloatDType,
+) -> Option<Tensor<4>> {
     let pads = match conv.padding {
         PaddingConfig2d::Valid => [(0, 0), (0, 0)],
         PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
         PaddingConfig2d::Same => return None,
     };
     let options = ConvOptions::new_with_padding(conv.stride, pads, conv.dilation, conv.groups);
-    Some(to_f32(conv2d(
+    Some(conv2d(
         to(x, half),
         to(conv.weight.val(), half),
         conv.bias.as_ref().map(|b| to(b.val(), half)),
         options,
-    )))
+    ))
 }
 
 /// `a.matmul(b)`: in the half type inside an [`autocast`] scope (returned in f32), in f32

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::autocast;
 use super::shared::{
-    add_shares, matmul, matmul_into, matmul_new, on_cpu_f32, on_gpu_f32, par_filled,
+    add_shares, matmul, matmul_into, matmul_new, on_cpu_f32, on_gpu_f16, on_gpu_f32, par_filled,
     register_grads, slice, tensor, widest,
 };
 
@@ -145,25 +145,7 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// inside its kernel); elsewhere burn's convolution runs between two permutations.
 pub fn forward_nhwc(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if let Some(half) = autocast::half() {
-        if let Some(padding) = gpu_dense(conv, &x).filter(|_| half == FloatDType::F16) {
-            let y = super::conv_gpu::conv2d_nhwc_gpu(
-                autocast::to(x, half),
-                autocast::to(conv.weight.val(), half),
-                conv.stride,
-                padding,
-            );
-            let y = autocast::to_f32(y);
-            return match &conv.bias {
-                Some(bias) => y + bias.val().reshape([1, 1, 1, -1]),
-                None => y,
-            };
-        }
-        let h = half;
-        let x = x.permute([0, 3, 1, 2]);
-        if let Some(y) = autocast::conv_forward(conv, x.clone(), h) {
-            return y.permute([0, 2, 3, 1]);
-        }
-        return conv.forward(x).permute([0, 2, 3, 1]);
+        return autocast::to_f32(half_nhwc(conv, x, half));
     }
     let [_, h, w, c] = x.dims();
     if let Some(padding) = gpu_dense(conv, &x) {
@@ -190,6 +172,49 @@ pub fn forward_nhwc(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     match &conv.bias {
         Some(bias) => y + bias.val().reshape([1, 1, 1, -1]),
         None => y,
+    }
+}
+
+/// [`forward`] for a layer whose output a norm reads next: inside an f16 autocast scope on the
+/// GPU the output stays f16 (see [`super::norm::half_for_norm`]), else as [`forward`].
+pub fn forward_for_norm(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    if let Some(half) = super::norm::half_for_norm(&x)
+        && let Some(y) = autocast::conv_forward_half(conv, x.clone(), half)
+    {
+        return y;
+    }
+    forward(conv, x)
+}
+
+/// [`forward_nhwc`] for a layer whose output a norm reads next (see [`forward_for_norm`]).
+pub fn forward_nhwc_for_norm(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match super::norm::half_for_norm(&x) {
+        Some(half) => half_nhwc(conv, x, half),
+        None => forward_nhwc(conv, x),
+    }
+}
+
+/// [`forward_nhwc`] inside an autocast scope: input, weight and bias in `half`, the output
+/// left in `half` (f32 for a `Same`-padded layer, which stays f32). Dense GPU convolutions of
+/// f16 values take `conv_gpu`'s weight gradient, the others burn's convolution between two
+/// permutations.
+fn half_nhwc(conv: &Conv2d, x: Tensor<4>, half: FloatDType) -> Tensor<4> {
+    if let Some(padding) = gpu_dense(conv, &x).filter(|_| half == FloatDType::F16) {
+        let y = super::conv_gpu::conv2d_nhwc_gpu(
+            autocast::to(x, half),
+            autocast::to(conv.weight.val(), half),
+            conv.stride,
+            padding,
+        );
+        return match &conv.bias {
+            Some(bias) => y + autocast::to(bias.val(), half).reshape([1, 1, 1, -1]),
+            None => y,
+        };
+    }
+    let x = x.permute([0, 3, 1, 2]);
+    match autocast::conv_forward_half(conv, x.clone(), half) {
+        Some(y) => y.permute([0, 2, 3, 1]),
+        None => conv.forward(x).permute([0, 2, 3, 1]),
     }
 }
 
@@ -294,11 +319,11 @@ fn plain_padding(conv: &Conv2d, [h, w]: [usize; 2]) -> Option<[usize; 2]> {
 const MAX_GPU_PATCH_VALUES: usize = 1 << 24;
 
 /// The padding of `conv` on channels-last `x` when the GPU build's dense convolution
-/// (`conv_gpu.rs`, its own weight gradient) takes it: f32 on that device, one group, a patch
+/// (`conv_gpu.rs`, its own weight gradient) takes it: f32 or f16 on that device, one group, a patch
 /// matrix of at most [`MAX_GPU_PATCH_VALUES`].
 fn gpu_dense(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 2]> {
     let [b, h, w, c] = x.dims();
-    if conv.groups != 1 || !on_gpu_f32(x) {
+    if conv.groups != 1 || !(on_gpu_f32(x) || on_gpu_f16(x)) {
         return None;
     }
     let padding = plain_padding(conv, [h, w])?;

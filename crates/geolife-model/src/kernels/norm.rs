@@ -2,6 +2,7 @@
 //! each, for `[B, C, ...]` and channels-last values: burn flex runs them as chains of separate
 //! tensor operations, twice as many backward. Sums run in eight f32 lanes, added up in f64.
 
+use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -11,12 +12,12 @@ use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::BatchNorm;
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::{DType, FloatDType, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::shared::{
-    CHUNK, constant, on_cpu_f32, on_gpu_f32, par_filled, register_grads, row_sums, slice,
-    task_rows, tensor, untracked, widest,
+    CHUNK, constant, on_cpu_f32, on_gpu_f16, on_gpu_f32, par_filled, register_grads, row_sums,
+    slice, task_rows, tensor, untracked, widest,
 };
 
 /// BatchNorm and LayerNorm with their own kernels: on the CPU (below) and in the GPU build
@@ -128,7 +129,7 @@ pub trait NormBackend: Backend {
 /// build (the running statistics updated exactly as burn's `BatchNorm` does), burn's layers
 /// elsewhere.
 pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> Tensor<D> {
-    if !fused_f32(&x) || !f32_params(bn) || D < 2 {
+    if !fused(&x) || !f32_params(bn) || D < 2 {
         return bn_relu(bn, x, relu);
     }
     batch_norm_kernel(bn, x, relu, false)
@@ -138,7 +139,7 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> T
 /// map run over rows of contiguous channels; elsewhere burn's layer runs between two
 /// permutations.
 pub fn batch_norm_nhwc(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
-    if !fused_f32(&x) || !f32_params(bn) {
+    if !fused(&x) || !f32_params(bn) {
         return bn_relu(bn, x.permute([0, 3, 1, 2]), relu).permute([0, 2, 3, 1]);
     }
     batch_norm_kernel(bn, x, relu, true)
@@ -149,13 +150,33 @@ pub fn batch_norm_nhwc(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
 /// values directly, burn's layers only through two permutations; on a GPU the convolutions
 /// work channels-last anyway.
 pub fn channels_last<const D: usize>(x: &Tensor<D>) -> bool {
-    fused_f32(x)
+    fused(x)
 }
 
-/// Whether this module's kernels take `x`: f32 values on the CPU, or on the GPU build's
-/// device (`norm_gpu.rs`), while the kernels are on ([`super::set_cpu_kernels`]).
-fn fused_f32<const D: usize>(x: &Tensor<D>) -> bool {
-    on_cpu_f32(x) || on_gpu_f32(x)
+/// Whether this module's kernels take `x`: f32 values on the CPU, or f32 or f16 values on the
+/// GPU build's device (`norm_gpu.rs`), while the kernels are on ([`super::set_cpu_kernels`]).
+fn fused<const D: usize>(x: &Tensor<D>) -> bool {
+    on_cpu_f32(x) || on_gpu_f32(x) || on_gpu_f16(x)
+}
+
+/// The type in which a layer should hand its output `x`-shaped activations to one of these
+/// norms: f16 inside an f16 autocast scope on the GPU build's device, where the kernels read
+/// and write f16 activations (statistics, parameters and sums in f32, as PyTorch's autocast
+/// runs BatchNorm), so that neither the layer's output nor the norm's is cast to f32 and back
+/// (four passes over the values per layer and step); `None` elsewhere. `x` is the layer's
+/// input.
+pub fn half_for_norm<const D: usize>(x: &Tensor<D>) -> Option<FloatDType> {
+    let on_gpu = on_gpu_f32(x) || on_gpu_f16(x);
+    (on_gpu && super::autocast::half() == Some(FloatDType::F16)).then_some(FloatDType::F16)
+}
+
+/// `grad` in the type of `like` (a norm's input): the output's gradient arrives in the
+/// output's type, which is the input's, unless a later operation cast it.
+fn like_input<B: Backend>(grad: FloatTensor<B>, like: &FloatTensor<B>) -> FloatTensor<B> {
+    match grad.dtype() == like.dtype() {
+        true => grad,
+        false => B::float_cast(grad, FloatDType::from(like.dtype())),
+    }
 }
 
 /// Whether `bn`'s scale and shift are f32, as the kernels take them (a model's parameters are).
@@ -252,9 +273,7 @@ pub fn layer_norm<const D: usize>(
     epsilon: f64,
 ) -> Tensor<D> {
     let beta = match beta {
-        Some(beta)
-            if fused_f32(&x) && gamma.dtype() == DType::F32 && beta.dtype() == DType::F32 =>
-        {
+        Some(beta) if fused(&x) && gamma.dtype() == DType::F32 && beta.dtype() == DType::F32 => {
             beta
         }
         beta => return burn::tensor::module::layer_norm(x, gamma, beta, epsilon),
@@ -842,6 +861,7 @@ impl<B: NormBackend> Backward<B, 3> for BatchNormNode {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
         let (x, gamma, beta, mean, variance, epsilon, relu, nhwc) = ops.state;
+        let grad = like_input::<B>(grad, &x);
         let (gx, gg, gb) = B::fused_batch_norm_train_backward(
             x, gamma, beta, mean, variance, grad, epsilon, relu, nhwc,
         );
@@ -858,6 +878,7 @@ impl<B: NormBackend> Backward<B, 3> for LayerNormNode {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
         let (x, gamma, epsilon) = ops.state;
+        let grad = like_input::<B>(grad, &x);
         let (gx, gg, gb) = B::fused_layer_norm_backward(x, gamma, grad, epsilon);
         register_grads::<B, 3>(grads, ops.parents.map(|p| p.map(|n| n.id)), [gx, gg, gb]);
     }

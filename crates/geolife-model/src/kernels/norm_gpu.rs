@@ -198,10 +198,10 @@ fn chunk_of(count: usize, chunk: usize, live: bool) -> (usize, usize, usize) {
 /// from it (two passes over the walkers' values, totals for every unit).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn chunk_stats<F: Float>(
+fn chunk_stats<F: Float, E: Float>(
     buf: &mut [F],
     buf2: &mut [F],
-    x: &[F],
+    x: &[E],
     c: usize,
     channels: usize,
     plane: usize,
@@ -212,13 +212,13 @@ fn chunk_stats<F: Float>(
     let (_, walker, walkers) = channel_walk(walkers_on_x);
     let mut s = F::new(0.0);
     for i in range_stepped(begin + walker, end, walkers) {
-        s += x[at(i, c, channels, plane)];
+        s += F::cast_from(x[at(i, c, channels, plane)]);
     }
     let n = divisor::<F>(end - begin);
     let mean = walkers_totals::<F>(buf, buf2, s, F::new(0.0), walkers_on_x).0 / n;
     let mut q = F::new(0.0);
     for i in range_stepped(begin + walker, end, walkers) {
-        let d = x[at(i, c, channels, plane)] - mean;
+        let d = F::cast_from(x[at(i, c, channels, plane)]) - mean;
         q += d * d;
     }
     let m2 = walkers_totals::<F>(buf, buf2, q, F::new(0.0), walkers_on_x).0;
@@ -230,11 +230,11 @@ fn chunk_stats<F: Float>(
 /// unit).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn grad_sums<F: Float>(
+fn grad_sums<F: Float, E: Float>(
     buf: &mut [F],
     buf2: &mut [F],
-    x: &[F],
-    grad: &[F],
+    x: &[E],
+    grad: &[E],
     c: usize,
     channels: usize,
     plane: usize,
@@ -251,8 +251,8 @@ fn grad_sums<F: Float>(
     let mut sgx = F::new(0.0);
     for i in range_stepped(begin + walker, end, walkers) {
         let k = at(i, c, channels, plane);
-        let xv = x[k];
-        let g = through_relu::<F>(grad[k], xv * a + b, relu);
+        let xv = F::cast_from(x[k]);
+        let g = through_relu::<F>(F::cast_from(grad[k]), xv * a + b, relu);
         sg += g;
         sgx += g * (xv - m);
     }
@@ -283,13 +283,13 @@ fn moved<F: Float>(running: F, batch: F, keep: f32, take: f32) -> F {
 /// `b = beta - mean * a`, ReLU when `relu`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn bn_forward<F: Float>(
-    x: &[F],
+fn bn_forward<F: Float, E: Float>(
+    x: &[E],
     gamma: &[F],
     beta: &[F],
     running_mean: &[F],
     running_var: &[F],
-    y: &mut [F],
+    y: &mut [E],
     mean_out: &mut [F],
     var_out: &mut [F],
     running_mean_out: &mut [F],
@@ -310,7 +310,7 @@ fn bn_forward<F: Float>(
     let live = ch < channels;
     let c = select(live, ch, 0);
     let (_, begin, end) = chunk_of(count, count, live);
-    let (mean, m2) = chunk_stats::<F>(
+    let (mean, m2) = chunk_stats::<F, E>(
         &mut shared,
         &mut shared2,
         x,
@@ -325,7 +325,7 @@ fn bn_forward<F: Float>(
     let (a, b) = affine::<F>(gamma[c], beta[c], mean, var, eps);
     for i in range_stepped(walker, end, walkers) {
         let k = at(i, c, channels, plane);
-        y[k] = activated::<F>(x[k] * a + b, relu);
+        y[k] = E::cast_from(activated::<F>(F::cast_from(x[k]) * a + b, relu));
     }
     if live && walker == 0 {
         mean_out[c] = mean;
@@ -340,8 +340,8 @@ fn bn_forward<F: Float>(
 /// values of the channel, at `[part, channel]`; [`bn_merge_stats`] merges them.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn bn_partial_stats<F: Float>(
-    x: &[F],
+fn bn_partial_stats<F: Float, E: Float>(
+    x: &[E],
     part_mean: &mut [F],
     part_m2: &mut [F],
     channels: usize,
@@ -357,7 +357,7 @@ fn bn_partial_stats<F: Float>(
     let live = ch < channels;
     let c = select(live, ch, 0);
     let (part, begin, end) = chunk_of(count, chunk, live);
-    let (mean, m2) = chunk_stats::<F>(
+    let (mean, m2) = chunk_stats::<F, E>(
         &mut shared,
         &mut shared2,
         x,
@@ -431,11 +431,11 @@ fn bn_merge_stats<F: Float>(
 /// of a split training BatchNorm.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn bn_apply<F: Float>(
-    x: &[F],
+fn bn_apply<F: Float, E: Float>(
+    x: &[E],
     scale: &[F],
     shift: &[F],
-    y: &mut [F],
+    y: &mut [E],
     len: usize,
     channels: usize,
     plane: usize,
@@ -446,7 +446,10 @@ fn bn_apply<F: Float>(
         terminate!();
     }
     let c = (k / plane) % channels;
-    y[k] = activated::<F>(x[k] * scale[c] + shift[c], relu);
+    y[k] = E::cast_from(activated::<F>(
+        F::cast_from(x[k]) * scale[c] + shift[c],
+        relu,
+    ));
 }
 
 /// The gradient that reaches the norm: `grad`, or zero where the ReLU (when `relu`) cut the
@@ -467,14 +470,14 @@ fn through_relu<F: Float>(grad: F, v: F, #[comptime] relu: bool) -> F {
 /// gradient, zero where the ReLU cut the output.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn bn_backward<F: Float>(
-    x: &[F],
-    grad: &[F],
+fn bn_backward<F: Float, E: Float>(
+    x: &[E],
+    grad: &[E],
     gamma: &[F],
     beta: &[F],
     mean: &[F],
     var: &[F],
-    gx: &mut [F],
+    gx: &mut [E],
     ggamma: &mut [F],
     gbeta: &mut [F],
     channels: usize,
@@ -495,7 +498,7 @@ fn bn_backward<F: Float>(
     let m = mean[c];
     let inv = inv_std::<F>(var[c], eps);
     let (a, b) = affine::<F>(gamma[c], beta[c], m, var[c], eps);
-    let (sg, sgx) = grad_sums::<F>(
+    let (sg, sgx) = grad_sums::<F, E>(
         &mut shared,
         &mut shared2,
         x,
@@ -516,9 +519,9 @@ fn bn_backward<F: Float>(
     let mgx = sgx / n;
     for i in range_stepped(walker, end, walkers) {
         let k = at(i, c, channels, plane);
-        let xv = x[k];
-        let g = through_relu::<F>(grad[k], xv * a + b, relu);
-        gx[k] = a * (g - mg - (xv - m) * inv * mgx);
+        let xv = F::cast_from(x[k]);
+        let g = through_relu::<F>(F::cast_from(grad[k]), xv * a + b, relu);
+        gx[k] = E::cast_from(a * (g - mg - (xv - m) * inv * mgx));
     }
     if live && walker == 0 {
         ggamma[c] = sgx;
@@ -530,9 +533,9 @@ fn bn_backward<F: Float>(
 /// `g * xhat` and of `g` (see [`bn_backward`]) at `[part, channel]`, for [`bn_merge_grads`].
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn bn_partial_grads<F: Float>(
-    x: &[F],
-    grad: &[F],
+fn bn_partial_grads<F: Float, E: Float>(
+    x: &[E],
+    grad: &[E],
     gamma: &[F],
     beta: &[F],
     mean: &[F],
@@ -556,7 +559,7 @@ fn bn_partial_grads<F: Float>(
     let (part, begin, end) = chunk_of(count, chunk, live);
     let m = mean[c];
     let (a, b) = affine::<F>(gamma[c], beta[c], m, var[c], eps);
-    let (sg, sgx) = grad_sums::<F>(
+    let (sg, sgx) = grad_sums::<F, E>(
         &mut shared,
         &mut shared2,
         x,
@@ -654,15 +657,15 @@ fn bn_merge_grads<F: Float>(
 /// [`bn_merge_grads`].
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn bn_backward_apply<F: Float>(
-    x: &[F],
-    grad: &[F],
+fn bn_backward_apply<F: Float, E: Float>(
+    x: &[E],
+    grad: &[E],
     mean: &[F],
     scale: &[F],
     shift: &[F],
     slope: &[F],
     offset: &[F],
-    gx: &mut [F],
+    gx: &mut [E],
     len: usize,
     channels: usize,
     plane: usize,
@@ -673,22 +676,22 @@ fn bn_backward_apply<F: Float>(
         terminate!();
     }
     let c = (k / plane) % channels;
-    let xv = x[k];
+    let xv = F::cast_from(x[k]);
     let a = scale[c];
-    let g = through_relu::<F>(grad[k], xv * a + shift[c], relu);
-    gx[k] = a * g + (xv - mean[c]) * slope[c] + offset[c];
+    let g = through_relu::<F>(F::cast_from(grad[k]), xv * a + shift[c], relu);
+    gx[k] = E::cast_from(a * g + (xv - mean[c]) * slope[c] + offset[c]);
 }
 
 /// BatchNorm with fixed statistics, one unit per value.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn bn_eval<F: Float>(
-    x: &[F],
+fn bn_eval<F: Float, E: Float>(
+    x: &[E],
     gamma: &[F],
     beta: &[F],
     mean: &[F],
     var: &[F],
-    y: &mut [F],
+    y: &mut [E],
     len: usize,
     channels: usize,
     plane: usize,
@@ -701,7 +704,7 @@ fn bn_eval<F: Float>(
     }
     let ch = (k / plane) % channels;
     let (a, b) = affine::<F>(gamma[ch], beta[ch], mean[ch], var[ch], eps);
-    y[k] = activated::<F>(x[k] * a + b, relu);
+    y[k] = E::cast_from(activated::<F>(F::cast_from(x[k]) * a + b, relu));
 }
 
 /// The LayerNorm row of this unit (a row per `y` of the cube, its values over the lanes `x`),
@@ -716,10 +719,10 @@ fn ln_row(rows: usize, c: usize) -> (bool, usize, usize) {
 /// The mean and `1 / std` of the row of `end` values at `base` (see [`ln_row`]), for every
 /// lane of the row.
 #[cube]
-fn ln_stats<F: Float>(
+fn ln_stats<F: Float, E: Float>(
     buf: &mut [F],
     buf2: &mut [F],
-    x: &[F],
+    x: &[E],
     base: usize,
     end: usize,
     c: usize,
@@ -730,12 +733,12 @@ fn ln_stats<F: Float>(
     let n = divisor::<F>(c);
     let mut s = F::new(0.0);
     for k in range_stepped(lane, end, lanes) {
-        s += x[base + k];
+        s += F::cast_from(x[base + k]);
     }
     let mean = lanes_totals::<F>(buf, buf2, s, F::new(0.0)).0 / n;
     let mut q = F::new(0.0);
     for k in range_stepped(lane, end, lanes) {
-        let d = x[base + k] - mean;
+        let d = F::cast_from(x[base + k]) - mean;
         q += d * d;
     }
     let var = lanes_totals::<F>(buf, buf2, q, F::new(0.0)).0 / n;
@@ -746,11 +749,11 @@ fn ln_stats<F: Float>(
 /// so that a warp reads consecutive values.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn ln_forward<F: Float>(
-    x: &[F],
+fn ln_forward<F: Float, E: Float>(
+    x: &[E],
     gamma: &[F],
     beta: &[F],
-    y: &mut [F],
+    y: &mut [E],
     rows: usize,
     c: usize,
     eps: f32,
@@ -760,9 +763,10 @@ fn ln_forward<F: Float>(
     let mut shared2 = Shared::<[F]>::new_slice(block);
     let (_live, r, end) = ln_row(rows, c);
     let base = r * c;
-    let (mean, rstd) = ln_stats::<F>(&mut shared, &mut shared2, x, base, end, c, eps);
+    let (mean, rstd) = ln_stats::<F, E>(&mut shared, &mut shared2, x, base, end, c, eps);
     for k in range_stepped(UNIT_POS_X as usize, end, CUBE_DIM_X as usize) {
-        y[base + k] = (x[base + k] - mean) * rstd * gamma[k] + beta[k];
+        let xv = F::cast_from(x[base + k]);
+        y[base + k] = E::cast_from((xv - mean) * rstd * gamma[k] + beta[k]);
     }
 }
 
@@ -771,11 +775,11 @@ fn ln_forward<F: Float>(
 /// and `1 / std` go to `stats` for [`ln_backward_params`].
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn ln_backward_rows<F: Float>(
-    x: &[F],
+fn ln_backward_rows<F: Float, E: Float>(
+    x: &[E],
     gamma: &[F],
-    grad: &[F],
-    gx: &mut [F],
+    grad: &[E],
+    gx: &mut [E],
     stats: &mut [F],
     rows: usize,
     c: usize,
@@ -788,20 +792,21 @@ fn ln_backward_rows<F: Float>(
     let base = r * c;
     let lane = UNIT_POS_X as usize;
     let lanes = CUBE_DIM_X as usize;
-    let (mean, rstd) = ln_stats::<F>(&mut shared, &mut shared2, x, base, end, c, eps);
+    let (mean, rstd) = ln_stats::<F, E>(&mut shared, &mut shared2, x, base, end, c, eps);
     let mut s1 = F::new(0.0);
     let mut s2 = F::new(0.0);
     for k in range_stepped(lane, end, lanes) {
-        let d = grad[base + k] * gamma[k];
+        let d = F::cast_from(grad[base + k]) * gamma[k];
         s1 += d;
-        s2 += d * (x[base + k] - mean) * rstd;
+        s2 += d * (F::cast_from(x[base + k]) - mean) * rstd;
     }
     let n = divisor::<F>(c);
     let (s1, s2) = lanes_totals::<F>(&mut shared, &mut shared2, s1, s2);
     let (m1, m2) = (s1 / n, s2 / n);
     for k in range_stepped(lane, end, lanes) {
-        let xhat = (x[base + k] - mean) * rstd;
-        gx[base + k] = rstd * (grad[base + k] * gamma[k] - m1 - xhat * m2);
+        let xhat = (F::cast_from(x[base + k]) - mean) * rstd;
+        let g = F::cast_from(grad[base + k]);
+        gx[base + k] = E::cast_from(rstd * (g * gamma[k] - m1 - xhat * m2));
     }
     if live && lane == 0 {
         stats[2 * r] = mean;
@@ -815,9 +820,9 @@ fn ln_backward_rows<F: Float>(
 /// themselves when there is one part, else summed by [`sum_parts`]).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn ln_backward_params<F: Float>(
-    x: &[F],
-    grad: &[F],
+fn ln_backward_params<F: Float, E: Float>(
+    x: &[E],
+    grad: &[E],
     stats: &[F],
     part_gx: &mut [F],
     part_g: &mut [F],
@@ -836,9 +841,9 @@ fn ln_backward_params<F: Float>(
     let mut sg = F::new(0.0);
     let mut sgx = F::new(0.0);
     for r in range_stepped(begin + walker, end, walkers) {
-        let g = grad[r * c + k];
+        let g = F::cast_from(grad[r * c + k]);
         sg += g;
-        sgx += g * (x[r * c + k] - stats[2 * r]) * stats[2 * r + 1];
+        sgx += g * (F::cast_from(x[r * c + k]) - stats[2 * r]) * stats[2 * r + 1];
     }
     let (sg, sgx) = walkers_totals::<F>(&mut shared, &mut shared2, sg, sgx, walkers_on_x);
     if live && walker == 0 {
@@ -860,6 +865,35 @@ pub(super) fn f32_contiguous(t: CubeTensor, what: &str) -> CubeTensor {
         t.dtype
     );
     into_contiguous(t)
+}
+
+/// `t` contiguous, checked to hold values of the activations' type `E` (f32, or f16 inside an
+/// f16 autocast scope; see `norm::half_for_norm`).
+fn float_contiguous<E: burn::tensor::Element>(t: CubeTensor, what: &str) -> CubeTensor {
+    assert_eq!(
+        t.dtype,
+        E::dtype(),
+        "the GPU norm kernels take one type of activations; {what} is {:?}",
+        t.dtype
+    );
+    into_contiguous(t)
+}
+
+/// An uninitialised contiguous tensor of `like`'s type on its device.
+fn empty_as(like: &CubeTensor, shape: Shape) -> CubeTensor {
+    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, like.dtype)
+}
+
+/// Runs `$f::<E>(..)` with `E` the element type of `$x`'s values: f32, or f16 (the
+/// activations of an f16 autocast scope; the parameters and statistics stay f32).
+macro_rules! activations {
+    ($x:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $x.dtype {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F16 => $f::<half::f16>($($arg),*),
+            other => panic!("the GPU norm kernels take f32 or f16 activations, not {other:?}"),
+        }
+    };
 }
 
 /// An uninitialised contiguous f32 tensor on `like`'s device.
@@ -967,102 +1001,20 @@ impl NormBackend for CubeBackend {
         relu: bool,
         nhwc: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
-        let x = f32_contiguous(x, "the BatchNorm input");
-        let [gamma, beta, running_mean, running_var] = [gamma, beta, running_mean, running_var]
-            .map(|t| f32_contiguous(t, "a BatchNorm parameter or running statistic"));
-        let shape = x.shape();
-        let len = shape.num_elements();
-        let (c, plane) = channels_plane(&shape, nhwc);
-        let count = len / c.max(1);
-        let y = empty(&x, shape);
-        let [mean, var, new_mean, new_var] = [(); 4].map(|_| empty(&x, Shape::new([c])));
-        let (eps, keep, take) = (epsilon as f32, (1.0 - momentum) as f32, momentum as f32);
-        let walk = Walk::new(&x, c, count, plane == 1);
-        if walk.parts == 1 {
-            bn_forward::launch::<f32>(
-                &x.client,
-                walk.cubes,
-                walk.dim,
-                arg(&x),
-                arg(&gamma),
-                arg(&beta),
-                arg(&running_mean),
-                arg(&running_var),
-                arg(&y),
-                arg(&mean),
-                arg(&var),
-                arg(&new_mean),
-                arg(&new_var),
-                c,
-                plane,
-                count,
-                eps,
-                keep,
-                take,
+        activations!(
+            x,
+            bn_train(
+                x,
+                gamma,
+                beta,
+                running_mean,
+                running_var,
+                epsilon,
+                momentum,
                 relu,
-                walk.walkers_on_x,
-                walk.block,
-            );
-            return (y, mean, var, new_mean, new_var);
-        }
-        // Large channels: partial statistics over chunks, merged per channel, then the
-        // element-wise pass with them.
-        let [part_mean, part_m2] = [(); 2].map(|_| empty(&x, Shape::new([walk.parts * c])));
-        bn_partial_stats::launch::<f32>(
-            &x.client,
-            walk.cubes,
-            walk.dim,
-            arg(&x),
-            arg(&part_mean),
-            arg(&part_m2),
-            c,
-            plane,
-            count,
-            walk.chunk,
-            walk.walkers_on_x,
-            walk.block,
-        );
-        let [scale, shift] = [(); 2].map(|_| empty(&x, Shape::new([c])));
-        let (cubes, dim) = per_item(&x, c);
-        bn_merge_stats::launch::<f32>(
-            &x.client,
-            cubes,
-            dim,
-            arg(&part_mean),
-            arg(&part_m2),
-            arg(&gamma),
-            arg(&beta),
-            arg(&running_mean),
-            arg(&running_var),
-            arg(&mean),
-            arg(&var),
-            arg(&new_mean),
-            arg(&new_var),
-            arg(&scale),
-            arg(&shift),
-            c,
-            count,
-            walk.chunk,
-            walk.parts,
-            eps,
-            keep,
-            take,
-        );
-        let (cubes, dim) = per_item(&x, len);
-        bn_apply::launch::<f32>(
-            &x.client,
-            cubes,
-            dim,
-            arg(&x),
-            arg(&scale),
-            arg(&shift),
-            arg(&y),
-            len,
-            c,
-            plane,
-            relu,
-        );
-        (y, mean, var, new_mean, new_var)
+                nhwc
+            )
+        )
     }
 
     fn fused_batch_norm_train_backward(
@@ -1076,107 +1028,10 @@ impl NormBackend for CubeBackend {
         relu: bool,
         nhwc: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        let x = f32_contiguous(x, "the BatchNorm input");
-        let grad = f32_contiguous(grad, "the BatchNorm output's gradient");
-        let [gamma, beta, mean, variance] =
-            [gamma, beta, mean, variance].map(|t| f32_contiguous(t, "a BatchNorm statistic"));
-        let shape = x.shape();
-        let len = shape.num_elements();
-        let (c, plane) = channels_plane(&shape, nhwc);
-        let count = len / c.max(1);
-        let gx = empty(&x, shape);
-        let ggamma = empty(&x, Shape::new([c]));
-        let gbeta = empty(&x, Shape::new([c]));
-        let eps = epsilon as f32;
-        let walk = Walk::new(&x, c, count, plane == 1);
-        if walk.parts == 1 {
-            bn_backward::launch::<f32>(
-                &x.client,
-                walk.cubes,
-                walk.dim,
-                arg(&x),
-                arg(&grad),
-                arg(&gamma),
-                arg(&beta),
-                arg(&mean),
-                arg(&variance),
-                arg(&gx),
-                arg(&ggamma),
-                arg(&gbeta),
-                c,
-                plane,
-                count,
-                eps,
-                relu,
-                walk.walkers_on_x,
-                walk.block,
-            );
-            return (gx, ggamma, gbeta);
-        }
-        let [part_gx, part_g] = [(); 2].map(|_| empty(&x, Shape::new([walk.parts * c])));
-        bn_partial_grads::launch::<f32>(
-            &x.client,
-            walk.cubes,
-            walk.dim,
-            arg(&x),
-            arg(&grad),
-            arg(&gamma),
-            arg(&beta),
-            arg(&mean),
-            arg(&variance),
-            arg(&part_gx),
-            arg(&part_g),
-            c,
-            plane,
-            count,
-            walk.chunk,
-            eps,
-            relu,
-            walk.walkers_on_x,
-            walk.block,
-        );
-        let [scale, shift, slope, offset] = [(); 4].map(|_| empty(&x, Shape::new([c])));
-        let (cubes, dim) = per_item(&x, c);
-        bn_merge_grads::launch::<f32>(
-            &x.client,
-            cubes,
-            dim,
-            arg(&part_gx),
-            arg(&part_g),
-            arg(&gamma),
-            arg(&beta),
-            arg(&mean),
-            arg(&variance),
-            arg(&ggamma),
-            arg(&gbeta),
-            arg(&scale),
-            arg(&shift),
-            arg(&slope),
-            arg(&offset),
-            c,
-            count,
-            walk.parts,
-            eps,
-        );
-        let (cubes, dim) = per_item(&x, len);
-        bn_backward_apply::launch::<f32>(
-            &x.client,
-            cubes,
-            dim,
-            arg(&x),
-            arg(&grad),
-            arg(&mean),
-            arg(&scale),
-            arg(&shift),
-            arg(&slope),
-            arg(&offset),
-            arg(&gx),
-            len,
-            c,
-            plane,
-            relu,
-        );
-        (gx, ggamma, gbeta)
+        activations!(
+            x,
+            bn_train_backward(x, gamma, beta, mean, variance, grad, epsilon, relu, nhwc)
+        )
     }
 
     fn fused_batch_norm_eval(
@@ -1189,30 +1044,10 @@ impl NormBackend for CubeBackend {
         relu: bool,
         nhwc: bool,
     ) -> CubeTensor {
-        let x = f32_contiguous(x, "the BatchNorm input");
-        let [gamma, beta, mean, variance] =
-            [gamma, beta, mean, variance].map(|t| f32_contiguous(t, "a BatchNorm statistic"));
-        let shape = x.shape();
-        let (c, plane) = channels_plane(&shape, nhwc);
-        let y = empty(&x, shape.clone());
-        let (cubes, dim) = per_item(&x, shape.num_elements());
-        bn_eval::launch::<f32>(
-            &x.client,
-            cubes,
-            dim,
-            arg(&x),
-            arg(&gamma),
-            arg(&beta),
-            arg(&mean),
-            arg(&variance),
-            arg(&y),
-            shape.num_elements(),
-            c,
-            plane,
-            epsilon as f32,
-            relu,
-        );
-        y
+        activations!(
+            x,
+            bn_eval_launch(x, gamma, beta, mean, variance, epsilon, relu, nhwc)
+        )
     }
 
     fn fused_layer_norm(
@@ -1230,28 +1065,7 @@ impl NormBackend for CubeBackend {
         beta: CubeTensor,
         epsilon: f64,
     ) -> (CubeTensor, CubeTensor) {
-        let x = f32_contiguous(x, "the LayerNorm input");
-        let gamma = f32_contiguous(gamma, "LayerNorm's weight");
-        let beta = f32_contiguous(beta, "LayerNorm's bias");
-        let shape = x.shape();
-        let c = gamma.shape().num_elements();
-        let rows = shape.num_elements() / c.max(1);
-        let y = empty(&x, shape);
-        let (cubes, dim, block) = rows_launch(&x, rows);
-        ln_forward::launch::<f32>(
-            &x.client,
-            cubes,
-            dim,
-            arg(&x),
-            arg(&gamma),
-            arg(&beta),
-            arg(&y),
-            rows,
-            c,
-            epsilon as f32,
-            block,
-        );
-        (y, x)
+        activations!(x, ln_forward_launch(x, gamma, beta, epsilon))
     }
 
     fn fused_layer_norm_backward(
@@ -1260,61 +1074,369 @@ impl NormBackend for CubeBackend {
         grad: CubeTensor,
         epsilon: f64,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        let x = f32_contiguous(x, "the LayerNorm input");
-        let gamma = f32_contiguous(gamma, "LayerNorm's weight");
-        let grad = f32_contiguous(grad, "the LayerNorm output's gradient");
-        let shape = x.shape();
-        let c = gamma.shape().num_elements();
-        let rows = shape.num_elements() / c.max(1);
-        let gx = empty(&x, shape);
-        let stats = empty(&x, Shape::new([2 * rows]));
-        let ggamma = empty(&x, Shape::new([c]));
-        let gbeta = empty(&x, Shape::new([c]));
-        let (cubes, dim, block) = rows_launch(&x, rows);
-        ln_backward_rows::launch::<f32>(
+        activations!(x, ln_backward_launch(x, gamma, grad, epsilon))
+    }
+}
+
+/// [`NormBackend::fused_batch_norm_train`] for activations of type `E`.
+#[allow(clippy::too_many_arguments)]
+fn bn_train<E: Float + CubeElement + burn::tensor::Element>(
+    x: CubeTensor,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    running_mean: CubeTensor,
+    running_var: CubeTensor,
+    epsilon: f64,
+    momentum: f64,
+    relu: bool,
+    nhwc: bool,
+) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+    let x = float_contiguous::<E>(x, "the BatchNorm input");
+    let [gamma, beta, running_mean, running_var] = [gamma, beta, running_mean, running_var]
+        .map(|t| f32_contiguous(t, "a BatchNorm parameter or running statistic"));
+    let shape = x.shape();
+    let len = shape.num_elements();
+    let (c, plane) = channels_plane(&shape, nhwc);
+    let count = len / c.max(1);
+    let y = empty_as(&x, shape);
+    let [mean, var, new_mean, new_var] = [(); 4].map(|_| empty(&x, Shape::new([c])));
+    let (eps, keep, take) = (epsilon as f32, (1.0 - momentum) as f32, momentum as f32);
+    let walk = Walk::new(&x, c, count, plane == 1);
+    if walk.parts == 1 {
+        bn_forward::launch::<f32, E>(
             &x.client,
-            cubes,
-            dim,
+            walk.cubes,
+            walk.dim,
             arg(&x),
             arg(&gamma),
-            arg(&grad),
-            arg(&gx),
-            arg(&stats),
-            rows,
+            arg(&beta),
+            arg(&running_mean),
+            arg(&running_var),
+            arg(&y),
+            arg(&mean),
+            arg(&var),
+            arg(&new_mean),
+            arg(&new_var),
             c,
-            epsilon as f32,
-            block,
+            plane,
+            count,
+            eps,
+            keep,
+            take,
+            relu,
+            walk.walkers_on_x,
+            walk.block,
         );
-        // The parameters' gradients: channels over the lanes, rows split over cubes when many.
-        let walk = Walk::new(&x, c, rows, true);
-        let parts = match walk.parts {
-            1 => None,
-            p => Some([(); 2].map(|_| empty(&x, Shape::new([p * c])))),
-        };
-        let (first, second) = match &parts {
-            Some([a, b]) => (a, b),
-            None => (&ggamma, &gbeta),
-        };
-        ln_backward_params::launch::<f32>(
+        return (y, mean, var, new_mean, new_var);
+    }
+    // Large channels: partial statistics over chunks, merged per channel, then the
+    // element-wise pass with them.
+    let [part_mean, part_m2] = [(); 2].map(|_| empty(&x, Shape::new([walk.parts * c])));
+    bn_partial_stats::launch::<f32, E>(
+        &x.client,
+        walk.cubes,
+        walk.dim,
+        arg(&x),
+        arg(&part_mean),
+        arg(&part_m2),
+        c,
+        plane,
+        count,
+        walk.chunk,
+        walk.walkers_on_x,
+        walk.block,
+    );
+    let [scale, shift] = [(); 2].map(|_| empty(&x, Shape::new([c])));
+    let (cubes, dim) = per_item(&x, c);
+    bn_merge_stats::launch::<f32>(
+        &x.client,
+        cubes,
+        dim,
+        arg(&part_mean),
+        arg(&part_m2),
+        arg(&gamma),
+        arg(&beta),
+        arg(&running_mean),
+        arg(&running_var),
+        arg(&mean),
+        arg(&var),
+        arg(&new_mean),
+        arg(&new_var),
+        arg(&scale),
+        arg(&shift),
+        c,
+        count,
+        walk.chunk,
+        walk.parts,
+        eps,
+        keep,
+        take,
+    );
+    let (cubes, dim) = per_item(&x, len);
+    bn_apply::launch::<f32, E>(
+        &x.client,
+        cubes,
+        dim,
+        arg(&x),
+        arg(&scale),
+        arg(&shift),
+        arg(&y),
+        len,
+        c,
+        plane,
+        relu,
+    );
+    (y, mean, var, new_mean, new_var)
+}
+
+/// [`NormBackend::fused_batch_norm_train_backward`] for activations of type `E`.
+#[allow(clippy::too_many_arguments)]
+fn bn_train_backward<E: Float + CubeElement + burn::tensor::Element>(
+    x: CubeTensor,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    mean: CubeTensor,
+    variance: CubeTensor,
+    grad: CubeTensor,
+    epsilon: f64,
+    relu: bool,
+    nhwc: bool,
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let x = float_contiguous::<E>(x, "the BatchNorm input");
+    let grad = float_contiguous::<E>(grad, "the BatchNorm output's gradient");
+    let [gamma, beta, mean, variance] =
+        [gamma, beta, mean, variance].map(|t| f32_contiguous(t, "a BatchNorm statistic"));
+    let shape = x.shape();
+    let len = shape.num_elements();
+    let (c, plane) = channels_plane(&shape, nhwc);
+    let count = len / c.max(1);
+    let gx = empty_as(&x, shape);
+    let ggamma = empty(&x, Shape::new([c]));
+    let gbeta = empty(&x, Shape::new([c]));
+    let eps = epsilon as f32;
+    let walk = Walk::new(&x, c, count, plane == 1);
+    if walk.parts == 1 {
+        bn_backward::launch::<f32, E>(
             &x.client,
             walk.cubes,
             walk.dim,
             arg(&x),
             arg(&grad),
-            arg(&stats),
-            arg(first),
-            arg(second),
-            rows,
+            arg(&gamma),
+            arg(&beta),
+            arg(&mean),
+            arg(&variance),
+            arg(&gx),
+            arg(&ggamma),
+            arg(&gbeta),
             c,
-            walk.chunk,
+            plane,
+            count,
+            eps,
+            relu,
             walk.walkers_on_x,
             walk.block,
         );
-        if parts.is_some() {
-            launch_sum_parts(first, second, &ggamma, &gbeta, walk.parts, c);
-        }
-        (gx, ggamma, gbeta)
+        return (gx, ggamma, gbeta);
     }
+    let [part_gx, part_g] = [(); 2].map(|_| empty(&x, Shape::new([walk.parts * c])));
+    bn_partial_grads::launch::<f32, E>(
+        &x.client,
+        walk.cubes,
+        walk.dim,
+        arg(&x),
+        arg(&grad),
+        arg(&gamma),
+        arg(&beta),
+        arg(&mean),
+        arg(&variance),
+        arg(&part_gx),
+        arg(&part_g),
+        c,
+        plane,
+        count,
+        walk.chunk,
+        eps,
+        relu,
+        walk.walkers_on_x,
+        walk.block,
+    );
+    let [scale, shift, slope, offset] = [(); 4].map(|_| empty(&x, Shape::new([c])));
+    let (cubes, dim) = per_item(&x, c);
+    bn_merge_grads::launch::<f32>(
+        &x.client,
+        cubes,
+        dim,
+        arg(&part_gx),
+        arg(&part_g),
+        arg(&gamma),
+        arg(&beta),
+        arg(&mean),
+        arg(&variance),
+        arg(&ggamma),
+        arg(&gbeta),
+        arg(&scale),
+        arg(&shift),
+        arg(&slope),
+        arg(&offset),
+        c,
+        count,
+        walk.parts,
+        eps,
+    );
+    let (cubes, dim) = per_item(&x, len);
+    bn_backward_apply::launch::<f32, E>(
+        &x.client,
+        cubes,
+        dim,
+        arg(&x),
+        arg(&grad),
+        arg(&mean),
+        arg(&scale),
+        arg(&shift),
+        arg(&slope),
+        arg(&offset),
+        arg(&gx),
+        len,
+        c,
+        plane,
+        relu,
+    );
+    (gx, ggamma, gbeta)
+}
+
+/// [`NormBackend::fused_batch_norm_eval`] for activations of type `E`.
+#[allow(clippy::too_many_arguments)]
+fn bn_eval_launch<E: Float + CubeElement + burn::tensor::Element>(
+    x: CubeTensor,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    mean: CubeTensor,
+    variance: CubeTensor,
+    epsilon: f64,
+    relu: bool,
+    nhwc: bool,
+) -> CubeTensor {
+    let x = float_contiguous::<E>(x, "the BatchNorm input");
+    let [gamma, beta, mean, variance] =
+        [gamma, beta, mean, variance].map(|t| f32_contiguous(t, "a BatchNorm statistic"));
+    let shape = x.shape();
+    let (c, plane) = channels_plane(&shape, nhwc);
+    let y = empty_as(&x, shape.clone());
+    let (cubes, dim) = per_item(&x, shape.num_elements());
+    bn_eval::launch::<f32, E>(
+        &x.client,
+        cubes,
+        dim,
+        arg(&x),
+        arg(&gamma),
+        arg(&beta),
+        arg(&mean),
+        arg(&variance),
+        arg(&y),
+        shape.num_elements(),
+        c,
+        plane,
+        epsilon as f32,
+        relu,
+    );
+    y
+}
+
+/// [`NormBackend::fused_layer_norm_saving`] for activations of type `E`.
+#[allow(clippy::too_many_arguments)]
+fn ln_forward_launch<E: Float + CubeElement + burn::tensor::Element>(
+    x: CubeTensor,
+    gamma: CubeTensor,
+    beta: CubeTensor,
+    epsilon: f64,
+) -> (CubeTensor, CubeTensor) {
+    let x = float_contiguous::<E>(x, "the LayerNorm input");
+    let gamma = f32_contiguous(gamma, "LayerNorm's weight");
+    let beta = f32_contiguous(beta, "LayerNorm's bias");
+    let shape = x.shape();
+    let c = gamma.shape().num_elements();
+    let rows = shape.num_elements() / c.max(1);
+    let y = empty_as(&x, shape);
+    let (cubes, dim, block) = rows_launch(&x, rows);
+    ln_forward::launch::<f32, E>(
+        &x.client,
+        cubes,
+        dim,
+        arg(&x),
+        arg(&gamma),
+        arg(&beta),
+        arg(&y),
+        rows,
+        c,
+        epsilon as f32,
+        block,
+    );
+    (y, x)
+}
+
+/// [`NormBackend::fused_layer_norm_backward`] for activations of type `E`.
+#[allow(clippy::too_many_arguments)]
+fn ln_backward_launch<E: Float + CubeElement + burn::tensor::Element>(
+    x: CubeTensor,
+    gamma: CubeTensor,
+    grad: CubeTensor,
+    epsilon: f64,
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let x = float_contiguous::<E>(x, "the LayerNorm input");
+    let gamma = f32_contiguous(gamma, "LayerNorm's weight");
+    let grad = float_contiguous::<E>(grad, "the LayerNorm output's gradient");
+    let shape = x.shape();
+    let c = gamma.shape().num_elements();
+    let rows = shape.num_elements() / c.max(1);
+    let gx = empty_as(&x, shape);
+    let stats = empty(&x, Shape::new([2 * rows]));
+    let ggamma = empty(&x, Shape::new([c]));
+    let gbeta = empty(&x, Shape::new([c]));
+    let (cubes, dim, block) = rows_launch(&x, rows);
+    ln_backward_rows::launch::<f32, E>(
+        &x.client,
+        cubes,
+        dim,
+        arg(&x),
+        arg(&gamma),
+        arg(&grad),
+        arg(&gx),
+        arg(&stats),
+        rows,
+        c,
+        epsilon as f32,
+        block,
+    );
+    // The parameters' gradients: channels over the lanes, rows split over cubes when many.
+    let walk = Walk::new(&x, c, rows, true);
+    let parts = match walk.parts {
+        1 => None,
+        p => Some([(); 2].map(|_| empty(&x, Shape::new([p * c])))),
+    };
+    let (first, second) = match &parts {
+        Some([a, b]) => (a, b),
+        None => (&ggamma, &gbeta),
+    };
+    ln_backward_params::launch::<f32, E>(
+        &x.client,
+        walk.cubes,
+        walk.dim,
+        arg(&x),
+        arg(&grad),
+        arg(&stats),
+        arg(first),
+        arg(second),
+        rows,
+        c,
+        walk.chunk,
+        walk.walkers_on_x,
+        walk.block,
+    );
+    if parts.is_some() {
+        launch_sum_parts(first, second, &ggamma, &gbeta, walk.parts, c);
+    }
+    (gx, ggamma, gbeta)
 }
 
 /// [`sum_parts`] of two `[parts, c]` partial sums into `first` and `second`.

@@ -49,6 +49,20 @@ pub(crate) fn on_gpu_f32<const D: usize>(_: &Tensor<D>) -> bool {
     false
 }
 
+/// Whether `t` holds f16 values on the GPU build's device, with the kernels on: the
+/// activations of an f16 autocast scope that the GPU norm kernels read and write
+/// (`norm::half_for_norm`).
+#[cfg(feature = "wgpu")]
+pub(crate) fn on_gpu_f16<const D: usize>(t: &Tensor<D>) -> bool {
+    t.dtype() == DType::F16 && kernels_on() && t.device().without_autodiff() != Device::flex()
+}
+
+/// Without the GPU build, no tensor is on its device.
+#[cfg(not(feature = "wgpu"))]
+pub(crate) fn on_gpu_f16<const D: usize>(_: &Tensor<D>) -> bool {
+    false
+}
+
 /// Values per parallel task of the element-wise loops.
 pub(super) const CHUNK: usize = 1 << 14;
 
