@@ -1369,6 +1369,116 @@ fn gpu_norm_kernels_read_and_write_f16_activations() {
     }
 }
 
+/// MaxViT on the GPU build: its BatchNorms (channels-first) and LayerNorms run the norm
+/// kernels, so a training step's loss and gradients on wgpu equal flex's with the same weights
+/// and input; inside an f16 autocast scope its MBConv activations stay f16 between the
+/// convolutions and the BatchNorms, and the loss and the gradients track f32's. A small
+/// MaxViT (64 x 64 input, partition 4, three blocks) keeps the test short.
+#[test]
+fn maxvit_trains_on_wgpu_as_on_flex_and_its_f16_step_tracks_f32() {
+    use burn::module::Module;
+    use burn::tensor::FloatDType;
+    use geolife_model::backbones::maxvit::{MaxVit, MaxVitConfig};
+    use geolife_model::kernels;
+    let _guard = serial();
+    let flex = Device::flex().autodiff();
+    let model = MaxVitConfig::maxvit_t()
+        .with_in_channels(4)
+        .with_num_classes(10)
+        .with_input_size(32)
+        .with_stem_channels(16)
+        .with_partition_size(4)
+        .with_block_channels(vec![16, 32])
+        .with_block_layers(vec![1, 1])
+        .with_head_dim(8)
+        .with_stochastic_depth_prob(0.0)
+        .init(&flex)
+        .expect("a valid MaxViT");
+    let x = normal([4, 4, 32, 32], 0.0, 1.0, 1234, &flex);
+    // One training step's loss and the gradients of the stem convolution, the stem
+    // BatchNorm, the first MBConv's pre-norm and conv_a BatchNorm and the first window
+    // attention's LayerNorm, in that order.
+    let step = |m: &MaxVit, x: Tensor<4>, half: Option<FloatDType>| {
+        let _scope = kernels::autocast(half);
+        let loss = weighted_sum(m.forward(x));
+        let g = loss.backward();
+        let ((conv, bn, _), _) = &m.stem;
+        let parts = &m.blocks[0].layers[0].layers;
+        let mb = &parts.MBconv.layers;
+        let grads = [
+            conv.weight
+                .val()
+                .grad(&g)
+                .expect("stem conv grad")
+                .flatten::<1>(0, 3),
+            bn.gamma.val().grad(&g).expect("stem BatchNorm grad"),
+            mb.pre_norm.gamma.val().grad(&g).expect("pre-norm grad"),
+            mb.conv_a
+                .1
+                .gamma
+                .val()
+                .grad(&g)
+                .expect("conv_a BatchNorm grad"),
+            parts
+                .window_attention
+                .attn_layer
+                .0
+                .gamma
+                .val()
+                .grad(&g)
+                .expect("LayerNorm grad"),
+        ];
+        let loss = loss.into_data().try_to_vec::<f32>().unwrap()[0];
+        (loss, grads.map(|t| t.to_device(&Device::flex())))
+    };
+    let gpu = wgpu().autodiff();
+    let (l_flex, g_flex) = step(&model, x.clone(), None);
+    let on_gpu = model.clone().fork(&gpu);
+    let (l_gpu, g_gpu) = step(&on_gpu, x.clone().to_device(&gpu), None);
+    let watch = LaunchWatch::start();
+    let (l_half, g_half) = step(&on_gpu, x.to_device(&gpu), Some(FloatDType::F16));
+    gpu.sync().unwrap();
+    let launches = watch.finish();
+    // Every BatchNorm (the stem's, three per MBConv) and LayerNorm (two per attention, two
+    // attentions per layer, the head's) ran its kernel.
+    let count = |prefixes: &[&str]| -> usize {
+        let named = |k: &String| prefixes.iter().any(|p| k.starts_with(p));
+        launches
+            .by_kernel
+            .iter()
+            .filter(|(k, _)| named(k))
+            .map(|(_, c)| c)
+            .sum()
+    };
+    let (bn, ln) = (count(&["BnForward", "BnApply"]), count(&["LnForward"]));
+    assert!(
+        bn >= 7 && ln >= 9,
+        "norm kernel launches of the f16 step: BatchNorm {bn}, LayerNorm {ln}; {:?}",
+        launches.top(12)
+    );
+    // Both devices differ by float rounding (about 1e-3 of the largest gradient through this
+    // network, as much with burn's own layers on both), f16 by its own rounding.
+    assert!(
+        (l_gpu - l_flex).abs() <= 1e-5 * l_flex.abs().max(1.0),
+        "f32 loss: wgpu {l_gpu}, flex {l_flex}"
+    );
+    assert!(
+        l_half.is_finite() && (l_half - l_flex).abs() <= 1e-2 * l_flex.abs().max(1.0),
+        "f16 loss {l_half} against f32 {l_flex}"
+    );
+    for (i, ((f, g), h)) in g_flex.into_iter().zip(g_gpu).zip(g_half).enumerate() {
+        let (eg, eh) = (rel(g, f.clone()), rel(h, f));
+        assert!(
+            eg < 5e-3,
+            "gradient {i}: wgpu f32 against flex, relative difference {eg}"
+        );
+        assert!(
+            eh < 5e-2,
+            "gradient {i}: wgpu f16 against flex f32, relative difference {eh}"
+        );
+    }
+}
+
 /// The mixed-precision overflow check (`kernels::finite`) on the GPU build: one NaN or
 /// infinity anywhere fails it, large finite values pass (their sum would overflow f32),
 /// permuted and sliced views are checked on their own values (read through their strides, no

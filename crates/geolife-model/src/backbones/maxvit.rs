@@ -231,7 +231,7 @@ impl MaxVitConfig {
             classifier: (
                 Identity::new(),
                 Identity::new(),
-                LayerNormConfig::new(nf).init(device),
+                LayerNormConfig::new(nf).with_epsilon(LN_EPS).init(device),
                 linear(nf, nf, true, device),
                 Tanh::new(),
                 linear(nf, self.num_classes, false, device),
@@ -287,7 +287,7 @@ impl MaxVitConfig {
         };
         let attention = |grid: bool| PartitionAttention {
             attn_layer: (
-                LayerNormConfig::new(cout).init(device),
+                LayerNormConfig::new(cout).with_epsilon(LN_EPS).init(device),
                 RelativePositionalMultiHeadAttention {
                     to_qkv: linear(cout, 3 * cout, true, device),
                     merge: linear(cout, cout, true, device),
@@ -308,7 +308,7 @@ impl MaxVitConfig {
                 Identity::new(),
             ),
             mlp_layer: (
-                LayerNormConfig::new(cout).init(device),
+                LayerNormConfig::new(cout).with_epsilon(LN_EPS).init(device),
                 linear(cout, cout * self.mlp_ratio, true, device),
                 Gelu::new(),
                 linear(cout * self.mlp_ratio, cout, true, device),
@@ -327,6 +327,21 @@ impl MaxVitConfig {
             },
         }
     }
+}
+
+/// The epsilon of torchvision MaxViT's LayerNorms (PyTorch's default), which burn's layer
+/// keeps private: every LayerNorm here is built with it.
+const LN_EPS: f64 = 1e-5;
+
+/// `norm.forward(x)` through the norm kernels (`kernels::layer_norm`: one pass each way on the
+/// CPU and the GPU instead of burn's chain of operations).
+fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
+    kernels::layer_norm(
+        x,
+        norm.gamma.val(),
+        norm.beta.as_ref().map(|b| b.val()),
+        LN_EPS,
+    )
 }
 
 /// BatchNorm as torchvision MaxViT's (`eps=1e-3`, `momentum=0.01`).
@@ -420,8 +435,10 @@ impl MaxVit {
             x
         };
         let ((c0, bn0, act0), (c1, _)) = &self.stem;
-        let x = kernels::conv::forward(c0, x);
-        let mut x = kernels::conv::forward(c1, act0.forward(bn0.forward(x)));
+        let x = kernels::conv::forward_for_norm(c0, x);
+        let x = act0.forward(kernels::batch_norm(bn0, x, false));
+        // Back to f32 where the BatchNorm handed over f16 (autocast on the GPU).
+        let mut x = kernels::autocast::to_f32(kernels::conv::forward(c1, x));
         for block in &self.blocks {
             for layer in &block.layers {
                 x = layer.forward(x);
@@ -453,7 +470,7 @@ impl MaxVit {
         let (_, _, norm, pre, act, fc) = &self.classifier;
         kernels::linear(
             fc,
-            act.forward(kernels::linear(pre, norm.forward(features))),
+            act.forward(kernels::linear(pre, layer_norm(norm, features))),
         )
     }
 
@@ -517,12 +534,23 @@ impl MbConv {
             None => x.clone(),
         };
         let l = &self.layers;
-        let x = l.pre_norm.forward(x);
+        // The BatchNorms run the norm kernels (`kernels::batch_norm`); inside an f16 autocast
+        // scope on the GPU the activations stay f16 from `conv_a` to the squeeze-excitation,
+        // whose gate is f32.
+        let x = kernels::batch_norm(&l.pre_norm, x, false);
         let (conv, bn, act) = &l.conv_a;
-        let x = act.forward(bn.forward(kernels::conv::forward(conv, x)));
+        let x = act.forward(kernels::batch_norm(
+            bn,
+            kernels::conv::forward_for_norm(conv, x),
+            false,
+        ));
         let (conv, bn, act) = &l.conv_b;
-        let x = act.forward(bn.forward(kernels::conv::forward(conv, x)));
-        let x = l.squeeze_excitation.forward(x);
+        let x = act.forward(kernels::batch_norm(
+            bn,
+            kernels::conv::forward_for_norm(conv, x),
+            false,
+        ));
+        let x = l.squeeze_excitation.forward(kernels::autocast::to_f32(x));
         let x = kernels::conv::forward(&l.conv_c, x);
         res + stochastic_depth(x, self.stochastic_depth_prob, &self.training)
     }
@@ -599,12 +627,12 @@ impl PartitionAttention {
         let x = if self.grid { x.swap_dims(1, 2) } else { x };
         let sd = self.stochastic_depth_prob;
         let (norm, attn, _) = &self.attn_layer;
-        let a = attn.forward(norm.forward(x.clone()));
+        let a = attn.forward(layer_norm(norm, x.clone()));
         let x = x + stochastic_depth(a, sd, &self.training);
         let (norm, fc1, act, fc2, _) = &self.mlp_layer;
         let m = kernels::linear(
             fc2,
-            act.forward(kernels::linear(fc1, norm.forward(x.clone()))),
+            act.forward(kernels::linear(fc1, layer_norm(norm, x.clone()))),
         );
         let x = x + stochastic_depth(m, sd, &self.training);
         let x = if self.grid { x.swap_dims(1, 2) } else { x };
