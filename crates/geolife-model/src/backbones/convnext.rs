@@ -172,7 +172,7 @@ impl CnBlock {
             self.norm.beta.as_ref().map(|b| b.val()),
             EPS,
         );
-        let y = kernels::gelu(kernels::linear(&self.pwconv1, y));
+        let y = kernels::linear_gelu(&self.pwconv1, y);
         let y = kernels::linear(&self.pwconv2, y).permute([0, 3, 1, 2]); // [b, c, h, w]
         let y = y * self.layer_scale.val().unsqueeze::<4>();
         self.drop_path.forward(y) + x
@@ -193,7 +193,7 @@ impl CnBlock {
             self.norm.beta.as_ref().map(|b| b.val()),
             EPS,
         );
-        let y = kernels::gelu(kernels::linear(&self.pwconv1, y));
+        let y = kernels::linear_gelu(&self.pwconv1, y);
         let [c, _, _] = self.layer_scale.dims();
         let scale: Tensor<2> = self.layer_scale.val().reshape([1, c]);
         let weight = self.pwconv2.weight.val() * scale.clone();

@@ -629,11 +629,9 @@ impl PartitionAttention {
         let (norm, attn, _) = &self.attn_layer;
         let a = attn.forward(layer_norm(norm, x.clone()));
         let x = x + stochastic_depth(a, sd, &self.training);
-        let (norm, fc1, act, fc2, _) = &self.mlp_layer;
-        let m = kernels::linear(
-            fc2,
-            act.forward(kernels::linear(fc1, layer_norm(norm, x.clone()))),
-        );
+        // The GELU (`mlp_layer.2`) is exact, as `kernels::linear_gelu` runs it.
+        let (norm, fc1, _, fc2, _) = &self.mlp_layer;
+        let m = kernels::linear(fc2, kernels::linear_gelu(fc1, layer_norm(norm, x.clone())));
         let x = x + stochastic_depth(m, sd, &self.training);
         let x = if self.grid { x.swap_dims(1, 2) } else { x };
         x.reshape([b, gh, gw, p, p, c])

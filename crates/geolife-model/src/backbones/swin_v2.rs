@@ -394,11 +394,11 @@ impl SwinBlockV2 {
         let p = self.stochastic_depth_prob;
         let a = self.norm1.forward(self.attn.forward(x.clone()));
         let x = x + stochastic_depth(a, p, &self.training);
-        let (fc1, act, _, fc2, _) = &self.mlp;
-        let m = self.norm2.forward(kernels::linear(
-            fc2,
-            act.forward(kernels::linear(fc1, x.clone())),
-        ));
+        // The GELU (`mlp.1`) is exact, as `kernels::linear_gelu` runs it.
+        let (fc1, _, _, fc2, _) = &self.mlp;
+        let m = self
+            .norm2
+            .forward(kernels::linear(fc2, kernels::linear_gelu(fc1, x.clone())));
         x + stochastic_depth(m, p, &self.training)
     }
 }

@@ -60,17 +60,7 @@ pub fn linear_with<const D: usize>(
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
     if let Some(h) = autocast::half() {
-        // Rows of one 2-D product, as off the CPU below, in the half type.
-        let dims = x.dims();
-        let [_, d_out] = weight.dims();
-        let mut out = dims;
-        out[D - 1] = d_out;
-        let y = burn::tensor::module::linear(
-            autocast::to(x.reshape::<2, _>([-1, dims[D - 1] as i32]), h),
-            autocast::to(weight, h),
-            bias.map(|b| autocast::to(b, h)),
-        );
-        return autocast::to_f32(y).reshape(out);
+        return autocast::to_f32(half_linear(x, weight, bias, h));
     }
     let off_cpu = !on_cpu_f32(&x) || weight.dtype() != DType::F32;
     if D < 2 || (D == 2 && off_cpu) {
@@ -97,6 +87,43 @@ pub fn linear_with<const D: usize>(
         weight.into_dispatch(),
         bias.into_dispatch(),
     ));
+    y.reshape(out)
+}
+
+/// `gelu(linear(x))`, the first half of a transformer or ConvNeXt MLP. Inside an autocast
+/// scope the product's output stays in the half type through the GELU (as PyTorch's autocast
+/// leaves it), so the MLP's widest activation, `4 * d` wide, is not cast to f32 and back
+/// before the second layer (on llvmpipe those were two passes of their own per block each
+/// way); the second layer takes the half values as they are.
+pub fn linear_gelu<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    match autocast::half() {
+        Some(h) => super::gelu(half_linear(
+            x,
+            layer.weight.val(),
+            layer.bias.as_ref().map(|b| b.val()),
+            h,
+        )),
+        None => super::gelu(linear(layer, x)),
+    }
+}
+
+/// [`linear_with`] inside an autocast scope: rows of one 2-D product (as off the CPU), input,
+/// weight and bias in `half`, the output left in `half`.
+fn half_linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    half: burn::tensor::FloatDType,
+) -> Tensor<D> {
+    let dims = x.dims();
+    let [_, d_out] = weight.dims();
+    let mut out = dims;
+    out[D - 1] = d_out;
+    let y = burn::tensor::module::linear(
+        autocast::to(x.reshape::<2, _>([-1, dims[D - 1] as i32]), half),
+        autocast::to(weight, half),
+        bias.map(|b| autocast::to(b, half)),
+    );
     y.reshape(out)
 }
 
