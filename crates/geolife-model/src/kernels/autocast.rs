@@ -1,9 +1,12 @@
 //! Mixed precision as PyTorch's autocast does it: inside an [`autocast`] scope, convolutions,
 //! linear layers and attention products cast their inputs and weights to the half type, run
-//! there, and hand f32 back; every other operation (normalisations, activations, the loss) and
-//! the parameters, their gradients and the optimiser state stay f32. The cast's autodiff node
-//! turns each half gradient back into f32 on its way to the f32 weights, so the backward pass
-//! runs the same products in half precision without a copy of the model.
+//! there, and hand f32 back; the parameters, their gradients, the optimiser state and the
+//! loss stay f32. The cast's autodiff node turns each half gradient back into f32 on its way
+//! to the f32 weights, so the backward pass runs the same products in half precision without
+//! a copy of the model. Two exceptions keep activations half between layers, where PyTorch's
+//! autocast leaves them half too: off the CPU, a linear layer followed by GELU
+//! (`linear::linear_gelu`), and on the GPU, a convolution whose output a BatchNorm or
+//! LayerNorm kernel reads (`norm::half_for_norm`; the kernels compute in f32 inside).
 //!
 //! The scope is per thread (a training step records its forward pass on one thread), so a
 //! test or a second run on another thread is not affected.

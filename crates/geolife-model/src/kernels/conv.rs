@@ -121,8 +121,12 @@ pub trait ConvBackend: Backend {
 /// `conv.forward(x)`, through this module's kernels where they apply (CPU device, a dense or
 /// depthwise convolution of the supported shape), burn's convolution otherwise.
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    if let Some(y) = autocast::half().and_then(|h| autocast::conv_forward(conv, x.clone(), h)) {
-        return y;
+    if let Some(half) = autocast::half() {
+        if let Some(y) = autocast::conv_forward(conv, x.clone(), half) {
+            return y;
+        }
+        // A `Same`-padded layer stays f32, whatever type a norm kernel handed over.
+        return conv.forward(autocast::to_f32(x));
     }
     let [_, c, h, w] = x.dims();
     let Some(kind) = kernel_for(conv, &x, [c, h, w]) else {
@@ -148,7 +152,8 @@ pub fn forward_nhwc(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         return autocast::to_f32(half_nhwc(conv, x, half));
     }
     let [_, h, w, c] = x.dims();
-    if let Some(padding) = gpu_dense(conv, &x) {
+    let same_types = x.dtype() == conv.weight.val().dtype();
+    if let Some(padding) = gpu_dense(conv, &x).filter(|_| same_types) {
         let y = super::conv_gpu::conv2d_nhwc_gpu(x, conv.weight.val(), conv.stride, padding);
         return match &conv.bias {
             Some(bias) => y + bias.val().reshape([1, 1, 1, -1]),
@@ -214,7 +219,7 @@ fn half_nhwc(conv: &Conv2d, x: Tensor<4>, half: FloatDType) -> Tensor<4> {
     let x = x.permute([0, 3, 1, 2]);
     match autocast::conv_forward_half(conv, x.clone(), half) {
         Some(y) => y.permute([0, 2, 3, 1]),
-        None => conv.forward(x).permute([0, 2, 3, 1]),
+        None => conv.forward(autocast::to_f32(x)).permute([0, 2, 3, 1]),
     }
 }
 

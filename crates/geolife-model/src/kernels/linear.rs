@@ -91,12 +91,15 @@ pub fn linear_with<const D: usize>(
 }
 
 /// `gelu(linear(x))`, the first half of a transformer or ConvNeXt MLP. Inside an autocast
-/// scope the product's output stays in the half type through the GELU (as PyTorch's autocast
-/// leaves it), so the MLP's widest activation, `4 * d` wide, is not cast to f32 and back
-/// before the second layer (on llvmpipe those were two passes of their own per block each
-/// way); the second layer takes the half values as they are.
+/// scope off the CPU the product's output stays in the half type through the GELU (PyTorch's
+/// autocast also leaves it half; its GELU computes inside in f32, burn's in the half type),
+/// so the MLP's widest activation, `4 * d` wide, is not cast to f32 and back before the second
+/// layer, which takes the half values as they are. On the CPU the output is f32, for the GELU
+/// kernel.
 pub fn linear_gelu<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-    match autocast::half() {
+    // On the CPU the GELU kernel takes f32 only (flex's own half GELU is a serial loop).
+    let off_cpu = x.device().without_autodiff() != burn::tensor::Device::flex();
+    match autocast::half().filter(|_| off_cpu) {
         Some(h) => super::gelu(half_linear(
             x,
             layer.weight.val(),

@@ -130,7 +130,7 @@ pub trait NormBackend: Backend {
 /// elsewhere.
 pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> Tensor<D> {
     if !fused(&x) || !f32_params(bn) || D < 2 {
-        return bn_relu(bn, x, relu);
+        return in_params_type(x, bn.gamma.val().dtype(), |x| bn_relu(bn, x, relu));
     }
     batch_norm_kernel(bn, x, relu, false)
 }
@@ -140,13 +140,15 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>, relu: bool) -> T
 /// permutations.
 pub fn batch_norm_nhwc(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
     if !fused(&x) || !f32_params(bn) {
-        return bn_relu(bn, x.permute([0, 3, 1, 2]), relu).permute([0, 2, 3, 1]);
+        return in_params_type(x, bn.gamma.val().dtype(), |x| {
+            bn_relu(bn, x.permute([0, 3, 1, 2]), relu).permute([0, 2, 3, 1])
+        });
     }
     batch_norm_kernel(bn, x, relu, true)
 }
 
 /// Whether a network should run on `x` channels-last (`[B, H, W, C]` between layers): where
-/// the norm kernels take it (f32 on the CPU or in the GPU build). They read channels-last
+/// the norm kernels take it (f32 on the CPU; f32 or f16 in the GPU build). They read channels-last
 /// values directly, burn's layers only through two permutations; on a GPU the convolutions
 /// work channels-last anyway.
 pub fn channels_last<const D: usize>(x: &Tensor<D>) -> bool {
@@ -162,12 +164,28 @@ fn fused<const D: usize>(x: &Tensor<D>) -> bool {
 /// The type in which a layer should hand its output `x`-shaped activations to one of these
 /// norms: f16 inside an f16 autocast scope on the GPU build's device, where the kernels read
 /// and write f16 activations (statistics, parameters and sums in f32, as PyTorch's autocast
-/// runs BatchNorm), so that neither the layer's output nor the norm's is cast to f32 and back
-/// (four passes over the values per layer and step); `None` elsewhere. `x` is the layer's
-/// input.
+/// runs BatchNorm; its LayerNorm returns f32, which the next product casts to f16 anyway), so
+/// that neither the layer's output nor the norm's is cast to f32 and back (four passes over
+/// the values per layer and step); `None` elsewhere. `x` is the layer's input.
 pub fn half_for_norm<const D: usize>(x: &Tensor<D>) -> Option<FloatDType> {
     let on_gpu = on_gpu_f32(x) || on_gpu_f16(x);
     (on_gpu && super::autocast::half() == Some(FloatDType::F16)).then_some(FloatDType::F16)
+}
+
+/// `f(x)` for burn's own norm layers, which take activations of their parameters' type: f16
+/// activations handed over for the kernels ([`half_for_norm`]) that reach a branch without
+/// them (a frozen BatchNorm, a LayerNorm without bias, the kernels switched off) are cast to
+/// the parameters' type and the output back to theirs.
+fn in_params_type<const D: usize>(
+    x: Tensor<D>,
+    params: DType,
+    f: impl FnOnce(Tensor<D>) -> Tensor<D>,
+) -> Tensor<D> {
+    let dtype = x.dtype();
+    if dtype == params || !matches!(params, DType::F32 | DType::F16 | DType::BF16) {
+        return f(x);
+    }
+    f(x.cast(FloatDType::from(params))).cast(FloatDType::from(dtype))
 }
 
 /// `grad` in the type of `like` (a norm's input): the output's gradient arrives in the
@@ -231,9 +249,9 @@ fn batch_norm_kernel<const D: usize>(
         // A frozen layer on the training device (burn's `Module::freeze` for partial
         // fine-tuning): its input, and gamma and beta when re-enabled, still take gradients,
         // which the inference kernel has none of; burn's layer normalises with the running
-        // statistics and differentiates.
+        // statistics and differentiates (in f32: f16 activations are cast to f32 and back).
         if !nhwc {
-            return bn_relu(bn, x, relu);
+            return in_params_type(x, bn.gamma.val().dtype(), |x| bn_relu(bn, x, relu));
         }
         // Channels-last `[B, ..., C]`: burn's layer takes the channels-first view.
         let first: [isize; D] = std::array::from_fn(|i| match i {
@@ -246,7 +264,9 @@ fn batch_norm_kernel<const D: usize>(
             i if i == D - 1 => 1,
             i => i as isize + 1,
         });
-        bn_relu(bn, x.permute(first), relu).permute(last)
+        in_params_type(x, bn.gamma.val().dtype(), |x| {
+            bn_relu(bn, x.permute(first), relu).permute(last)
+        })
     } else {
         let mean = bn.running_mean.value().to_device(&device);
         let variance = bn.running_var.value().to_device(&device);
@@ -276,7 +296,12 @@ pub fn layer_norm<const D: usize>(
         Some(beta) if fused(&x) && gamma.dtype() == DType::F32 && beta.dtype() == DType::F32 => {
             beta
         }
-        beta => return burn::tensor::module::layer_norm(x, gamma, beta, epsilon),
+        beta => {
+            let params = gamma.dtype();
+            return in_params_type(x, params, |x| {
+                burn::tensor::module::layer_norm(x, gamma, beta, epsilon)
+            });
+        }
     };
     Tensor::from_dispatch(Dispatch::fused_layer_norm(
         x.into_dispatch(),

@@ -855,8 +855,8 @@ fn ln_backward_params<F: Float, E: Float>(
 // ---------------------------------------------------------------------------------------------
 // Launches.
 
-/// `t` contiguous, checked to hold f32 values (the only type these kernels and the finite
-/// check's are launched for: the callers route other types to burn's operations).
+/// `t` contiguous, checked to hold f32 values: parameters and statistics here, and the finite
+/// check's tensors (the activations may also be f16, see `float_contiguous`).
 pub(super) fn f32_contiguous(t: CubeTensor, what: &str) -> CubeTensor {
     assert_eq!(
         t.dtype,

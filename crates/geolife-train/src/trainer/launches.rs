@@ -15,6 +15,10 @@ pub struct LaunchCounts {
     pub total: usize,
     /// Launches per kernel, by cubecl's short kernel name (`ElemwiseFuse`, `MatmulEntry`).
     pub by_kernel: BTreeMap<String, usize>,
+    /// Launches per kernel by its full type name, element types included (the short name
+    /// drops them: `geolife_model::kernels::norm_gpu::bn_forward::BnForward<f32,
+    /// half::binary16::f16>` is `BnForward`).
+    pub by_type: BTreeMap<String, usize>,
 }
 
 impl LaunchCounts {
@@ -77,6 +81,7 @@ mod observe {
             let mut out = LaunchCounts::default();
             for (k, c) in m.iter() {
                 out.total += c;
+                *out.by_type.entry(k.to_string()).or_default() += c;
                 *out.by_kernel
                     .entry(type_name_format(k, TypeNameFormatLevel::Short))
                     .or_default() += c;
@@ -118,6 +123,7 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
+            ..LaunchCounts::default()
         };
         assert_eq!(c.top(3), vec![("a", 2), ("b", 2), ("c", 1)]);
     }
