@@ -1233,7 +1233,8 @@ fn gpu_norm_kernels_equal_burns_layers_with_few_launches() {
 /// kernels on the same values in f32: the output and the input's gradient are f16 and differ
 /// by f16 rounding only, gamma's and beta's gradients are f32, and the running statistics
 /// (computed in f32 from the same values) are equal. Fused and split BatchNorm, both layouts,
-/// LayerNorm on contiguous, strided and split-parameter inputs.
+/// LayerNorm on contiguous, strided and split-parameter inputs; a frozen BatchNorm and a
+/// LayerNorm without bias (burn's layers, in f32 inside) also take and return f16.
 #[test]
 fn gpu_norm_kernels_read_and_write_f16_activations() {
     use burn::module::{Module, Param};
@@ -1319,6 +1320,40 @@ fn gpu_norm_kernels_read_and_write_f16_activations() {
         let e = rel(f32_of(y), want);
         assert!(e < 2e-3, "{at}, inference: relative difference {e}");
     }
+    // The branches that run burn's own layers take f16 activations too, in f32 inside: a frozen
+    // BatchNorm (partial fine-tuning) and a LayerNorm without bias.
+    let mut frozen: BatchNorm = BatchNormConfig::new(6).init(&d);
+    frozen.gamma = Param::from_tensor(normal([6], 1.0, 0.5, 1100, &d));
+    let frozen = frozen.freeze();
+    let half = normal([4, 6, 3, 5], 0.7, 3.0, 1101, &d).cast(FloatDType::F16);
+    let run = |x: Tensor<4>| {
+        let x = x.detach().require_grad();
+        let y = kernels::batch_norm(&frozen, x.clone(), true);
+        let g = weighted_sum(f32_of(y.clone())).backward();
+        (
+            y.inner(),
+            x.grad(&g)
+                .expect("the frozen layer's input gets a gradient"),
+        )
+    };
+    let (h, f) = (run(half.clone()), run(f32_of(half)));
+    assert_eq!(
+        [h.0.dtype(), h.1.dtype()],
+        [DType::F16, DType::F16],
+        "frozen BatchNorm types"
+    );
+    let (ey, eg) = (rel(f32_of(h.0), f.0), rel(f32_of(h.1), f.1));
+    assert!(
+        ey < 2e-3 && eg < 1e-2,
+        "frozen BatchNorm: output {ey}, x grad {eg}"
+    );
+    let half = normal([3, 5, 16], 3.0, 2.0, 1102, &d).cast(FloatDType::F16);
+    let gamma = normal([16], 1.0, 0.5, 1103, &d);
+    let y = kernels::layer_norm(half.clone(), gamma.clone(), None, 1e-6);
+    let want = kernels::layer_norm(half.cast(FloatDType::F32), gamma, None, 1e-6);
+    assert_eq!(y.dtype(), DType::F16, "LayerNorm without bias: output type");
+    let e = rel(y.cast(FloatDType::F32), want);
+    assert!(e < 2e-3, "LayerNorm without bias: relative difference {e}");
     for (case, (shape, permuted)) in [
         ([2, 5, 7, 16], false),
         ([2, 5, 7, 16], true),
