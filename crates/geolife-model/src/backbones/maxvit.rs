@@ -659,7 +659,10 @@ impl RelativePositionalMultiHeadAttention {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, g, p, d] = x.dims();
         let (nh, dh) = (self.n_heads, d / self.n_heads);
-        let qkv = kernels::linear(&self.to_qkv, x);
+        // Queries, keys and values stay half inside an autocast scope on the GPU, and so do
+        // the weighted values up to `merge` (PyTorch's autocast leaves them half); the scores
+        // and the softmax are f32.
+        let qkv = kernels::linear_half(&self.to_qkv, x);
         let split = |i: usize| {
             qkv.clone()
                 .narrow(3, i * d, d)
@@ -681,7 +684,7 @@ impl RelativePositionalMultiHeadAttention {
             .permute([2, 0, 1])
             .unsqueeze_dim::<4>(0); // [1, H, P, P]
         let attn = softmax(kernels::matmul(q, k.swap_dims(2, 3)) + bias, 3);
-        let out = kernels::matmul(attn, v)
+        let out = kernels::matmul_half(attn, v)
             .swap_dims(1, 2)
             .reshape([b, g, p, d]);
         kernels::linear(&self.merge, out)

@@ -49,6 +49,12 @@ pub fn half() -> Option<FloatDType> {
     HALF.with(Cell::get)
 }
 
+/// [`half`] where a product's output may stay in the half type for the next layer: off the
+/// CPU (the CPU's GELU and norm kernels take f32 only).
+pub(crate) fn half_off_cpu<const D: usize>(x: &Tensor<D>) -> Option<FloatDType> {
+    half().filter(|_| x.device().without_autodiff() != burn::tensor::Device::flex())
+}
+
 /// `t` in `half` (no operation when it already is: a norm kernel may have handed over half
 /// activations, see `norm::half_for_norm`).
 pub(crate) fn to<const D: usize>(t: Tensor<D>, half: FloatDType) -> Tensor<D> {
@@ -99,6 +105,16 @@ pub fn matmul<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
     match half() {
         Some(h) => to_f32(to(a, h).matmul(to(b, h))),
         None => a.matmul(b),
+    }
+}
+
+/// [`matmul`] whose output a linear layer reads next (attention's weighted values before
+/// the output projection): inside an autocast scope off the CPU it stays in the half type,
+/// as PyTorch's autocast leaves it.
+pub fn matmul_half<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
+    match half_off_cpu(&a) {
+        Some(h) => to(a, h).matmul(to(b, h)),
+        None => matmul(a, b),
     }
 }
 

@@ -98,8 +98,7 @@ pub fn linear_with<const D: usize>(
 /// kernel.
 pub fn linear_gelu<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     // On the CPU the GELU kernel takes f32 only (flex's own half GELU is a serial loop).
-    let off_cpu = x.device().without_autodiff() != burn::tensor::Device::flex();
-    match autocast::half().filter(|_| off_cpu) {
+    match autocast::half_off_cpu(&x) {
         Some(h) => super::gelu(half_linear(
             x,
             layer.weight.val(),
@@ -107,6 +106,21 @@ pub fn linear_gelu<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
             h,
         )),
         None => super::gelu(linear(layer, x)),
+    }
+}
+
+/// [`linear`] whose output a half product reads next (attention's queries, keys and values):
+/// inside an autocast scope off the CPU the output stays in the half type, so the products
+/// cast nothing; elsewhere as [`linear`].
+pub fn linear_half<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    match autocast::half_off_cpu(&x) {
+        Some(h) => half_linear(
+            x,
+            layer.weight.val(),
+            layer.bias.as_ref().map(|b| b.val()),
+            h,
+        ),
+        None => linear(layer, x),
     }
 }
 

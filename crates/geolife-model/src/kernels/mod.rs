@@ -18,10 +18,10 @@ mod norm_gpu;
 mod shared;
 
 pub use adamw::{FusedAdamW, adamw_applies, adamw_step};
-pub use autocast::{AutocastGuard, autocast, matmul};
+pub use autocast::{AutocastGuard, autocast, matmul, matmul_half};
 pub use bce::bce_with_logits;
 pub use gelu::gelu;
-pub use linear::{linear, linear_gelu, linear_with};
+pub use linear::{linear, linear_gelu, linear_half, linear_with};
 pub use norm::{batch_norm, batch_norm_nhwc, channels_last, layer_norm};
 pub(crate) use shared::on_cpu_f32;
 pub use shared::{kernels_on, set_cpu_kernels};
