@@ -148,9 +148,9 @@ pub fn batch_norm_nhwc(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
 }
 
 /// Whether a network should run on `x` channels-last (`[B, H, W, C]` between layers): where
-/// the norm kernels take it (f32 on the CPU; f32 or f16 in the GPU build). They read channels-last
-/// values directly, burn's layers only through two permutations; on a GPU the convolutions
-/// work channels-last anyway.
+/// the norm kernels take it (f32 on the CPU; f32 or f16 in the GPU build). They read
+/// channels-last values directly, burn's layers only through two permutations; on a GPU the
+/// convolutions work channels-last anyway.
 pub fn channels_last<const D: usize>(x: &Tensor<D>) -> bool {
     fused(x)
 }
