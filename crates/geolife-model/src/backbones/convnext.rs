@@ -164,8 +164,8 @@ impl CnBlock {
     /// - input/output `[B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         // Inside an f16 autocast scope on the GPU the depthwise output and the LayerNorm's stay
-        // f16 up to `pwconv1` (`kernels::norm::half_for_norm`).
-        let y = conv::forward_for_norm(&self.dwconv, x.clone()).permute([0, 2, 3, 1]); // [b, h, w, c]
+        // f16 up to `pwconv1` (`kernels::norm::half_for_norm`). `[b, h, w, c]`:
+        let y = conv::forward_for_norm(&self.dwconv, x.clone()).permute([0, 2, 3, 1]);
         let y = kernels::layer_norm(
             y,
             self.norm.gamma.val(),
