@@ -35,7 +35,7 @@ const TO_LAST: [usize; 4] = [0, 2, 3, 1];
 #[backend_extension(Flex, Cube: cfg(feature = "wgpu"), Fusion: cfg(feature = "wgpu"), Autodiff)]
 pub trait GpuConvBackend: Backend {
     /// `x` `[B, H, W, C]`, `weight` `[Co, C, kh, kw]`, symmetric `padding` `[rows, columns]`
-    /// -> `[B, Ho, Wo, Co]` (burn's convolution, no bias).
+    /// -> `[B, Ho, Wo, Co]` (burn's convolution, no bias; the autodiff node keeps its own).
     #[fusion(dtype = x, shape = burn::tensor::Shape::new([
         x[0],
         (x[1] + 2 * padding[0] - weight[2]) / stride[0] + 1,
@@ -47,7 +47,9 @@ pub trait GpuConvBackend: Backend {
         weight: FloatTensor<Self>,
         stride: [usize; 2],
         padding: [usize; 2],
-    ) -> FloatTensor<Self>;
+    ) -> FloatTensor<Self> {
+        burn_conv::<Self>(x, weight, stride, padding)
+    }
 
     /// The gradient of that convolution's weight (shaped as `weight`, `[Co, C, kh, kw]`) from
     /// its input `x` and its output's gradient `grad` `[B, Ho, Wo, Co]`.
@@ -118,15 +120,6 @@ fn burn_conv<B: Backend>(
 }
 
 impl GpuConvBackend for Flex {
-    fn conv2d_nhwc_gpu(
-        x: FlexTensor,
-        weight: FlexTensor,
-        stride: [usize; 2],
-        padding: [usize; 2],
-    ) -> FlexTensor {
-        burn_conv::<Flex>(x, weight, stride, padding)
-    }
-
     fn conv2d_nhwc_weight_grad(
         x: FlexTensor,
         weight: FlexTensor,
@@ -218,12 +211,11 @@ mod gpu {
     use burn_cubecl::tensor::CubeTensor;
     use cubecl::prelude::*;
 
-    use burn::tensor::DType;
     use burn_cubecl::kernel::into_contiguous;
     use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 
     use super::super::norm_gpu::{arg, per_item};
-    use super::{GpuConvBackend, burn_conv};
+    use super::GpuConvBackend;
 
     /// The shape of a `[rows, columns]` matrix.
     fn matrix(rows: usize, columns: usize) -> Shape {
@@ -305,15 +297,6 @@ mod gpu {
     }
 
     impl GpuConvBackend for CubeBackend {
-        fn conv2d_nhwc_gpu(
-            x: CubeTensor,
-            weight: CubeTensor,
-            stride: [usize; 2],
-            padding: [usize; 2],
-        ) -> CubeTensor {
-            burn_conv::<CubeBackend>(x, weight, stride, padding)
-        }
-
         fn conv2d_nhwc_weight_grad(
             x: CubeTensor,
             weight: CubeTensor,
@@ -342,14 +325,11 @@ mod gpu {
                     let dims = [
                         h, w, c, ho, wo, kw, stride[0], stride[1], padding[0], padding[1],
                     ];
-                    match x.dtype {
-                        DType::F32 => launch_im2col::<f32>(&x, &cols, len, width, dims),
-                        DType::F16 => launch_im2col::<half::f16>(&x, &cols, len, width, dims),
-                        other => panic!(
-                            "the GPU convolution's weight gradient takes f32 or f16 values, \
-                             not {other:?}"
-                        ),
-                    }
+                    f32_or_f16!(
+                        x.dtype,
+                        "the GPU convolution's weight gradient",
+                        launch_im2col(&x, &cols, len, width, dims)
+                    );
                     cols
                 }
             };

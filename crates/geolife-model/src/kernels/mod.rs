@@ -4,6 +4,20 @@
 //! dtype and layer runs burn's own operations. One module per computation, the CPU ones built
 //! on `shared.rs` (README, "Measured speed").
 
+/// Runs `$f::<E>(..)` with `E` the element type `$dtype` names: f32, or f16 (an f16 autocast
+/// scope's activations); any other type panics naming `$what`. The GPU kernels are generic
+/// over it.
+#[cfg(feature = "wgpu")]
+macro_rules! f32_or_f16 {
+    ($dtype:expr, $what:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $dtype {
+            burn::tensor::DType::F32 => $f::<f32>($($arg),*),
+            burn::tensor::DType::F16 => $f::<half::f16>($($arg),*),
+            other => panic!("{}: f32 or f16 values only, not {other:?}", $what),
+        }
+    };
+}
+
 pub mod adamw;
 pub mod autocast;
 pub mod bce;

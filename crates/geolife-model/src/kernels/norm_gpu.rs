@@ -884,18 +884,6 @@ fn empty_as(like: &CubeTensor, shape: Shape) -> CubeTensor {
     empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, like.dtype)
 }
 
-/// Runs `$f::<E>(..)` with `E` the element type of `$x`'s values: f32, or f16 (the
-/// activations of an f16 autocast scope; the parameters and statistics stay f32).
-macro_rules! activations {
-    ($x:expr, $f:ident($($arg:expr),* $(,)?)) => {
-        match $x.dtype {
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::F16 => $f::<half::f16>($($arg),*),
-            other => panic!("the GPU norm kernels take f32 or f16 activations, not {other:?}"),
-        }
-    };
-}
-
 /// An uninitialised contiguous f32 tensor on `like`'s device.
 pub(super) fn empty(like: &CubeTensor, shape: Shape) -> CubeTensor {
     empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)
@@ -1001,8 +989,9 @@ impl NormBackend for CubeBackend {
         relu: bool,
         nhwc: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
-        activations!(
-            x,
+        f32_or_f16!(
+            x.dtype,
+            "the GPU norm kernels' activations",
             bn_train(
                 x,
                 gamma,
@@ -1028,8 +1017,9 @@ impl NormBackend for CubeBackend {
         relu: bool,
         nhwc: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        activations!(
-            x,
+        f32_or_f16!(
+            x.dtype,
+            "the GPU norm kernels' activations",
             bn_train_backward(x, gamma, beta, mean, variance, grad, epsilon, relu, nhwc)
         )
     }
@@ -1044,8 +1034,9 @@ impl NormBackend for CubeBackend {
         relu: bool,
         nhwc: bool,
     ) -> CubeTensor {
-        activations!(
-            x,
+        f32_or_f16!(
+            x.dtype,
+            "the GPU norm kernels' activations",
             bn_eval_launch(x, gamma, beta, mean, variance, epsilon, relu, nhwc)
         )
     }
@@ -1065,7 +1056,11 @@ impl NormBackend for CubeBackend {
         beta: CubeTensor,
         epsilon: f64,
     ) -> (CubeTensor, CubeTensor) {
-        activations!(x, ln_forward_launch(x, gamma, beta, epsilon))
+        f32_or_f16!(
+            x.dtype,
+            "the GPU norm kernels' activations",
+            ln_forward_launch(x, gamma, beta, epsilon)
+        )
     }
 
     fn fused_layer_norm_backward(
@@ -1074,7 +1069,11 @@ impl NormBackend for CubeBackend {
         grad: CubeTensor,
         epsilon: f64,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        activations!(x, ln_backward_launch(x, gamma, grad, epsilon))
+        f32_or_f16!(
+            x.dtype,
+            "the GPU norm kernels' activations",
+            ln_backward_launch(x, gamma, grad, epsilon)
+        )
     }
 }
 
