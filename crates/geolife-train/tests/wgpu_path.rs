@@ -517,6 +517,25 @@ fn a_training_step_launches_few_kernels() {
         per_step >= 50.0,
         "{per_step} launches per step: is anything counted?"
     );
+    // The allocator's figures (`bench train` prints them): after the steps the model's
+    // weights and AdamW's two moments stay in use, f32 each (12 bytes per parameter, counted
+    // from the model, not from the allocator); at the peak, inside a step, the gradients were
+    // live beside them (4 more). Earlier tests in this process only raise these figures.
+    let m = r.memory.expect("a wgpu bench reads the GPU allocator");
+    let p = r.num_params as u64;
+    println!(
+        "tiny recipe, batch 8: {p} parameters; GPU memory in use after the steps {} B, peak \
+         {} B, largest buffer {} B",
+        m.in_use,
+        m.peak(),
+        m.largest_alloc
+    );
+    assert!(m.in_use >= 12 * p, "{m:?} for {p} parameters");
+    assert!(
+        m.peak() >= 16 * p && m.peak() >= m.in_use,
+        "{m:?} for {p} parameters"
+    );
+    assert!(m.largest_alloc > 0 && m.largest_alloc <= m.peak(), "{m:?}");
     // Mixed precision adds casts and the overflow check (one reduction per parameter tensor);
     // the division by the loss scale runs inside each tensor's AdamW kernel, adding none.
     cfg.train.precision = Precision::F16;

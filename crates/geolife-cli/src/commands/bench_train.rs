@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use geolife_data::synth::{SynthConfig, write_dataset};
 use geolife_train::TrainConfig;
 use geolife_train::config::{BackboneKind, DeviceKind, Precision};
+use geolife_train::trainer::memory::{BINDING_LIMIT, GpuMemory, gb};
 use strum::VariantNames;
 
 #[derive(clap::Args)]
@@ -39,6 +40,10 @@ pub struct Args {
     /// `train.precision`; the paper preset's is f32).
     #[arg(long, value_parser = crate::commands::named::<Precision>(Precision::VARIANTS))]
     pub precision: Option<Precision>,
+    /// On a GPU, bound the memory of this batch size from the measured one (default: the
+    /// config's `train.batch_size` when it is larger than --batch-size).
+    #[arg(long)]
+    pub memory_at: Option<usize>,
     /// Surveys of the epoch whose duration is extrapolated.
     #[arg(long, default_value_t = 20_000)]
     pub epoch_surveys: usize,
@@ -73,6 +78,7 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
         Some(path) => TrainConfig::load(path)?,
         None => TrainConfig::paper(args.backbone),
     };
+    let config_batch = cfg.train.batch_size;
     cfg.train.batch_size = args.batch_size;
     cfg.train.device = args.device;
     if let Some(p) = args.precision {
@@ -134,6 +140,9 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
             .collect();
         println!("most launched, per step: {}", top.join(", "));
     }
+    if let Some(m) = &r.memory {
+        print_memory(m, r.batch_size, args.memory_at.or(Some(config_batch)));
+    }
     println!(
         "one epoch of {} surveys: ~{:.1} min (extrapolated from the timed steps)",
         args.epoch_surveys,
@@ -153,4 +162,68 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The allocator's figures, and their bounds at batch `at` when it is larger than `batch`.
+fn print_memory(m: &GpuMemory, batch: usize, at: Option<usize>) {
+    for line in memory_lines(m, batch, at) {
+        println!("{line}");
+    }
+}
+
+fn memory_lines(m: &GpuMemory, batch: usize, at: Option<usize>) -> Vec<String> {
+    let mut lines = vec![format!(
+        "GPU memory: peak {} reserved ({} in use after the step: weights and optimiser state), \
+         largest buffer {} (a wgpu binding holds at most {})",
+        gb(m.peak()),
+        gb(m.in_use),
+        gb(m.largest_alloc),
+        gb(BINDING_LIMIT)
+    )];
+    if let Some(to) = at.filter(|&to| to > batch) {
+        let (largest, peak) = m.bounds_at(batch, to);
+        lines.push(format!(
+            "at batch {to}, bounded from batch {batch} (every buffer scaled by {to}/{batch}, the \
+             memory in use after the step kept): largest buffer at most {}{}, peak at most {}",
+            gb(largest),
+            match largest <= BINDING_LIMIT {
+                true => " (fits a binding)",
+                false => " (the bound exceeds a binding: measure at a larger batch)",
+            },
+            gb(peak)
+        ));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 40 MB of buffers at most and 1.2 GB at peak (0.4 GB of it kept) at batch 8: at batch
+    /// 256 (32x) the bounds are 1.28 GB (fits) and 0.4 + 0.8 * 32 = 26 GB; at 512, 2.56 GB
+    /// exceeds a binding.
+    #[test]
+    fn memory_lines_bound_a_larger_batch_only() {
+        let m = GpuMemory {
+            largest_alloc: 40_000_000,
+            dynamic_peak: 1_000_000_000,
+            dynamic_now: 300_000_000,
+            reserved: 500_000_000,
+            in_use: 400_000_000,
+        };
+        let at = |to| memory_lines(&m, 8, to);
+        assert_eq!(at(None).len(), 1);
+        assert_eq!(at(Some(8)).len(), 1);
+        assert!(at(None)[0].contains("peak 1.20 GB"), "{:?}", at(None));
+        assert!(
+            at(None)[0].contains("largest buffer 40.0 MB"),
+            "{:?}",
+            at(None)
+        );
+        let l = at(Some(256));
+        assert!(l[1].contains("at most 1.28 GB (fits a binding)"), "{l:?}");
+        assert!(l[1].contains("peak at most 26.00 GB"), "{l:?}");
+        assert!(at(Some(512))[1].contains("exceeds a binding"));
+    }
 }

@@ -14,6 +14,7 @@ pub mod fused_adamw {
 }
 pub mod inputs;
 pub mod launches;
+pub mod memory;
 pub mod norm_bench;
 pub mod run_dir;
 pub mod step;
@@ -293,7 +294,6 @@ impl<'a> Session<'a> {
         let t = &cfg.train;
         let o = &cfg.optim;
         let device = make_device(t.device)?.autodiff();
-        check_precision(t.device, t.precision)?;
         check_precision(t.device, t.precision)?;
         device.seed(t.seed);
         // Tuning done before this run (an earlier pipeline member's) is not this run's.
@@ -581,6 +581,16 @@ impl<'a> Session<'a> {
         if cfg.train.device == DeviceKind::Wgpu {
             run.record_autotune(&format!("in epoch {}", epoch + 1));
         }
+        if let Some(m) = memory::GpuMemory::read(&self.device) {
+            run.log(&format!(
+                "GPU memory after epoch {}: peak so far {} reserved, largest buffer {} (a wgpu \
+                 binding holds at most {})",
+                epoch + 1,
+                memory::gb(m.peak()),
+                memory::gb(m.largest_alloc),
+                memory::gb(memory::BINDING_LIMIT)
+            ));
+        }
         run.write_profile(times)
     }
 
@@ -694,6 +704,8 @@ pub struct BenchResult {
     pub step_times: StepTimes,
     /// Kernels launched during the timed steps, on a cubecl device (wgpu); `None` on flex.
     pub launches: Option<launches::LaunchCounts>,
+    /// The GPU allocator after the steps (largest buffer, peak); `None` on flex.
+    pub memory: Option<memory::GpuMemory>,
 }
 
 /// Untimed steps before a benchmark's timed ones: one on the CPU; two on a GPU, where burn's
@@ -838,6 +850,11 @@ pub fn bench_steps(
         }
         None => None,
     };
+    // Read after the last step's tensors were freed, while the model and the optimiser are
+    // held: what stays in use is their weights and state.
+    sync(&device)?;
+    let memory = memory::GpuMemory::read(&device);
+    let step_times = trainee.times;
     let total: f64 = times.iter().sum();
     Ok(BenchResult {
         losses,
@@ -846,8 +863,9 @@ pub fn bench_steps(
         samples_per_s: (times.len() * t.batch_size) as f64 / total.max(1e-9),
         mean_step_s: total / times.len().max(1) as f64,
         num_params,
-        step_times: trainee.times,
+        step_times,
         launches,
+        memory,
     })
 }
 
