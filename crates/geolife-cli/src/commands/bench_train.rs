@@ -188,7 +188,11 @@ fn memory_lines(m: &GpuMemory, batch: usize, at: Option<usize>) -> Vec<String> {
             gb(largest),
             match largest <= BINDING_LIMIT {
                 true => " (fits a binding)",
-                false => " (the bound exceeds a binding: measure at a larger batch)",
+                false => {
+                    " (over a binding if the same kernels ran; autotuning drops a kernel whose \
+                     workspace cannot be allocated, a tensor that large fails: measure closer \
+                     to that batch)"
+                }
             },
             gb(peak)
         ));
@@ -224,6 +228,6 @@ mod tests {
         let l = at(Some(256));
         assert!(l[1].contains("at most 1.28 GB (fits a binding)"), "{l:?}");
         assert!(l[1].contains("peak at most 26.00 GB"), "{l:?}");
-        assert!(at(Some(512))[1].contains("exceeds a binding"));
+        assert!(at(Some(512))[1].contains("over a binding if the same kernels ran"));
     }
 }
