@@ -536,6 +536,12 @@ fn a_training_step_launches_few_kernels() {
         "{m:?} for {p} parameters"
     );
     assert!(m.largest_alloc > 0 && m.largest_alloc <= m.peak(), "{m:?}");
+    // No buffer is larger than the device binds: Mesa's llvmpipe 2^27 bytes (`vulkaninfo`:
+    // maxStorageBufferRange = 134217728), a GPU 2^31 - 1 in the wgpu build.
+    let limit = geolife_train::trainer::device::binding_limit(DeviceKind::Wgpu)
+        .expect("make_device read the wgpu device's limits");
+    assert!(m.largest_alloc <= limit, "{m:?}, limit {limit}");
+    assert!(limit >= 1 << 27 && limit < 1 << 31, "binding limit {limit}");
     // Mixed precision adds casts and the overflow check (one reduction per parameter tensor);
     // the division by the loss scale runs inside each tensor's AdamW kernel, adding none.
     cfg.train.precision = Precision::F16;

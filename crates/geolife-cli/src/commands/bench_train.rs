@@ -141,7 +141,15 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
         println!("most launched, per step: {}", top.join(", "));
     }
     if let Some(m) = &r.memory {
-        print_memory(m, r.batch_size, args.memory_at.or(Some(config_batch)));
+        let limit = geolife_train::trainer::device::binding_limit(args.device);
+        for line in memory_lines(
+            m,
+            limit,
+            r.batch_size,
+            args.memory_at.or(Some(config_batch)),
+        ) {
+            println!("{line}");
+        }
     }
     println!(
         "one epoch of {} surveys: ~{:.1} min (extrapolated from the timed steps)",
@@ -164,21 +172,24 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The allocator's figures, and their bounds at batch `at` when it is larger than `batch`.
-fn print_memory(m: &GpuMemory, batch: usize, at: Option<usize>) {
-    for line in memory_lines(m, batch, at) {
-        println!("{line}");
-    }
-}
-
-fn memory_lines(m: &GpuMemory, batch: usize, at: Option<usize>) -> Vec<String> {
+/// The allocator's figures after steps at batch `batch` on a device that binds at most `limit`
+/// bytes per buffer, and their bounds at batch `at` when it is larger.
+fn memory_lines(m: &GpuMemory, limit: Option<u64>, batch: usize, at: Option<usize>) -> Vec<String> {
+    let device = match limit {
+        Some(l) if l < BINDING_LIMIT => format!(
+            "this device binds at most {}, so autotuning dropped any kernel whose workspace \
+             needed more; a GPU binds {}",
+            gb(l),
+            gb(BINDING_LIMIT)
+        ),
+        _ => format!("a wgpu binding holds at most {}", gb(BINDING_LIMIT)),
+    };
     let mut lines = vec![format!(
         "GPU memory: peak {} reserved ({} in use after the step: weights and optimiser state), \
-         largest buffer {} (a wgpu binding holds at most {})",
+         largest buffer {} ({device})",
         gb(m.peak()),
         gb(m.in_use),
         gb(m.largest_alloc),
-        gb(BINDING_LIMIT)
     )];
     if let Some(to) = at.filter(|&to| to > batch) {
         let (largest, peak) = m.bounds_at(batch, to);
@@ -216,7 +227,7 @@ mod tests {
             reserved: 500_000_000,
             in_use: 400_000_000,
         };
-        let at = |to| memory_lines(&m, 8, to);
+        let at = |to| memory_lines(&m, None, 8, to);
         assert_eq!(at(None).len(), 1);
         assert_eq!(at(Some(8)).len(), 1);
         assert!(at(None)[0].contains("peak 1.20 GB"), "{:?}", at(None));
@@ -229,5 +240,12 @@ mod tests {
         assert!(l[1].contains("at most 1.28 GB (fits a binding)"), "{l:?}");
         assert!(l[1].contains("peak at most 26.00 GB"), "{l:?}");
         assert!(at(Some(512))[1].contains("over a binding if the same kernels ran"));
+        // llvmpipe binds 128 MiB per buffer: the line says so.
+        let llvmpipe = memory_lines(&m, Some(1 << 27), 8, None);
+        assert!(
+            llvmpipe[0].contains("binds at most 134.2 MB"),
+            "{llvmpipe:?}"
+        );
+        assert!(!at(None)[0].contains("this device binds"), "{:?}", at(None));
     }
 }

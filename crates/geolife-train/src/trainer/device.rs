@@ -6,9 +6,17 @@ use burn::tensor::Device;
 use crate::config::{DeviceKind, Precision};
 use crate::error::TrainError;
 
-/// The wgpu device, its adapter and whether its shaders take f16 (`None`: not known).
+/// The wgpu device as it came up (`None`: not known, the device was brought up elsewhere).
 #[cfg(feature = "wgpu")]
-type WgpuUp = (Device, String, Option<bool>);
+#[derive(Clone)]
+struct WgpuUp {
+    device: Device,
+    adapter: String,
+    /// Whether its shaders take f16.
+    f16: Option<bool>,
+    /// The largest buffer a kernel can bind (`max_storage_buffer_binding_size`).
+    binding_limit: Option<u64>,
+}
 
 /// The wgpu device as [`make_device`] brought it up, once per process.
 #[cfg(feature = "wgpu")]
@@ -18,14 +26,28 @@ static WGPU: std::sync::OnceLock<Result<WgpuUp, String>> = std::sync::OnceLock::
 pub fn device_description(kind: DeviceKind) -> String {
     #[cfg(feature = "wgpu")]
     if kind == DeviceKind::Wgpu
-        && let Some(Ok((_, adapter, _))) = WGPU.get()
+        && let Some(Ok(up)) = WGPU.get()
     {
-        return format!("adapter {adapter}");
+        return format!("adapter {}", up.adapter);
     }
     match kind {
         DeviceKind::Flex => "CPU".into(),
         DeviceKind::Wgpu => "wgpu".into(),
     }
+}
+
+/// The largest buffer a kernel can bind on `kind`'s device (brought up by [`make_device`]
+/// first): a GPU's is 2^31 - 1 bytes in the wgpu build, Mesa's llvmpipe 2^27 (128 MiB).
+/// `None` on the CPU, or when not known.
+pub fn binding_limit(kind: DeviceKind) -> Option<u64> {
+    #[cfg(feature = "wgpu")]
+    if kind == DeviceKind::Wgpu
+        && let Some(Ok(up)) = WGPU.get()
+    {
+        return up.binding_limit;
+    }
+    let _ = kind;
+    None
 }
 
 /// The device named in the config.
@@ -40,7 +62,7 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => {
             use burn::tensor::wgpu::WgpuInitError;
-            let (device, adapter, _) = WGPU
+            let up = WGPU
                 .get_or_init(|| {
                     // cubecl reads its configuration once, when the first device comes up.
                     autotune::configure();
@@ -55,7 +77,17 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
                                 .device
                                 .features()
                                 .contains(burn::tensor::wgpu::wgpu::Features::SHADER_F16);
-                            Ok((device, adapter, Some(f16)))
+                            let limits = setup.device.limits();
+                            Ok(WgpuUp {
+                                device,
+                                adapter,
+                                f16: Some(f16),
+                                binding_limit: Some(
+                                    limits
+                                        .max_storage_buffer_binding_size
+                                        .min(limits.max_buffer_size),
+                                ),
+                            })
                         }
                         // Already brought up lazily (a tensor made on `Device::wgpu` before the
                         // first call): reuse it; its identity still names the adapter.
@@ -65,7 +97,12 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
                                 .identity()
                                 .map(|i| i.name)
                                 .unwrap_or_else(|| "unknown adapter".into());
-                            Ok((device, adapter, None))
+                            Ok(WgpuUp {
+                                device,
+                                adapter,
+                                f16: None,
+                                binding_limit: None,
+                            })
                         }
                         Err(e) => Err(format!(
                             "device `wgpu`: no usable adapter: {e}. Without a GPU, install a \
@@ -76,8 +113,8 @@ pub fn make_device(kind: DeviceKind) -> Result<Device, TrainError> {
                 })
                 .clone()
                 .map_err(TrainError::Invalid)?;
-            tracing::info!("device wgpu: adapter {adapter}");
-            Ok(device)
+            tracing::info!("device wgpu: adapter {}", up.adapter);
+            Ok(up.device)
         }
         #[cfg(not(feature = "wgpu"))]
         DeviceKind::Wgpu => Err(TrainError::Invalid(
@@ -103,10 +140,13 @@ pub fn check_precision(kind: DeviceKind, precision: Precision) -> Result<(), Tra
         )),
         Precision::F16 => {
             #[cfg(feature = "wgpu")]
-            if let Some(Ok((_, adapter, Some(false)))) = WGPU.get() {
+            if let Some(Ok(up)) = WGPU.get()
+                && up.f16 == Some(false)
+            {
                 return Err(TrainError::Invalid(format!(
-                    "train.precision = \"f16\": adapter {adapter} has no f16 shader support \
-                     (wgpu feature SHADER_F16); use \"f32\""
+                    "train.precision = \"f16\": adapter {} has no f16 shader support \
+                     (wgpu feature SHADER_F16); use \"f32\"",
+                    up.adapter
                 )));
             }
             Ok(())

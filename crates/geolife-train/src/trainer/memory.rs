@@ -73,9 +73,9 @@ impl GpuMemory {
     }
 }
 
-/// Bytes as GB (10^9) with two decimals, or MB below 0.1 GB.
+/// Bytes as GB (10^9) with two decimals, or MB (10^6) with one below 1 GB.
 pub fn gb(bytes: u64) -> String {
-    match bytes >= 100_000_000 {
+    match bytes >= 1_000_000_000 {
         true => format!("{:.2} GB", bytes as f64 / 1e9),
         false => format!("{:.1} MB", bytes as f64 / 1e6),
     }
