@@ -541,7 +541,7 @@ fn a_training_step_launches_few_kernels() {
     let limit = geolife_train::trainer::device::binding_limit(DeviceKind::Wgpu)
         .expect("make_device read the wgpu device's limits");
     assert!(m.largest_alloc <= limit, "{m:?}, limit {limit}");
-    assert!(limit >= 1 << 27 && limit < 1 << 31, "binding limit {limit}");
+    assert!((1 << 27..1 << 31).contains(&limit), "binding limit {limit}");
     // Mixed precision adds casts and the overflow check (one reduction per parameter tensor);
     // the division by the loss scale runs inside each tensor's AdamW kernel, adding none.
     cfg.train.precision = Precision::F16;
