@@ -247,3 +247,18 @@ fn an_f16_run_clips_its_unscaled_gradients() {
          f32 (ratio {ratio:.3})"
     );
 }
+
+/// `bench train` says when f16 steps overflowed (their AdamW update skipped, so its time and
+/// memory are not in the figures): at a loss scale of 2^40 every step overflows, halving the
+/// scale each time (2^37 after three is still far too large); in f32 none does.
+#[test]
+fn the_benchmark_counts_the_steps_that_overflowed() {
+    let _guard = common::serial();
+    let mut cfg = tiny(Precision::F16, 1);
+    cfg.train.loss_scale = 2f64.powi(40);
+    let r = geolife_train::trainer::bench_steps(&cfg, &fixture().1, 2).unwrap();
+    assert_eq!(r.losses.len(), 3, "one warm-up and two timed steps");
+    assert_eq!(r.skipped, 3, "{:?}", r.losses);
+    let r = geolife_train::trainer::bench_steps(&tiny(Precision::F32, 1), &fixture().1, 2).unwrap();
+    assert_eq!(r.skipped, 0);
+}

@@ -111,6 +111,16 @@ fn bench(args: &Args, tmp: &std::path::Path) -> anyhow::Result<ExitCode> {
             .join(" ")
     };
     println!("losses (all finite): {}", fmt(&r.losses));
+    if r.skipped > 0 {
+        println!(
+            "{} of {} steps (warm-up included) overflowed in f16 and skipped their AdamW update \
+             (the loss scale halves each time, as PyTorch's GradScaler does): the figures lack \
+             that update's time and, before a first update, AdamW's moments; lower \
+             `train.loss_scale` in the config or time more steps",
+            r.skipped,
+            r.losses.len()
+        );
+    }
     let st = r.step_times;
     let total = r.mean_step_s * r.steps as f64;
     let share = |v: f64| 100.0 * v / total.max(1e-9);

@@ -706,6 +706,10 @@ pub struct BenchResult {
     pub launches: Option<launches::LaunchCounts>,
     /// The GPU allocator after the steps (largest buffer, peak); `None` on flex.
     pub memory: Option<memory::GpuMemory>,
+    /// Steps (warm-up included) whose f16 gradients overflowed: their AdamW update was
+    /// skipped, so neither its time nor its memory (AdamW's moments before a first update)
+    /// is in the figures.
+    pub skipped: usize,
 }
 
 /// Untimed steps before a benchmark's timed ones: one on the CPU; two on a GPU, where burn's
@@ -789,6 +793,7 @@ pub fn bench_steps(
     let mut losses = Vec::new();
     let mut last = Instant::now();
     let mut watch = None;
+    let mut skipped = 0;
     // Never stops early: the flow is always `Continue`.
     let _ = loader::for_each_batch(
         &data,
@@ -821,6 +826,7 @@ pub fn bench_steps(
                     )),
                 })?;
             optimizer_steps += usize::from(out.stepped);
+            skipped += usize::from(out.overflow.is_some());
             losses.push(out.loss);
             let now = Instant::now();
             if b.index >= warmup {
@@ -866,6 +872,7 @@ pub fn bench_steps(
         step_times,
         launches,
         memory,
+        skipped,
     })
 }
 
