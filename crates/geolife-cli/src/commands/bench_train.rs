@@ -204,8 +204,10 @@ fn memory_lines(m: &GpuMemory, limit: Option<u64>, batch: usize, at: Option<usiz
     if let Some(to) = at.filter(|&to| to > batch) {
         let (largest, peak) = m.bounds_at(batch, to);
         lines.push(format!(
-            "at batch {to}, bounded from batch {batch} (every buffer scaled by {to}/{batch}, the \
-             memory in use after the step kept): largest buffer at most {}{}, peak at most {}",
+            "at batch {to}, bounded from batch {batch} with the same kernels (every buffer \
+             scaled by {to}/{batch}, the memory in use after the step kept): largest buffer at \
+             most {}{}, peak at most {}; where a device binds more, autotuning may pick kernels \
+             with larger workspaces, each within its limit",
             gb(largest),
             match largest <= BINDING_LIMIT {
                 true => " (fits a binding)",
