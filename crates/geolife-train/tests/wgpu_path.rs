@@ -382,6 +382,17 @@ fn training_on_wgpu_matches_flex_step_by_step() {
     println!("{line}");
     assert!(line.contains("kernel choices tuned"), "{line}");
     assert!(!flex_log.contains("autotune"), "{flex_log}");
+    // And what the GPU's allocator held, every epoch; the CPU has no such allocator.
+    for e in 1..=b.history.len() {
+        let head = format!("GPU memory after epoch {e}: peak so far ");
+        assert!(
+            wgpu_log
+                .lines()
+                .any(|l| l.starts_with(&head) && l.contains("largest buffer")),
+            "no `{head}` line in the wgpu run's log:\n{wgpu_log}"
+        );
+    }
+    assert!(!flex_log.contains("GPU memory"), "{flex_log}");
     assert_eq!(a.history.len(), b.history.len());
     for (x, y) in a.history.iter().zip(&b.history) {
         let (dt, dv) = (
