@@ -518,14 +518,18 @@ impl ShiftedWindowAttentionV2 {
 /// the root multiplies the clamp's zero gradient by the root's infinite one (`0 * inf = NaN`)
 /// for every all-zero vector, which the zero-padded tokens of a padded window are: their key
 /// vectors are exactly zero because Swin V2 has no key bias.
+///
+/// An all-zero vector (a padded token's key) gets a zero gradient instead of `1 / 1e-12` times
+/// the incoming one: the same value, and the same parameter gradients in exact arithmetic
+/// (that gradient reaches only the padded rows, whose inputs are zero, and the key bias,
+/// which is masked to zero), but 1e12 times a gradient overflows f16 in the `qkv` product's
+/// backward under autocast, and `inf * 0` is NaN: every f16 step of a padded Swin V2 (the
+/// last stage at 128x128) overflowed and was skipped, whatever the loss scale.
 fn l2_normalize(x: Tensor<4>) -> Tensor<4> {
-    let norm = x
-        .clone()
-        .powf_scalar(2.0)
-        .sum_dim(3)
-        .clamp_min(1e-24)
-        .sqrt();
-    x / norm
+    let squares = x.clone().powf_scalar(2.0).sum_dim(3);
+    let nonzero = squares.clone().greater_elem(0.0).float();
+    let norm = squares.clamp_min(1e-24).sqrt();
+    x / norm * nonzero
 }
 
 /// Attention mask of shifted windows: -100 between tokens from different pre-shift regions.
