@@ -583,12 +583,14 @@ impl<'a> Session<'a> {
         }
         if let Some(m) = memory::GpuMemory::read(&self.device) {
             run.log(&format!(
-                "GPU memory after epoch {}: peak so far {} reserved, largest buffer {} (a wgpu \
-                 binding holds at most {})",
+                "GPU memory after epoch {}: peak so far {} reserved, largest buffer {} (this \
+                 device binds at most {})",
                 epoch + 1,
                 memory::gb(m.peak()),
                 memory::gb(m.largest_alloc),
-                memory::gb(memory::BINDING_LIMIT)
+                memory::gb(
+                    device::binding_limit(cfg.train.device).unwrap_or(memory::BINDING_LIMIT)
+                )
             ));
         }
         run.write_profile(times)
@@ -849,16 +851,11 @@ pub fn bench_steps(
             Ok::<_, TrainError>(ControlFlow::Continue(()))
         },
     )?;
-    let launches = match watch {
-        Some(w) => {
-            sync(&device)?;
-            Some(w.finish())
-        }
-        None => None,
-    };
-    // Read after the last step's tensors were freed, while the model and the optimiser are
-    // held: what stays in use is their weights and state.
+    // Everything queued has run (fusion issues its kernels late), the last step's tensors are
+    // freed, and the model and the optimiser are held: the launches are all counted and what
+    // stays in use is their weights and state.
     sync(&device)?;
+    let launches = watch.map(launches::LaunchWatch::finish);
     let memory = memory::GpuMemory::read(&device);
     let step_times = trainee.times;
     let total: f64 = times.iter().sum();
